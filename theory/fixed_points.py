@@ -1,0 +1,217 @@
+"""Fixed points of the population dynamics: global minimum, spurious point, interior saddle, classification.
+
+With ``M = 1 1^T + (pi - 1) I`` and ``N(phi) = 1 1^T + (g(phi) - 1) I``, the ``a``-optimal second layer at
+angle ``phi`` is ``a(phi) = M^{-1} N(phi) a*`` (normalized models).  ``phi = pi`` gives the spurious point
+``a_sp = M^{-1} (1 1^T - I) a*``; it is a local minimum iff ``a_sp . a* < 0``, i.e. iff
+``(1.a*)^2 < ((k + pi - 1) / pi) ||a*||^2``.  Between the two basins sits the angle ``phi_s`` with
+``a(phi_s) . a* = 0``; since ``g`` decreases from ``pi`` to ``0`` on ``[0, pi]`` it is unique when it exists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy.optimize import brentq
+
+from theory import closed_forms
+from theory.landscape import (
+    effective_filter,
+    population_gradient,
+    population_loss,
+    tangent_basis,
+    tangent_hessian,
+)
+from theory.validation import as_vector, check_model, shortcut_vector, unit_teacher
+
+
+def arc_cosine(phi: float) -> float:
+    """``g(phi) = sin(phi) + (pi - phi) cos(phi)``, from the generated closed forms."""
+    return float(closed_forms.arc_cosine(phi, math.cos(phi), math.sin(phi)))
+
+
+def matrix_M(k: int) -> np.ndarray:
+    """``M = 1 1^T + (pi - 1) I``: ``2 pi`` times the student's second-moment matrix."""
+    return np.ones((k, k)) + (math.pi - 1.0) * np.eye(k)
+
+
+def matrix_N(phi: float, k: int) -> np.ndarray:
+    """``N(phi) = 1 1^T + (g(phi) - 1) I``: ``2 pi`` times the student-teacher cross-moment matrix."""
+    return np.ones((k, k)) + (arc_cosine(phi) - 1.0) * np.eye(k)
+
+
+def _m_inverse_times(x: np.ndarray) -> np.ndarray:
+    """``M^{-1} x`` by Sherman-Morrison: ``(x - (1.x)/(k + pi - 1) 1) / (pi - 1)``."""
+    k = x.size
+    return (x - x.sum() / (k + math.pi - 1.0)) / (math.pi - 1.0)
+
+
+def optimal_a(phi: float, a_star: Any) -> np.ndarray:
+    """The second layer minimizing the loss at fixed angle ``phi``: ``M^{-1} N(phi) a*``."""
+    a_star = as_vector(a_star, "a_star")
+    if not 0.0 <= phi <= math.pi:
+        raise ValueError(f"phi must lie in [0, pi]; got {phi}")
+    return _m_inverse_times(a_star.sum() + (arc_cosine(phi) - 1.0) * a_star)
+
+
+def alignment_at(phi: float, a_star: Any) -> float:
+    """``a(phi) . a*``: positive means GD shrinks ``phi`` (its sign decides the basin)."""
+    a_star = as_vector(a_star, "a_star")
+    return float(optimal_a(phi, a_star) @ a_star)
+
+
+def spurious_exists(a_star: Any) -> bool:
+    """Whether ``phi = pi`` is a spurious local minimum: ``(1.a*)^2 < ((k + pi - 1) / pi) ||a*||^2``."""
+    a_star = as_vector(a_star, "a_star")
+    k = a_star.size
+    return bool(a_star.sum() ** 2 < (k + math.pi - 1.0) / math.pi * (a_star @ a_star))
+
+
+def spurious_point(a_star: Any) -> np.ndarray | None:
+    """``a_sp = M^{-1} (1 1^T - I) a*`` of the spurious local minimum, or None when it does not exist."""
+    a_star = as_vector(a_star, "a_star")
+    if not spurious_exists(a_star):
+        return None
+    return optimal_a(math.pi, a_star)
+
+
+def saddle_angle(a_star: Any) -> float | None:
+    """The interior angle ``phi_s`` with ``a(phi_s) . a* = 0`` separating the basins, or None.
+
+    It exists iff the spurious minimum does; ``phi_s >= pi / 2`` always (equality iff ``1.a* = 0``).
+    """
+    a_star = as_vector(a_star, "a_star")
+    if not spurious_exists(a_star):
+        return None
+    # a(phi).a* = Ss^2/(k+pi-1) + (g(phi) - 1) (Qs - Ss^2/(k+pi-1)) / (pi - 1) = 0 fixes g(phi_s);
+    # g decreases strictly from pi to 0 on [0, pi], so the root is unique.
+    k, ss, qs = a_star.size, a_star.sum() ** 2, a_star @ a_star
+    g_s = 1.0 - (math.pi - 1.0) * (ss / (k + math.pi - 1.0)) / (qs - ss / (k + math.pi - 1.0))
+    return float(brentq(lambda x: arc_cosine(x) - g_s, 0.0, math.pi, xtol=1e-15, rtol=1e-15))
+
+
+def reduced_loss(phi: float, a_star: Any) -> float:
+    """Loss along the angle with ``a`` optimized, ``min_a L(phi, a)`` (normalized models, any ``p``)."""
+    a_star = as_vector(a_star, "a_star")
+    # A 2-D filter at angle phi has the same invariants as any p-dimensional one.
+    w = np.array([math.cos(phi), math.sin(phi)])
+    return population_loss(w, optimal_a(phi, a_star), w_star=np.array([1.0, 0.0]), a_star=a_star, model="cnn")
+
+
+def filter_at_angle(phi: float, w_star: Any, *, model: str = "resnet", shortcut: Any = None, scale: float = 1.0):
+    """A student filter ``w`` whose effective filter has norm ``scale`` and angle ``phi`` to ``w*``.
+
+    The rotation happens in the plane of ``w*`` and the shortcut (or of ``w*`` and a fixed coordinate axis
+    when they are parallel); for ``p = 1`` only ``phi in {0, pi}`` exist.
+    """
+    model = check_model(model)
+    w_star = unit_teacher(w_star)
+    p = w_star.size
+    v = shortcut_vector(shortcut, p)
+    if phi in (0.0, math.pi):
+        wt = scale * math.cos(phi) * w_star
+    else:
+        if p == 1:
+            raise ValueError("phi must be 0 or pi when p = 1 (a 1-D filter has no other angle)")
+        cand = [v] + list(np.eye(p))
+        for x in cand:
+            perp = x - (x @ w_star) * w_star
+            if np.linalg.norm(perp) > 1e-6:
+                break
+        perp /= np.linalg.norm(perp)
+        wt = scale * (math.cos(phi) * w_star + math.sin(phi) * perp)
+    return wt - v if model == "resnet" else wt
+
+
+def global_minimum(w_star: Any, a_star: Any, *, model: str = "resnet", shortcut: Any = None):
+    """A global minimizer ``(w, a)`` (loss 0): ``w~ = w*``, ``a = a*``; for the ResNet ``w = w* - v``.
+
+    Normalized models have a whole ray of them (``w~ = lambda w*``); this returns ``lambda = 1``.
+    """
+    return filter_at_angle(0.0, w_star, model=model, shortcut=shortcut), as_vector(a_star, "a_star").copy()
+
+
+def spurious_minimum(w_star: Any, a_star: Any, *, model: str = "resnet", shortcut: Any = None):
+    """``(w, a)`` at the spurious point (``w~ = -w*``, ``a = a_sp``), or None when it does not exist."""
+    a_sp = spurious_point(a_star)
+    if a_sp is None:
+        return None
+    return filter_at_angle(math.pi, w_star, model=model, shortcut=shortcut), a_sp
+
+
+def saddle_point(w_star: Any, a_star: Any, *, model: str = "resnet", shortcut: Any = None):
+    """``(w, a)`` at the interior saddle (angle ``phi_s``, ``a = a(phi_s)``), or None (no saddle, or p = 1)."""
+    phi_s = saddle_angle(a_star)
+    if phi_s is None or unit_teacher(w_star).size == 1:
+        return None
+    return filter_at_angle(phi_s, w_star, model=model, shortcut=shortcut), optimal_a(phi_s, a_star)
+
+
+Kind = Literal["minimum", "saddle", "maximum", "not stationary"]
+
+
+@dataclass(frozen=True)
+class StationaryPoint:
+    """What :func:`classify_stationary_point` found: the kind, and the evidence for it."""
+
+    kind: Kind
+    gradient_norm: float
+    eigenvalues: np.ndarray  # of the tangent-space Hessian, ascending
+    degenerate: int  # eigenvalues within tolerance of 0, settled by probing the loss
+
+
+def classify_stationary_point(
+    w: Any,
+    a: Any,
+    *,
+    w_star: Any,
+    a_star: Any,
+    model: str = "resnet",
+    shortcut: Any = None,
+    grad_tol: float = 1e-8,
+    eig_tol: float = 1e-9,
+    probe: float = 1e-2,
+) -> StationaryPoint:
+    """Classify ``(w, a)`` as minimum, saddle or maximum from the tangent-space Hessian spectrum.
+
+    Zero eigenvalues (within ``eig_tol``) are settled by the loss along those eigenvectors at distance
+    ``+-probe``: at the spurious point the Hessian vanishes in ``w`` and the loss changes like
+    ``-(a.a*) delta^3 / (6 pi)`` with ``delta = pi - phi``, so only such a probe can tell a minimum.
+    Points whose gradient norm exceeds ``grad_tol`` are ``"not stationary"``.
+    """
+    kw = {"w_star": w_star, "a_star": a_star, "model": model, "shortcut": shortcut}
+    w = as_vector(w, "w")
+    a = as_vector(a, "a")
+    gw, ga = population_gradient(w, a, **kw)
+    gnorm = float(np.sqrt(gw @ gw + ga @ ga))
+    H = tangent_hessian(w, a, **kw)
+    lam, vec = np.linalg.eigh(H)
+    if gnorm > grad_tol:
+        return StationaryPoint("not stationary", gnorm, lam, 0)
+    scale = max(1.0, float(np.max(np.abs(lam))) if lam.size else 1.0)
+    neg = lam < -eig_tol * scale
+    pos = lam > eig_tol * scale
+    zero = ~(neg | pos)
+    B = tangent_basis(w, a.size, model=model, shortcut=shortcut)
+    p = w.size
+    L0 = population_loss(w, a, **kw)
+    up = down = False
+    for j in np.flatnonzero(zero):
+        d = B @ vec[:, j]
+        for sgn in (1.0, -1.0):
+            x = sgn * probe * d
+            dL = population_loss(w + x[:p], a + x[p:], **kw) - L0
+            tiny = 64 * np.finfo(float).eps * max(1.0, abs(L0))
+            up |= dL > tiny
+            down |= dL < -tiny
+    has_up, has_down = bool(pos.any() or up), bool(neg.any() or down)
+    kind: Kind = "saddle" if has_up and has_down else ("maximum" if has_down else "minimum")
+    return StationaryPoint(kind, gnorm, lam, int(zero.sum()))
+
+
+def effective_norm(w: Any, *, model: str = "resnet", shortcut: Any = None) -> float:
+    """``||w~||``: ``||w + v||`` for the ResNet, ``||w||`` otherwise (sets the filter's effective step)."""
+    w = as_vector(w, "w")
+    return float(np.linalg.norm(effective_filter(w, check_model(model), shortcut_vector(shortcut, w.size))))
