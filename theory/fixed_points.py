@@ -24,7 +24,7 @@ from theory.landscape import (
     tangent_basis,
     tangent_hessian,
 )
-from theory.validation import as_vector, check_model, shortcut_vector, unit_teacher
+from theory.validation import as_vector, check_model, finite_result, shortcut_vector, unit_teacher
 
 
 def arc_cosine(phi: float) -> float:
@@ -53,7 +53,14 @@ def optimal_a(phi: float, a_star: Any) -> np.ndarray:
     a_star = as_vector(a_star, "a_star")
     if not 0.0 <= phi <= math.pi:
         raise ValueError(f"phi must lie in [0, pi]; got {phi}")
-    return _m_inverse_times(a_star.sum() + (arc_cosine(phi) - 1.0) * a_star)
+    # Linear in a*: work with a* / max|a*| so that sums cannot overflow, then scale back.
+    m = float(np.max(np.abs(a_star)))
+    if m == 0.0:
+        return np.zeros_like(a_star)
+    b = a_star / m
+    with np.errstate(over="ignore"):
+        out = m * _m_inverse_times(b.sum() + (arc_cosine(phi) - 1.0) * b)
+    return finite_result(out, "optimal_a")
 
 
 def alignment_at(phi: float, a_star: Any) -> float:
@@ -62,11 +69,26 @@ def alignment_at(phi: float, a_star: Any) -> float:
     return float(optimal_a(phi, a_star) @ a_star)
 
 
+def _spurious_margin(a_star: np.ndarray) -> tuple[float, float]:
+    """``(margin, denom)`` for the teacher rescaled to ``max |a*_i| = 1`` (both criteria are scale invariant).
+
+    ``margin = (k + pi - 1) Q - pi S^2 = (k - 1) Q - pi (S^2 - Q)`` with ``S^2 - Q = sum_i a_i (S - a_i)``: exactly
+    0 for ``k = 1`` (where ``S^2`` and ``Q`` may round differently) and free of overflow.  The spurious minimum
+    exists iff ``margin > 0``; ``denom = (k + pi - 1) Q - S^2 = (k + pi - 2) Q - (S^2 - Q) >= margin``.
+    """
+    m = float(np.max(np.abs(a_star)))
+    if m == 0.0:
+        return 0.0, 0.0
+    b = a_star / m
+    k, S, Q = b.size, float(b.sum()), float(b @ b)
+    cross = float(b @ (S - b))
+    return (k - 1.0) * Q - math.pi * cross, (k + math.pi - 2.0) * Q - cross
+
+
 def spurious_exists(a_star: Any) -> bool:
     """Whether ``phi = pi`` is a spurious local minimum: ``(1.a*)^2 < ((k + pi - 1) / pi) ||a*||^2``."""
     a_star = as_vector(a_star, "a_star")
-    k = a_star.size
-    return bool(a_star.sum() ** 2 < (k + math.pi - 1.0) / math.pi * (a_star @ a_star))
+    return _spurious_margin(a_star)[0] > 0.0
 
 
 def spurious_point(a_star: Any) -> np.ndarray | None:
@@ -83,13 +105,23 @@ def saddle_angle(a_star: Any) -> float | None:
     It exists iff the spurious minimum does; ``phi_s >= pi / 2`` always (equality iff ``1.a* = 0``).
     """
     a_star = as_vector(a_star, "a_star")
-    if not spurious_exists(a_star):
+    margin, denom = _spurious_margin(a_star)
+    if not margin > 0.0:
         return None
-    # a(phi).a* = Ss^2/(k+pi-1) + (g(phi) - 1) (Qs - Ss^2/(k+pi-1)) / (pi - 1) = 0 fixes g(phi_s);
-    # g decreases strictly from pi to 0 on [0, pi], so the root is unique.
-    k, ss, qs = a_star.size, a_star.sum() ** 2, a_star @ a_star
-    g_s = 1.0 - (math.pi - 1.0) * (ss / (k + math.pi - 1.0)) / (qs - ss / (k + math.pi - 1.0))
-    return float(brentq(lambda x: arc_cosine(x) - g_s, 0.0, math.pi, xtol=1e-15, rtol=1e-15))
+    # a(phi).a* = Ss^2/(k+pi-1) + (g(phi) - 1) (Qs - Ss^2/(k+pi-1)) / (pi - 1) = 0 fixes
+    # g(phi_s) = ((k+pi-1) Qs - pi Ss^2) / ((k+pi-1) Qs - Ss^2) = margin / denom, in (0, 1].
+    # g decreases strictly from pi to 0 on [0, pi], so the root is unique.  Solve for delta = pi - phi_s with
+    # g(pi - delta) = sin(delta) - delta cos(delta) (series for small delta): near the existence boundary
+    # g_s -> 0+ and g evaluated at phi ~ pi would be lost in rounding (root bracket with equal signs).
+    g_s = min(margin / denom, 1.0)
+
+    def g_from_pi(d: float) -> float:
+        if d < 1e-2:
+            return d**3 / 3.0 - d**5 / 30.0 + d**7 / 840.0
+        return math.sin(d) - d * math.cos(d)
+
+    delta = brentq(lambda d: g_from_pi(d) - g_s, 0.0, math.pi, xtol=1e-300, rtol=4 * np.finfo(float).eps)
+    return float(math.pi - delta)
 
 
 def reduced_loss(phi: float, a_star: Any) -> float:

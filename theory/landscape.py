@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 
 from theory import closed_forms
-from theory.validation import as_vector, check_model, finite_result, norm, shortcut_vector, unit_teacher
+from theory.validation import (
+    as_vector,
+    check_model,
+    finite_result,
+    float_guard,
+    norm,
+    shortcut_vector,
+    unit_teacher,
+)
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,8 @@ def population_loss(
 ) -> float:
     """Population loss ``1/2 E[(f(Z; w, a) - f(Z; w*, a*))^2]`` under Gaussian input, in closed form."""
     args = _inputs(w, a, w_star, a_star, model, shortcut, normalize)
-    return finite_result(_loss(*args), "population_loss")
+    with float_guard("population_loss"):
+        return finite_result(_loss(*args), "population_loss")
 
 
 def population_gradient(
@@ -133,8 +142,9 @@ def population_gradient(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(grad_w L, grad_a L)`` in closed form (chain rule through shortcut and normalization)."""
     args = _inputs(w, a, w_star, a_star, model, shortcut, normalize)
-    grad_w, grad_a = _gradient(*args)
-    return finite_result(grad_w, "population_gradient"), finite_result(grad_a, "population_gradient")
+    with float_guard("population_gradient"):
+        grad_w, grad_a = _gradient(*args)
+        return finite_result(grad_w, "population_gradient"), finite_result(grad_a, "population_gradient")
 
 
 def population_hessian(
@@ -142,7 +152,8 @@ def population_hessian(
 ) -> np.ndarray:
     """Full ``(p+k) x (p+k)`` Hessian in ``(w, a)`` coordinates, ``w`` first."""
     args = _inputs(w, a, w_star, a_star, model, shortcut, normalize)
-    return finite_result(_hessian(*args), "population_hessian")
+    with float_guard("population_hessian"):
+        return finite_result(_hessian(*args), "population_hessian")
 
 
 def tangent_basis(w: Any, k: int, *, model: str = "resnet", shortcut: Any = None) -> np.ndarray:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -70,11 +72,28 @@ def shortcut_vector(shortcut: Any, p: int) -> np.ndarray:
     return v / nrm
 
 
+def overflow_error(what: str) -> ValueError:
+    return ValueError(
+        f"{what} overflows float64: the inputs (w, a, a_star) are too large in magnitude "
+        "(keep entries below about 1e150)"
+    )
+
+
 def finite_result(value: Any, what: str) -> Any:
     """Refuse to return a non-finite number: it can only come from inputs too large for float64."""
     if not np.all(np.isfinite(value)):
-        raise ValueError(
-            f"{what} overflows float64: the inputs (w, a, a_star) are too large in magnitude "
-            "(keep entries below about 1e150)"
-        )
+        raise overflow_error(what)
     return value
+
+
+@contextmanager
+def float_guard(what: str) -> Iterator[None]:
+    """Silence float64 over/underflow warnings and turn Python's OverflowError into the same ValueError.
+
+    Results computed inside are checked by :func:`finite_result`, so nothing non-finite escapes silently.
+    """
+    with np.errstate(all="ignore"):
+        try:
+            yield
+        except OverflowError:
+            raise overflow_error(what) from None

@@ -1,0 +1,118 @@
+"""End-state classification against the theory's fixed points.
+
+A run ends ``global``, ``spurious``, ``saddle``, ``not_converged`` or ``diverged``:
+
+- ``diverged``: the loss became non-finite or exceeded the divergence threshold (the run is stopped there;
+  no NaN is passed on).
+- ``global``: the final loss is at most ``loss_tol`` times the zero network's loss ``L_ref`` (the loss is zero only on the global minima), or the
+  state is within ``angle_tol`` of ``phi = 0`` and ``a`` within ``a_rtol ||a*||`` of ``a*`` (for the
+  unnormalized CNN the function depends on ``||w|| a``, which is what is compared).
+- ``spurious``: the teacher has a spurious minimum (theory: ``(1.a*)^2 < ((k+pi-1)/pi)||a*||^2``) and either the
+  run stopped ``trapped`` (it provably entered that basin, see :mod:`sims.kernels`) or it sits within
+  ``spurious_angle_tol`` of ``phi = pi`` with ``a`` within ``spurious_a_rtol ||a*||`` of ``a_sp``.  The angle
+  tolerance is wider because GD approaches ``phi = pi`` only like ``1/t`` (the Hessian vanishes there).
+- ``saddle``: within ``angle_tol`` of a non-minimum stationary point with ``a`` within ``a_rtol ||a*||`` of the
+  theory's ``a``: the interior saddle ``(phi_s, a(phi_s))``, or ``(pi, a(pi))`` when ``phi = pi`` is not a minimum.
+- ``not_converged``: anything else (out of steps away from every fixed point).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sims import kernels
+from theory import closed_forms
+
+OUTCOMES: tuple[str, ...] = ("global", "spurious", "saddle", "not_converged", "diverged")
+GLOBAL, SPURIOUS, SADDLE, NOT_CONVERGED, DIVERGED = range(5)
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Tolerances of the classification (see the module docstring); all documented in the README."""
+
+    angle_tol: float = 1e-3
+    a_rtol: float = 1e-3
+    spurious_angle_tol: float = 0.05
+    spurious_a_rtol: float = 0.05
+
+
+def _g(phi: np.ndarray) -> np.ndarray:
+    return closed_forms.arc_cosine(phi, np.cos(phi), np.sin(phi))
+
+
+def optimal_a_batch(phi: np.ndarray, a_star: np.ndarray) -> np.ndarray:
+    """``a(phi) = M^{-1} N(phi) a*`` row by row (``phi``: (R,), ``a_star``: (R, k))."""
+    k = a_star.shape[1]
+    x = a_star.sum(axis=1, keepdims=True) + (_g(phi)[:, None] - 1.0) * a_star
+    return (x - x.sum(axis=1, keepdims=True) / (k + math.pi - 1.0)) / (math.pi - 1.0)
+
+
+def spurious_exists_batch(a_star: np.ndarray) -> np.ndarray:
+    """The theory's existence condition, row by row."""
+    k = a_star.shape[1]
+    return a_star.sum(axis=1) ** 2 < (k + math.pi - 1.0) / math.pi * np.einsum("ij,ij->i", a_star, a_star)
+
+
+def saddle_angles_batch(a_star: np.ndarray) -> np.ndarray:
+    """Saddle angle ``phi_s`` per row (``-1`` where there is none), by bisection on ``g(phi_s) = g_s``.
+
+    Same equation as :func:`theory.saddle_angle`, vectorized over teachers; 64 halvings reach float64 resolution.
+    """
+    k = a_star.shape[1]
+    ss = a_star.sum(axis=1) ** 2
+    qs = np.einsum("ij,ij->i", a_star, a_star)
+    exists = spurious_exists_batch(a_star)
+    kk = k + math.pi - 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g_s = 1.0 - (math.pi - 1.0) * (ss / kk) / (qs - ss / kk)
+    lo = np.zeros(len(a_star))
+    hi = np.full(len(a_star), math.pi)
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        above = _g(mid) > g_s  # g decreases: the root lies to the right
+        lo = np.where(above, mid, lo)
+        hi = np.where(above, hi, mid)
+    return np.where(exists, 0.5 * (lo + hi), -1.0)
+
+
+def classify(
+    *,
+    final_loss: np.ndarray,
+    final_phi: np.ndarray,
+    a: np.ndarray,
+    a_star: np.ndarray,
+    scale: np.ndarray,
+    stop_reason: np.ndarray,
+    loss_ref: np.ndarray,
+    loss_tol: float,
+    tol: Tolerances = Tolerances(),
+) -> np.ndarray:
+    """Outcome code per run (indices into :data:`OUTCOMES`)."""
+    R = a.shape[0]
+    ast = np.broadcast_to(a_star, a.shape)
+    fa = a * scale[:, None]  # the function depends on rho * a
+    nst = np.linalg.norm(ast, axis=1)
+    ref = np.maximum(nst, 1e-300)
+    out = np.full(R, NOT_CONVERGED, dtype=np.int8)
+    near_global = (final_phi <= tol.angle_tol) & (np.linalg.norm(fa - ast, axis=1) <= tol.a_rtol * ref)
+    glob = (final_loss <= loss_tol * loss_ref) | near_global
+    exists = spurious_exists_batch(ast)
+    a_pi = optimal_a_batch(np.full(R, math.pi), ast)
+    at_pi = (math.pi - final_phi) <= tol.spurious_angle_tol
+    near_sp = at_pi & (np.linalg.norm(fa - a_pi, axis=1) <= tol.spurious_a_rtol * ref)
+    spur = exists & ((stop_reason == kernels.STOP_TRAPPED) | near_sp)
+    phi_s = saddle_angles_batch(ast)
+    a_s = optimal_a_batch(np.where(phi_s >= 0, phi_s, 0.0), ast)
+    near_saddle = exists & (np.abs(final_phi - phi_s) <= tol.angle_tol)
+    near_saddle &= np.linalg.norm(fa - a_s, axis=1) <= tol.a_rtol * ref
+    pi_saddle = ~exists & ((math.pi - final_phi) <= tol.angle_tol)
+    pi_saddle &= np.linalg.norm(fa - a_pi, axis=1) <= tol.a_rtol * ref
+    out[near_saddle | pi_saddle] = SADDLE
+    out[spur] = SPURIOUS
+    out[glob] = GLOBAL
+    out[stop_reason == kernels.STOP_DIVERGED] = DIVERGED
+    return out

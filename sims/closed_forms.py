@@ -1,0 +1,16 @@
+"""numba-compiled versions of the generated closed forms in :mod:`theory.closed_forms`.
+
+``theory`` emits plain Python with :mod:`math` only; this module compiles it, so the formulas the kernels use are
+exactly the ones the theory tests check.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from theory import closed_forms as _cf
+
+arc_cosine = njit(cache=True)(_cf.arc_cosine)
+loss = njit(cache=True)(_cf.loss)
+gradient = njit(cache=True)(_cf.gradient)
+hessian = njit(cache=True)(_cf.hessian)

@@ -1,0 +1,249 @@
+"""Batched population gradient descent, compiled with numba and parallel over runs.
+
+Each run owns one row of every per-run array and is advanced by one thread from start to stop, so its state
+stays in cache and its result does not depend on the thread count or on which other runs share the batch.
+The filter is carried as the effective filter ``w~`` (``w + v`` for the ResNet); one fused pass per step
+updates ``w~`` and ``a`` and accumulates the invariants ``||w~||^2, w~.w*, 1.a, a.a, a.a*`` of the next step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from sims import closed_forms as cf
+from sims.rng import normal_pair
+
+RESNET, CNN, CNN_UNNORMALIZED = 0, 1, 2
+MODEL_CODES = {"resnet": RESNET, "cnn": CNN, "cnn-unnormalized": CNN_UNNORMALIZED}
+
+# Why a run stopped (``SimulationResult.stop_reason``).
+STOP_LOSS, STOP_GRAD, STOP_DIVERGED, STOP_MAX_STEPS, STOP_TRAPPED = 0, 1, 2, 3, 4
+STOP_NAMES = ("loss_tol", "grad_tol", "diverged", "max_steps", "trapped")
+
+# Trajectory columns.
+TRAJ_LOSS, TRAJ_PHI, TRAJ_ALIGN, TRAJ_DIST = 0, 1, 2, 3
+TRAJ_FIELDS = ("loss", "phi", "alignment", "dist_a")
+
+_PI = math.pi
+
+
+@njit(inline="always", cache=True)
+def angle_from(n, wws, ws2):
+    """``(phi, cos, sin)`` of the angle between ``w~`` (norm ``n``, ``w~.w* = wws``) and ``w*``."""
+    c_raw = wws / n
+    s2 = ws2 - c_raw * c_raw
+    s_raw = math.sqrt(s2) if s2 > 0.0 else 0.0
+    h = math.hypot(c_raw, s_raw)
+    return math.atan2(s_raw, c_raw), c_raw / h, s_raw / h
+
+
+@njit(inline="always", cache=True)
+def grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs):
+    """``||L_S 1 + 2 L_Q a + L_P a*||^2`` from the invariants alone (no pass over ``a``)."""
+    return (
+        k * L_S * L_S
+        + 4.0 * L_Q * L_Q * Q
+        + L_P * L_P * Qs
+        + 4.0 * L_S * L_Q * S
+        + 2.0 * L_S * L_P * Ss
+        + 4.0 * L_Q * L_P * P
+    )
+
+
+@njit(inline="always", cache=True)
+def optimal_alignment(g, k, Ss, Qs):
+    """``a(phi).a*`` with ``a(phi) = M^{-1} N(phi) a*`` the loss-minimizing second layer at angle ``phi``."""
+    kk = k + _PI - 1.0
+    return Ss * Ss / kk + (g - 1.0) * (Qs - Ss * Ss / kk) / (_PI - 1.0)
+
+
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract", "arcp"})
+def population_gd(
+    WT,  # (R, p) effective filters w~, updated in place
+    A,  # (R, k) second layers, updated in place
+    WS,  # (Rt, p) teacher filters (Rt = 1 or R)
+    AS,  # (Rt, k) teacher second layers
+    phi_saddle,  # (Rt,) saddle angle of each teacher, -1 where the spurious point does not exist
+    normalized,  # bool: weight-normalized (rho = 1) or not (rho = ||w||)
+    seg_end,  # (Rs, nseg) int64 step at which each segment ends; Rs = 1 or R
+    eta_w,  # (Rs, nseg)
+    eta_a,  # (Rs, nseg)
+    noise_w,  # (nseg,) perturbation std on w per step, per segment
+    noise_a,  # (nseg,)
+    noise_decay,  # multiplicative decay of the noise std per step (annealing)
+    states,  # (R, 4) uint64 random streams (used only with noise)
+    max_steps,
+    loss_tol,  # all loss levels are relative to L_ref = loss of the zero network = E[f*^2] / 2
+    grad_tol,  # relative to sqrt(L_ref)
+    eps_steps,  # loss level for steps_to_tol
+    divergence_loss,  # a loss above this (or non-finite) is divergence
+    stop_trapped,  # stop runs that provably entered the spurious basin (noise-free last segment only)
+    record_steps,  # (m,) int64 ascending steps at which the trajectory is recorded
+    traj,  # (R, m, 4) out: loss, phi, a.a*, ||a - a*||; NaN after the stop
+    final,  # (R, 4) out: loss, phi, a.a*, gradient norm at the stop
+    stop_step,  # (R,) out
+    stop_reason,  # (R,) out
+    slow_end,  # (R,) out: first step with a.a* > 0 (-1 if never)
+    steps_tol,  # (R,) out: first step with loss <= eps_steps (-1 if never)
+    rate_levels,  # (3,) loss levels hi > mid > lo: the linear rate is measured on [mid, lo] and checked on [hi, mid]
+    rate_pts,  # (R, 6) out: step and loss at the first crossing below each level (-1 if never)
+):
+    R, p = WT.shape
+    k = A.shape[1]
+    nseg = seg_end.shape[1]
+    m = record_steps.shape[0]
+    last_noisy = noise_w[nseg - 1] > 0.0 or noise_a[nseg - 1] > 0.0
+    for r in prange(R):
+        ri = np.int64(r)
+        tr = ri if WS.shape[0] > 1 else np.int64(0)
+        sr = ri if seg_end.shape[0] > 1 else np.int64(0)
+        w = WT[r]
+        a = A[r]
+        ws = WS[tr]
+        ast = AS[tr]
+        st = states[r]
+        phs = phi_saddle[tr]
+        ws2 = 0.0
+        Ss = 0.0
+        Qs = 0.0
+        for i in range(p):
+            ws2 += ws[i] * ws[i]
+        for j in range(k):
+            Ss += ast[j]
+            Qs += ast[j] * ast[j]
+        L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
+        if not L_ref > 0.0:
+            L_ref = 1.0
+        tol_loss = loss_tol * L_ref
+        tol_grad = grad_tol * math.sqrt(L_ref)
+        tol_eps = eps_steps * L_ref
+        tol_div = divergence_loss * L_ref
+        ww = 0.0
+        wws = 0.0
+        for i in range(p):
+            ww += w[i] * w[i]
+            wws += w[i] * ws[i]
+        S = 0.0
+        Q = 0.0
+        P = 0.0
+        for j in range(k):
+            S += a[j]
+            Q += a[j] * a[j]
+            P += a[j] * ast[j]
+        seg = 0
+        rec = 0
+        slow_end[r] = -1
+        steps_tol[r] = -1
+        for f in range(6):
+            rate_pts[r, f] = -1.0
+        sigma_scale = 1.0
+        z0 = 0.0
+        z1 = 0.0
+        t = 0
+        while True:
+            n = math.sqrt(ww)
+            phi, c, s = angle_from(n, wws, ws2)
+            rho = 1.0 if normalized else n
+            L = cf.loss(rho, phi, c, s, S, Q, P, Ss, Qs)
+            L_rho, L_c, L_S, L_Q, L_P = cf.gradient(rho, phi, c, s, S, Q, P, Ss, Qs)
+            gw2 = L_c * L_c * s * s / (n * n)
+            if not normalized:
+                gw2 += L_rho * L_rho
+            ga2 = grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
+            gnorm = math.sqrt(max(gw2 + ga2, 0.0))
+            if P > 0.0 and slow_end[r] < 0:
+                slow_end[r] = t
+            if L <= tol_eps and steps_tol[r] < 0:
+                steps_tol[r] = t
+            for lv in range(3):
+                if L <= rate_levels[lv] * L_ref and rate_pts[r, 2 * lv] < 0.0:
+                    rate_pts[r, 2 * lv] = t
+                    rate_pts[r, 2 * lv + 1] = L
+            while rec < m and record_steps[rec] == t:
+                d2 = 0.0
+                for j in range(k):
+                    d2 += (a[j] - ast[j]) * (a[j] - ast[j])
+                traj[r, rec, 0] = L
+                traj[r, rec, 1] = phi
+                traj[r, rec, 2] = P
+                traj[r, rec, 3] = math.sqrt(d2)
+                rec += 1
+            while seg < nseg - 1 and t >= seg_end[sr, seg]:
+                seg += 1
+            reason = -1
+            if not (math.isfinite(L) and math.isfinite(n) and math.isfinite(Q)) or L > tol_div:
+                reason = STOP_DIVERGED
+            elif L <= tol_loss:
+                reason = STOP_LOSS
+            elif gnorm <= tol_grad:
+                reason = STOP_GRAD
+            elif t >= max_steps:
+                reason = STOP_MAX_STEPS
+            elif stop_trapped and normalized and phs >= 0.0 and phi > phs and P < 0.0 and seg == nseg - 1:
+                if not last_noisy:
+                    # grad_a = M (a - a(phi)) / (2 pi) and M >= (pi - 1) I, so ||a - a(phi)|| <= 2 pi ||grad_a||/(pi-1)
+                    # and a.a* <= a(phi).a* + ||a - a(phi)|| ||a*|| < 0: phi keeps growing toward pi.
+                    g = cf.arc_cosine(phi, c, s)
+                    if 2.0 * _PI * math.sqrt(ga2) / (_PI - 1.0) * math.sqrt(Qs) < -optimal_alignment(g, k, Ss, Qs):
+                        reason = STOP_TRAPPED
+            if reason >= 0:
+                stop_reason[r] = reason
+                stop_step[r] = t
+                final[r, 0] = L
+                final[r, 1] = phi
+                final[r, 2] = P
+                final[r, 3] = gnorm
+                break
+            # One GD step: w~ <- alpha w~ + beta w*, a <- ca a + cp a* + c1, fused with the next invariants.
+            ew = eta_w[sr, seg]
+            ea = eta_a[sr, seg]
+            alpha = 1.0 + ew * (L_c * (wws / n) / (n * n))
+            if not normalized:
+                alpha -= ew * L_rho / n
+            beta = -ew * L_c / n
+            ca = 1.0 - 2.0 * ea * L_Q
+            cp = -ea * L_P
+            c1 = -ea * L_S
+            sw = noise_w[seg] * sigma_scale
+            sa = noise_a[seg] * sigma_scale
+            ww = 0.0
+            wws = 0.0
+            S = 0.0
+            Q = 0.0
+            P = 0.0
+            if sw > 0.0 or sa > 0.0:
+                for i in range(p):
+                    if i % 2 == 0:
+                        z0, z1 = normal_pair(st)
+                    x = alpha * w[i] + beta * ws[i] + sw * (z0 if i % 2 == 0 else z1)
+                    w[i] = x
+                    ww += x * x
+                    wws += x * ws[i]
+                for j in range(k):
+                    if j % 2 == 0:
+                        z0, z1 = normal_pair(st)
+                    y = ca * a[j] + cp * ast[j] + c1 + sa * (z0 if j % 2 == 0 else z1)
+                    a[j] = y
+                    S += y
+                    Q += y * y
+                    P += y * ast[j]
+                sigma_scale *= noise_decay
+            else:
+                for i in range(p):
+                    x = alpha * w[i] + beta * ws[i]
+                    w[i] = x
+                    ww += x * x
+                    wws += x * ws[i]
+                for j in range(k):
+                    y = ca * a[j] + cp * ast[j] + c1
+                    a[j] = y
+                    S += y
+                    Q += y * y
+                    P += y * ast[j]
+            t += 1
+        for q in range(rec, m):
+            for f in range(4):
+                traj[r, q, f] = np.nan

@@ -1,0 +1,216 @@
+"""Teachers and initializations, drawn per run from that run's own random stream.
+
+Teacher filters ``w*``: uniform on the sphere (``"sphere"``), uniform on the cap ``v.w* >= cos(phi_max)``
+(``"cap"``), or at a fixed angle from the shortcut ``v`` (``"angle"``).  Teacher second layers ``a*``: standard
+Gaussian (``"gaussian"``), ``1_k`` (``"ones"``) or a fixed vector (``"fixed"``); ``require_spurious=True`` redraws a
+Gaussian ``a*`` until the spurious local minimum exists.  Student filters ``w0``: zero (ResNet, the network
+starts at the shortcut), uniform on the unit sphere, or Gaussian of a given scale.  Student ``a0``: uniform in
+the ball of radius ``a_radius`` (default ``||a*||``) or Gaussian with per-entry std ``a_radius / sqrt(k)``.
+
+The cap uses the exact marginal of ``t = v.w*`` on the sphere, ``(t + 1)/2 ~ Beta((p-1)/2, (p-1)/2)``, by
+inverse CDF, so it stays exact and cheap for small caps in high dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+from scipy import special
+
+from sims.rng import fill_normal, normal_pair, uniform
+
+TEACHER_W = ("sphere", "cap", "angle")
+TEACHER_A = ("gaussian", "ones", "fixed")
+INIT_W = ("zero", "sphere", "gaussian")
+INIT_A = ("ball", "gaussian")
+_MAX_REDRAWS = 10_000
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """How each run's teacher ``(w*, a*)`` is drawn (see the module docstring)."""
+
+    w: str = "cap"
+    phi_max: float = math.pi / 2  # "cap": the cap's half-angle around v
+    angle: float = math.pi / 4  # "angle": angle between w* and v
+    a: str = "gaussian"
+    a_value: tuple[float, ...] | None = None  # "fixed"
+    require_spurious: bool = False
+
+    def validate(self, k: int) -> None:
+        if self.w not in TEACHER_W:
+            raise ValueError(f"teacher.w must be one of {TEACHER_W}; got {self.w!r}")
+        if self.a not in TEACHER_A:
+            raise ValueError(f"teacher.a must be one of {TEACHER_A}; got {self.a!r}")
+        if not (0.0 < self.phi_max <= math.pi):
+            raise ValueError(f"teacher.phi_max must lie in (0, pi]; got {self.phi_max!r}")
+        if not (0.0 <= self.angle <= math.pi):
+            raise ValueError(f"teacher.angle must lie in [0, pi]; got {self.angle!r}")
+        if self.a == "fixed":
+            if self.a_value is None or len(self.a_value) != k or not np.all(np.isfinite(self.a_value)):
+                raise ValueError(f"teacher.a_value must be {k} finite numbers when teacher.a = 'fixed'")
+        if self.require_spurious:
+            if self.a != "gaussian":
+                raise ValueError("teacher.require_spurious needs teacher.a = 'gaussian' (the others are fixed)")
+            if k < 2:
+                raise ValueError("teacher.require_spurious needs k >= 2: for k = 1 the spurious point never exists")
+
+
+@dataclass(frozen=True)
+class Init:
+    """How each run's starting point ``(w0, a0)`` is drawn (see the module docstring)."""
+
+    w: str = "zero"
+    w_scale: float = 1.0  # "gaussian": per-entry std is w_scale / sqrt(p)
+    a: str = "ball"
+    a_radius: float | None = None  # default ||a*|| of the run's teacher
+
+    def validate(self, model: str) -> None:
+        if self.w not in INIT_W:
+            raise ValueError(f"init.w must be one of {INIT_W}; got {self.w!r}")
+        if self.a not in INIT_A:
+            raise ValueError(f"init.a must be one of {INIT_A}; got {self.a!r}")
+        if model != "resnet" and self.w == "zero":
+            raise ValueError(
+                f"init.w = 'zero' is not allowed for model {model!r}: a CNN filter w0 = 0 has no direction "
+                "(use 'sphere' or 'gaussian')"
+            )
+        if not (math.isfinite(self.w_scale) and self.w_scale > 0):
+            raise ValueError(f"init.w_scale must be finite and > 0; got {self.w_scale!r}")
+        if self.a_radius is not None and not (math.isfinite(self.a_radius) and self.a_radius >= 0):
+            raise ValueError(f"init.a_radius must be finite and >= 0; got {self.a_radius!r}")
+
+
+@njit(cache=True)
+def _unit_orthogonal(st, v, out):
+    """A uniform unit vector orthogonal to the unit vector ``v`` (p >= 2)."""
+    fill_normal(st, out)
+    d = 0.0
+    for i in range(out.shape[0]):
+        d += out[i] * v[i]
+    nn = 0.0
+    for i in range(out.shape[0]):
+        out[i] -= d * v[i]
+        nn += out[i] * out[i]
+    nn = math.sqrt(nn)
+    for i in range(out.shape[0]):
+        out[i] /= nn
+
+
+@njit(parallel=True, cache=True)
+def _draw(states, v, tw_code, ta_code, a_fixed, require_spurious, iw_code, w_scale, ia_code, a_radius,
+          U_cap, E_perp, AS, W0, A0, fail):
+    R, p = W0.shape
+    k = A0.shape[1]
+    for r in prange(R):
+        st = states[r]
+        # teacher filter: a uniform number for the cap's marginal, and a direction orthogonal to v
+        U_cap[r] = uniform(st)
+        if p >= 2:
+            _unit_orthogonal(st, v, E_perp[r])
+        else:
+            x, _ = normal_pair(st)
+            E_perp[r, 0] = 1.0 if x >= 0 else -1.0  # sign for the sphere in 1-D
+        # teacher second layer
+        ast = AS[r]
+        if ta_code == 0:
+            tries = 0
+            while True:
+                fill_normal(st, ast)
+                if not require_spurious:
+                    break
+                s = 0.0
+                q = 0.0
+                for j in range(k):
+                    s += ast[j]
+                    q += ast[j] * ast[j]
+                if s * s < (k + math.pi - 1.0) / math.pi * q:
+                    break
+                tries += 1
+                if tries > _MAX_REDRAWS:
+                    fail[r] = True
+                    break
+        elif ta_code == 1:
+            for j in range(k):
+                ast[j] = 1.0
+        else:
+            for j in range(k):
+                ast[j] = a_fixed[j]
+        # student filter
+        w = W0[r]
+        if iw_code == 0:
+            for i in range(p):
+                w[i] = 0.0
+        else:
+            fill_normal(st, w)
+            if iw_code == 1:
+                nn = 0.0
+                for i in range(p):
+                    nn += w[i] * w[i]
+                nn = math.sqrt(nn)
+                for i in range(p):
+                    w[i] /= nn
+            else:
+                for i in range(p):
+                    w[i] *= w_scale / math.sqrt(p)
+        # student second layer
+        a = A0[r]
+        rad = a_radius
+        if rad < 0.0:
+            rad = 0.0
+            for j in range(k):
+                rad += ast[j] * ast[j]
+            rad = math.sqrt(rad)
+        fill_normal(st, a)
+        if ia_code == 0:
+            nn = 0.0
+            for j in range(k):
+                nn += a[j] * a[j]
+            scale = rad * uniform(st) ** (1.0 / k) / math.sqrt(nn)
+        else:
+            scale = rad / math.sqrt(k)
+        for j in range(k):
+            a[j] *= scale
+
+
+def draw(
+    states: np.ndarray, *, p: int, k: int, teacher: Teacher, init: Init, shortcut: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Draw ``(w_star, a_star, w0, a0)`` for each run, advancing each run's stream in ``states`` in place."""
+    R = states.shape[0]
+    U_cap = np.empty(R)
+    E_perp = np.empty((R, p))
+    AS = np.empty((R, k))
+    W0 = np.empty((R, p))
+    A0 = np.empty((R, k))
+    fail = np.zeros(R, dtype=np.bool_)
+    a_fixed = np.asarray(teacher.a_value if teacher.a == "fixed" else np.zeros(k), dtype=np.float64)
+    _draw(states, shortcut, TEACHER_W.index(teacher.w), TEACHER_A.index(teacher.a), a_fixed,
+          teacher.require_spurious, INIT_W.index(init.w), init.w_scale, INIT_A.index(init.a),
+          -1.0 if init.a_radius is None else init.a_radius, U_cap, E_perp, AS, W0, A0, fail)
+    if fail.any():
+        raise ValueError(f"teacher.require_spurious: no Gaussian a* with a spurious point in {_MAX_REDRAWS} draws")
+    # Teacher filter from the cap's marginal: t = v.w*, w* = t v + sqrt(1 - t^2) e_perp.
+    if p == 1:
+        if teacher.w == "sphere":
+            WS = E_perp.copy()
+        elif teacher.w == "cap":
+            WS = np.repeat(shortcut[None, :], R, axis=0)  # the only unit vectors are +-v; the cap holds +v
+        else:
+            if teacher.angle not in (0.0, math.pi):
+                raise ValueError("teacher.angle must be 0 or pi when p = 1")
+            WS = np.repeat(shortcut[None, :] * math.cos(teacher.angle), R, axis=0)
+        return WS, AS, W0, A0
+    if teacher.w == "angle":
+        t = np.full(R, math.cos(teacher.angle))
+    else:
+        half = (p - 1) / 2.0
+        lo = special.betainc(half, half, (math.cos(teacher.phi_max) + 1.0) / 2.0) if teacher.w == "cap" else 0.0
+        t = 2.0 * special.betaincinv(half, half, lo + U_cap * (1.0 - lo)) - 1.0
+        t = np.clip(t, -1.0, 1.0)
+    WS = t[:, None] * shortcut[None, :] + np.sqrt(1.0 - t**2)[:, None] * E_perp
+    WS /= np.linalg.norm(WS, axis=1, keepdims=True)
+    return WS, AS, W0, A0

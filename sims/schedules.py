@@ -1,0 +1,261 @@
+"""Step-size schedules: constant, two-stage warmup, layerwise, piecewise-constant, perturbed, and the
+theory-prescribed warmup.
+
+A schedule is a tuple of :class:`Segment` (steps, ``eta_w``, ``eta_a``, perturbation noise); the last segment
+runs until the step budget.  :meth:`Schedule.resolve` turns it into the per-run arrays the kernels take.
+
+**The prescribed warmup** (:meth:`Schedule.prescribed_warmup`) chooses, per run, the Stage-I length ``T1`` and
+filter step ``eta_w^I`` from a bound that keeps ``phi`` below the saddle angle ``phi_s`` while ``a.a*`` turns
+positive.  With ``phi_0`` the initial angle, target ``phi_max = (phi_0 + phi_s) / 2`` (``phi_s = pi`` when there
+is no spurious point) and ``P_min = a(phi_max).a* > 0`` (``a(phi).a*`` decreases in ``phi``):
+
+1. ``a`` contracts toward the moving target ``a(phi_t)`` at rate ``r_a = max |1 - eta_a lambda|`` over the
+   ``a``-Hessian's eigenvalues ``(k + pi - 1)/(2 pi)`` and ``(pi - 1)/(2 pi)``.
+2. The filter step is orthogonal to ``w~`` and ``||w~|| >= n_0`` never shrinks, so one step turns ``phi`` by at
+   most ``eta_w G |a.a*| / (2 pi n_0^2)`` with ``G = max (pi - phi) sin(phi) = 1.8197...``; with
+   ``|a.a*| <= ||a*|| A`` (``A`` bounds ``||a_t||``) that is ``delta <= eta_w G ||a*|| A / (2 pi n_0^2)``.
+3. ``a(phi)`` moves by at most ``G ||a*|| / (pi - 1)`` per radian, so the tracking error obeys
+   ``e_t <= r_a^t e_0 + D`` with ``D = G ||a*|| delta / ((pi - 1)(1 - r_a))``; ``eta_w^I`` is chosen so that
+   ``D ||a*|| <= P_min / 4``.
+4. Then ``a_t.a* >= P_min - (r_a^t e_0 + D) ||a*|| >= P_min / 4 > 0`` for ``t >= t_+ = log(2 e_0 ||a*|| / P_min)
+   / log(1 / r_a)``; before ``t_+`` the angle grows by at most ``t_+ delta``, and ``eta_w^I`` is chosen so that
+   ``t_+ delta <= phi_max - phi_0``.  After ``t_+`` the filter moves toward ``w*``.
+5. ``T1 = 2 t_+ + 10`` (margin for ``a`` to settle); Stage II uses the caller's ``eta_w, eta_a``.
+
+When ``phi_0 >= phi_s`` no warmup can help (GD from there goes to the spurious point); such runs get
+``eta_w^I = 0`` for ``T1`` steps and ``guaranteed = False``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import theory
+
+#: ``max_{phi in [0, pi]} (pi - phi) sin(phi)``, attained where ``tan(phi) = pi - phi``.
+G_MAX = 1.8197057955
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of ``steps`` GD steps with fixed step sizes and perturbation noise (``steps=None``: to the end)."""
+
+    steps: int | None
+    eta_w: float
+    eta_a: float
+    noise_w: float = 0.0
+    noise_a: float = 0.0
+
+
+@dataclass(frozen=True)
+class ResolvedSchedule:
+    """Per-run arrays for the kernels; ``Rs = 1`` when every run shares the schedule."""
+
+    seg_end: np.ndarray  # (Rs, nseg) int64
+    eta_w: np.ndarray  # (Rs, nseg)
+    eta_a: np.ndarray  # (Rs, nseg)
+    noise_w: np.ndarray  # (nseg,)
+    noise_a: np.ndarray  # (nseg,)
+    noise_decay: float
+    warmup_steps: np.ndarray | None = None  # (R,) T1 of the prescribed warmup
+    warmup_eta_w: np.ndarray | None = None  # (R,) eta_w^I of the prescribed warmup
+    guaranteed: np.ndarray | None = None  # (R,) whether the bound applies (phi_0 < phi_s)
+
+
+def _check_rate(value: float, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}") from None
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Piecewise-constant per-layer step sizes (and optional annealed perturbation noise)."""
+
+    segments: tuple[Segment, ...]
+    noise_decay: float = 1.0
+    name: str = "custom"
+    prescribed: bool = False
+    safety: float = 1.0  # prescribed warmup: multiply eta_w^I by this (<= 1)
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.segments:
+            raise ValueError("schedule.segments must hold at least one segment")
+        for i, seg in enumerate(self.segments):
+            last = i == len(self.segments) - 1
+            if seg.steps is None and not last:
+                raise ValueError(f"schedule.segments[{i}].steps must be an integer >= 0 (only the last may be None)")
+            if seg.steps is not None and (not isinstance(seg.steps, (int, np.integer)) or seg.steps < 0):
+                raise ValueError(f"schedule.segments[{i}].steps must be an integer >= 0; got {seg.steps!r}")
+            for f in ("eta_w", "eta_a", "noise_w", "noise_a"):
+                _check_rate(getattr(seg, f), f"schedule.segments[{i}].{f}")
+        if not (math.isfinite(self.noise_decay) and 0.0 < self.noise_decay <= 1.0):
+            raise ValueError(f"schedule.noise_decay must lie in (0, 1]; got {self.noise_decay!r}")
+        if not (0.0 < self.safety <= 1.0):
+            raise ValueError(f"schedule.safety must lie in (0, 1]; got {self.safety!r}")
+
+    # ---- constructors -------------------------------------------------------------------------------------
+    @classmethod
+    def constant(cls, eta_w: float, eta_a: float) -> Schedule:
+        """One step size per layer throughout (no warmup)."""
+        return cls((Segment(None, _check_rate(eta_w, "eta_w"), _check_rate(eta_a, "eta_a")),), name="constant")
+
+    @classmethod
+    def two_stage(cls, T1: int, eta_w1: float, eta_a1: float, eta_w2: float, eta_a2: float) -> Schedule:
+        """Liu et al.'s warmup: ``T1`` steps with ``(eta_w1, eta_a1)``, then ``(eta_w2, eta_a2)``."""
+        return cls(
+            (
+                Segment(T1, _check_rate(eta_w1, "eta_w1"), _check_rate(eta_a1, "eta_a1")),
+                Segment(None, _check_rate(eta_w2, "eta_w2"), _check_rate(eta_a2, "eta_a2")),
+            ),
+            name="two-stage",
+        )
+
+    @classmethod
+    def layerwise(cls, T1: int, eta_a1: float, eta_w2: float, eta_a2: float) -> Schedule:
+        """Stage I trains only ``a`` (``eta_w = 0``), then both layers."""
+        sched = cls.two_stage(T1, 0.0, eta_a1, eta_w2, eta_a2)
+        return cls(sched.segments, name="layerwise")
+
+    @classmethod
+    def piecewise(cls, segments: list[tuple[int | None, float, float]] | list[Segment]) -> Schedule:
+        """Any piecewise-constant per-layer schedule: ``[(steps, eta_w, eta_a), ..., (None, eta_w, eta_a)]``."""
+        segs = tuple(s if isinstance(s, Segment) else Segment(*s) for s in segments)
+        return cls(segs, name="piecewise")
+
+    @classmethod
+    def perturbed(
+        cls, eta_w: float, eta_a: float, *, noise: float, half_life: float = math.inf, noise_a: float | None = None
+    ) -> Schedule:
+        """Perturbed GD (Zhou, Liu et al. 2019): Gaussian noise of std ``noise`` added to the weights each step,
+        annealed geometrically with the given half-life in steps (``inf``: no annealing)."""
+        noise = _check_rate(noise, "noise")
+        if not (half_life > 0):
+            raise ValueError(f"half_life must be > 0 steps; got {half_life!r}")
+        decay = 1.0 if math.isinf(half_life) else 0.5 ** (1.0 / half_life)
+        na = noise if noise_a is None else _check_rate(noise_a, "noise_a")
+        return cls((Segment(None, eta_w, eta_a, noise, na),), noise_decay=decay, name="perturbed")
+
+    @classmethod
+    def prescribed_warmup(
+        cls, eta_w: float, eta_a: float, *, eta_a_warmup: float | None = None, safety: float = 1.0
+    ) -> Schedule:
+        """Two-stage warmup whose ``T1`` and ``eta_w^I`` come, per run, from the bound in the module docstring.
+
+        Stage II uses ``(eta_w, eta_a)``; Stage I uses ``eta_a_warmup`` (default: the step ``4 pi / (k + 2 pi - 2)``
+        that contracts ``a`` fastest).
+        """
+        warm = math.nan if eta_a_warmup is None else _check_rate(eta_a_warmup, "eta_a_warmup")
+        segs = (Segment(0, 0.0, 0.0), Segment(None, _check_rate(eta_w, "eta_w"), _check_rate(eta_a, "eta_a")))
+        return cls(segs, name="prescribed-warmup", prescribed=True, safety=safety, extra={"eta_a_warmup": warm})
+
+    # ---- use ----------------------------------------------------------------------------------------------
+    @property
+    def stage_one_steps(self) -> int:
+        return int(self.segments[0].steps or 0) if len(self.segments) > 1 else 0
+
+    def max_eta_a(self, k: int) -> float:
+        etas = [s.eta_a for s in self.segments]
+        if self.prescribed:
+            warm = self.extra.get("eta_a_warmup", math.nan)
+            etas.append(optimal_eta_a(k) if math.isnan(warm) else warm)
+        return max(etas)
+
+    def resolve(self, max_steps: int, *, runs: int, **context) -> ResolvedSchedule:
+        """Per-run arrays; the prescribed warmup needs ``context`` (see :func:`prescribed_warmup_steps`)."""
+        total = sum(s.steps for s in self.segments[:-1])
+        if total > max_steps:
+            raise ValueError(
+                f"schedule stage lengths add up to {total} steps (T1 for a two-stage schedule), more than "
+                f"steps = {max_steps}; T1 must be <= steps"
+            )
+        ends = np.cumsum([s.steps for s in self.segments[:-1]] + [max_steps]).astype(np.int64)[None, :]
+        eta_w = np.array([[s.eta_w for s in self.segments]])
+        eta_a = np.array([[s.eta_a for s in self.segments]])
+        noise_w = np.array([s.noise_w for s in self.segments])
+        noise_a = np.array([s.noise_a for s in self.segments])
+        if not self.prescribed:
+            return ResolvedSchedule(ends, eta_w, eta_a, noise_w, noise_a, self.noise_decay)
+        warm = self.extra.get("eta_a_warmup", math.nan)
+        T1, ew1, ok = prescribed_warmup_steps(eta_a_warmup=None if math.isnan(warm) else warm, **context)
+        ew1 = ew1 * self.safety
+        T1 = np.minimum(T1, max_steps)
+        ends = np.repeat(ends, runs, axis=0)
+        ends[:, 0] = T1
+        eta_w = np.repeat(eta_w, runs, axis=0)
+        eta_w[:, 0] = ew1
+        eta_a = np.repeat(eta_a, runs, axis=0)
+        eta_a[:, 0] = optimal_eta_a(context["a_star"].shape[1]) if math.isnan(warm) else warm
+        return ResolvedSchedule(ends, eta_w, eta_a, noise_w, noise_a, self.noise_decay, T1, ew1, ok)
+
+
+def optimal_eta_a(k: int) -> float:
+    """The step that contracts ``a`` fastest: ``2 / (lambda_max + lambda_min) = 4 pi / (k + 2 pi - 2)`` over the
+    ``a``-Hessian's eigenvalues; for ``k = 1`` the single eigenvalue ``1/2`` gives ``2``."""
+    if k == 1:
+        return 2.0
+    return 4.0 * math.pi / (k + 2.0 * math.pi - 2.0)
+
+
+def _a_contraction(eta_a: float, k: int) -> float:
+    lams = [(k + math.pi - 1.0) / (2.0 * math.pi)] + ([(math.pi - 1.0) / (2.0 * math.pi)] if k > 1 else [])
+    return max(abs(1.0 - eta_a * lam) for lam in lams)
+
+
+def prescribed_warmup_steps(
+    *, phi0: np.ndarray, norm0: np.ndarray, a0: np.ndarray, a_star: np.ndarray, eta_a_warmup: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(T1, eta_w^I, guaranteed)`` per run from the bound in the module docstring.
+
+    ``phi0``, ``norm0``: initial angle and ``||w~_0||`` (R,); ``a0``: (R, k); ``a_star``: (R, k) or (1, k).
+    """
+    R, k = a0.shape
+    eta_a = optimal_eta_a(k) if eta_a_warmup is None else eta_a_warmup
+    r_a = _a_contraction(eta_a, k)
+    if not r_a < 1.0:
+        raise ValueError(f"eta_a_warmup = {eta_a} does not contract a (needs 0 < eta_a < {theory.max_stable_eta_a(k)})")
+    T1 = np.zeros(R, dtype=np.int64)
+    ew = np.zeros(R)
+    ok = np.zeros(R, dtype=bool)
+    for r in range(R):
+        ast = a_star[r if a_star.shape[0] > 1 else 0]
+        nst = float(np.linalg.norm(ast))
+        phi_s = theory.saddle_angle(ast)
+        phi_s = math.pi if phi_s is None else phi_s
+        if nst == 0.0:
+            T1[r], ew[r], ok[r] = 0, 0.0, True
+            continue
+        a_opt0 = theory.optimal_a(float(phi0[r]), ast)
+        e0 = float(np.linalg.norm(a0[r] - a_opt0))
+        if phi0[r] >= phi_s:
+            t_plus = _steps_to_contract(2.0 * e0 * nst, 1.0, r_a)
+            T1[r], ew[r], ok[r] = 2 * t_plus + 10, 0.0, False
+            continue
+        phi_max = 0.5 * (float(phi0[r]) + phi_s)
+        p_min = theory.alignment_at(phi_max, ast)
+        delta_cap = p_min / 4.0 / nst * (math.pi - 1.0) * (1.0 - r_a) / (G_MAX * nst)  # D ||a*|| <= P_min / 4
+        A = abs(ast.sum()) * math.sqrt(k) / (math.pi - 1.0) + nst + e0 + p_min / (4.0 * nst)
+        t_plus = _steps_to_contract(2.0 * e0 * nst, p_min, r_a)
+        if t_plus > 0:
+            delta_cap = min(delta_cap, (phi_max - float(phi0[r])) / t_plus)
+        ew[r] = delta_cap * 2.0 * math.pi * norm0[r] ** 2 / (G_MAX * nst * A)
+        T1[r] = 2 * t_plus + 10
+        ok[r] = True
+    return T1, ew, ok
+
+
+def _steps_to_contract(start: float, target: float, rate: float) -> int:
+    """Smallest ``t >= 0`` with ``start * rate^t <= target``."""
+    if start <= target:
+        return 0
+    if rate <= 0.0:
+        return 1
+    return int(math.ceil(math.log(start / target) / math.log(1.0 / rate)))

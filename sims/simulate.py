@@ -1,0 +1,354 @@
+"""``simulate``: batched training runs of the shallow CNN/ResNet, with a result object that says why each run
+stopped, where it ended (classified against the theory's fixed points), how fast it got there, and its
+log-spaced trajectory."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any
+
+import numba
+import numpy as np
+
+import theory
+from sims import classify as _classify
+from sims import kernels, samplers
+from sims.rng import stream_states
+from sims.samplers import Init, Teacher
+from sims.schedules import Schedule
+from theory.validation import check_model
+
+ALGORITHMS: tuple[str, ...] = ("gd", "sgd", "gd-fixed")
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Stopping rules.  Loss levels are relative to ``L_ref``, the loss of the zero network ``E[f*^2]/2``,
+    so they mean the same at every ``k``; ``grad_tol`` is relative to ``sqrt(L_ref)``."""
+
+    loss_tol: float = 1e-10  # stop: converged (global minimum)
+    grad_tol: float = 1e-10  # stop: stationary (saddle or spurious point)
+    eps: float = 1e-6  # steps_to_tol counts the steps to reach this loss
+    divergence: float = 1e8  # a loss above this (or non-finite) is divergence
+    # Loss levels hi > mid > lo: the rate is measured between mid and lo; the run counts as in the linear regime
+    # when the rate between hi and mid agrees with it within linear_rtol (in log-rate per step).
+    rate_window: tuple[float, float, float] = (1e-4, 1e-6, 1e-9)
+    linear_rtol: float = 0.01
+    stop_trapped: bool = True  # stop runs that provably entered the spurious basin (noise-free GD only)
+
+
+@dataclass
+class SimulationResult:
+    """Per-run arrays (first axis: run) and the settings that produced them.
+
+    ``outcome`` and ``stop_reason`` are string arrays (see :data:`sims.classify.OUTCOMES` and
+    :data:`sims.kernels.STOP_NAMES`).  ``steps_to_tol`` and ``slow_phase_end`` are ``-1`` where the event never
+    happened.  ``trajectory`` has shape ``(runs, len(trajectory_steps), 4)`` with columns
+    :data:`sims.kernels.TRAJ_FIELDS`; entries after a run's stop are NaN (use :meth:`trajectory_of`).
+    ``fitted_rate`` is the measured per-step loss contraction at the end of the run (between the levels
+    ``rate_window[1:]``), ``linear_regime`` says whether the loss curve was already geometric there (the rate one
+    window earlier agrees), and ``theory_rate`` is the contraction the Hessian at the reached global minimum
+    predicts for the final step sizes (rate and theory are NaN for runs that did not reach the global minimum).
+    """
+
+    settings: dict[str, Any]
+    run_index: np.ndarray
+    outcome: np.ndarray
+    stop_reason: np.ndarray
+    steps: np.ndarray
+    final_loss: np.ndarray
+    final_phi: np.ndarray
+    final_alignment: np.ndarray
+    final_grad_norm: np.ndarray
+    steps_to_tol: np.ndarray
+    slow_phase_end: np.ndarray
+    fitted_rate: np.ndarray
+    theory_rate: np.ndarray
+    linear_regime: np.ndarray
+    w: np.ndarray
+    a: np.ndarray
+    w0: np.ndarray
+    a0: np.ndarray
+    w_star: np.ndarray
+    a_star: np.ndarray
+    loss_ref: np.ndarray
+    trajectory_steps: np.ndarray
+    trajectory: np.ndarray
+    warmup_steps: np.ndarray
+    warmup_eta_w: np.ndarray
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.outcome.shape[0])
+
+    def counts(self) -> dict[str, int]:
+        """Number of runs per outcome."""
+        return {name: int(np.sum(self.outcome == name)) for name in _classify.OUTCOMES}
+
+    def trajectory_of(self, run: int) -> dict[str, np.ndarray]:
+        """The recorded trajectory of one run up to its stop: ``{"step": ..., "loss": ..., ...}``."""
+        valid = ~np.isnan(self.trajectory[run, :, 0])
+        out = {"step": self.trajectory_steps[valid]}
+        for j, name in enumerate(kernels.TRAJ_FIELDS):
+            out[name] = self.trajectory[run, valid, j]
+        return out
+
+    def to_frame(self):
+        """Per-run table (pandas DataFrame) of the scalar fields."""
+        import pandas as pd
+
+        cols = {
+            "run": self.run_index,
+            "outcome": self.outcome,
+            "stop_reason": self.stop_reason,
+            "steps": self.steps,
+            "final_loss": self.final_loss,
+            "final_phi": self.final_phi,
+            "final_alignment": self.final_alignment,
+            "final_grad_norm": self.final_grad_norm,
+            "steps_to_tol": self.steps_to_tol,
+            "slow_phase_end": self.slow_phase_end,
+            "fitted_rate": self.fitted_rate,
+            "theory_rate": self.theory_rate,
+            "linear_regime": self.linear_regime,
+            "warmup_steps": self.warmup_steps,
+            "warmup_eta_w": self.warmup_eta_w,
+        }
+        return pd.DataFrame(cols)
+
+    @staticmethod
+    def concat(parts: list[SimulationResult]) -> SimulationResult:
+        """Join results of consecutive run ranges of the same configuration (e.g. chunks of a sweep)."""
+        if not parts:
+            raise ValueError("parts must hold at least one SimulationResult")
+        out = {}
+        for f in fields(SimulationResult):
+            if f.name in ("settings", "trajectory_steps"):
+                out[f.name] = getattr(parts[0], f.name)
+            elif f.name == "extras":
+                out[f.name] = {key: np.concatenate([p.extras[key] for p in parts]) for key in parts[0].extras}
+            else:
+                out[f.name] = np.concatenate([getattr(p, f.name) for p in parts])
+        out["settings"] = dict(out["settings"], runs=len(out["outcome"]), run_offset=int(out["run_index"][0]))
+        return SimulationResult(**out)
+
+
+def _check_int(value: Any, name: str, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi and value > hi):
+        rng = f"[{lo}, {hi}]" if hi else f">= {lo}"
+        raise ValueError(f"{name} must be an integer {rng}; got {value!r}")
+    return int(value)
+
+
+def record_steps(max_steps: int, n_record: int) -> np.ndarray:
+    """``n_record`` log-spaced steps in ``[0, max_steps]`` (0 and ``max_steps`` included, duplicates dropped)."""
+    if n_record <= 1:
+        return np.array([0], dtype=np.int64)
+    pts = np.unique(np.round(np.geomspace(1, max_steps + 1, n_record - 1)).astype(np.int64) - 1)
+    return np.unique(np.concatenate([[0], pts, [max_steps]])).astype(np.int64)
+
+
+def _settings_dict(**kw: Any) -> dict[str, Any]:
+    out = {}
+    for key, val in kw.items():
+        if is_dataclass(val):
+            val = {"type": type(val).__name__, **asdict(val)}
+        elif isinstance(val, np.ndarray):
+            val = val.tolist()
+        out[key] = val
+    return out
+
+
+def simulate(
+    *,
+    model: str = "resnet",
+    k: int,
+    p: int,
+    runs: int,
+    steps: int,
+    schedule: Schedule,
+    teacher: Teacher | tuple[Any, Any] = Teacher(),
+    init: Init | None = None,
+    algorithm: str = "gd",
+    batch_size: int | None = None,
+    shortcut: Any = None,
+    seed: int = 0,
+    run_offset: int = 0,
+    tolerances: Tolerances = Tolerances(),
+    n_record: int = 64,
+    allow_unstable: bool = False,
+    threads: int | None = None,
+) -> SimulationResult:
+    """Train ``runs`` independent networks and return a :class:`SimulationResult`.
+
+    Each run ``r`` (numbered from ``run_offset``) draws its teacher (unless ``teacher=(w_star, a_star)`` fixes
+    one for all), its initialization and any noise from its own stream ``SeedSequence(seed, spawn_key=(r,))``,
+    so results are bit-identical whatever the thread count or the split of runs into calls.
+
+    ``algorithm``: ``"gd"`` (population gradient descent, closed-form gradients), ``"sgd"`` (online SGD with a
+    fresh Gaussian minibatch of ``batch_size`` each step) or ``"gd-fixed"`` (GD on a fixed sample of
+    ``batch_size`` inputs drawn once per run).  ``init`` defaults to ``w0 = 0`` for the ResNet and a uniform unit
+    ``w0`` for the CNNs, with ``a0`` uniform in the ball of radius ``||a*||``.
+    """
+    model = check_model(model)
+    k = _check_int(k, "k", 1)
+    p = _check_int(p, "p", 1)
+    runs = _check_int(runs, "runs", 1)
+    steps = _check_int(steps, "steps", 0)
+    run_offset = _check_int(run_offset, "run_offset", 0)
+    _check_int(seed, "seed", 0)
+    n_record = _check_int(n_record, "n_record", 1, 100_000)
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
+    if algorithm != "gd":
+        batch_size = _check_int(batch_size, "batch_size", 1)
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a sims.Schedule; got {type(schedule).__name__}")
+    limit = theory.max_stable_eta_a(k)
+    if schedule.max_eta_a(k) > limit and not allow_unstable:
+        raise ValueError(
+            f"eta_a = {schedule.max_eta_a(k):g} exceeds the stability limit 4 pi / (k + pi - 1) = {limit:.6g} for "
+            f"k = {k}; GD on a diverges there. Pass allow_unstable=True to study divergence."
+        )
+    if init is None:
+        init = Init(w="zero" if model == "resnet" else "sphere")
+    init.validate(model)
+    if threads is not None:
+        threads = _check_int(threads, "threads", 1, numba.config.NUMBA_NUM_THREADS)
+    v = theory.validation.shortcut_vector(shortcut, p)
+
+    states = stream_states(seed, run_offset, run_offset + runs)
+    if isinstance(teacher, Teacher):
+        teacher.validate(k)
+        WS, AS, W0, A0 = samplers.draw(states, p=p, k=k, teacher=teacher, init=init, shortcut=v)
+    else:
+        try:
+            w_star, a_star = teacher
+        except (TypeError, ValueError):
+            raise ValueError("teacher must be a sims.Teacher or a pair (w_star, a_star)") from None
+        w_star = theory.validation.unit_teacher(w_star)
+        a_star = theory.validation.as_vector(a_star, "a_star")
+        if w_star.size != p or a_star.size != k:
+            raise ValueError(f"teacher (w_star, a_star) must have lengths (p, k) = ({p}, {k}); "
+                             f"got ({w_star.size}, {a_star.size})")
+        dummy = Teacher(a="fixed", a_value=tuple(a_star))
+        _, _, W0, A0 = samplers.draw(states, p=p, k=k, teacher=dummy, init=init, shortcut=v)
+        WS = np.repeat(w_star[None, :], runs, axis=0)
+        AS = np.repeat(a_star[None, :], runs, axis=0)
+    WT0 = W0 + v if model == "resnet" else W0.copy()
+    norm0 = np.linalg.norm(WT0, axis=1)
+    if np.any(norm0 == 0.0):
+        raise ValueError("init gives a zero effective filter (w0 + shortcut = 0): the direction is undefined")
+    phi0 = np.arctan2(np.linalg.norm(WS - (np.einsum("ij,ij->i", WT0, WS) / norm0**2)[:, None] * WT0, axis=1),
+                      np.einsum("ij,ij->i", WT0, WS) / norm0)
+    if schedule.prescribed and model == "cnn-unnormalized":
+        raise ValueError("schedule: the prescribed warmup needs a weight-normalized model ('resnet' or 'cnn')")
+    sched = schedule.resolve(steps, runs=runs, phi0=phi0, norm0=norm0, a0=A0, a_star=AS)
+
+    rec = record_steps(steps, n_record)
+    phi_s = _classify.saddle_angles_batch(AS)
+    out = _run_kernel(algorithm, model, WT0, A0, WS, AS, phi_s, sched, states, steps, tolerances, rec, batch_size,
+                      threads)
+    WT, A, traj, final, stop_step, stop_reason, slow_end, steps_tol, rate_pts = out
+
+    loss_ref = (AS.sum(axis=1) ** 2 + (math.pi - 1.0) * np.einsum("ij,ij->i", AS, AS)) / (4.0 * math.pi)
+    loss_ref = np.where(loss_ref > 0, loss_ref, 1.0)
+    scale = np.linalg.norm(WT, axis=1) if model == "cnn-unnormalized" else np.ones(runs)
+    code = _classify.classify(final_loss=final[:, 0], final_phi=final[:, 1], a=A, a_star=AS, scale=scale,
+                              stop_reason=stop_reason, loss_ref=loss_ref, loss_tol=tolerances.loss_tol)
+    fitted, linear, predicted = _rates(rate_pts, code, model, WT, A, WS, AS, sched, tolerances.linear_rtol)
+    W = WT - v if model == "resnet" else WT
+    settings = _settings_dict(model=model, k=k, p=p, runs=runs, steps=steps, schedule=schedule, teacher=teacher,
+                              init=init, algorithm=algorithm, batch_size=batch_size, shortcut=v, seed=seed,
+                              run_offset=run_offset, tolerances=tolerances, n_record=n_record,
+                              allow_unstable=allow_unstable)
+    return SimulationResult(
+        settings=settings,
+        run_index=np.arange(run_offset, run_offset + runs, dtype=np.int64),
+        outcome=np.array(_classify.OUTCOMES, dtype=object)[code].astype(str),
+        stop_reason=np.array(kernels.STOP_NAMES, dtype=object)[stop_reason].astype(str),
+        steps=stop_step,
+        final_loss=final[:, 0],
+        final_phi=final[:, 1],
+        final_alignment=final[:, 2],
+        final_grad_norm=final[:, 3],
+        steps_to_tol=steps_tol,
+        slow_phase_end=slow_end,
+        fitted_rate=fitted,
+        theory_rate=predicted,
+        linear_regime=linear,
+        w=W,
+        a=A,
+        w0=W0,
+        a0=A0,
+        w_star=WS,
+        a_star=AS,
+        loss_ref=loss_ref,
+        trajectory_steps=rec,
+        trajectory=traj,
+        warmup_steps=sched.warmup_steps if sched.warmup_steps is not None else np.full(runs, schedule.stage_one_steps),
+        warmup_eta_w=sched.warmup_eta_w if sched.warmup_eta_w is not None else np.full(runs, sched.eta_w[0, 0]),
+    )
+
+
+def _run_kernel(algorithm, model, WT0, A0, WS, AS, phi_s, sched, states, steps, tol, rec, batch_size, threads):
+    R, p = WT0.shape
+    k = A0.shape[1]
+    WT = np.ascontiguousarray(WT0.copy())
+    A = np.ascontiguousarray(A0.copy())
+    traj = np.empty((R, rec.size, 4))
+    final = np.empty((R, 4))
+    stop_step = np.empty(R, dtype=np.int64)
+    stop_reason = np.empty(R, dtype=np.int64)
+    slow_end = np.empty(R, dtype=np.int64)
+    steps_tol = np.empty(R, dtype=np.int64)
+    rate_pts = np.empty((R, 6))
+    normalized = model != "cnn-unnormalized"
+    old = numba.get_num_threads()
+    if threads is not None:
+        numba.set_num_threads(threads)
+    try:
+        common = (sched.seg_end, sched.eta_w, sched.eta_a, sched.noise_w, sched.noise_a, sched.noise_decay, states,
+                  steps, tol.loss_tol, tol.grad_tol, tol.eps, tol.divergence)
+        outs = (rec, traj, final, stop_step, stop_reason, slow_end, steps_tol, np.array(tol.rate_window), rate_pts)
+        if algorithm == "gd":
+            no_noise = not (sched.noise_w.any() or sched.noise_a.any())
+            kernels.population_gd(WT, A, WS, AS, phi_s, normalized, *common, tol.stop_trapped and no_noise, *outs)
+        else:
+            from sims import finite_sample
+
+            finite_sample.run(algorithm, batch_size, WT, A, WS, AS, phi_s, normalized, *common, *outs)
+    finally:
+        numba.set_num_threads(old)
+    return WT, A, traj, final, stop_step, stop_reason, slow_end, steps_tol, rate_pts
+
+
+def _rates(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
+    """Measured per-step loss contraction, whether the curve was geometric, and the theory's ``rate^2``."""
+    R = len(code)
+    t_hi, L_hi, t_mid, L_mid, t_lo, L_lo = rate_pts.T
+    # Only windows that lie in the last segment measure the final step sizes' rate.
+    last_start = sched.seg_end[:, -2] if sched.seg_end.shape[1] > 1 else np.zeros(1)
+    glob = code == _classify.GLOBAL
+    ok = glob & (t_mid >= last_start) & (t_lo > t_mid) & (L_mid > 0) & (L_lo > 0)
+    ok_hi = ok & (t_hi >= last_start) & (t_mid > t_hi) & (L_hi > 0)
+    fitted = np.full(R, np.nan)
+    log_lo = np.full(R, np.nan)
+    log_hi = np.full(R, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_lo[ok] = np.log(L_lo[ok] / L_mid[ok]) / (t_lo[ok] - t_mid[ok])
+        log_hi[ok_hi] = np.log(L_mid[ok_hi] / L_hi[ok_hi]) / (t_mid[ok_hi] - t_hi[ok_hi])
+        fitted[ok] = np.exp(log_lo[ok])
+        linear = ok_hi & (np.abs(log_hi / log_lo - 1.0) <= linear_rtol)
+    predicted = np.full(R, np.nan)
+    last = sched.eta_w.shape[1] - 1
+    for r in np.flatnonzero(glob):
+        sr = r if sched.eta_w.shape[0] > 1 else 0
+        ew, ea = float(sched.eta_w[sr, last]), float(sched.eta_a[sr, last])
+        if model == "cnn-unnormalized":
+            rate = theory.gd_linear_rate(WT[r], A[r], eta_w=ew, eta_a=ea, w_star=WS[r], a_star=AS[r], model=model)
+        else:
+            rate = theory.global_minimum_rate(ew, ea, a_star=AS[r], p=WT.shape[1], norm=float(np.linalg.norm(WT[r])))
+        predicted[r] = rate**2
+    return fitted, linear, predicted
