@@ -4,7 +4,8 @@ A run ends ``global``, ``spurious``, ``saddle``, ``not_converged`` or ``diverged
 
 - ``diverged``: the loss became non-finite or exceeded the divergence threshold (the run is stopped there;
   no NaN is passed on).
-- ``global``: the final loss is at most ``loss_tol`` times the zero network's loss ``L_ref`` (the loss is zero only on the global minima), or the
+- ``global``: the final loss is at most ``loss_tol`` times the zero network's loss ``L_ref`` (the loss is zero
+  only on the global minima), or the
   state is within ``angle_tol`` of ``phi = 0`` and ``a`` within ``a_rtol ||a*||`` of ``a*`` (for the
   unnormalized CNN the function depends on ``||w|| a``, which is what is compared).
 - ``spurious``: the teacher has a spurious minimum (theory: ``(1.a*)^2 < ((k+pi-1)/pi)||a*||^2``) and either the
@@ -89,9 +90,10 @@ def classify(
     stop_reason: np.ndarray,
     loss_ref: np.ndarray,
     loss_tol: float,
-    tol: Tolerances = Tolerances(),
+    tol: Tolerances | None = None,
 ) -> np.ndarray:
     """Outcome code per run (indices into :data:`OUTCOMES`)."""
+    tol = Tolerances() if tol is None else tol
     R = a.shape[0]
     ast = np.broadcast_to(a_star, a.shape)
     fa = a * scale[:, None]  # the function depends on rho * a

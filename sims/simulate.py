@@ -168,14 +168,14 @@ def simulate(
     runs: int,
     steps: int,
     schedule: Schedule,
-    teacher: Teacher | tuple[Any, Any] = Teacher(),
+    teacher: Teacher | tuple[Any, Any] | None = None,
     init: Init | None = None,
     algorithm: str = "gd",
     batch_size: int | None = None,
     shortcut: Any = None,
     seed: int = 0,
     run_offset: int = 0,
-    tolerances: Tolerances = Tolerances(),
+    tolerances: Tolerances | None = None,
     n_record: int = 64,
     allow_unstable: bool = False,
     threads: int | None = None,
@@ -191,6 +191,8 @@ def simulate(
     ``batch_size`` inputs drawn once per run).  ``init`` defaults to ``w0 = 0`` for the ResNet and a uniform unit
     ``w0`` for the CNNs, with ``a0`` uniform in the ball of radius ``||a*||``.
     """
+    teacher = Teacher() if teacher is None else teacher
+    tolerances = Tolerances() if tolerances is None else tolerances
     model = check_model(model)
     k = _check_int(k, "k", 1)
     p = _check_int(p, "p", 1)
@@ -293,8 +295,7 @@ def simulate(
 
 
 def _run_kernel(algorithm, model, WT0, A0, WS, AS, phi_s, sched, states, steps, tol, rec, batch_size, threads):
-    R, p = WT0.shape
-    k = A0.shape[1]
+    R = WT0.shape[0]
     WT = np.ascontiguousarray(WT0.copy())
     A = np.ascontiguousarray(A0.copy())
     traj = np.empty((R, rec.size, 4))
