@@ -89,7 +89,7 @@ def population_gd(
     slow_end,  # (R,) out: first step with a.a* > 0 (-1 if never)
     steps_tol,  # (R,) out: first step with loss <= eps_steps (-1 if never)
     rate_levels,  # (3,) loss levels hi > mid > lo: the linear rate is measured on [mid, lo] and checked on [hi, mid]
-    rate_pts,  # (R, 6) out: step and loss at the first crossing below each level (-1 if never)
+    rate_pts,  # (R, 6) out: step and loss at the last downward crossing of each level (-1 if none)
 ):
     R, p = WT.shape
     k = A.shape[1]
@@ -158,8 +158,10 @@ def population_gd(
                 slow_end[r] = t
             if L <= tol_eps and steps_tol[r] < 0:
                 steps_tol[r] = t
-            for lv in range(3):
-                if L <= rate_levels[lv] * L_ref and rate_pts[r, 2 * lv] < 0.0:
+            for lv in range(3):  # the last downward crossing of each level (a rise above it forgets it)
+                if L > rate_levels[lv] * L_ref:
+                    rate_pts[r, 2 * lv] = -1.0
+                elif rate_pts[r, 2 * lv] < 0.0:
                     rate_pts[r, 2 * lv] = t
                     rate_pts[r, 2 * lv + 1] = L
             while rec < m and record_steps[rec] == t:
