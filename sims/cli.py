@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 
 import theory
+from sims import sweep, tables
 
 
 class CLIError(Exception):
@@ -66,9 +68,91 @@ def cmd_landscape(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_options(sp: argparse.ArgumentParser, *, default_trials: str) -> None:
+    sp.add_argument("--trials", type=_positive_int("--trials", 1, 10**9), default=None,
+                    help=f"runs per grid cell (default: {default_trials})")
+    sp.add_argument("--seed", type=_positive_int("--seed", 0, 2**63 - 1), default=None, help="base seed")
+    sp.add_argument("--out", default=None, help="output directory (default: runs/NAME)")
+    sp.add_argument("--chunk", type=_positive_int("--chunk", 1, 10**7), default=None,
+                    help="runs per unit of work and per chunk file")
+    sp.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override one base field, e.g. --set steps=5000 --set schedule.eta_w_rel=0.25")
+    sp.add_argument("--format", choices=tables.FORMATS, default="markdown", help="table format on stdout")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    where = sp.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int("--workers", 1, 1024), default=None,
+                       help="run on a local Dask cluster with N worker processes")
+    where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT", help="run on this Dask cluster")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    out = {}
+    for item in args.sets:
+        if "=" not in item:
+            raise CLIError(f"--set takes FIELD=VALUE; got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = sweep.parse_value(value.strip())
+    for key in ("trials", "seed", "chunk"):
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
+    return out
+
+
+def _run(name: str, spec: sweep.SweepSpec, args: argparse.Namespace, table: str | None) -> int:
+    out = Path(args.out) if args.out else Path("runs") / spec.name
+    outcome = sweep.run_sweep(spec, out, workers=args.workers, scheduler=args.scheduler, quiet=args.quiet)
+    if table is not None:
+        text, figs = tables.make(table, spec, outcome, args.format)
+    else:
+        text, figs = tables.render(outcome.summary.round(6), args.format), []
+    print(text)
+    files = ["summary.csv", "summary.parquet", "runs.parquet", "metadata.json"] + [f.name for f in figs]
+    print(f"{name}: {len(spec.cells)} cells x {spec.trials} runs in {outcome.seconds:.1f} s "
+          f"({outcome.resumed_chunks} chunks resumed); wrote {out}/: {', '.join(files)}", file=sys.stderr)
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """Run one of the papers' tables (a packaged sweep), print it and write its directory and figures."""
+    spec = tables.spec(args.name, **_overrides(args))
+    return _run(args.name, spec, args, args.name)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run any sweep file."""
+    spec = sweep.build_spec(sweep.load_toml(args.config), overrides=_overrides(args))
+    return _run(spec.name, spec, args, None)
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    """Print the summary of a finished sweep directory again."""
+    summary = sweep.load_summary(args.dir)
+    print(tables.render(summary.round(6), args.format))
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shallowres", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="shallowres", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    tb = sub.add_parser("table", help="reproduce a paper's table: " + ", ".join(tables.TABLES))
+    tb.add_argument("name", choices=tables.TABLES)
+    _sweep_options(tb, default_trials="1000")
+    tb.set_defaults(func=cmd_table)
+    sw = sub.add_parser("sweep", help="run a sweep file (TOML)")
+    sw.add_argument("config", help="path of the sweep file")
+    _sweep_options(sw, default_trials="the file's")
+    sw.set_defaults(func=cmd_sweep)
+    sm = sub.add_parser("summarize", help="print a finished sweep's summary again")
+    sm.add_argument("dir")
+    sm.add_argument("--format", choices=tables.FORMATS, default="markdown")
+    sm.set_defaults(func=cmd_summarize)
     ls = sub.add_parser("landscape", help="fixed points of the population landscape for one teacher")
     ls.add_argument("--k", type=_positive_int("--k"), default=4, help="number of patches (default 4)")
     ls.add_argument("--p", type=_positive_int("--p"), default=8, help="patch dimension (default 8)")
@@ -83,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except CLIError as exc:
+    except (CLIError, sweep.SweepError) as exc:
         print(f"shallowres: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("shallowres: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

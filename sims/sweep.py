@@ -1,0 +1,644 @@
+"""Batch sweeps: a TOML spec, chunked execution (in-process or on Dask), atomic per-chunk persistence with
+resume, and the per-cell summary with Wilson intervals.
+
+A sweep file has four tables (see ``sims/configs/example.toml``)::
+
+    [sweep]    name, trials, seed, chunk            # chunk: runs per unit of work and per file
+    [base]     model, k, p, steps, algorithm, batch_size, n_record, allow_unstable,
+               teacher = {...}, init = {...}, schedule = {...}, tolerances = {...}
+    [grid]     any base field (dotted for nested ones, e.g. "schedule.eta_w") -> list of values
+    [methods.LABEL]  overrides of base fields; every method is crossed with the whole grid
+
+Every grid cell runs ``trials`` runs numbered ``0 .. trials-1`` with the sweep's seed, so all methods of a
+``(k, p)`` cell see the same teachers (common random numbers).  Results do not depend on how the runs are
+chunked or where the chunks run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import itertools
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sims import classify
+from sims.samplers import Init, Teacher
+from sims.schedules import Schedule, Segment, optimal_eta_a
+from sims.simulate import Tolerances, simulate
+
+SWEEP_KEYS = {"name": str, "trials": int, "seed": int, "chunk": int, "description": str}
+BASE_KEYS = ("model", "k", "p", "steps", "algorithm", "batch_size", "n_record", "allow_unstable", "teacher", "init",
+             "schedule", "tolerances")
+SCALAR_LIMITS = {"k": (1, 4096), "p": (1, 4096), "steps": (0, 10**9), "batch_size": (1, 10**6),
+                 "n_record": (1, 100_000), "trials": (1, 10**9), "seed": (0, 2**63 - 1), "chunk": (1, 10**7)}
+SCHEDULE_KINDS = ("constant", "two-stage", "layerwise", "piecewise", "perturbed", "prescribed-warmup")
+_SCHEDULE_KEYS = {
+    "constant": ("eta_w", "eta_a"),
+    "two-stage": ("T1", "eta_w1", "eta_a1", "eta_w2", "eta_a2"),
+    "layerwise": ("T1", "eta_a1", "eta_w2", "eta_a2"),
+    "perturbed": ("eta_w", "eta_a", "noise", "half_life", "noise_a"),
+    "prescribed-warmup": ("eta_w", "eta_a", "eta_a_warmup", "safety"),
+    "piecewise": ("segments",),
+}
+DEFAULT_BASE: dict[str, Any] = {
+    "model": "resnet", "k": 16, "p": 16, "steps": 20000, "algorithm": "gd", "batch_size": None, "n_record": 32,
+    "allow_unstable": False, "teacher": {}, "init": {}, "schedule": {"kind": "prescribed-warmup", "eta_w_rel": 0.25,
+                                                                   "eta_a_rel": 0.9},
+    "tolerances": {},
+}
+SUMMARY_COLUMNS = ("method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious")
+
+
+class SweepError(ValueError):
+    """A problem with a sweep's configuration or output directory (one readable line)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Spec
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: a method label and the fully resolved base configuration."""
+
+    index: int
+    method: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    trials: int
+    seed: int
+    chunk: int
+    cells: tuple[Cell, ...]
+    grid_keys: tuple[str, ...]
+    raw: dict[str, Any]
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the results and the chunk layout."""
+        payload = {"trials": self.trials, "seed": self.seed, "chunk": self.chunk,
+                   "cells": [[c.method, c.params] for c in self.cells]}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def chunks(self) -> list[tuple[int, int, int, int]]:
+        """``(cell, chunk, first_run, runs)`` for every unit of work."""
+        out = []
+        for c in self.cells:
+            for j, start in enumerate(range(0, self.trials, self.chunk)):
+                out.append((c.index, j, start, min(self.chunk, self.trials - start)))
+        return out
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a sweep file; a missing or malformed file is a :class:`SweepError`."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise SweepError(f"config file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise SweepError(f"config file {str(path)!r} is a directory") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SweepError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def _unknown(keys: Iterable[str], valid: Iterable[str], where: str) -> None:
+    bad = sorted(set(keys) - set(valid))
+    if bad:
+        raise SweepError(f"unknown key{'s' if len(bad) > 1 else ''} {', '.join(repr(b) for b in bad)} in {where}; "
+                         f"valid keys: {', '.join(sorted(valid))}")
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if parts[0] not in BASE_KEYS:
+        _unknown([parts[0]], BASE_KEYS, "a field name")
+    cur = d
+    for part in parts[:-1]:
+        if not isinstance(cur.get(part), dict):
+            cur[part] = {}
+        cur = cur[part]
+    cur[parts[-1]] = value
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, val in over.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict) and key != "schedule":
+            out[key] = _merge(out[key], val)
+        else:
+            out[key] = copy.deepcopy(val)
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A CLI ``--set`` value: TOML syntax if it parses (numbers, booleans, arrays), else a plain string."""
+    try:
+        return tomllib.loads(f"x = {text}")["x"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Validate a parsed sweep file (plus ``overrides``: ``trials``, ``seed``, ``chunk``, ``name`` or any dotted
+    base field) and expand its grid into cells."""
+    raw = copy.deepcopy(raw)
+    _unknown(raw, ("sweep", "base", "grid", "methods"), "the sweep file (top-level tables)")
+    sweep = raw.get("sweep", {})
+    _unknown(sweep, SWEEP_KEYS, "[sweep]")
+    base = raw.get("base", {})
+    _unknown(base, BASE_KEYS, "[base]")
+    for key, val in (overrides or {}).items():
+        if key in SWEEP_KEYS:
+            sweep[key] = val
+        else:
+            _set_dotted(base, key, val)
+    grid = raw.get("grid", {})
+    for key, vals in grid.items():
+        _set_dotted({}, key, None)  # validates the head of the key
+        if not isinstance(vals, list) or not vals:
+            raise SweepError(f"grid.{key} must be a non-empty list of values")
+    methods = raw.get("methods", {}) or {"default": {}}
+    for label, over in methods.items():
+        if not isinstance(over, dict):
+            raise SweepError(f"methods.{label} must be a table of overrides")
+        _unknown(over, BASE_KEYS, f"[methods.{label}]")
+    name = sweep.get("name", "sweep")
+    trials = _bounded_int(sweep.get("trials", 1000), "sweep.trials")
+    seed = _bounded_int(sweep.get("seed", 0), "sweep.seed")
+    chunk = _bounded_int(sweep.get("chunk", 1000), "sweep.chunk")
+    base = _merge(DEFAULT_BASE, base)
+    cells = []
+    grid_keys = tuple(grid)
+    for label, over in methods.items():
+        for combo in itertools.product(*grid.values()):
+            params = _merge(base, over)
+            for key, val in zip(grid_keys, combo, strict=True):
+                _set_dotted(params, key, val)
+            cells.append(Cell(len(cells), label, params))
+    spec = SweepSpec(str(name), trials, seed, chunk, tuple(cells), grid_keys, raw)
+    for c in spec.cells:
+        simulation_kwargs(c.params, where=f"cell {c.index} (method {c.method!r})")
+    return spec
+
+
+def _bounded_int(value: Any, name: str) -> int:
+    lo, hi = SCALAR_LIMITS[name.split(".")[-1]]
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise SweepError(f"{name} must be an integer in [{lo}, {hi}]; got {value!r}")
+    return value
+
+
+def _rate(params: dict[str, Any], key: str, k: int, where: str) -> float:
+    """A step size given absolutely (``key``) or relative (``key_rel``): ``eta_a`` relative to the fastest
+    contracting ``a``-step ``4 pi / (k + 2 pi - 2)``, ``eta_w`` relative to ``2 / k``."""
+    rel = params.get(f"{key}_rel")
+    if rel is not None and key in params:
+        raise SweepError(f"{where}: give either schedule.{key} or schedule.{key}_rel, not both")
+    if rel is None:
+        if key not in params:
+            raise SweepError(f"{where}: schedule.{key} (or schedule.{key}_rel) is required")
+        val = params[key]
+    else:
+        unit = optimal_eta_a(k) if key.startswith("eta_a") else 2.0 / k
+        if not isinstance(rel, (int, float)) or isinstance(rel, bool):
+            raise SweepError(f"{where}: schedule.{key}_rel must be a number >= 0; got {rel!r}")
+        val = rel * unit
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or not (math.isfinite(val) and val >= 0):
+        raise SweepError(f"{where}: schedule.{key} must be a finite number >= 0; got {val!r}")
+    return float(val)
+
+
+def make_schedule(sched: dict[str, Any], k: int, where: str = "base") -> Schedule:
+    """Build a :class:`Schedule` from its TOML table (``kind`` plus that kind's keys)."""
+    if not isinstance(sched, dict):
+        raise SweepError(f"{where}: schedule must be a table with a 'kind'")
+    kind = sched.get("kind")
+    if kind not in SCHEDULE_KINDS:
+        raise SweepError(f"{where}: schedule.kind must be one of {', '.join(SCHEDULE_KINDS)}; got {kind!r}")
+    keys = _SCHEDULE_KEYS[kind]
+    valid = ("kind",) + keys + tuple(f"{x}_rel" for x in keys if x.startswith("eta"))
+    _unknown(sched, valid, f"{where}: schedule (kind {kind!r})")
+    try:
+        if kind == "constant":
+            return Schedule.constant(_rate(sched, "eta_w", k, where), _rate(sched, "eta_a", k, where))
+        if kind in ("two-stage", "layerwise"):
+            T1 = sched.get("T1")
+            if isinstance(T1, bool) or not isinstance(T1, int) or T1 < 0:
+                raise SweepError(f"{where}: schedule.T1 must be an integer >= 0; got {T1!r}")
+            ew1 = 0.0 if kind == "layerwise" else _rate(sched, "eta_w1", k, where)
+            return Schedule.two_stage(T1, ew1, _rate(sched, "eta_a1", k, where), _rate(sched, "eta_w2", k, where),
+                                      _rate(sched, "eta_a2", k, where))
+        if kind == "perturbed":
+            na = sched.get("noise_a")
+            return Schedule.perturbed(_rate(sched, "eta_w", k, where), _rate(sched, "eta_a", k, where),
+                                      noise=sched.get("noise", 0.0), half_life=sched.get("half_life", math.inf),
+                                      noise_a=na)
+        if kind == "prescribed-warmup":
+            warm = sched.get("eta_a_warmup")
+            return Schedule.prescribed_warmup(_rate(sched, "eta_w", k, where), _rate(sched, "eta_a", k, where),
+                                              eta_a_warmup=warm, safety=sched.get("safety", 1.0))
+        segs = sched.get("segments")
+        if not isinstance(segs, list) or not segs:
+            raise SweepError(f"{where}: schedule.segments must be a non-empty list of tables")
+        out = []
+        for i, seg in enumerate(segs):
+            if not isinstance(seg, dict):
+                raise SweepError(f"{where}: schedule.segments[{i}] must be a table")
+            _unknown(seg, ("steps", "eta_w", "eta_a", "eta_w_rel", "eta_a_rel", "noise_w", "noise_a"),
+                     f"{where}: schedule.segments[{i}]")
+            last = i == len(segs) - 1
+            out.append(Segment(None if last else seg.get("steps"), _rate(seg, "eta_w", k, where),
+                               _rate(seg, "eta_a", k, where), seg.get("noise_w", 0.0), seg.get("noise_a", 0.0)))
+        return Schedule.piecewise(out)
+    except SweepError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise SweepError(f"{where}: {exc}") from None
+
+
+FIXED_TEACHER_KEYS = ("fixed_seed", "require_spurious")
+
+
+def fixed_teacher(seed: int, k: int, p: int, require_spurious: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One teacher for every run of a cell, drawn from ``default_rng([seed, k, p])``: ``w*`` uniform on the
+    sphere, ``a*`` standard Gaussian (redrawn until the spurious minimum exists if asked)."""
+    rng = np.random.default_rng([seed, k, p])
+    w = rng.standard_normal(p)
+    w /= np.linalg.norm(w)
+    for _ in range(10_000):
+        a = rng.standard_normal(k)
+        if not require_spurious or a.sum() ** 2 < (k + math.pi - 1.0) / math.pi * (a @ a):
+            return w, a
+    raise SweepError(f"teacher.require_spurious: no teacher with a spurious point found for k = {k}")
+
+
+def _teacher_from(table: Any, k: int, p: int, where: str):
+    """A :class:`Teacher` sampler, or with ``fixed_seed`` one fixed ``(w*, a*)`` shared by all runs of the cell."""
+    if isinstance(table, dict) and "fixed_seed" in table:
+        _unknown(table, FIXED_TEACHER_KEYS, f"{where}: teacher (with fixed_seed)")
+        seed = table["fixed_seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise SweepError(f"{where}: teacher.fixed_seed must be an integer >= 0; got {seed!r}")
+        req = bool(table.get("require_spurious", False))
+        if req and k < 2:
+            raise SweepError(f"{where}: teacher.require_spurious needs k >= 2 (k = 1 never has a spurious point)")
+        return fixed_teacher(seed, k, p, req)
+    return _dataclass_from(Teacher, table, "teacher", where)
+
+
+def _dataclass_from(cls, table: Any, name: str, where: str):
+    if not isinstance(table, dict):
+        raise SweepError(f"{where}: {name} must be a table")
+    valid = [f.name for f in fields(cls)]
+    _unknown(table, valid, f"{where}: {name}")
+    table = dict(table)
+    if "a_value" in table and table["a_value"] is not None:
+        table["a_value"] = tuple(table["a_value"])
+    if "rate_window" in table:
+        table["rate_window"] = tuple(table["rate_window"])
+    try:
+        return cls(**table)
+    except (TypeError, ValueError) as exc:
+        raise SweepError(f"{where}: {name}: {exc}") from None
+
+
+def simulation_kwargs(params: dict[str, Any], *, where: str = "base") -> dict[str, Any]:
+    """Keyword arguments of :func:`sims.simulate` for one cell, validated (ranges name the field)."""
+    _unknown(params, BASE_KEYS, where)
+    kw: dict[str, Any] = {}
+    for key in ("k", "p", "steps", "n_record"):
+        kw[key] = _bounded_int(params[key], key)
+    kw["model"] = params["model"]
+    kw["algorithm"] = params["algorithm"]
+    if params.get("batch_size") is not None:
+        kw["batch_size"] = _bounded_int(params["batch_size"], "batch_size")
+    kw["allow_unstable"] = bool(params.get("allow_unstable", False))
+    kw["schedule"] = make_schedule(params["schedule"], kw["k"], where)
+    kw["teacher"] = _teacher_from(params["teacher"], kw["k"], kw["p"], where)
+    init = params.get("init") or {}
+    if "w" not in init:
+        init = dict(init, w="zero" if kw["model"] == "resnet" else "sphere")
+    kw["init"] = _dataclass_from(Init, init, "init", where)
+    kw["tolerances"] = _dataclass_from(Tolerances, params.get("tolerances") or {}, "tolerances", where)
+    try:  # a one-run dry run checks everything simulate checks (models, stability, samplers, T1 <= steps)
+        simulate(runs=1, seed=0, **dict(kw, steps=min(kw["steps"], 1) if not kw["schedule"].stage_one_steps
+                                       else kw["steps"]))
+    except ValueError as exc:
+        raise SweepError(f"{where}: {exc}") from None
+    return kw
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Execution
+
+
+def _chunk_name(cell: int, chunk: int) -> str:
+    return f"cell{cell:04d}-chunk{chunk:05d}.parquet"
+
+
+def run_chunk(params: dict[str, Any], seed: int, first: int, runs: int, threads: int | None = None) -> bytes:
+    """Simulate one chunk and return its per-run table as Parquet bytes (what a Dask worker sends back)."""
+    kw = simulation_kwargs_fast(params)
+    res = simulate(runs=runs, seed=seed, run_offset=first, threads=threads, **kw)
+    return _to_parquet(res.to_frame())
+
+
+def simulation_kwargs_fast(params: dict[str, Any]) -> dict[str, Any]:
+    """Like :func:`simulation_kwargs` without the dry run (the spec was validated when it was built)."""
+    k = params["k"]
+    init = params.get("init") or {}
+    if "w" not in init:
+        init = dict(init, w="zero" if params["model"] == "resnet" else "sphere")
+    kw = {key: params[key] for key in ("k", "p", "steps", "n_record", "model", "algorithm")}
+    if params.get("batch_size") is not None:
+        kw["batch_size"] = params["batch_size"]
+    kw["allow_unstable"] = bool(params.get("allow_unstable", False))
+    kw["schedule"] = make_schedule(params["schedule"], k)
+    kw["teacher"] = _teacher_from(params["teacher"], params["k"], params["p"], "cell")
+    kw["init"] = _dataclass_from(Init, init, "init", "cell")
+    kw["tolerances"] = _dataclass_from(Tolerances, params.get("tolerances") or {}, "tolerances", "cell")
+    return kw
+
+
+def _to_parquet(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, engine="pyarrow", index=False)
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the whole new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def check_output_dir(out: Path, spec: SweepSpec) -> bool:
+    """Refuse a directory holding another configuration or one we cannot write; True if resuming."""
+    cfg = out / "config.json"
+    if cfg.exists():
+        try:
+            old = json.loads(cfg.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise SweepError(f"output directory {str(out)!r} has an unreadable config.json; use another --out") \
+                from None
+        if old.get("fingerprint") != spec.fingerprint():
+            raise SweepError(
+                f"output directory {str(out)!r} holds a different configuration (fingerprint "
+                f"{old.get('fingerprint')} != {spec.fingerprint()}); use another --out or delete it"
+            )
+        if not os.access(out, os.W_OK):
+            raise SweepError(f"output directory {str(out)!r} is not writable")
+        return True
+    if out.exists() and not out.is_dir():
+        raise SweepError(f"output path {str(out)!r} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        raise SweepError(f"output directory {str(out)!r} is not empty and holds no sweep; use another --out")
+    parent = out if out.exists() else _existing_parent(out)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SweepError(f"output directory {str(out)!r} is not writable (no write permission on {str(parent)!r})")
+    return False
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        raise SweepError(f"output path {str(path)!r} is a file, not a directory")
+    return path
+
+
+@dataclass
+class SweepOutcome:
+    out: Path
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    computed_chunks: int
+    resumed_chunks: int
+    seconds: float
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: str | os.PathLike,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    quiet: bool = False,
+    connect_timeout: float = 5.0,
+    on_chunk: Callable[[int], None] | None = None,
+) -> SweepOutcome:
+    """Run (or resume) a sweep into ``out``; in-process by default, on Dask with ``workers`` or ``scheduler``."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    resuming = check_output_dir(out, spec)
+    client = cluster = None
+    if scheduler is not None or workers is not None:
+        client, cluster = _dask_client(workers, scheduler, connect_timeout)
+    try:
+        chunk_dir = out / "chunks"
+        chunk_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            _atomic_write(out / "config.json", json.dumps(
+                {"fingerprint": spec.fingerprint(), "name": spec.name, "trials": spec.trials, "seed": spec.seed,
+                 "chunk": spec.chunk, "grid_keys": list(spec.grid_keys),
+                 "cells": [{"index": c.index, "method": c.method, "params": c.params} for c in spec.cells],
+                 "source": spec.raw}, indent=1, default=str).encode())
+        todo = [c for c in spec.chunks() if not (chunk_dir / _chunk_name(c[0], c[1])).exists()]
+        done = len(spec.chunks()) - len(todo)
+        total_runs = len(spec.cells) * spec.trials
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_runs, initial=total_runs - sum(c[3] for c in todo), unit="run",
+                   desc=spec.name, disable=True if quiet else None, smoothing=0.1)
+        try:
+            if client is None:
+                for cell, chunk, first, runs in todo:
+                    data = run_chunk(spec.cells[cell].params, spec.seed, first, runs)
+                    _atomic_write(chunk_dir / _chunk_name(cell, chunk), data)
+                    bar.update(runs)
+                    if on_chunk:
+                        on_chunk(cell)
+            else:
+                from dask.distributed import as_completed
+
+                threads = 1 if cluster is not None else None
+                futures = {client.submit(run_chunk, spec.cells[c[0]].params, spec.seed, c[2], c[3], threads,
+                                         pure=False, key=f"{spec.fingerprint()}-{c[0]}-{c[1]}"): c for c in todo}
+                for fut in as_completed(futures):
+                    cell, chunk, _, runs = futures[fut]
+                    _atomic_write(chunk_dir / _chunk_name(cell, chunk), fut.result())
+                    bar.update(runs)
+                    if on_chunk:
+                        on_chunk(cell)
+        finally:
+            bar.close()
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    runs_df = collect(out, spec)
+    summary = summarize_runs(runs_df, spec)
+    _atomic_write(out / "runs.parquet", _to_parquet(runs_df))
+    _atomic_write(out / "summary.parquet", _to_parquet(summary))
+    _atomic_write(out / "summary.csv", summary.to_csv(index=False).encode())
+    _atomic_write(out / "metadata.json", json.dumps(metadata(spec), indent=1, default=str).encode())
+    return SweepOutcome(out, runs_df, summary, len(todo), done, time.perf_counter() - t0)
+
+
+def _dask_client(workers: int | None, scheduler: str | None, timeout: float):
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            return Client(scheduler, timeout=f"{timeout}s", set_as_default=False), None
+        except (OSError, TimeoutError) as exc:
+            raise SweepError(f"cannot reach the Dask scheduler at {scheduler!r} within {timeout:g} s ({exc})") from None
+    if not isinstance(workers, int) or workers < 1:
+        raise SweepError(f"--workers must be an integer >= 1; got {workers!r}")
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=40)
+    return Client(cluster, set_as_default=False), cluster
+
+
+def collect(out: Path, spec: SweepSpec) -> pd.DataFrame:
+    """All chunk files joined into the per-run table, with the cell's method and grid values as columns."""
+    frames = []
+    for cell, chunk, _, _ in spec.chunks():
+        df = pd.read_parquet(out / "chunks" / _chunk_name(cell, chunk))
+        c = spec.cells[cell]
+        df.insert(0, "cell", cell)
+        df.insert(1, "method", c.method)
+        for j, (key, val) in enumerate(_cell_columns(c, spec).items()):
+            df.insert(2 + j, key, val)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _cell_columns(c: Cell, spec: SweepSpec) -> dict[str, Any]:
+    cols = {"model": c.params["model"], "k": c.params["k"], "p": c.params["p"]}
+    for key in spec.grid_keys:
+        val = c.params
+        for part in key.split("."):
+            val = val.get(part) if isinstance(val, dict) else None
+        cols[key] = val
+    return cols
+
+
+def wilson(successes: np.ndarray | int, n: np.ndarray | int, z: float = 1.959963984540054):
+    """Wilson score interval (95% by default) for a binomial proportion: ``(lo, hi)``."""
+    s = np.asarray(successes, dtype=float)
+    n = np.asarray(n, dtype=float)
+    phat = s / n
+    denom = 1.0 + z**2 / n
+    centre = (phat + z**2 / (2 * n)) / denom
+    half = z * np.sqrt(phat * (1 - phat) / n + z**2 / (4 * n**2)) / denom
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
+def summarize_runs(runs: pd.DataFrame, spec: SweepSpec | None = None) -> pd.DataFrame:
+    """One row per grid cell: outcome rates with Wilson 95% intervals, steps to tolerance, slow phase, rates."""
+    rows = []
+    group_cols = ["cell", "method", "model", "k", "p"] + [
+        key for key in (spec.grid_keys if spec else ()) if key not in ("k", "p", "model")]
+    for key, g in runs.groupby(group_cols, sort=True, dropna=False):
+        row = dict(zip(group_cols, key, strict=True))
+        n = len(g)
+        row["trials"] = n
+        for name in classify.OUTCOMES:
+            s = int((g["outcome"] == name).sum())
+            lo, hi = wilson(s, n)
+            row[f"p_{name}"] = s / n
+            row[f"p_{name}_lo"] = float(lo)
+            row[f"p_{name}_hi"] = float(hi)
+        reached = g.loc[g["steps_to_tol"] >= 0, "steps_to_tol"]
+        row["steps_to_tol_median"] = float(reached.median()) if len(reached) else math.nan
+        row["steps_to_tol_q1"] = float(reached.quantile(0.25)) if len(reached) else math.nan
+        row["steps_to_tol_q3"] = float(reached.quantile(0.75)) if len(reached) else math.nan
+        slow = g.loc[g["slow_phase_end"] >= 0, "slow_phase_end"]
+        row["slow_phase_median"] = float(slow.median()) if len(slow) else math.nan
+        lin = g[g["linear_regime"]]
+        row["linear_runs"] = len(lin)
+        row["fitted_rate_median"] = float(lin["fitted_rate"].median()) if len(lin) else math.nan
+        row["theory_rate_median"] = float(lin["theory_rate"].median()) if len(lin) else math.nan
+        err = np.abs(np.log(lin["fitted_rate"]) / np.log(lin["theory_rate"]) - 1.0) if len(lin) else []
+        row["rate_log_rel_err_max"] = float(np.max(err)) if len(lin) else math.nan
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    first = [c for c in ("method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious")]
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def metadata(spec: SweepSpec) -> dict[str, Any]:
+    """The full resolved configuration, seed, versions and git commit."""
+    import importlib.metadata as im
+
+    versions = {}
+    for pkg in ("shallowres", "numpy", "scipy", "sympy", "numba", "llvmlite", "pandas", "pyarrow", "dask",
+                "distributed", "tqdm", "matplotlib"):
+        try:
+            versions[pkg] = im.version(pkg)
+        except im.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "name": spec.name,
+        "fingerprint": spec.fingerprint(),
+        "trials": spec.trials,
+        "seed": spec.seed,
+        "chunk": spec.chunk,
+        "grid_keys": list(spec.grid_keys),
+        "cells": [{"index": c.index, "method": c.method, "params": c.params} for c in spec.cells],
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+        "git_commit": _git_commit(),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def load_summary(out: str | os.PathLike) -> pd.DataFrame:
+    """The summary of a finished sweep directory."""
+    path = Path(out) / "summary.csv"
+    if not path.exists():
+        raise SweepError(f"{str(out)!r} holds no finished sweep (no summary.csv)")
+    return pd.read_csv(path)
