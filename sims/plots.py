@@ -60,8 +60,8 @@ def success_rates(summary: pd.DataFrame, stem: str | Path, *, title: str = "") -
                     y.append(row["p_global"])
                     lo.append(row["p_global"] - row["p_global_lo"])
                     hi.append(row["p_global_hi"] - row["p_global"])
-            ax.errorbar(x, y, yerr=[lo, hi], fmt=MARKERS[j % len(MARKERS)], color=PALETTE[j % len(PALETTE)],
-                        ms=4, capsize=2, lw=1, label=method)
+            ax.errorbar(x, y, yerr=np.maximum(0.0, [lo, hi]), fmt=MARKERS[j % len(MARKERS)],
+                        color=PALETTE[j % len(PALETTE)], ms=4, capsize=2, lw=1, label=method)
         ax.set_xticks(range(len(cells)), labels)
         ax.set_ylim(-0.02, 1.05)
         ax.set_ylabel("P(global minimum)  [fraction of runs]")
@@ -82,8 +82,8 @@ def restarts(rows: pd.DataFrame, stem: str | Path) -> list[Path]:
             for j, k in enumerate(sorted(sub["k"].unique())):
                 s = sub[sub["k"] == k].sort_values("m")
                 c = PALETTE[j % len(PALETTE)]
-                ax.errorbar(s["m"], s["observed"], yerr=[s["observed"] - s["observed_lo"],
-                            s["observed_hi"] - s["observed"]], fmt=MARKERS[j % len(MARKERS)], color=c, ms=4,
+                yerr = np.maximum(0.0, [s["observed"] - s["observed_lo"], s["observed_hi"] - s["observed"]])
+                ax.errorbar(s["m"], s["observed"], yerr=yerr, fmt=MARKERS[j % len(MARKERS)], color=c, ms=4,
                             capsize=2, lw=0, elinewidth=1, label=f"k={k}")
                 ax.plot(s["m"], s["predicted"], color=c, lw=1, alpha=0.8)
             ax.set_xscale("log", base=2)

@@ -77,3 +77,111 @@ def fill_normal(s, out):
     if i < n:
         x, _ = normal_pair(s)
         out[i] = x
+
+
+# ---- Ziggurat normals (Marsaglia & Tsang 2000, 256 layers, 64-bit draws) ------------------------------------
+#
+# The half-normal density shape f(x) = exp(-x^2/2) is covered by 255 horizontal rectangles and a base strip (the
+# rectangle [0, r] x [0, f(r)] plus the tail x > r), all of area v.  Layer i (1..255) spans x in [0, x_i) with
+# x_1 < ... < x_255 = r; the base strip is sampled on [0, v / f(r)).  One xoshiro256** output gives the layer
+# (8 bits), the sign (1 bit) and a 52-bit uniform abscissa; x = U x_i is returned at once when it lies under the
+# layer above (x < x_{i-1}, ~99% of draws), otherwise the wedge is tested against f exactly, and the base
+# strip's overhang is replaced by an exact tail sample (Marsaglia 1964).  The result is an exact N(0, 1) draw up to
+# the 52-bit grid of the abscissa.  ``r`` solves "the top layer also has area v" (found with 40-digit mpmath; it
+# equals numpy's ``ziggurat_nor_r``).
+
+ZIG_R = 3.6541528853610087963519472518
+ZIG_LAYERS = 256
+_ZIG_BITS = 52
+
+
+def _ziggurat_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    r = ZIG_R
+    f_r = math.exp(-0.5 * r * r)
+    v = r * f_r + math.sqrt(math.pi / 2.0) * math.erfc(r / math.sqrt(2.0))
+    m = float(2**_ZIG_BITS)
+    x = np.empty(ZIG_LAYERS)  # x[i]: right edge of layer i; x[0] stands for the base strip's width v / f(r)
+    x[ZIG_LAYERS - 1] = r
+    for i in range(ZIG_LAYERS - 2, 0, -1):
+        x[i] = math.sqrt(-2.0 * math.log(v / x[i + 1] + math.exp(-0.5 * x[i + 1] ** 2)))
+    x[0] = v / f_r
+    wi = x / m
+    fi = np.exp(-0.5 * x * x)
+    fi[0] = 1.0  # f at x_0 = 0, the top of layer 1 (the base strip never uses fi[0] in its wedge test)
+    ki = np.empty(ZIG_LAYERS, dtype=np.uint64)
+    ki[0] = np.uint64(math.floor(r / x[0] * m))  # the base strip's rectangle part
+    ki[1] = np.uint64(0)  # the top layer is all wedge (x_0 = 0)
+    for i in range(2, ZIG_LAYERS):
+        ki[i] = np.uint64(math.floor(x[i - 1] / x[i] * m))
+    return wi, ki, fi, v
+
+
+ZIG_WI, ZIG_KI, ZIG_FI, ZIG_V = _ziggurat_tables()
+_ZIG_INV_R = 1.0 / ZIG_R
+
+
+@njit(inline="always", cache=True)
+def xoshiro(s0, s1, s2, s3):
+    """xoshiro256** on a state held in four scalars: ``(result, s0, s1, s2, s3)`` (same stream as next_u64)."""
+    result = _rotl(s1 * np.uint64(5), 7) * np.uint64(9)
+    t = s1 << np.uint64(17)
+    s2 ^= s0
+    s3 ^= s1
+    s1 ^= s2
+    s0 ^= s3
+    s2 ^= t
+    s3 = _rotl(s3, 45)
+    return result, s0, s1, s2, s3
+
+
+@njit(inline="always", cache=True)
+def _u01_open0(bits):
+    """A double uniform on ``(0, 1]`` from 64 random bits (so its log is finite)."""
+    return float((bits >> np.uint64(11)) + np.uint64(1)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True)
+def _zig_slow(idx, x, s0, s1, s2, s3):
+    """The rare branch of :func:`zig_normal` (~1% of draws): base-strip tail or wedge test.
+
+    Returns ``(accepted, value, s0, s1, s2, s3)``; ``x`` carries the sign of the draw."""
+    if idx == 0:  # x lies beyond r in the base strip: sample the tail x > r exactly instead
+        while True:
+            b1, s0, s1, s2, s3 = xoshiro(s0, s1, s2, s3)
+            b2, s0, s1, s2, s3 = xoshiro(s0, s1, s2, s3)
+            xx = -math.log(_u01_open0(b1)) * _ZIG_INV_R
+            yy = -math.log(_u01_open0(b2))
+            if yy + yy > xx * xx:
+                val = ZIG_R + xx
+                return True, (-val if x < 0.0 else val), s0, s1, s2, s3
+    b, s0, s1, s2, s3 = xoshiro(s0, s1, s2, s3)
+    u = float(b >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    if (ZIG_FI[idx - 1] - ZIG_FI[idx]) * u + ZIG_FI[idx] < math.exp(-0.5 * x * x):
+        return True, x, s0, s1, s2, s3
+    return False, 0.0, s0, s1, s2, s3
+
+
+@njit(inline="always", cache=True)
+def zig_normal(s0, s1, s2, s3):
+    """One standard normal by the 256-layer Ziggurat: ``(z, s0, s1, s2, s3)`` (state held in scalars)."""
+    while True:
+        b, s0, s1, s2, s3 = xoshiro(s0, s1, s2, s3)
+        idx = np.intp(b & np.uint64(0xFF))
+        rabs = b >> np.uint64(64 - _ZIG_BITS)
+        x = float(rabs) * ZIG_WI[idx]
+        if (b >> np.uint64(8)) & np.uint64(1):
+            x = -x
+        if rabs < ZIG_KI[idx]:
+            return x, s0, s1, s2, s3
+        ok, z, s0, s1, s2, s3 = _zig_slow(idx, x, s0, s1, s2, s3)
+        if ok:
+            return z, s0, s1, s2, s3
+
+
+@njit(cache=True)
+def fill_normal_zig(s, out):
+    """Fill ``out`` (1-D float64) with standard normals by the Ziggurat, advancing the state row ``s``."""
+    s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
+    for i in range(out.shape[0]):
+        out[i], s0, s1, s2, s3 = zig_normal(s0, s1, s2, s3)
+    s[0], s[1], s[2], s[3] = s0, s1, s2, s3

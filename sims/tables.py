@@ -104,7 +104,7 @@ def du2018_frame(summary: pd.DataFrame, restarts: pd.DataFrame) -> pd.DataFrame:
                                "q = P(global) %": _pct(s["p_global"], s["p_global_lo"], s["p_global_hi"]),
                                "P(spurious) %": f"{100 * s['p_spurious']:.1f}"}
         for _, r in restarts[(restarts["k"] == s["k"]) & (restarts["p"] == s["p"]) & (restarts["m"] > 1)].iterrows():
-            row[f"m={r['m']}: observed % (1-(1-q)^m)"] = (
+            row[f"m={int(r['m'])}: observed % (1-(1-q)^m)"] = (
                 f"{100 * r['observed']:.1f} [{100 * r['observed_lo']:.1f}, {100 * r['observed_hi']:.1f}] "
                 f"({100 * r['predicted']:.1f})")
         rows.append(row)
