@@ -195,10 +195,10 @@ def draw(
         raise ValueError(f"teacher.require_spurious: no Gaussian a* with a spurious point in {_MAX_REDRAWS} draws")
     # Teacher filter from the cap's marginal: t = v.w*, w* = t v + sqrt(1 - t^2) e_perp.
     if p == 1:
-        if teacher.w == "sphere":
+        if teacher.w == "sphere" or (teacher.w == "cap" and teacher.phi_max >= math.pi):  # the cap is the sphere
             WS = E_perp.copy()
         elif teacher.w == "cap":
-            WS = np.repeat(shortcut[None, :], R, axis=0)  # the only unit vectors are +-v; the cap holds +v
+            WS = np.repeat(shortcut[None, :], R, axis=0)  # the only unit vectors are +-v; the cap holds +v only
         else:
             if teacher.angle not in (0.0, math.pi):
                 raise ValueError("teacher.angle must be 0 or pi when p = 1")

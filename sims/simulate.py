@@ -39,6 +39,28 @@ class Tolerances:
     linear_rtol: float = 0.01
     stop_trapped: bool = True  # stop runs that provably entered the spurious basin (noise-free GD only)
 
+    def __post_init__(self) -> None:
+        def real(name: str, value: Any) -> float:
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"tolerances.{name} must be a finite number; got {value!r}") from None
+
+        for name in ("loss_tol", "grad_tol", "eps", "linear_rtol"):
+            x = real(name, getattr(self, name))
+            if not (math.isfinite(x) and x >= 0.0):
+                raise ValueError(f"tolerances.{name} must be a finite number >= 0; got {getattr(self, name)!r}")
+        if not real("divergence", self.divergence) > 0.0:
+            raise ValueError(f"tolerances.divergence must be > 0; got {self.divergence!r}")
+        try:
+            hi, mid, lo = (real("rate_window", x) for x in self.rate_window)
+        except (TypeError, ValueError):
+            raise ValueError(f"tolerances.rate_window must be three loss levels hi > mid > lo > 0; "
+                             f"got {self.rate_window!r}") from None
+        if not (math.isfinite(hi) and hi > mid > lo > 0.0):
+            raise ValueError(f"tolerances.rate_window must be three loss levels hi > mid > lo > 0; "
+                             f"got {self.rate_window!r}")
+
 
 @dataclass
 class SimulationResult:
@@ -352,10 +374,11 @@ def _rates(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
     sr = np.arange(R) if sched.eta_w.shape[0] > 1 else np.zeros(R, dtype=np.int64)
     ew, ea = sched.eta_w[sr, last], sched.eta_a[sr, last]
     if model == "cnn-unnormalized":
+        share = np.full(R, np.nan)
         for r in np.flatnonzero(glob):
-            rate = theory.gd_linear_rate(WT[r], A[r], eta_w=ew[r], eta_a=ea[r], w_star=WS[r], a_star=AS[r],
-                                         model=model)
+            rate, share[r] = _unnormalized_rate(WT[r], A[r], ew[r], ea[r], WS[r], AS[r])
             predicted[r] = rate**2
+        linear &= share >= 0.9  # as for the normalized models below: the slowest mode must carry the loss
         return fitted, linear, predicted
     # Normalized models: at the global minimum the Hessian is block diagonal with modes (w-tangent, Q*/(2 n^2)),
     # (a along 1, (k+pi-1)/(2 pi)), (a orthogonal to 1, (pi-1)/(2 pi)); GD contracts mode i by |1 - eta lambda_i|.
@@ -382,3 +405,35 @@ def _rates(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
         share = energy[np.arange(R), slow] / total
     linear &= share >= 0.9
     return fitted, linear, predicted
+
+
+def _unnormalized_rate(w, a, eta_w, eta_a, w_star, a_star):
+    """``(rate, share)`` of GD near a global minimum of the unnormalized CNN: the per-step contraction factor of the
+    slowest mode that changes the function, and that mode's share of the loss (quadratic model).
+
+    The rescaling ``(w, a) -> (c w, a / c)`` leaves the function unchanged, so the Hessian annihilates its tangent
+    ``d = (w, -a)`` and the linearized map ``J = I - D H`` (``D = diag(eta)``) keeps ``d`` fixed: eigenvalue 1, a
+    drift along the valley of minima that costs no loss (``theory.gd_linear_rate`` keeps that mode and returns 1).
+    ``J`` is similar to ``I - S`` with ``S = D^1/2 H D^1/2`` symmetric, and ``S e = 0`` for ``e ~ D^-1/2 d``; on
+    ``e``'s complement (basis ``B``) the modes are the eigenpairs ``(mu_i, U_i)`` of ``B^T S B``, each contracting by
+    ``|1 - mu_i|`` and holding the loss ``mu_i y_i^2 / 2`` with ``y = U^T B^T D^-1/2 x``, ``x`` the displacement
+    from the minimum ``(||w|| w*, a* / ||w||)`` that computes the same function as ``(w, a)`` would at ``phi = 0``.
+    """
+    p, k = w.size, a.size
+    if not (eta_w > 0 and eta_a > 0):
+        return 1.0, math.nan
+    H = theory.population_hessian(w, a, w_star=w_star, a_star=a_star, model="cnn-unnormalized")
+    dh = np.sqrt(np.concatenate([np.full(p, eta_w), np.full(k, eta_a)]))
+    S = dh[:, None] * H * dh[None, :]
+    e = np.concatenate([w, -a]) / dh
+    q, _ = np.linalg.qr(np.column_stack([e / np.linalg.norm(e), np.eye(p + k)]))
+    B = q[:, 1 : p + k]
+    mu, U = np.linalg.eigh(B.T @ S @ B)
+    factor = np.abs(1.0 - mu)
+    slow = int(np.argmax(factor))
+    n = float(np.linalg.norm(w))
+    x = np.concatenate([w - n * w_star, a - a_star / n])
+    y = U.T @ (B.T @ (x / dh))
+    energy = np.maximum(mu, 0.0) * y**2 / 2.0
+    total = float(energy.sum())
+    return float(factor[slow]), (float(energy[slow] / total) if total > 0 else math.nan)

@@ -161,18 +161,20 @@ def parse_value(text: str) -> Any:
 
 def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) -> SweepSpec:
     """Validate a parsed sweep file (plus ``overrides``: ``trials``, ``seed``, ``chunk``, ``name`` or any dotted
-    base field) and expand its grid into cells."""
+    base field, applied to every cell after methods and grid) and expand its grid into cells."""
     raw = copy.deepcopy(raw)
     _unknown(raw, ("sweep", "base", "grid", "methods"), "the sweep file (top-level tables)")
     sweep = raw.get("sweep", {})
     _unknown(sweep, SWEEP_KEYS, "[sweep]")
     base = raw.get("base", {})
     _unknown(base, BASE_KEYS, "[base]")
+    field_overrides = {}
     for key, val in (overrides or {}).items():
         if key in SWEEP_KEYS:
             sweep[key] = val
         else:
-            _set_dotted(base, key, val)
+            _set_dotted({}, key, None)  # validates the head of the key
+            field_overrides[key] = val
     grid = raw.get("grid", {})
     for key, vals in grid.items():
         _set_dotted({}, key, None)  # validates the head of the key
@@ -194,6 +196,8 @@ def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) 
         for combo in itertools.product(*grid.values()):
             params = _merge(base, over)
             for key, val in zip(grid_keys, combo, strict=True):
+                _set_dotted(params, key, val)
+            for key, val in field_overrides.items():  # command-line overrides win over methods and grid
                 _set_dotted(params, key, val)
             cells.append(Cell(len(cells), label, params))
     spec = SweepSpec(str(name), trials, seed, chunk, tuple(cells), grid_keys, raw)
@@ -310,7 +314,7 @@ def _teacher_from(table: Any, k: int, p: int, where: str):
 def _dataclass_from(cls, table: Any, name: str, where: str):
     if not isinstance(table, dict):
         raise SweepError(f"{where}: {name} must be a table")
-    valid = [f.name for f in fields(cls)]
+    valid = [f.name for f in fields(cls)] + (["fixed_seed"] if cls is Teacher else [])
     _unknown(table, valid, f"{where}: {name}")
     table = dict(table)
     if "a_value" in table and table["a_value"] is not None:
@@ -416,17 +420,24 @@ def check_output_dir(out: Path, spec: SweepSpec) -> bool:
                 f"output directory {str(out)!r} holds a different configuration (fingerprint "
                 f"{old.get('fingerprint')} != {spec.fingerprint()}); use another --out or delete it"
             )
-        if not os.access(out, os.W_OK):
-            raise SweepError(f"output directory {str(out)!r} is not writable")
+        _check_writable(out, out)
         return True
     if out.exists() and not out.is_dir():
         raise SweepError(f"output path {str(out)!r} exists and is not a directory")
     if out.exists() and any(out.iterdir()):
         raise SweepError(f"output directory {str(out)!r} is not empty and holds no sweep; use another --out")
-    parent = out if out.exists() else _existing_parent(out)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SweepError(f"output directory {str(out)!r} is not writable (no write permission on {str(parent)!r})")
+    _check_writable(out if out.exists() else _existing_parent(out), out)
     return False
+
+
+def _check_writable(directory: Path, out: Path) -> None:
+    """Probe with a temporary file (removed at once): permission bits do not tell for root or read-only mounts."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise SweepError(f"output directory {str(out)!r} is not writable ({exc.strerror} in {str(directory)!r})") \
+            from None
 
 
 def _existing_parent(path: Path) -> Path:
@@ -468,6 +479,8 @@ def run_sweep(
     try:
         chunk_dir = out / "chunks"
         chunk_dir.mkdir(parents=True, exist_ok=True)
+        for stale in chunk_dir.glob(".*.tmp"):  # left by a run killed in the middle of a write
+            stale.unlink()
         if not resuming:
             _atomic_write(out / "config.json", json.dumps(
                 {"fingerprint": spec.fingerprint(), "name": spec.name, "trials": spec.trials, "seed": spec.seed,
@@ -493,14 +506,15 @@ def run_sweep(
                 from dask.distributed import as_completed
 
                 threads = 1 if cluster is not None else None
-                futures = {client.submit(run_chunk, spec.cells[c[0]].params, spec.seed, c[2], c[3], threads,
-                                         pure=False, key=f"{spec.fingerprint()}-{c[0]}-{c[1]}"): c for c in todo}
-                for fut in as_completed(futures):
-                    cell, chunk, _, runs = futures[fut]
-                    _atomic_write(chunk_dir / _chunk_name(cell, chunk), fut.result())
-                    bar.update(runs)
-                    if on_chunk:
-                        on_chunk(cell)
+                with client.as_current():
+                    futures = {client.submit(run_chunk, spec.cells[c[0]].params, spec.seed, c[2], c[3], threads,
+                                             pure=False, key=f"{spec.fingerprint()}-{c[0]}-{c[1]}"): c for c in todo}
+                    for fut in as_completed(futures):
+                        cell, chunk, _, runs = futures[fut]
+                        _atomic_write(chunk_dir / _chunk_name(cell, chunk), fut.result())
+                        bar.update(runs)
+                        if on_chunk:
+                            on_chunk(cell)
         finally:
             bar.close()
     finally:
