@@ -167,6 +167,28 @@ def _check_int(value: Any, name: str, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
+def _explicit_init(init: Any, runs: int, p: int, k: int, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """``init=(w0, a0)`` given as arrays: shapes ``(p,)``/``(k,)`` (shared) or ``(runs, p)``/``(runs, k)``."""
+    try:
+        w0, a0 = init
+        w0 = np.array(w0, dtype=np.float64, ndmin=1)
+        a0 = np.array(a0, dtype=np.float64, ndmin=1)
+    except (TypeError, ValueError):
+        raise ValueError("init must be a sims.Init or a pair of arrays (w0, a0)") from None
+    out = []
+    for arr, n, name in ((w0, p, "w0"), (a0, k, "a0")):
+        if arr.ndim == 1:
+            arr = np.repeat(arr[None, :], runs, axis=0)
+        if arr.shape != (runs, n):
+            raise ValueError(f"init {name} must have shape ({n},) or ({runs}, {n}); got {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"init {name} must be finite")
+        out.append(np.ascontiguousarray(arr))
+    if model != "resnet" and np.any(np.linalg.norm(out[0], axis=1) == 0.0):
+        raise ValueError(f"init w0 = 0 is not allowed for model {model!r}: a CNN filter needs a direction")
+    return out[0], out[1]
+
+
 def record_steps(max_steps: int, n_record: int) -> np.ndarray:
     """``n_record`` log-spaced steps in ``[0, max_steps]`` (0 and ``max_steps`` included, duplicates dropped)."""
     if n_record <= 1:
@@ -195,7 +217,7 @@ def simulate(
     steps: int,
     schedule: Schedule,
     teacher: Teacher | tuple[Any, Any] | None = None,
-    init: Init | None = None,
+    init: Init | tuple[Any, Any] | None = None,
     algorithm: str = "gd",
     batch_size: int | None = None,
     shortcut: Any = None,
@@ -214,8 +236,9 @@ def simulate(
 
     ``algorithm``: ``"gd"`` (population gradient descent, closed-form gradients), ``"sgd"`` (online SGD with a
     fresh Gaussian minibatch of ``batch_size`` each step) or ``"gd-fixed"`` (GD on a fixed sample of
-    ``batch_size`` inputs drawn once per run).  ``init`` defaults to ``w0 = 0`` for the ResNet and a uniform unit
-    ``w0`` for the CNNs, with ``a0`` uniform in the ball of radius ``||a*||``.
+    ``batch_size`` inputs drawn once per run).  ``init`` is a :class:`Init` sampler (default: ``w0 = 0`` for the
+    ResNet, a uniform unit ``w0`` for the CNNs, ``a0`` uniform in the ball of radius ``||a*||``) or explicit arrays
+    ``(w0, a0)``, shared (1-D) or per run (2-D).
     """
     teacher = Teacher() if teacher is None else teacher
     tolerances = Tolerances() if tolerances is None else tolerances
@@ -239,7 +262,11 @@ def simulate(
             f"eta_a = {schedule.max_eta_a(k):g} exceeds the stability limit 4 pi / (k + pi - 1) = {limit:.6g} for "
             f"k = {k}; GD on a diverges there. Pass allow_unstable=True to study divergence."
         )
+    explicit = None
     if init is None:
+        init = Init(w="zero" if model == "resnet" else "sphere")
+    elif not isinstance(init, Init):
+        explicit = _explicit_init(init, runs, p, k, model)
         init = Init(w="zero" if model == "resnet" else "sphere")
     init.validate(model)
     if threads is not None:
@@ -264,6 +291,8 @@ def simulate(
         _, _, W0, A0 = samplers.draw(states, p=p, k=k, teacher=dummy, init=init, shortcut=v)
         WS = np.repeat(w_star[None, :], runs, axis=0)
         AS = np.repeat(a_star[None, :], runs, axis=0)
+    if explicit is not None:  # the streams were still advanced by the draw, so noise does not depend on init
+        W0, A0 = explicit
     WT0 = W0 + v if model == "resnet" else W0.copy()
     norm0 = np.linalg.norm(WT0, axis=1)
     if np.any(norm0 == 0.0):
