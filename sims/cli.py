@@ -131,6 +131,51 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+PLOTS = ("landscape", "basins", "trajectories", "success-rates", "two-phase", "all")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Write a figure (PNG and PDF) into ``--out`` (default ``figures/``)."""
+    import tempfile
+
+    from sims import plots
+
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"--out {str(out)!r} cannot be created: {exc.strerror}") from None
+    names = PLOTS[:-1] if args.name == "all" else (args.name,)
+    written = []
+    for name in names:
+        if name == "landscape":
+            written += plots.landscape(out / "landscape")
+        elif name == "basins":
+            written += plots.basins(out / "basins")
+        elif name == "trajectories":
+            written += plots.trajectories(out / "trajectories")
+        else:
+            table = "liu2019" if name == "success-rates" else "two-phase"
+            sweep_dir = Path(args.sweep) if args.sweep else None
+            with tempfile.TemporaryDirectory() as tmp:
+                spec = tables.spec(table, trials=args.trials)
+                if sweep_dir is None or not (sweep_dir / "summary.csv").exists():
+                    sweep_dir = Path(tmp) / table
+                    outcome = sweep.run_sweep(spec, sweep_dir, quiet=True)
+                else:
+                    import pandas as pd
+
+                    outcome = sweep.SweepOutcome(sweep_dir, pd.read_parquet(sweep_dir / "runs.parquet"),
+                                                 pd.read_csv(sweep_dir / "summary.csv"), 0, 0, 0.0)
+                if name == "success-rates":
+                    written += plots.success_rates(outcome.summary, out / "success_rates",
+                                                   title="Liu et al. 2019: ResNet (w0 = 0) vs CNN (random w0)")
+                else:
+                    written += tables.two_phase_figure(spec, out)
+    print("\n".join(str(w) for w in written))
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit code 2)."""
 
@@ -153,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("dir")
     sm.add_argument("--format", choices=tables.FORMATS, default="markdown")
     sm.set_defaults(func=cmd_summarize)
+    pl = sub.add_parser("plot", help="write a figure (PNG + PDF): " + ", ".join(PLOTS))
+    pl.add_argument("name", choices=PLOTS)
+    pl.add_argument("--out", default="figures", help="directory for the files (default figures/)")
+    pl.add_argument("--sweep", default=None, help="finished table sweep to plot (default: run one at --trials)")
+    pl.add_argument("--trials", type=_positive_int("--trials", 1, 10**9), default=200,
+                    help="trials per cell when a table has to be run for the figure (default 200)")
+    pl.set_defaults(func=cmd_plot)
     ls = sub.add_parser("landscape", help="fixed points of the population landscape for one teacher")
     ls.add_argument("--k", type=_positive_int("--k"), default=4, help="number of patches (default 4)")
     ls.add_argument("--p", type=_positive_int("--p"), default=8, help="patch dimension (default 8)")

@@ -113,3 +113,127 @@ def loss_curves(curves: list[tuple[str, np.ndarray, np.ndarray]], stem: str | Pa
             ax.set_title(title)
         ax.legend(frameon=False)
         return save(fig, stem)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figure recipes behind ``shallowres plot NAME``
+
+
+def landscape(stem: str | Path, *, k: int = 4, ratios: tuple[float, ...] = (0.0, 0.4, 0.8, 1.2)) -> list[Path]:
+    """Loss along the angle with ``a`` optimized, ``min_a L(phi, a)``, for teachers with ``||a*|| = 1`` and
+    ``1.a* = ratio * sqrt((k + pi - 1)/pi)`` (the spurious point exists iff ``ratio < 1``); global, saddle and
+    spurious points marked."""
+    import theory
+
+    with plt.rc_context(STYLE):
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(7.6, 3.0))
+        phis = np.linspace(0.0, np.pi, 361)
+        for j, ratio in enumerate(ratios):
+            a_star = teacher_with_ratio(k, ratio)
+            c = PALETTE[j % len(PALETTE)]
+            loss = np.array([theory.reduced_loss(float(x), a_star) for x in phis])
+            align = np.array([theory.alignment_at(float(x), a_star) for x in phis])
+            label = f"1.a* = {ratio:.1f} x threshold"
+            ax.plot(phis, loss, color=c, lw=1.3, label=label)
+            ax2.plot(phis, align, color=c, lw=1.3)
+            ax.plot([0.0], [0.0], "o", color=c, ms=4)
+            phi_s = theory.saddle_angle(a_star)
+            if phi_s is not None:
+                ax.plot([phi_s], [theory.reduced_loss(phi_s, a_star)], "x", color=c, ms=6, mew=1.5)
+                ax.plot([np.pi], [theory.reduced_loss(np.pi, a_star)], "s", color=c, ms=4)
+                ax2.axvline(phi_s, color=c, lw=0.6, ls=":")
+        ax.set_xlabel("angle phi between w~ and w*  [rad]")
+        ax.set_ylabel("min over a of L(phi, a)")
+        ax.set_title(f"reduced landscape, k = {k}: o global, x saddle, [] spurious")
+        ax.legend(frameon=False, fontsize=7)
+        ax2.axhline(0.0, color="0.4", lw=0.8)
+        ax2.set_xlabel("angle phi  [rad]")
+        ax2.set_ylabel("a(phi).a*  (sign decides the basin)")
+        ax2.set_title("alignment of the optimal a")
+        return save(fig, stem)
+
+
+def teacher_with_ratio(k: int, ratio: float) -> np.ndarray:
+    """A unit-norm ``a*`` with ``1.a* = ratio * sqrt((k + pi - 1) / pi)`` (the existence threshold), ``k >= 2``."""
+    ones = np.ones(k) / np.sqrt(k)
+    perp = np.zeros(k)
+    perp[0], perp[1] = 1.0, -1.0
+    perp /= np.linalg.norm(perp)
+    s = ratio * np.sqrt((k + np.pi - 1.0) / np.pi)
+    along = min(s / np.sqrt(k), 1.0)  # component along 1/sqrt(k)
+    return along * ones + np.sqrt(max(0.0, 1.0 - along**2)) * perp
+
+
+def basins(stem: str | Path, *, k: int = 4, p: int = 4, model: str = "cnn", steps: int = 4000, n: int = 41,
+           eta_w: float = 0.25, eta_a: float | None = None) -> list[Path]:
+    """Outcome of GD from a grid of starting points ``(phi_0, a_0 = t a*)`` in the ``(phi, a.a*)`` plane, with a
+    few trajectories on top (teacher ``1.a* = 0``, ``||a*|| = 1``, so the spurious point exists)."""
+    import theory
+    from sims.schedules import Schedule, optimal_eta_a
+    from sims.simulate import simulate
+
+    eta_a = 0.9 * optimal_eta_a(k) if eta_a is None else eta_a
+    a_star = teacher_with_ratio(k, 0.0)
+    w_star = np.zeros(p)
+    w_star[0] = 1.0
+    phis = np.linspace(0.02, np.pi - 0.02, n)
+    ts = np.linspace(-1.5, 1.5, n)
+    grid_phi, grid_t = np.meshgrid(phis, ts)
+    w0 = np.array([theory.filter_at_angle(float(x), w_star, model=model) for x in grid_phi.ravel()])
+    a0 = grid_t.ravel()[:, None] * a_star[None, :]
+    res = simulate(model=model, k=k, p=p, runs=w0.shape[0], steps=steps, schedule=Schedule.constant(eta_w, eta_a),
+                   teacher=(w_star, a_star), init=(w0, a0), n_record=64)
+    from sims.classify import OUTCOMES
+
+    code = np.array([OUTCOMES.index(o) for o in res.outcome]).reshape(grid_phi.shape)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.0, 3.6))
+        from matplotlib.colors import ListedColormap
+
+        cmap = ListedColormap([PALETTE[0], PALETTE[3], PALETTE[4], "0.8", "0.3"])
+        ax.pcolormesh(grid_phi, grid_t, code, cmap=cmap, vmin=-0.5, vmax=4.5, shading="nearest", alpha=0.55)
+        for i in np.linspace(0, w0.shape[0] - 1, 9).astype(int):
+            tr = res.trajectory_of(int(i))
+            ax.plot(tr["phi"], tr["alignment"] / (a_star @ a_star), color="k", lw=0.8, alpha=0.8)
+            ax.plot(tr["phi"][:1], tr["alignment"][:1] / (a_star @ a_star), "k.", ms=4)
+        phi_s = theory.saddle_angle(a_star)
+        ax.axvline(phi_s, color="k", ls=":", lw=0.8)
+        ax.set_xlim(0, np.pi)
+        ax.set_xlabel("angle phi  [rad]")
+        ax.set_ylabel("a.a* / ||a*||^2")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i), alpha=0.55) for i in range(5)]
+        ax.legend(handles, OUTCOMES, loc="upper right", fontsize=7, frameon=True)
+        ax.set_title(f"{model}: basins of GD (k = {k}, p = {p}, 1.a* = 0); dotted: saddle angle")
+        return save(fig, stem)
+
+
+def trajectories(stem: str | Path, *, k: int = 16, p: int = 16, runs: int = 12, steps: int = 3000) -> list[Path]:
+    """``(phi, a.a*)`` paths of the ResNet from ``w0 = 0`` (prescribed warmup, and no warmup) and of the CNN from
+    random ``w0``, same teachers (``v.w* >= 0``, spurious point present)."""
+    from sims.samplers import Init, Teacher
+    from sims.schedules import Schedule, optimal_eta_a
+    from sims.simulate import simulate
+
+    eta_a, eta_w = 0.9 * optimal_eta_a(k), 1.0 / k
+    setups = [("resnet, prescribed warmup", "resnet", Schedule.prescribed_warmup(eta_w, eta_a)),
+              ("resnet, no warmup", "resnet", Schedule.constant(eta_w, eta_a)),
+              ("cnn, no warmup", "cnn", Schedule.constant(eta_w, eta_a))]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 3, figsize=(9.0, 3.0), sharey=True)
+        for ax, (label, model, sched) in zip(axes, setups, strict=True):
+            res = simulate(model=model, k=k, p=p, runs=runs, steps=steps, schedule=sched, seed=4,
+                           teacher=Teacher(require_spurious=True), n_record=200,
+                           init=Init(w="zero" if model == "resnet" else "sphere"))
+            for r in range(runs):
+                tr = res.trajectory_of(r)
+                c = PALETTE[0] if res.outcome[r] == "global" else PALETTE[3]
+                qs = res.a_star[r] @ res.a_star[r]
+                ax.plot(tr["phi"], tr["alignment"] / qs, color=c, lw=0.9, alpha=0.8)
+                ax.plot(tr["phi"][:1], tr["alignment"][:1] / qs, ".", color=c, ms=4)
+            ax.set_title(f"{label}\n{np.mean(res.outcome == 'global'):.0%} of {runs} runs global", fontsize=8)
+            ax.set_xlabel("angle phi  [rad]")
+            ax.set_xlim(0, np.pi)
+        axes[0].set_ylabel("a.a* / ||a*||^2")
+        fig.suptitle(f"(phi, a.a*) trajectories, k = {k}, p = {p}; dots: starts; blue: global, vermillion: spurious",
+                     fontsize=9, y=1.04)
+        return save(fig, stem)
