@@ -59,111 +59,277 @@ _FM = {"reassoc", "contract", "arcp"}
 
 
 # ---- the empirical gradient ------------------------------------------------------------------------------------
+#
+# Inputs are processed in blocks of ``nb <= CHUNK_SAMPLES`` samples stored "feature-major": a block is a C-contiguous
+# ``(p, nb k)`` matrix whose column ``j nb + b`` is patch ``j`` of sample ``b`` (the entries are i.i.d., so the
+# layout is only a convention).  Then every inner loop runs over the ``nb k`` columns with unit stride and no
+# reduction dependency or data-dependent branch, which LLVM vectorizes (AVX2/AVX-512): the pre-activations
+# ``h = u^T Z`` and ``h* = w*^T Z`` are axpys, and ``g_u = Z c`` is a long dot product per feature.
+
+#: Doubles per block of inputs (128 KiB: stays in L2 with the work vectors).
+CHUNK_ELEMS = 16384
+
+
+def chunk_samples(batch_size: int, k: int, p: int) -> int:
+    """Samples per block: ``batch_size`` capped so that a block holds at most ``CHUNK_ELEMS`` doubles."""
+    return max(1, min(int(batch_size), CHUNK_ELEMS // (k * p)))
 
 
 @njit(inline="always", cache=True, fastmath=_FM)
-def _accumulate(z, off, wu, ws, a, ast, teacher_known, fs_known, h, gu, ga):
-    """Add one input ``Z = z[off : off + k p]`` (patch-major) to the gradient sums ``gu, ga``.
+def _block_preact(Z, nrow, w, h):
+    """``h[q] = w . Z[:, q]`` for the ``nrow`` columns of the block ``Z`` (p, nrow)."""
+    for q in range(nrow):
+        h[q] = 0.0
+    for i in range(Z.shape[0]):
+        zi = Z[i]
+        wi = w[i]
+        for q in range(nrow):
+            h[q] += wi * zi[q]
 
-    ``wu`` is the unit filter ``u`` (normalized) or ``w`` (unnormalized); the teacher output is ``fs_known`` when
-    ``teacher_known`` (a literal at each call site), else computed from ``ws, ast``.  Returns ``r = f - f*``."""
+
+@njit(inline="always", cache=True, fastmath=_FM)
+def _relu_outputs(h, nb, a, out):
+    """``out[b] += sum_j a_j relu(h[j nb + b])``."""
+    for j in range(a.shape[0]):
+        aj = a[j]
+        off = j * nb
+        for b in range(nb):
+            out[b] += aj * max(h[off + b], 0.0)
+
+
+@njit(inline="always", cache=True, fastmath=_FM)
+def _block_backward(Z, nb, a, h, res, cv, gu, ga):
+    """Add ``sum_b res_b d f(Z_b)`` to ``(gu, ga)``: ``ga_j += sum_b res_b relu(h_bj)``,
+    ``gu += sum_{b,j} res_b a_j 1[h_bj > 0] Z_bj``.  Returns ``sum_b res_b^2``."""
+    k = a.shape[0]
+    nrow = nb * k
+    lsum = 0.0
+    for b in range(nb):
+        lsum += res[b] * res[b]
+    for j in range(k):
+        aj = a[j]
+        off = j * nb
+        s = 0.0
+        for b in range(nb):
+            hq = h[off + b]
+            s += res[b] * max(hq, 0.0)
+            cv[off + b] = res[b] * aj if hq > 0.0 else 0.0
+        ga[j] += s
+    for i in range(Z.shape[0]):
+        zi = Z[i]
+        s = 0.0
+        for q in range(nrow):
+            s += cv[q] * zi[q]
+        gu[i] += s
+    return lsum
+
+
+@njit(inline="always", cache=True, fastmath=_FM)
+def _fill_block(s0, s1, s2, s3, buf, n):
+    """``buf[:n]`` <- standard normals (Ziggurat)."""
+    for q in range(n):
+        buf[q], s0, s1, s2, s3 = zig_normal(s0, s1, s2, s3)
+    return s0, s1, s2, s3
+
+
+@njit(inline="always", cache=True, fastmath=_FM)
+def _zero(x):
+    for i in range(x.shape[0]):
+        x[i] = 0.0
+
+
+@njit(inline="always", cache=True, fastmath=_FM)
+def _scale(x, c):
+    for i in range(x.shape[0]):
+        x[i] *= c
+
+
+@njit(cache=True, fastmath=_FM)
+def _sgd_gradient(s0, s1, s2, s3, n_batch, chunk, wu, ws, a, ast, zb, h, hs, cv, fb, fsb, gu, ga):
+    """Minibatch gradient ``(gu, ga)`` (wrt ``wu`` and ``a``, mean over the batch) of ``n_batch`` fresh inputs
+    drawn from the stream ``(s0..s3)`` in blocks of ``chunk`` samples; returns ``(loss, s0, s1, s2, s3)`` with
+    ``loss`` the minibatch loss ``0.5 mean_b (f - f*)^2``."""
     k = a.shape[0]
     p = wu.shape[0]
-    f = 0.0
-    fs = fs_known
-    for j in range(k):
-        base = off + j * p
-        hj = 0.0
-        if teacher_known:
-            for i in range(p):
-                hj += wu[i] * z[base + i]
-        else:
-            hs = 0.0
-            for i in range(p):
-                x = z[base + i]
-                hj += wu[i] * x
-                hs += ws[i] * x
-            if hs > 0.0:
-                fs += ast[j] * hs
-        h[j] = hj
-        if hj > 0.0:
-            f += a[j] * hj
-    r = f - fs
-    for j in range(k):
-        hj = h[j]
-        if hj > 0.0:
-            ga[j] += r * hj
-            coef = r * a[j]
-            base = off + j * p
-            for i in range(p):
-                gu[i] += coef * z[base + i]
-    return r
-
-
-@njit(inline="always", cache=True, fastmath=_FM)
-def _sgd_gradient(s0, s1, s2, s3, n_batch, wu, ws, a, ast, z, h, gu, ga):
-    """Minibatch gradient ``(gu, ga)`` (wrt ``wu`` and ``a``) of ``n_batch`` fresh inputs drawn from the stream
-    ``(s0..s3)``; returns ``(empirical loss, s0, s1, s2, s3)``."""
-    kp = z.shape[0]
-    for i in range(gu.shape[0]):
-        gu[i] = 0.0
-    for j in range(ga.shape[0]):
-        ga[j] = 0.0
+    _zero(gu)
+    _zero(ga)
     lsum = 0.0
-    for _ in range(n_batch):
-        for q in range(kp):
-            z[q], s0, s1, s2, s3 = zig_normal(s0, s1, s2, s3)
-        r = _accumulate(z, 0, wu, ws, a, ast, False, 0.0, h, gu, ga)
-        lsum += r * r
+    done = 0
+    while done < n_batch:
+        nb = min(chunk, n_batch - done)
+        nrow = nb * k
+        s0, s1, s2, s3 = _fill_block(s0, s1, s2, s3, zb, nrow * p)
+        Z = zb[: nrow * p].reshape(p, nrow)
+        _block_preact(Z, nrow, wu, h)
+        _block_preact(Z, nrow, ws, hs)
+        for b in range(nb):
+            fb[b] = 0.0
+            fsb[b] = 0.0
+        _relu_outputs(h, nb, a, fb)
+        _relu_outputs(hs, nb, ast, fsb)
+        for b in range(nb):
+            fb[b] -= fsb[b]
+        lsum += _block_backward(Z, nb, a, h, fb, cv, gu, ga)
+        done += nb
     inv = 1.0 / n_batch
-    for i in range(gu.shape[0]):
-        gu[i] *= inv
-    for j in range(ga.shape[0]):
-        ga[j] *= inv
+    _scale(gu, inv)
+    _scale(ga, inv)
     return 0.5 * lsum * inv, s0, s1, s2, s3
 
 
-@njit(inline="always", cache=True, fastmath=_FM)
-def _fixed_gradient(X, FS, wu, ws, a, ast, h, gu, ga):
-    """Full-batch gradient ``(gu, ga)`` over the training set ``X`` (n, k p) with teacher outputs ``FS``;
-    returns the empirical (training) loss."""
-    kp = X.shape[1]
-    n_batch = X.shape[0]
-    for i in range(gu.shape[0]):
-        gu[i] = 0.0
-    for j in range(ga.shape[0]):
-        ga[j] = 0.0
-    flat = X.reshape(n_batch * kp)
+@njit(cache=True, fastmath=_FM)
+def _projected_gradient(s0, s1, s2, s3, n_batch, chunk, wu, ws, a, ast, e2, xi, h, hs, cv, fb, fsb, gu, ga):
+    """Same law as :func:`_sgd_gradient`, sampled through the 2-D projection (``sampler="projected"``).
+
+    ``f`` and ``f*`` see an input patch only through ``x1 = e1.Z_bj`` and ``x2 = e2.Z_bj``, with ``e1 = u`` and
+    ``e2`` the unit vector along ``w* - (u.w*) u`` (absent when ``w* = +-u`` or ``p = 1``), and ``x1, x2`` are
+    i.i.d. N(0, 1).  Given them, the rest ``(I - E E^T) Z_bj`` is an independent N(0, I - E E^T), so
+    ``sum_{b,j} c_bj Z_bj = sum c_bj (x1 e1 + x2 e2) + ||c|| (I - E E^T) xi`` with one ``xi ~ N(0, I_p)``:
+    the minibatch gradient has exactly the law of the full sampler's, from ``2 B k + p`` normals instead of
+    ``B k p``."""
+    k = a.shape[0]
+    p = wu.shape[0]
+    nu2 = 0.0
+    c = 0.0
+    for i in range(p):
+        nu2 += wu[i] * wu[i]
+        c += wu[i] * ws[i]
+    nu = math.sqrt(nu2)
+    c /= nu
+    # e2: Gram-Schmidt of w* against e1 = u (twice, for orthogonality when w* is nearly parallel to u)
+    s = 0.0
+    for i in range(p):
+        e2[i] = ws[i] - c * wu[i] / nu
+    d = 0.0
+    for i in range(p):
+        d += e2[i] * wu[i]
+    d /= nu
+    for i in range(p):
+        e2[i] -= d * wu[i] / nu
+        s += e2[i] * e2[i]
+    s = math.sqrt(s)
+    two_d = s > 0.0 and p > 1  # in 1-D, w* = +-u and there is no e2
+    if two_d:
+        for i in range(p):
+            e2[i] /= s
+        s = 0.0
+        for i in range(p):
+            s += e2[i] * ws[i]
+    else:
+        s = 0.0
+    # the teacher's coefficients in the basis: w*.e1 = c, w*.e2 = s; the student's: wu.e1 = nu, wu.e2 = 0
+    _zero(ga)
     lsum = 0.0
-    for b in range(n_batch):
-        r = _accumulate(flat, b * kp, wu, ws, a, ast, True, FS[b], h, gu, ga)
-        lsum += r * r
+    g1 = 0.0
+    g2 = 0.0
+    cc = 0.0
+    done = 0
+    while done < n_batch:
+        nb = min(chunk, n_batch - done)
+        nrow = nb * k
+        for q in range(nrow):
+            x1, s0, s1, s2, s3 = zig_normal(s0, s1, s2, s3)
+            x2 = 0.0
+            if two_d:
+                x2, s0, s1, s2, s3 = zig_normal(s0, s1, s2, s3)
+            h[q] = nu * x1
+            hs[q] = c * x1 + s * x2
+            cv[q] = x2  # kept until the coefficients are known
+        for b in range(nb):
+            fb[b] = 0.0
+            fsb[b] = 0.0
+        _relu_outputs(h, nb, a, fb)
+        _relu_outputs(hs, nb, ast, fsb)
+        for b in range(nb):
+            r = fb[b] - fsb[b]
+            fb[b] = r
+            lsum += r * r
+        for j in range(k):
+            aj = a[j]
+            off = j * nb
+            sa = 0.0
+            for b in range(nb):
+                hq = h[off + b]
+                sa += fb[b] * max(hq, 0.0)
+                coef = fb[b] * aj if hq > 0.0 else 0.0
+                g1 += coef * (hq / nu)
+                g2 += coef * cv[off + b]
+                cc += coef * coef
+            ga[j] += sa
+        done += nb
+    # the part orthogonal to span{e1, e2}: ||c|| (I - E E^T) xi
+    for i in range(p):
+        xi[i], s0, s1, s2, s3 = zig_normal(s0, s1, s2, s3)
+    d1 = 0.0
+    d2 = 0.0
+    for i in range(p):
+        d1 += xi[i] * wu[i]
+        d2 += xi[i] * e2[i]
+    d1 /= nu
+    if not two_d:
+        d2 = 0.0
+    sc = math.sqrt(cc)
+    for i in range(p):
+        e1i = wu[i] / nu
+        orth = xi[i] - d1 * e1i - (d2 * e2[i] if two_d else 0.0)
+        gu[i] = g1 * e1i + (g2 * e2[i] if two_d else 0.0) + sc * orth
     inv = 1.0 / n_batch
-    for i in range(gu.shape[0]):
-        gu[i] *= inv
-    for j in range(ga.shape[0]):
-        ga[j] *= inv
-    return 0.5 * lsum * inv
+    _scale(gu, inv)
+    _scale(ga, inv)
+    return 0.5 * lsum * inv, s0, s1, s2, s3
 
 
-@njit(inline="always", cache=True, fastmath=_FM)
-def _draw_training_set(s0, s1, s2, s3, X, ws, ast, FS):
-    """Fill the training set ``X`` (n, k p) with standard normals and ``FS`` with the teacher outputs."""
-    n_batch, kp = X.shape
+@njit(cache=True, fastmath=_FM)
+def _draw_training_set(s0, s1, s2, s3, chunk, X, FS, ws, ast, hs):
+    """Fill the training set ``X`` (flat, ``n k p``, in blocks of ``chunk`` samples) with standard normals and
+    ``FS`` (n,) with the teacher outputs."""
+    n = FS.shape[0]
     k = ast.shape[0]
     p = ws.shape[0]
-    for b in range(n_batch):
-        for q in range(kp):
-            X[b, q], s0, s1, s2, s3 = zig_normal(s0, s1, s2, s3)
-        fs = 0.0
-        for j in range(k):
-            hs = 0.0
-            for i in range(p):
-                hs += ws[i] * X[b, j * p + i]
-            if hs > 0.0:
-                fs += ast[j] * hs
-        FS[b] = fs
+    kp = k * p
+    done = 0
+    while done < n:
+        nb = min(chunk, n - done)
+        nrow = nb * k
+        blk = X[done * kp : (done + nb) * kp]
+        s0, s1, s2, s3 = _fill_block(s0, s1, s2, s3, blk, nrow * p)
+        Z = blk.reshape(p, nrow)
+        _block_preact(Z, nrow, ws, hs)
+        fsb = FS[done : done + nb]
+        for b in range(nb):
+            fsb[b] = 0.0
+        _relu_outputs(hs, nb, ast, fsb)
+        done += nb
     return s0, s1, s2, s3
+
+
+@njit(cache=True, fastmath=_FM)
+def _fixed_gradient(chunk, X, FS, wu, a, h, cv, fb, gu, ga):
+    """Full-batch gradient ``(gu, ga)`` over the training set ``(X, FS)``; returns the training loss."""
+    n = FS.shape[0]
+    k = a.shape[0]
+    p = wu.shape[0]
+    kp = k * p
+    _zero(gu)
+    _zero(ga)
+    lsum = 0.0
+    done = 0
+    while done < n:
+        nb = min(chunk, n - done)
+        nrow = nb * k
+        Z = X[done * kp : (done + nb) * kp].reshape(p, nrow)
+        _block_preact(Z, nrow, wu, h)
+        for b in range(nb):
+            fb[b] = 0.0
+        _relu_outputs(h, nb, a, fb)
+        for b in range(nb):
+            fb[b] -= FS[done + b]
+        lsum += _block_backward(Z, nb, a, h, fb, cv, gu, ga)
+        done += nb
+    inv = 1.0 / n
+    _scale(gu, inv)
+    _scale(ga, inv)
+    return 0.5 * lsum * inv
 
 
 @njit(inline="always", cache=True, fastmath=_FM)
@@ -197,16 +363,20 @@ def _filter_gradient(gu, wu, n, normalized, gw):
 
 # ---- the training kernel ---------------------------------------------------------------------------------------
 
+SGD_FULL, SGD_PROJECTED, GD_FIXED = 0, 1, 2
+SAMPLERS = ("full", "projected")
 
-@njit(parallel=True, cache=True, fastmath=_FM)
-def finite_sample_gd(
-    fixed,  # bool: GD on a fixed training set (True) or online SGD (False)
-    batch_size,  # minibatch size (SGD) or training-set size (fixed)
+
+@njit(cache=True, fastmath=_FM)
+def _run_one(
+    r,  # the run (row) to advance from start to stop
+    mode,  # SGD_FULL, SGD_PROJECTED (online SGD; see _projected_gradient) or GD_FIXED (fixed training set)
+    batch_size,  # minibatch size (SGD) or training-set size (GD_FIXED)
+    chunk,  # samples per block of inputs (chunk_samples)
     WT,  # (R, p) effective filters w~, updated in place
     A,  # (R, k) second layers, updated in place
     WS,  # (Rt, p) teacher filters (Rt = 1 or R)
     AS,  # (Rt, k) teacher second layers
-    phi_saddle,  # (Rt,) unused (no "trapped" stop for noisy steps); kept for the common signature
     normalized,  # bool: weight-normalized (rho = 1) or not (rho = ||w||)
     seg_end,  # (Rs, nseg) int64 step at which each segment ends; Rs = 1 or R
     eta_w,  # (Rs, nseg)
@@ -235,7 +405,8 @@ def finite_sample_gd(
     kp = k * p
     nseg = seg_end.shape[1]
     m = record_steps.shape[0]
-    for r in prange(R):
+    fixed = mode == GD_FIXED
+    if True:
         ri = np.int64(r)
         tr = ri if WS.shape[0] > 1 else np.int64(0)
         sr = ri if seg_end.shape[0] > 1 else np.int64(0)
@@ -244,19 +415,25 @@ def finite_sample_gd(
         ws = WS[tr]
         ast = AS[tr]
         s0, s1, s2, s3 = states[r, 0], states[r, 1], states[r, 2], states[r, 3]
-        # thread-local work space (bounded: O(k p) for SGD; the run's training set for gd-fixed)
+        # Thread-local work space: O(chunk k p) for SGD; the run's own training set for GD_FIXED.
         wu = np.empty(p)
         gu = np.empty(p)
         gw = np.empty(p)
+        e2 = np.empty(p)
+        xi = np.empty(p)
         ga = np.empty(k)
-        h = np.empty(k)
         w_prev = np.empty(p)
         a_prev = np.empty(k)
-        z = np.empty(kp if not fixed else 0)
-        X = np.empty((batch_size if fixed else 0, kp))
+        zb = np.empty(chunk * kp if mode == SGD_FULL else 0)
+        h = np.empty(chunk * k)
+        hs = np.empty(chunk * k)
+        cv = np.empty(chunk * k)
+        fb = np.empty(chunk)
+        fsb = np.empty(chunk)
+        X = np.empty(batch_size * kp if fixed else 0)
         FS = np.empty(batch_size if fixed else 0)
         if fixed:
-            s0, s1, s2, s3 = _draw_training_set(s0, s1, s2, s3, X, ws, ast, FS)
+            s0, s1, s2, s3 = _draw_training_set(s0, s1, s2, s3, chunk, X, FS, ws, ast, hs)
         ws2 = 0.0
         Ss = 0.0
         Qs = 0.0
@@ -374,10 +551,14 @@ def finite_sample_gd(
                 a_prev[j] = a[j]
             # One step on the empirical loss.
             nw = _filter_direction(w, normalized, wu)
-            if fixed:
-                _fixed_gradient(X, FS, wu, ws, a, ast, h, gu, ga)
+            if mode == GD_FIXED:
+                _fixed_gradient(chunk, X, FS, wu, a, h, cv, fb, gu, ga)
+            elif mode == SGD_PROJECTED:
+                _, s0, s1, s2, s3 = _projected_gradient(s0, s1, s2, s3, batch_size, chunk, wu, ws, a, ast, e2, xi,
+                                                        h, hs, cv, fb, fsb, gu, ga)
             else:
-                _, s0, s1, s2, s3 = _sgd_gradient(s0, s1, s2, s3, batch_size, wu, ws, a, ast, z, h, gu, ga)
+                _, s0, s1, s2, s3 = _sgd_gradient(s0, s1, s2, s3, batch_size, chunk, wu, ws, a, ast, zb, h, hs, cv,
+                                                  fb, fsb, gu, ga)
             _filter_gradient(gu, wu, nw, normalized, gw)
             ew = eta_w[sr, seg]
             ea = eta_a[sr, seg]
@@ -415,6 +596,46 @@ def finite_sample_gd(
                 traj[r, q, f] = np.nan
 
 
+
+
+@njit(parallel=True, cache=True)
+def finite_sample_gd(
+    mode,  # SGD_FULL, SGD_PROJECTED (online SGD; see _projected_gradient) or GD_FIXED (fixed training set)
+    batch_size,  # minibatch size (SGD) or training-set size (GD_FIXED)
+    chunk,  # samples per block of inputs (chunk_samples)
+    WT,  # (R, p) effective filters w~, updated in place
+    A,  # (R, k) second layers, updated in place
+    WS,  # (Rt, p) teacher filters (Rt = 1 or R)
+    AS,  # (Rt, k) teacher second layers
+    normalized,  # bool: weight-normalized (rho = 1) or not (rho = ||w||)
+    seg_end,  # (Rs, nseg) int64 step at which each segment ends; Rs = 1 or R
+    eta_w,  # (Rs, nseg)
+    eta_a,  # (Rs, nseg)
+    noise_w,  # (nseg,) perturbation std on w per step, per segment
+    noise_a,  # (nseg,)
+    noise_decay,  # multiplicative decay of the noise std per step (annealing)
+    states,  # (R, 4) uint64 random streams, advanced in place
+    max_steps,
+    loss_tol,  # all loss levels are relative to L_ref = loss of the zero network = E[f*^2] / 2
+    grad_tol,  # relative to sqrt(L_ref)
+    eps_steps,  # loss level for steps_to_tol
+    divergence_loss,  # a loss above this (or non-finite) is divergence
+    record_steps,  # (m,) int64 ascending steps at which the trajectory is recorded
+    traj,  # (R, m, 4) out: population loss, phi, a.a*, ||a - a*||; NaN after the stop
+    final,  # (R, 4) out: population loss, phi, a.a*, population gradient norm at the stop
+    stop_step,  # (R,) out
+    stop_reason,  # (R,) out
+    slow_end,  # (R,) out: first step with a.a* > 0 (-1 if never)
+    steps_tol,  # (R,) out: first step with population loss <= eps_steps (-1 if never)
+    rate_levels,  # (3,) loss levels hi > mid > lo (see population_gd)
+    rate_pts,  # (R, 6) out: step and loss at the last downward crossing of each level (-1 if none)
+):
+    for r in prange(WT.shape[0]):
+        _run_one(np.int64(r), mode, batch_size, chunk, WT, A, WS, AS, normalized, seg_end, eta_w, eta_a, noise_w,
+                 noise_a, noise_decay, states, max_steps, loss_tol, grad_tol, eps_steps, divergence_loss,
+                 record_steps, traj, final, stop_step, stop_reason, slow_end, steps_tol, rate_levels, rate_pts)
+
+
 # ---- entry point used by sims.simulate -------------------------------------------------------------------------
 
 
@@ -445,25 +666,49 @@ def _check_state(WT: np.ndarray, A: np.ndarray, WS: np.ndarray, AS: np.ndarray) 
         raise ValueError("WT: a zero effective filter has no direction")
 
 
+def _mode(algorithm: str, sampler: str) -> int:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
+    if algorithm == "gd-fixed":
+        if sampler != "full":
+            raise ValueError("sampler='projected' is only for algorithm 'sgd' (gd-fixed reuses its inputs)")
+        return GD_FIXED
+    return SGD_PROJECTED if sampler == "projected" else SGD_FULL
+
+
 def run(algorithm, batch_size, WT, A, WS, AS, phi_s, normalized, seg_end, eta_w, eta_a, noise_w, noise_a,
         noise_decay, states, max_steps, loss_tol, grad_tol, eps_steps, divergence_loss, record_steps, traj, final,
-        stop_step, stop_reason, slow_end, steps_tol, rate_levels, rate_pts) -> None:
+        stop_step, stop_reason, slow_end, steps_tol, rate_levels, rate_pts, *, sampler: str = "full") -> None:
     """Run ``"sgd"`` or ``"gd-fixed"`` on every row of ``WT, A`` (in place), filling the output arrays exactly as
-    :func:`sims.kernels.population_gd` does (see the module docstring for the differences)."""
+    :func:`sims.kernels.population_gd` does (see the module docstring for the differences).
+
+    ``phi_s`` is accepted for the common signature and unused (no ``trapped`` stop).  ``sampler`` (SGD only):
+    ``"full"`` draws every minibatch input ``Z`` (``B k p`` normals per step); ``"projected"`` draws the same law of
+    the minibatch gradient from ``2 B k + p`` normals (see :func:`_projected_gradient`); the two give different
+    streams, hence different (equally distributed) trajectories."""
+    del phi_s
     k, p = A.shape[1], WT.shape[1]
     batch_size = _check_batch(algorithm, batch_size, k, p)
+    mode = _mode(algorithm, sampler)
     _check_state(WT, A, WS, AS)
-    finite_sample_gd(algorithm == "gd-fixed", np.int64(batch_size), WT, A, WS, AS, phi_s, bool(normalized),
-                     seg_end, eta_w, eta_a, noise_w, noise_a, float(noise_decay), states, np.int64(max_steps),
-                     float(loss_tol), float(grad_tol), float(eps_steps), float(divergence_loss), record_steps, traj,
-                     final, stop_step, stop_reason, slow_end, steps_tol, rate_levels, rate_pts)
+    finite_sample_gd(np.int64(mode), np.int64(batch_size), np.int64(chunk_samples(batch_size, k, p)), WT, A, WS, AS,
+                     bool(normalized), seg_end, eta_w, eta_a, noise_w, noise_a, float(noise_decay), states,
+                     np.int64(max_steps), float(loss_tol), float(grad_tol), float(eps_steps), float(divergence_loss),
+                     record_steps, traj, final, stop_step, stop_reason, slow_end, steps_tol, rate_levels, rate_pts)
 
 
 # ---- helpers for tests and diagnostics -------------------------------------------------------------------------
 
 
+def _rows(x, R: int | None = None) -> np.ndarray:
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    if R is not None:
+        x = np.broadcast_to(x, (R, x.shape[1]))
+    return np.ascontiguousarray(x)
+
+
 @njit(parallel=True, cache=True, fastmath=_FM)
-def _minibatch_gradients(WT, A, WS, AS, normalized, batch_size, states, GW, GA, LE):
+def _minibatch_gradients(mode, WT, A, WS, AS, normalized, batch_size, chunk, states, GW, GA, LE):
     R, p = WT.shape
     k = A.shape[1]
     for r in prange(R):
@@ -473,38 +718,52 @@ def _minibatch_gradients(WT, A, WS, AS, normalized, batch_size, states, GW, GA, 
         s0, s1, s2, s3 = states[r, 0], states[r, 1], states[r, 2], states[r, 3]
         wu = np.empty(p)
         gu = np.empty(p)
-        ga = GA[r]
-        h = np.empty(k)
-        z = np.empty(k * p)
+        e2 = np.empty(p)
+        xi = np.empty(p)
+        zb = np.empty(chunk * k * p)
+        h = np.empty(chunk * k)
+        hs = np.empty(chunk * k)
+        cv = np.empty(chunk * k)
+        fb = np.empty(chunk)
+        fsb = np.empty(chunk)
+        a = A[r]
         nw = _filter_direction(WT[r], normalized, wu)
-        LE[r], s0, s1, s2, s3 = _sgd_gradient(s0, s1, s2, s3, batch_size, wu, ws, A[r], ast, z, h, gu, ga)
+        if mode == SGD_PROJECTED:
+            LE[r], s0, s1, s2, s3 = _projected_gradient(s0, s1, s2, s3, batch_size, chunk, wu, ws, a, ast, e2, xi,
+                                                        h, hs, cv, fb, fsb, gu, GA[r])
+        else:
+            LE[r], s0, s1, s2, s3 = _sgd_gradient(s0, s1, s2, s3, batch_size, chunk, wu, ws, a, ast, zb, h, hs, cv,
+                                                  fb, fsb, gu, GA[r])
         _filter_gradient(gu, wu, nw, normalized, GW[r])
         states[r, 0], states[r, 1], states[r, 2], states[r, 3] = s0, s1, s2, s3
 
 
-def minibatch_gradient(WT, A, WS, AS, *, normalized: bool, batch_size: int, states: np.ndarray):
-    """One SGD minibatch gradient per row: ``(grad_WT (R, p), grad_a (R, k), empirical loss (R,))``.
+def minibatch_gradient(WT, A, WS, AS, *, normalized: bool, batch_size: int, states: np.ndarray,
+                       sampler: str = "full"):
+    """One SGD minibatch gradient per row: ``(grad_WT (R, p), grad_a (R, k), minibatch loss (R,))``.
 
-    Row ``r`` evaluates the network at ``(WT[r], A[r])`` (broadcast when given one row) on ``batch_size`` fresh
-    inputs from ``states[r]`` (advanced in place), exactly as one step of the ``"sgd"`` kernel does.  The
-    gradient is wrt the effective filter ``w~`` (equal to the gradient wrt ``w``)."""
-    states = np.ascontiguousarray(states, dtype=np.uint64)
+    Row ``r`` evaluates the network at ``(WT[r], A[r])`` (one row is broadcast) on ``batch_size`` fresh inputs
+    drawn from ``states[r]`` (advanced in place), exactly as one step of the ``"sgd"`` kernel does.  The gradient
+    is wrt the effective filter ``w~`` (equal to the gradient wrt ``w``); teachers ``WS, AS`` have 1 or R rows."""
+    if not (isinstance(states, np.ndarray) and states.dtype == np.uint64 and states.ndim == 2
+            and states.shape[1] == 4 and states.flags.c_contiguous):
+        raise ValueError("states must be a C-contiguous (R, 4) uint64 array (it is advanced in place)")
     R = states.shape[0]
-    WT = np.ascontiguousarray(np.broadcast_to(np.atleast_2d(np.asarray(WT, float)), (R, np.shape(WT)[-1])))
-    A = np.ascontiguousarray(np.broadcast_to(np.atleast_2d(np.asarray(A, float)), (R, np.shape(A)[-1])))
-    WS = np.ascontiguousarray(np.atleast_2d(np.asarray(WS, float)))
-    AS = np.ascontiguousarray(np.atleast_2d(np.asarray(AS, float)))
-    batch_size = _check_batch("sgd", batch_size, A.shape[1], WT.shape[1])
+    WT, A, WS, AS = _rows(WT, R), _rows(A, R), _rows(WS), _rows(AS)
+    k, p = A.shape[1], WT.shape[1]
+    batch_size = _check_batch("sgd", batch_size, k, p)
+    mode = _mode("sgd", sampler)
     _check_state(WT, A, WS, AS)
     GW = np.empty_like(WT)
     GA = np.empty_like(A)
     LE = np.empty(R)
-    _minibatch_gradients(WT, A, WS, AS, bool(normalized), np.int64(batch_size), states, GW, GA, LE)
+    _minibatch_gradients(np.int64(mode), WT, A, WS, AS, bool(normalized), np.int64(batch_size),
+                         np.int64(chunk_samples(batch_size, k, p)), states, GW, GA, LE)
     return GW, GA, LE
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
-def _training_losses(WT, A, WS, AS, normalized, n_train, states, LE):
+def _training_losses(WT, A, WS, AS, normalized, n_train, chunk, states, LE):
     R, p = WT.shape
     k = A.shape[1]
     for r in prange(R):
@@ -512,30 +771,31 @@ def _training_losses(WT, A, WS, AS, normalized, n_train, states, LE):
         ws = WS[tr]
         ast = AS[tr]
         s0, s1, s2, s3 = states[r, 0], states[r, 1], states[r, 2], states[r, 3]
-        X = np.empty((n_train, k * p))
+        X = np.empty(n_train * k * p)
         FS = np.empty(n_train)
-        s0, s1, s2, s3 = _draw_training_set(s0, s1, s2, s3, X, ws, ast, FS)
+        h = np.empty(chunk * k)
+        cv = np.empty(chunk * k)
+        fb = np.empty(chunk)
         wu = np.empty(p)
         gu = np.empty(p)
         ga = np.empty(k)
-        h = np.empty(k)
+        _draw_training_set(s0, s1, s2, s3, chunk, X, FS, ws, ast, h)
         _filter_direction(WT[r], normalized, wu)
-        LE[r] = _fixed_gradient(X, FS, wu, ws, A[r], ast, h, gu, ga)
+        LE[r] = _fixed_gradient(chunk, X, FS, wu, A[r], h, cv, fb, gu, ga)
 
 
 def training_loss(WT, A, WS, AS, *, normalized: bool, batch_size: int, states: np.ndarray) -> np.ndarray:
-    """The ``"gd-fixed"`` training loss of each row at ``(WT[r], A[r])``.
+    """The ``"gd-fixed"`` training loss ``0.5 mean_b (f - f*)^2`` of each row at ``(WT[r], A[r])``.
 
     ``states`` must be the streams as they were when the kernel started (the training set is the first thing a
     ``gd-fixed`` run draws); they are not modified."""
-    states = np.array(states, dtype=np.uint64)  # a copy: the training set is regenerated, not consumed
+    states = np.array(states, dtype=np.uint64, order="C")  # a copy: the training set is regenerated, not consumed
     R = states.shape[0]
-    WT = np.ascontiguousarray(np.broadcast_to(np.atleast_2d(np.asarray(WT, float)), (R, np.shape(WT)[-1])))
-    A = np.ascontiguousarray(np.broadcast_to(np.atleast_2d(np.asarray(A, float)), (R, np.shape(A)[-1])))
-    WS = np.ascontiguousarray(np.atleast_2d(np.asarray(WS, float)))
-    AS = np.ascontiguousarray(np.atleast_2d(np.asarray(AS, float)))
-    batch_size = _check_batch("gd-fixed", batch_size, A.shape[1], WT.shape[1])
+    WT, A, WS, AS = _rows(WT, R), _rows(A, R), _rows(WS), _rows(AS)
+    k, p = A.shape[1], WT.shape[1]
+    batch_size = _check_batch("gd-fixed", batch_size, k, p)
     _check_state(WT, A, WS, AS)
     LE = np.empty(R)
-    _training_losses(WT, A, WS, AS, bool(normalized), np.int64(batch_size), states, LE)
+    _training_losses(WT, A, WS, AS, bool(normalized), np.int64(batch_size), np.int64(chunk_samples(batch_size, k, p)),
+                     states, LE)
     return LE

@@ -206,11 +206,17 @@ def draw(
         return WS, AS, W0, A0
     if teacher.w == "angle":
         t = np.full(R, math.cos(teacher.angle))
+        s = np.full(R, math.sin(teacher.angle))
     else:
+        # Sample y = (1 - t) / 2, which has the same Beta(half, half) law, below y_max = (1 - cos(phi_max)) / 2 =
+        # sin(phi_max / 2)^2: the cap's mass I(y_max) is then computed without cancellation even when it is below
+        # 1e-16 (a small cap in high dimension; 1 - I(x) would round to 0 there and every draw would be t = 1).
+        # The quantile (1 - U) I(y_max) makes this the same map U -> t as the lower-tail form in exact arithmetic.
         half = (p - 1) / 2.0
-        lo = special.betainc(half, half, (math.cos(teacher.phi_max) + 1.0) / 2.0) if teacher.w == "cap" else 0.0
-        t = 2.0 * special.betaincinv(half, half, lo + U_cap * (1.0 - lo)) - 1.0
-        t = np.clip(t, -1.0, 1.0)
-    WS = t[:, None] * shortcut[None, :] + np.sqrt(1.0 - t**2)[:, None] * E_perp
+        mass = special.betainc(half, half, math.sin(teacher.phi_max / 2.0) ** 2) if teacher.w == "cap" else 1.0
+        y = np.clip(special.betaincinv(half, half, (1.0 - U_cap) * mass), 0.0, 1.0)
+        t = 1.0 - 2.0 * y
+        s = 2.0 * np.sqrt(y * (1.0 - y))  # sqrt(1 - t^2) without cancellation near t = +-1
+    WS = t[:, None] * shortcut[None, :] + s[:, None] * E_perp
     WS /= np.linalg.norm(WS, axis=1, keepdims=True)
     return WS, AS, W0, A0

@@ -177,7 +177,8 @@ class Schedule:
                 f"schedule stage lengths add up to {total} steps (T1 for a two-stage schedule), more than "
                 f"steps = {max_steps}; T1 must be <= steps"
             )
-        ends = np.cumsum([s.steps for s in self.segments[:-1]] + [max_steps]).astype(np.int64)[None, :]
+        ends = np.cumsum([s.steps for s in self.segments[:-1]] + [0]).astype(np.int64)[None, :]
+        ends[:, -1] = max_steps  # the last segment runs to the step budget (not T1 + budget)
         eta_w = np.array([[s.eta_w for s in self.segments]])
         eta_a = np.array([[s.eta_a for s in self.segments]])
         noise_w = np.array([s.noise_w for s in self.segments])

@@ -578,7 +578,9 @@ def wilson(successes: np.ndarray | int, n: np.ndarray | int, z: float = 1.959963
     denom = 1.0 + z**2 / n
     centre = (phat + z**2 / (2 * n)) / denom
     half = z * np.sqrt(phat * (1 - phat) / n + z**2 / (4 * n**2)) / denom
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+    lo = np.where(s == 0, 0.0, np.clip(centre - half, 0.0, 1.0))  # exact ends (no 1e-19 from rounding)
+    hi = np.where(s == n, 1.0, np.clip(centre + half, 0.0, 1.0))
+    return lo, hi
 
 
 def summarize_runs(runs: pd.DataFrame, spec: SweepSpec | None = None) -> pd.DataFrame:

@@ -24,7 +24,7 @@ ABS_TOL = 1e-9
 
 POINTS = [(1, 1, 0), (1, 4, 1), (5, 1, 2), (3, 4, 3), (8, 5, 4), (2, 7, 5), (12, 3, 6)]
 
-#: Worst relative errors seen, printed by test_report_fd_errors with -s.
+#: Worst relative errors seen; summarized by conftest.pytest_terminal_summary.
 WORST: dict[str, float] = {"gradient": 0.0, "hessian": 0.0}
 
 
@@ -87,12 +87,6 @@ def test_hessian_matches_finite_differences(p, k, seed, model):
     assert np.abs(approx - approx.T).max() <= 1e-9 * max(1.0, np.abs(H).max())
 
 
-def test_report_fd_errors(capsys):
-    with capsys.disabled():
-        print(f"\nfinite differences, worst relative error: {WORST}")
-    assert all(v < REL_TOL for v in WORST.values())
-
-
 @pytest.mark.parametrize("model", ["resnet", "cnn"])
 def test_flat_direction_of_normalized_models(model):
     """Scale invariance (degree-0 homogeneity in w~): Euler's relation and its derivative."""
@@ -146,6 +140,7 @@ def test_dL_dphi_sign_rule():
     w_star = np.eye(p)[0]
     a_star, a = rng.standard_normal(k), rng.standard_normal(k)
     for phi in [0.3, 1.2, 2.0, 2.9]:
+
         def L(t):
             w = theory.filter_at_angle(t, w_star, model="cnn")
             return theory.population_loss(w, a, w_star=w_star, a_star=a_star, model="cnn")

@@ -48,3 +48,11 @@ def hessian(rho, phi, c, s, S, Q, P, Ss, Qs):
         0.0,
         0.0,
     )
+
+
+def end_to_end(norm, N):
+    """(c_perp, c_par): a balanced depth-N factorization of a row w (norm = ||w||) moves it by dw/dt = -(c_perp g_perp + c_par g_par), g = grad L split orthogonal to / along w (theory.expansion)."""
+    return (
+        norm**(2 - 2/N),
+        N*norm**(2 - 2/N),
+    )

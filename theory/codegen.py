@@ -14,7 +14,7 @@ from pathlib import Path
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from theory import derivation, gaussian
+from theory import derivation, expansion, gaussian
 
 #: The sympy release the committed module was generated with (pinned in pyproject.toml too).
 SYMPY_VERSION = "1.14.0"
@@ -63,6 +63,13 @@ def source() -> str:
             "hessian",
             f"Second partials, pairs ({pairs}); the cc entry is L_cc * s**2 (finite at phi in {{0, pi}}).",
             derivation.hessian(),
+        ),
+        _function(
+            "end_to_end",
+            "(c_perp, c_par): a balanced depth-N factorization of a row w (norm = ||w||) moves it by "
+            "dw/dt = -(c_perp g_perp + c_par g_par), g = grad L split orthogonal to / along w (theory.expansion).",
+            expansion.end_to_end_coefficients(),
+            ", ".join(str(a) for a in expansion.ARGUMENTS),
         ),
     ]
     return header + "\n\n".join(functions)

@@ -40,7 +40,8 @@ def norm(x: np.ndarray) -> float:
 
 
 def check_model(model: Any) -> str:
-    if model not in MODELS:
+    # isinstance first: `in` would compare arrays elementwise (ambiguous truth value, or a 1-element array passing).
+    if not isinstance(model, str) or model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(repr(m) for m in MODELS)}; got {model!r}")
     return model
 
