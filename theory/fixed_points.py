@@ -210,7 +210,9 @@ def classify_stationary_point(
 
     Zero eigenvalues (within ``eig_tol``) are settled by the loss along those eigenvectors at distance
     ``+-probe``: at the spurious point the Hessian vanishes in ``w`` and the loss changes like
-    ``-(a.a*) delta^3 / (6 pi)`` with ``delta = pi - phi``, so only such a probe can tell a minimum.
+    ``-(a.a*) delta^3 / (6 pi)`` with ``delta = pi - phi``, so only such a probe can tell a minimum.  A relaxed
+    probe (``10 probe`` along the zero mode, then a Newton step over the positive modes) finds descent along
+    curves as well.
     Points whose gradient norm exceeds ``grad_tol`` are ``"not stationary"``.
     """
     kw = {"w_star": w_star, "a_star": a_star, "model": model, "shortcut": shortcut}
@@ -229,15 +231,24 @@ def classify_stationary_point(
     B = tangent_basis(w, a.size, model=model, shortcut=shortcut)
     p = w.size
     L0 = population_loss(w, a, **kw)
+    tiny = 64 * np.finfo(float).eps * max(1.0, abs(L0))
     up = down = False
     for j in np.flatnonzero(zero):
         d = B @ vec[:, j]
         for sgn in (1.0, -1.0):
             x = sgn * probe * d
             dL = population_loss(w + x[:p], a + x[p:], **kw) - L0
-            tiny = 64 * np.finfo(float).eps * max(1.0, abs(L0))
             up |= dL > tiny
             down |= dL < -tiny
+            # Relaxed probe: a longer step along the zero mode, then one Newton step over the curved
+            # (positive) modes.  Descent along a curve, e.g. k = 1 at phi = pi where the loss drops like
+            # -(a*^2) delta^6 / (36 pi^2) once a follows a(phi) ~ delta^3, is invisible on straight lines.
+            y = (np.concatenate([w, a]) + 10.0 * sgn * probe * d) if pos.any() else None
+            if y is not None:
+                gy = np.concatenate(population_gradient(y[:p], y[p:], **kw))
+                coef = vec[:, pos].T @ (B.T @ gy) / lam[pos]
+                y = y - B @ (vec[:, pos] @ coef)
+                down |= population_loss(y[:p], y[p:], **kw) - L0 < -tiny
     has_up, has_down = bool(pos.any() or up), bool(neg.any() or down)
     kind: Kind = "saddle" if has_up and has_down else ("maximum" if has_down else "minimum")
     return StationaryPoint(kind, gnorm, lam, int(zero.sum()))
