@@ -93,7 +93,12 @@ def classify(
     tol: Tolerances | None = None,
 ) -> np.ndarray:
     """Outcome code per run (indices into :data:`OUTCOMES`)."""
-    tol = Tolerances() if tol is None else tol
+    with np.errstate(over="ignore", invalid="ignore"):  # diverged runs may hold inf; they are labelled below
+        return _classify(final_loss, final_phi, a, a_star, scale, stop_reason, loss_ref, loss_tol,
+                         Tolerances() if tol is None else tol)
+
+
+def _classify(final_loss, final_phi, a, a_star, scale, stop_reason, loss_ref, loss_tol, tol):
     R = a.shape[0]
     ast = np.broadcast_to(a_star, a.shape)
     fa = a * scale[:, None]  # the function depends on rho * a

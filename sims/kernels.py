@@ -142,6 +142,8 @@ def population_gd(
         sigma_scale = 1.0
         z0 = 0.0
         z1 = 0.0
+        prev_phi = 0.0
+        prev_P = 0.0
         t = 0
         while True:
             n = math.sqrt(ww)
@@ -153,6 +155,12 @@ def population_gd(
             if not normalized:
                 gw2 += L_rho * L_rho
             ga2 = grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
+            if ga2 < 1e-6 * (k * L_S * L_S + 4.0 * L_Q * L_Q * Q + L_P * L_P * Qs):
+                # Near stationarity the invariant formula cancels to rounding noise: recompute from a.
+                ga2 = 0.0
+                for j in range(k):
+                    gj = L_S + 2.0 * L_Q * a[j] + L_P * ast[j]
+                    ga2 += gj * gj
             gnorm = math.sqrt(max(gw2 + ga2, 0.0))
             if P > 0.0 and slow_end[r] < 0:
                 slow_end[r] = t
@@ -194,11 +202,20 @@ def population_gd(
             if reason >= 0:
                 stop_reason[r] = reason
                 stop_step[r] = t
-                final[r, 0] = L
-                final[r, 1] = phi
-                final[r, 2] = P
-                final[r, 3] = gnorm
+                if reason == STOP_DIVERGED and not (math.isfinite(L) and math.isfinite(phi) and math.isfinite(P)):
+                    # overflowed in one step: report an infinite loss and the last finite angle and alignment
+                    final[r, 0] = math.inf
+                    final[r, 1] = prev_phi
+                    final[r, 2] = prev_P
+                    final[r, 3] = math.inf
+                else:
+                    final[r, 0] = L
+                    final[r, 1] = phi
+                    final[r, 2] = P
+                    final[r, 3] = gnorm
                 break
+            prev_phi = phi
+            prev_P = P
             # One GD step: w~ <- alpha w~ + beta w*, a <- ca a + cp a* + c1, fused with the next invariants.
             ew = eta_w[sr, seg]
             ea = eta_a[sr, seg]

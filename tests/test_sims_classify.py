@@ -290,7 +290,6 @@ def test_step_just_below_the_stability_limit_does_not_diverge():
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
-@pytest.mark.xfail(strict=True, reason="kernel records the non-finite loss of an overflowed run (NaN); reported")
 def test_overflowing_run_reports_no_nan_loss():
     # eta_a = 1e300 x the limit: a overflows in one step; classify's docstring promises no NaN is passed on.
     res = sims.simulate(model="resnet", k=4, p=6, runs=5, steps=100,
@@ -341,7 +340,8 @@ def test_run_started_at_the_spurious_minimum_stays_there(model, eta, stop_trappe
     # The kernel's phi near pi is accurate to sqrt(eps) = 1.5e-8 (see test_sims_result).
     np.testing.assert_allclose(res.final_phi, math.pi, rtol=0, atol=1e-7)
     if stop_trapped and model != "cnn-unnormalized":  # the trapped proof is for the normalized models
-        assert set(res.stop_reason) == {"trapped"}
+        # Exactly at the stationary point the (exact) gradient norm is ~0, and grad_tol is checked first.
+        assert set(res.stop_reason) <= {"trapped", "grad_tol"}
         np.testing.assert_array_equal(res.steps, 0)
 
 

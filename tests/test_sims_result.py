@@ -117,7 +117,6 @@ def test_final_grad_norm_agrees_with_the_theory_away_from_stationary_points():
         assert res.final_grad_norm[r] == pytest.approx(g, rel=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason="kernel: ||grad_a||^2 from invariants cancels to a ~1e-8 floor; reported")
 def test_final_grad_norm_near_a_stationary_point():
     # Start at phi = pi (w* = -v) with a* = 1: a converges to the saddle (pi, a(pi)) geometrically, so after 400
     # steps the true gradient is ~1e-16.  The kernel's norm comes from a sum of O(1) terms that cancel, leaving a
