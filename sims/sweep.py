@@ -47,7 +47,7 @@ SWEEP_KEYS = {"name": str, "trials": int, "seed": int, "chunk": int, "descriptio
 BASE_KEYS = ("model", "k", "p", "steps", "algorithm", "batch_size", "n_record", "allow_unstable", "teacher", "init",
              "schedule", "tolerances")
 SCALAR_LIMITS = {"k": (1, 4096), "p": (1, 4096), "steps": (0, 10**9), "batch_size": (1, 10**6),
-                 "n_record": (1, 100_000), "trials": (1, 10**9), "seed": (0, 2**63 - 1), "chunk": (1, 10**7)}
+                 "n_record": (2, 100_000), "trials": (1, 10**9), "seed": (0, 2**63 - 1), "chunk": (1, 10**7)}
 SCHEDULE_KINDS = ("constant", "two-stage", "layerwise", "piecewise", "perturbed", "prescribed-warmup")
 _SCHEDULE_KEYS = {
     "constant": ("eta_w", "eta_a"),
