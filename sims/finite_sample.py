@@ -24,13 +24,16 @@ is non-finite is rolled back; the run then stops ``diverged`` at the last finite
 state's step, ``WT``/``A``/``final`` hold it).
 
 **Random numbers.**  Each run draws everything (minibatches, the training set, perturbation noise) from its own
-xoshiro256** stream ``states[r]`` with the Ziggurat sampler of :mod:`sims.rng`, and is advanced start-to-stop by
-one thread, so results are bit-identical for any thread count and any split of runs.  The stream is held in four
-scalars while a run is active and written back to ``states[r]`` when it stops.
+xoshiro256** stream ``states[r]`` with the Ziggurat sampler of :mod:`sims.rng` (~2.3 ns per normal), and is
+advanced start-to-stop by one thread, so results are bit-identical for any thread count and any split of runs.
+The stream is held in four scalars while a run is active and written back to ``states[r]`` when it stops.
+``sampler="projected"`` (SGD only, see :func:`_projected_gradient`) draws the exact law of the minibatch gradient
+from ``2 B k + p`` normals instead of ``B k p``.
 
-**Memory.**  Per thread: one input ``Z`` (``k p`` doubles) for SGD, plus ``O(p + k)`` work vectors; ``gd-fixed``
-holds its run's training set (``batch_size x k x p`` doubles plus the teacher outputs), allocated inside the
-per-run loop, so at most one set per thread is alive (never ``R x n x k x p``).
+**Memory.**  Inputs are processed in blocks of at most ``CHUNK_ELEMS`` doubles (128 KiB), so SGD needs per thread
+one block plus ``O(chunk k + p + k)`` work vectors, whatever the batch size.  ``gd-fixed`` holds its run's training
+set (``batch_size x k x p`` doubles plus the teacher outputs), allocated inside the per-run function, so at most
+one set per thread is alive (never ``R x n x k x p``); :func:`run` refuses sets above ``MAX_SAMPLE_BYTES``.
 """
 
 from __future__ import annotations
@@ -60,22 +63,24 @@ _FM = {"reassoc", "contract", "arcp"}
 
 # ---- the empirical gradient ------------------------------------------------------------------------------------
 #
-# Inputs are processed in blocks of ``nb <= CHUNK_SAMPLES`` samples stored "feature-major": a block is a C-contiguous
-# ``(p, nb k)`` matrix whose column ``j nb + b`` is patch ``j`` of sample ``b`` (the entries are i.i.d., so the
-# layout is only a convention).  Then every inner loop runs over the ``nb k`` columns with unit stride and no
-# reduction dependency or data-dependent branch, which LLVM vectorizes (AVX2/AVX-512): the pre-activations
+# Inputs are processed in blocks of at most ``chunk_samples(...)`` samples, stored "feature-major": a block is a
+# C-contiguous ``(p, nb k)`` matrix whose column ``j nb + b`` is patch ``j`` of sample ``b`` (the entries are i.i.d.,
+# so the layout is only a convention).  Then every inner loop runs over the ``nb k`` columns with unit stride and
+# no data-dependent branch (the ReLU gates are selects), which LLVM vectorizes (AVX2/AVX-512): the pre-activations
 # ``h = u^T Z`` and ``h* = w*^T Z`` are axpys, and ``g_u = Z c`` is a long dot product per feature.
 
-#: Doubles per block of inputs (128 KiB: stays in L2 with the work vectors).
+#: Doubles per block of inputs (128 KiB: stays in L2 with the work vectors).  The block size decides which draw
+#: of the stream lands in which (sample, patch, feature): changing it keeps the law and changes the numbers.
 CHUNK_ELEMS = 16384
 
 
-def chunk_samples(batch_size: int, k: int, p: int) -> int:
-    """Samples per block: ``batch_size`` capped so that a block holds at most ``CHUNK_ELEMS`` doubles."""
-    return max(1, min(int(batch_size), CHUNK_ELEMS // (k * p)))
+def chunk_samples(batch_size: int, k: int, p: int, projected: bool = False) -> int:
+    """Samples per block: ``batch_size`` capped so that a block holds at most ``CHUNK_ELEMS`` doubles (``k p`` per
+    sample; ``k`` per sample for the projected sampler, which never stores a whole input)."""
+    return max(1, min(int(batch_size), CHUNK_ELEMS // (k if projected else k * p)))
 
 
-@njit(inline="always", cache=True, fastmath=_FM)
+@njit(cache=True, fastmath=_FM)
 def _block_preact(Z, nrow, w, h):
     """``h[q] = w . Z[:, q]`` for the ``nrow`` columns of the block ``Z`` (p, nrow)."""
     for q in range(nrow):
@@ -87,7 +92,7 @@ def _block_preact(Z, nrow, w, h):
             h[q] += wi * zi[q]
 
 
-@njit(inline="always", cache=True, fastmath=_FM)
+@njit(cache=True, fastmath=_FM)
 def _relu_outputs(h, nb, a, out):
     """``out[b] += sum_j a_j relu(h[j nb + b])``."""
     for j in range(a.shape[0]):
@@ -97,7 +102,7 @@ def _relu_outputs(h, nb, a, out):
             out[b] += aj * max(h[off + b], 0.0)
 
 
-@njit(inline="always", cache=True, fastmath=_FM)
+@njit(cache=True, fastmath=_FM)
 def _block_backward(Z, nb, a, h, res, cv, gu, ga):
     """Add ``sum_b res_b d f(Z_b)`` to ``(gu, ga)``: ``ga_j += sum_b res_b relu(h_bj)``,
     ``gu += sum_{b,j} res_b a_j 1[h_bj > 0] Z_bj``.  Returns ``sum_b res_b^2``."""
@@ -124,7 +129,7 @@ def _block_backward(Z, nb, a, h, res, cv, gu, ga):
     return lsum
 
 
-@njit(inline="always", cache=True, fastmath=_FM)
+@njit(cache=True, fastmath=_FM)
 def _fill_block(s0, s1, s2, s3, buf, n):
     """``buf[:n]`` <- standard normals (Ziggurat)."""
     for q in range(n):
@@ -132,13 +137,13 @@ def _fill_block(s0, s1, s2, s3, buf, n):
     return s0, s1, s2, s3
 
 
-@njit(inline="always", cache=True, fastmath=_FM)
+@njit(cache=True, fastmath=_FM)
 def _zero(x):
     for i in range(x.shape[0]):
         x[i] = 0.0
 
 
-@njit(inline="always", cache=True, fastmath=_FM)
+@njit(cache=True, fastmath=_FM)
 def _scale(x, c):
     for i in range(x.shape[0]):
         x[i] *= c
@@ -332,7 +337,7 @@ def _fixed_gradient(chunk, X, FS, wu, a, h, cv, fb, gu, ga):
     return 0.5 * lsum * inv
 
 
-@njit(inline="always", cache=True, fastmath=_FM)
+@njit(cache=True, fastmath=_FM)
 def _filter_direction(w, normalized, wu):
     """``wu = w / ||w||`` (normalized) or ``w``; returns ``||w||``."""
     p = w.shape[0]
@@ -346,7 +351,7 @@ def _filter_direction(w, normalized, wu):
     return n
 
 
-@njit(inline="always", cache=True, fastmath=_FM)
+@njit(cache=True, fastmath=_FM)
 def _filter_gradient(gu, wu, n, normalized, gw):
     """Gradient wrt the effective filter: ``(I - u u^T) gu / n`` (normalized) or ``gu``."""
     p = gu.shape[0]
@@ -400,200 +405,198 @@ def _run_one(
     rate_levels,  # (3,) loss levels hi > mid > lo (see population_gd)
     rate_pts,  # (R, 6) out: step and loss at the last downward crossing of each level (-1 if none)
 ):
-    R, p = WT.shape
+    p = WT.shape[1]
     k = A.shape[1]
     kp = k * p
     nseg = seg_end.shape[1]
     m = record_steps.shape[0]
     fixed = mode == GD_FIXED
-    if True:
-        ri = np.int64(r)
-        tr = ri if WS.shape[0] > 1 else np.int64(0)
-        sr = ri if seg_end.shape[0] > 1 else np.int64(0)
-        w = WT[r]
-        a = A[r]
-        ws = WS[tr]
-        ast = AS[tr]
-        s0, s1, s2, s3 = states[r, 0], states[r, 1], states[r, 2], states[r, 3]
-        # Thread-local work space: O(chunk k p) for SGD; the run's own training set for GD_FIXED.
-        wu = np.empty(p)
-        gu = np.empty(p)
-        gw = np.empty(p)
-        e2 = np.empty(p)
-        xi = np.empty(p)
-        ga = np.empty(k)
-        w_prev = np.empty(p)
-        a_prev = np.empty(k)
-        zb = np.empty(chunk * kp if mode == SGD_FULL else 0)
-        h = np.empty(chunk * k)
-        hs = np.empty(chunk * k)
-        cv = np.empty(chunk * k)
-        fb = np.empty(chunk)
-        fsb = np.empty(chunk)
-        X = np.empty(batch_size * kp if fixed else 0)
-        FS = np.empty(batch_size if fixed else 0)
-        if fixed:
-            s0, s1, s2, s3 = _draw_training_set(s0, s1, s2, s3, chunk, X, FS, ws, ast, hs)
-        ws2 = 0.0
-        Ss = 0.0
-        Qs = 0.0
+    tr = r if WS.shape[0] > 1 else np.int64(0)
+    sr = r if seg_end.shape[0] > 1 else np.int64(0)
+    w = WT[r]
+    a = A[r]
+    ws = WS[tr]
+    ast = AS[tr]
+    s0, s1, s2, s3 = states[r, 0], states[r, 1], states[r, 2], states[r, 3]
+    # Thread-local work space: O(chunk k p) for SGD; the run's own training set for GD_FIXED.
+    wu = np.empty(p)
+    gu = np.empty(p)
+    gw = np.empty(p)
+    e2 = np.empty(p)
+    xi = np.empty(p)
+    ga = np.empty(k)
+    w_prev = np.empty(p)
+    a_prev = np.empty(k)
+    zb = np.empty(chunk * kp if mode == SGD_FULL else 0)
+    h = np.empty(chunk * k)
+    hs = np.empty(chunk * k)
+    cv = np.empty(chunk * k)
+    fb = np.empty(chunk)
+    fsb = np.empty(chunk)
+    X = np.empty(batch_size * kp if fixed else 0)
+    FS = np.empty(batch_size if fixed else 0)
+    if fixed:
+        s0, s1, s2, s3 = _draw_training_set(s0, s1, s2, s3, chunk, X, FS, ws, ast, hs)
+    ws2 = 0.0
+    Ss = 0.0
+    Qs = 0.0
+    for i in range(p):
+        ws2 += ws[i] * ws[i]
+    for j in range(k):
+        Ss += ast[j]
+        Qs += ast[j] * ast[j]
+    L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
+    if not L_ref > 0.0:
+        L_ref = 1.0
+    tol_loss = loss_tol * L_ref
+    tol_grad = grad_tol * math.sqrt(L_ref)
+    tol_eps = eps_steps * L_ref
+    tol_div = divergence_loss * L_ref
+    ww = 0.0
+    wws = 0.0
+    for i in range(p):
+        ww += w[i] * w[i]
+        wws += w[i] * ws[i]
+    S = 0.0
+    Q = 0.0
+    P = 0.0
+    for j in range(k):
+        S += a[j]
+        Q += a[j] * a[j]
+        P += a[j] * ast[j]
+    seg = 0
+    rec = 0
+    slow_end[r] = -1
+    steps_tol[r] = -1
+    for f in range(6):
+        rate_pts[r, f] = -1.0
+    sigma_scale = 1.0
+    L_prev = 0.0
+    phi_prev = 0.0
+    P_prev = 0.0
+    g_prev = 0.0
+    t = 0
+    while True:
+        n = math.sqrt(ww)
+        phi, c, s = angle_from(n, wws, ws2)
+        rho = 1.0 if normalized else n
+        L = cf.loss(rho, phi, c, s, S, Q, P, Ss, Qs)
+        L_rho, L_c, L_S, L_Q, L_P = cf.gradient(rho, phi, c, s, S, Q, P, Ss, Qs)
+        gw2 = L_c * L_c * s * s / (n * n)
+        if not normalized:
+            gw2 += L_rho * L_rho
+        ga2 = grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
+        gnorm = math.sqrt(max(gw2 + ga2, 0.0))
+        if not (math.isfinite(L) and math.isfinite(n) and math.isfinite(Q) and math.isfinite(phi)
+                and math.isfinite(P) and math.isfinite(gnorm)):
+            # Roll back to the last finite state and stop there (no NaN leaves the kernel).
+            if t > 0:
+                for i in range(p):
+                    w[i] = w_prev[i]
+                for j in range(k):
+                    a[j] = a_prev[j]
+                t -= 1
+                L, phi, P, gnorm = L_prev, phi_prev, P_prev, g_prev
+            else:  # non-finite input (run() rejects it): report an infinite loss
+                L = math.inf
+                phi = phi if math.isfinite(phi) else math.pi
+                P = P if math.isfinite(P) else 0.0
+                gnorm = math.inf
+            stop_reason[r] = STOP_DIVERGED
+            stop_step[r] = t
+            final[r, 0] = L
+            final[r, 1] = phi
+            final[r, 2] = P
+            final[r, 3] = gnorm
+            break
+        if P > 0.0 and slow_end[r] < 0:
+            slow_end[r] = t
+        if L <= tol_eps and steps_tol[r] < 0:
+            steps_tol[r] = t
+        for lv in range(3):  # the last downward crossing of each level (a rise above it forgets it)
+            if L > rate_levels[lv] * L_ref:
+                rate_pts[r, 2 * lv] = -1.0
+            elif rate_pts[r, 2 * lv] < 0.0:
+                rate_pts[r, 2 * lv] = t
+                rate_pts[r, 2 * lv + 1] = L
+        while rec < m and record_steps[rec] == t:
+            d2 = 0.0
+            for j in range(k):
+                d2 += (a[j] - ast[j]) * (a[j] - ast[j])
+            traj[r, rec, 0] = L
+            traj[r, rec, 1] = phi
+            traj[r, rec, 2] = P
+            traj[r, rec, 3] = math.sqrt(d2)
+            rec += 1
+        while seg < nseg - 1 and t >= seg_end[sr, seg]:
+            seg += 1
+        reason = -1
+        if L > tol_div:
+            reason = STOP_DIVERGED
+        elif L <= tol_loss:
+            reason = STOP_LOSS
+        elif gnorm <= tol_grad:
+            reason = STOP_GRAD
+        elif t >= max_steps:
+            reason = STOP_MAX_STEPS
+        if reason >= 0:
+            stop_reason[r] = reason
+            stop_step[r] = t
+            final[r, 0] = L
+            final[r, 1] = phi
+            final[r, 2] = P
+            final[r, 3] = gnorm
+            break
+        L_prev, phi_prev, P_prev, g_prev = L, phi, P, gnorm
         for i in range(p):
-            ws2 += ws[i] * ws[i]
+            w_prev[i] = w[i]
         for j in range(k):
-            Ss += ast[j]
-            Qs += ast[j] * ast[j]
-        L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
-        if not L_ref > 0.0:
-            L_ref = 1.0
-        tol_loss = loss_tol * L_ref
-        tol_grad = grad_tol * math.sqrt(L_ref)
-        tol_eps = eps_steps * L_ref
-        tol_div = divergence_loss * L_ref
+            a_prev[j] = a[j]
+        # One step on the empirical loss.
+        nw = _filter_direction(w, normalized, wu)
+        if mode == GD_FIXED:
+            _fixed_gradient(chunk, X, FS, wu, a, h, cv, fb, gu, ga)
+        elif mode == SGD_PROJECTED:
+            _, s0, s1, s2, s3 = _projected_gradient(s0, s1, s2, s3, batch_size, chunk, wu, ws, a, ast, e2, xi,
+                                                    h, hs, cv, fb, fsb, gu, ga)
+        else:
+            _, s0, s1, s2, s3 = _sgd_gradient(s0, s1, s2, s3, batch_size, chunk, wu, ws, a, ast, zb, h, hs, cv,
+                                              fb, fsb, gu, ga)
+        _filter_gradient(gu, wu, nw, normalized, gw)
+        ew = eta_w[sr, seg]
+        ea = eta_a[sr, seg]
+        sw = noise_w[seg] * sigma_scale
+        sa = noise_a[seg] * sigma_scale
+        noisy = sw > 0.0 or sa > 0.0
         ww = 0.0
         wws = 0.0
-        for i in range(p):
-            ww += w[i] * w[i]
-            wws += w[i] * ws[i]
         S = 0.0
         Q = 0.0
         P = 0.0
-        for j in range(k):
-            S += a[j]
-            Q += a[j] * a[j]
-            P += a[j] * ast[j]
-        seg = 0
-        rec = 0
-        slow_end[r] = -1
-        steps_tol[r] = -1
-        for f in range(6):
-            rate_pts[r, f] = -1.0
-        sigma_scale = 1.0
-        L_prev = 0.0
-        phi_prev = 0.0
-        P_prev = 0.0
-        g_prev = 0.0
-        t = 0
-        while True:
-            n = math.sqrt(ww)
-            phi, c, s = angle_from(n, wws, ws2)
-            rho = 1.0 if normalized else n
-            L = cf.loss(rho, phi, c, s, S, Q, P, Ss, Qs)
-            L_rho, L_c, L_S, L_Q, L_P = cf.gradient(rho, phi, c, s, S, Q, P, Ss, Qs)
-            gw2 = L_c * L_c * s * s / (n * n)
-            if not normalized:
-                gw2 += L_rho * L_rho
-            ga2 = grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
-            gnorm = math.sqrt(max(gw2 + ga2, 0.0))
-            if not (math.isfinite(L) and math.isfinite(n) and math.isfinite(Q) and math.isfinite(phi)
-                    and math.isfinite(P) and math.isfinite(gnorm)):
-                # Roll back to the last finite state and stop there (no NaN leaves the kernel).
-                if t > 0:
-                    for i in range(p):
-                        w[i] = w_prev[i]
-                    for j in range(k):
-                        a[j] = a_prev[j]
-                    t -= 1
-                    L, phi, P, gnorm = L_prev, phi_prev, P_prev, g_prev
-                else:  # non-finite input (run() rejects it): report an infinite loss
-                    L = math.inf
-                    phi = phi if math.isfinite(phi) else math.pi
-                    P = P if math.isfinite(P) else 0.0
-                    gnorm = math.inf
-                stop_reason[r] = STOP_DIVERGED
-                stop_step[r] = t
-                final[r, 0] = L
-                final[r, 1] = phi
-                final[r, 2] = P
-                final[r, 3] = gnorm
-                break
-            if P > 0.0 and slow_end[r] < 0:
-                slow_end[r] = t
-            if L <= tol_eps and steps_tol[r] < 0:
-                steps_tol[r] = t
-            for lv in range(3):  # the last downward crossing of each level (a rise above it forgets it)
-                if L > rate_levels[lv] * L_ref:
-                    rate_pts[r, 2 * lv] = -1.0
-                elif rate_pts[r, 2 * lv] < 0.0:
-                    rate_pts[r, 2 * lv] = t
-                    rate_pts[r, 2 * lv + 1] = L
-            while rec < m and record_steps[rec] == t:
-                d2 = 0.0
-                for j in range(k):
-                    d2 += (a[j] - ast[j]) * (a[j] - ast[j])
-                traj[r, rec, 0] = L
-                traj[r, rec, 1] = phi
-                traj[r, rec, 2] = P
-                traj[r, rec, 3] = math.sqrt(d2)
-                rec += 1
-            while seg < nseg - 1 and t >= seg_end[sr, seg]:
-                seg += 1
-            reason = -1
-            if L > tol_div:
-                reason = STOP_DIVERGED
-            elif L <= tol_loss:
-                reason = STOP_LOSS
-            elif gnorm <= tol_grad:
-                reason = STOP_GRAD
-            elif t >= max_steps:
-                reason = STOP_MAX_STEPS
-            if reason >= 0:
-                stop_reason[r] = reason
-                stop_step[r] = t
-                final[r, 0] = L
-                final[r, 1] = phi
-                final[r, 2] = P
-                final[r, 3] = gnorm
-                break
-            L_prev, phi_prev, P_prev, g_prev = L, phi, P, gnorm
-            for i in range(p):
-                w_prev[i] = w[i]
-            for j in range(k):
-                a_prev[j] = a[j]
-            # One step on the empirical loss.
-            nw = _filter_direction(w, normalized, wu)
-            if mode == GD_FIXED:
-                _fixed_gradient(chunk, X, FS, wu, a, h, cv, fb, gu, ga)
-            elif mode == SGD_PROJECTED:
-                _, s0, s1, s2, s3 = _projected_gradient(s0, s1, s2, s3, batch_size, chunk, wu, ws, a, ast, e2, xi,
-                                                        h, hs, cv, fb, fsb, gu, ga)
-            else:
-                _, s0, s1, s2, s3 = _sgd_gradient(s0, s1, s2, s3, batch_size, chunk, wu, ws, a, ast, zb, h, hs, cv,
-                                                  fb, fsb, gu, ga)
-            _filter_gradient(gu, wu, nw, normalized, gw)
-            ew = eta_w[sr, seg]
-            ea = eta_a[sr, seg]
-            sw = noise_w[seg] * sigma_scale
-            sa = noise_a[seg] * sigma_scale
-            noisy = sw > 0.0 or sa > 0.0
-            ww = 0.0
-            wws = 0.0
-            S = 0.0
-            Q = 0.0
-            P = 0.0
-            for i in range(p):
-                x = w[i] - ew * gw[i]
-                if noisy:
-                    zz, s0, s1, s2, s3 = zig_normal(s0, s1, s2, s3)
-                    x += sw * zz
-                w[i] = x
-                ww += x * x
-                wws += x * ws[i]
-            for j in range(k):
-                y = a[j] - ea * ga[j]
-                if noisy:
-                    zz, s0, s1, s2, s3 = zig_normal(s0, s1, s2, s3)
-                    y += sa * zz
-                a[j] = y
-                S += y
-                Q += y * y
-                P += y * ast[j]
+        for i in range(p):
+            x = w[i] - ew * gw[i]
             if noisy:
-                sigma_scale *= noise_decay
-            t += 1
-        states[r, 0], states[r, 1], states[r, 2], states[r, 3] = s0, s1, s2, s3
-        for q in range(rec, m):
-            for f in range(4):
-                traj[r, q, f] = np.nan
+                zz, s0, s1, s2, s3 = zig_normal(s0, s1, s2, s3)
+                x += sw * zz
+            w[i] = x
+            ww += x * x
+            wws += x * ws[i]
+        for j in range(k):
+            y = a[j] - ea * ga[j]
+            if noisy:
+                zz, s0, s1, s2, s3 = zig_normal(s0, s1, s2, s3)
+                y += sa * zz
+            a[j] = y
+            S += y
+            Q += y * y
+            P += y * ast[j]
+        if noisy:
+            sigma_scale *= noise_decay
+        t += 1
+    states[r, 0], states[r, 1], states[r, 2], states[r, 3] = s0, s1, s2, s3
+    for q in range(rec, m):
+        for f in range(4):
+            traj[r, q, f] = np.nan
 
 
 
@@ -691,7 +694,8 @@ def run(algorithm, batch_size, WT, A, WS, AS, phi_s, normalized, seg_end, eta_w,
     batch_size = _check_batch(algorithm, batch_size, k, p)
     mode = _mode(algorithm, sampler)
     _check_state(WT, A, WS, AS)
-    finite_sample_gd(np.int64(mode), np.int64(batch_size), np.int64(chunk_samples(batch_size, k, p)), WT, A, WS, AS,
+    chunk = chunk_samples(batch_size, k, p, projected=mode == SGD_PROJECTED)
+    finite_sample_gd(np.int64(mode), np.int64(batch_size), np.int64(chunk), WT, A, WS, AS,
                      bool(normalized), seg_end, eta_w, eta_a, noise_w, noise_a, float(noise_decay), states,
                      np.int64(max_steps), float(loss_tol), float(grad_tol), float(eps_steps), float(divergence_loss),
                      record_steps, traj, final, stop_step, stop_reason, slow_end, steps_tol, rate_levels, rate_pts)
@@ -720,7 +724,7 @@ def _minibatch_gradients(mode, WT, A, WS, AS, normalized, batch_size, chunk, sta
         gu = np.empty(p)
         e2 = np.empty(p)
         xi = np.empty(p)
-        zb = np.empty(chunk * k * p)
+        zb = np.empty(chunk * k * p if mode == SGD_FULL else 0)
         h = np.empty(chunk * k)
         hs = np.empty(chunk * k)
         cv = np.empty(chunk * k)
@@ -758,7 +762,8 @@ def minibatch_gradient(WT, A, WS, AS, *, normalized: bool, batch_size: int, stat
     GA = np.empty_like(A)
     LE = np.empty(R)
     _minibatch_gradients(np.int64(mode), WT, A, WS, AS, bool(normalized), np.int64(batch_size),
-                         np.int64(chunk_samples(batch_size, k, p)), states, GW, GA, LE)
+                         np.int64(chunk_samples(batch_size, k, p, projected=mode == SGD_PROJECTED)), states, GW, GA,
+                         LE)
     return GW, GA, LE
 
 
