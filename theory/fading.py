@@ -12,10 +12,15 @@ Nothing new has to be derived symbolically: at every step the network is the CNN
   The GD part never shrinks ``||w~||`` (it is orthogonal to ``w~``); the jump can, so unlike the fixed-shortcut
   ResNet the effective filter may pass near 0 while the shortcut fades;
 - to first order the jump changes the loss by ``(lambda_{t+1} - lambda_t) dL/dlambda`` with
-  ``dL/dlambda = v . grad_{w~} L_cnn = L_c (v.w* - (u.v)(u.w*)) / ||w~||``: zero when ``u = w*`` (the jump keeps
-  the direction only if ``v`` is parallel to ``w~``), which is why a converged ResNet is knocked off the
-  global minimum when its shortcut is removed (its minima form the ray ``w = mu w* - v``, and removing ``v`` turns
-  the filter to ``mu w* - v``);
+  ``dL/dlambda = v . grad_{w~} L_cnn = L_c (v.w* - (u.v)(u.w*)) / ||w~||``.  It vanishes at ``u = w*`` (the minimum
+  is stationary), so a slow fade costs only second order per step while GD re-aligns the filter; an abrupt removal
+  is a finite jump: the ResNet's minima form the ray ``w = mu w* - v`` and removing ``v`` turns the filter to
+  ``mu w* - v``, off the minimum;
+- where the abrupt removal lands: ResNet GD never shrinks ``||w + v||`` from ``||v|| = 1``, so ``mu >= 1``; for a
+  teacher with ``v.w* >= 0`` (the cap of the liu2019 setting) ``cos(phi) = (mu - v.w*) / ||mu w* - v|| >= 0``, i.e.
+  ``phi <= pi/2``, where ``a(phi).a* > 0`` (SCIENCE.md 3), and ``a = a*`` gives ``a.a* = ||a*||^2 > 0``: the plain
+  CNN restarts on the global side of the saddle (no proof of convergence, but it explains why removing a converged
+  shortcut does not send runs to the spurious point);
 - once ``lambda_t = 0`` the dynamics are exactly GD on the plain CNN from the filter ``w`` that the fading phase
   produced, and the fixed points are the CNN's (SCIENCE.md 3).
 

@@ -1,0 +1,645 @@
+"""Residual distillation in the shallow model: train with a shortcut, deploy without.
+
+**Folding** (:func:`fold_shortcut`).  The ResNet ``f(Z) = sum_j a_j sigma(u.Z_j)``, ``u = (w + v)/||w + v||``, *is* the
+CNN with filter ``w + v``: deploying a trained ResNet without its shortcut costs nothing once the shortcut is
+folded into the filter.  (``v`` is the unit shortcut direction; a non-unit ``shortcut`` is normalized first, as
+everywhere in :mod:`theory`.)
+
+**Fading shortcut** (:func:`simulate_fading`).  Train the network ``u_t = (w + lambda_t v) / ||w + lambda_t v||``
+whose shortcut weight ``lambda_t`` decays from 1 to 0 by a :class:`Fade` (linear, cosine, step, or any monotone
+table) that reaches 0 at ``T_fade <= steps``; from then on the network is the plain CNN carried by ``w`` alone, and
+that CNN is what is deployed, classified and reported (``result.w`` is its filter).
+
+Derivation of the gradient (details in :mod:`theory.fading`).  Write ``w~_t = w + lambda_t v``.  At step ``t`` the
+loss is the CNN loss at ``w~_t``: ``L_t(w, a) = L_cnn(w~_t, a)``.  Since ``dw~/dw = I``,
+``grad_w L_t = grad_{w~} L_cnn = L_c (I - u u^T) w* / ||w~_t||`` (with ``L_c = dL/dcos(phi)`` from the generated
+closed forms), the same formula as the fixed-``v`` ResNet with ``v -> lambda_t v``; ``grad_a`` is unchanged.  A GD
+step on ``w`` followed by the change of ``lambda`` moves the effective filter by
+
+    ``w~_{t+1} = w_{t+1} + lambda_{t+1} v = (w~_t - eta_w grad_w L_t) + (lambda_{t+1} - lambda_t) v``,
+
+the GD step (orthogonal to ``w~_t``, so it never shrinks ``||w~||``) plus a jump along ``v`` (which can shrink it).
+To first order the jump changes the loss by ``(lambda_{t+1} - lambda_t) v.grad_{w~} L_cnn``.  The kernel therefore
+carries ``w~`` (like :func:`sims.kernels.population_gd`, so the angle is computed from the filter actually used, with
+no cancellation in ``||w + lambda v||``) and adds the jump inside the fused update; ``w = w~ - lambda_t v`` is
+recovered at the end (``lambda = 0`` there, so ``w = w~``).
+
+Stopping and metrics.  While ``lambda_t > 0`` the run never stops on the loss or gradient tolerance (a converged
+ResNet is knocked off its minimum when the shortcut is removed) nor as ``trapped``; from the first step with
+``lambda_t = 0`` on, the stop rules are those of :func:`sims.simulate` for the plain CNN.  The trajectory and
+``slow_phase_end`` use the training network at ``lambda_t``; ``steps_to_tol`` is the first step at which the
+*deployable* network (``lambda_t = 0``) has loss ``<= eps``; the rate windows are taken only at ``lambda_t = 0``.
+``extras["fade_end_loss"]``/``extras["fade_end_phi"]`` hold the loss and angle at the step where ``lambda`` first
+reaches 0 (the moment the shortcut is gone; NaN if the run stopped earlier, i.e. diverged).  A run whose effective
+filter vanishes (``w + lambda v = 0``, direction undefined; e.g. ``eta_w = 0`` throughout) stops ``diverged``.
+
+:func:`compare` tabulates success rates of the fading shortcut against the ResNet and the plain CNN from a random
+init.  Only population GD is implemented for the fading shortcut (no SGD / fixed-sample variants).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+import theory
+from sims import classify as _classify
+from sims import closed_forms as cf
+from sims import kernels
+from sims._runs import angles, check_threads, draw_problem, loss_ref, numba_threads
+from sims.kernels import (
+    STOP_DIVERGED,
+    STOP_GRAD,
+    STOP_LOSS,
+    STOP_MAX_STEPS,
+    STOP_TRAPPED,
+    angle_from,
+    grad_a_sq,
+    optimal_alignment,
+)
+from sims.rng import normal_pair
+from sims.samplers import Init, Teacher
+from sims.schedules import Schedule, optimal_eta_a
+from sims.simulate import SimulationResult, Tolerances, _check_int, _rates, _settings_dict, record_steps, simulate
+
+FADE_KINDS: tuple[str, ...] = ("linear", "cosine", "step", "custom")
+_PI = math.pi
+_FM = {"reassoc", "contract", "arcp"}
+
+
+# ---- folding ----------------------------------------------------------------------------------------------------
+def fold_shortcut(w: Any, a: Any, *, shortcut: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fold the shortcut of a trained ResNet ``(w, a)`` into a plain CNN ``(w + v, a)`` computing the same function.
+
+    ``w``: ``(p,)`` or a batch ``(R, p)``; ``a``: ``(k,)`` or ``(R, k)`` (returned as a copy).  ``shortcut``: the
+    ResNet's shortcut direction (default ``1_p / sqrt(p)``), normalized to unit length as in :mod:`theory`.
+    """
+    w_arr = np.array(w, dtype=np.float64)
+    a_arr = np.array(a, dtype=np.float64)
+    if w_arr.ndim not in (1, 2) or w_arr.shape[-1] < 1:
+        raise ValueError(f"w must be a 1-D filter (p,) or a batch (R, p); got shape {w_arr.shape}")
+    if a_arr.ndim not in (1, 2) or a_arr.shape[-1] < 1:
+        raise ValueError(f"a must be a 1-D second layer (k,) or a batch (R, k); got shape {a_arr.shape}")
+    if w_arr.ndim == 2 and a_arr.ndim == 2 and w_arr.shape[0] != a_arr.shape[0]:
+        raise ValueError(f"w and a must hold the same number of runs; got {w_arr.shape[0]} and {a_arr.shape[0]}")
+    if not (np.all(np.isfinite(w_arr)) and np.all(np.isfinite(a_arr))):
+        raise ValueError("w and a must be finite")
+    v = theory.validation.shortcut_vector(shortcut, w_arr.shape[-1])
+    w_cnn = w_arr + v
+    if np.any(np.linalg.norm(np.atleast_2d(w_cnn), axis=1) == 0.0):
+        raise ValueError("w + shortcut = 0: the folded CNN filter has no direction")
+    return w_cnn, a_arr
+
+
+def network_output(Z: Any, w: Any, a: Any, *, model: str = "resnet", shortcut: Any = None) -> np.ndarray:
+    """``f(Z; w, a) = sum_j a_j relu(u.Z_j)`` for inputs ``Z`` of shape ``(n, k, p)``; ``u`` is the normalized
+    effective filter (``w + v`` for the ResNet, ``w`` for the CNN; ``w`` itself for ``"cnn-unnormalized"``)."""
+    model = theory.validation.check_model(model)
+    w = theory.validation.as_vector(w, "w")
+    a = theory.validation.as_vector(a, "a")
+    Z = np.asarray(Z, dtype=np.float64)
+    if Z.ndim != 3 or Z.shape[1:] != (a.size, w.size):
+        raise ValueError(f"Z must have shape (n, k, p) = (n, {a.size}, {w.size}); got {Z.shape}")
+    wt = theory.landscape.effective_filter(w, model, theory.validation.shortcut_vector(shortcut, w.size))
+    u = wt if model == "cnn-unnormalized" else wt / np.linalg.norm(wt)
+    return np.maximum(Z @ u, 0.0) @ a
+
+
+# ---- fade schedules ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fade:
+    """How the shortcut weight ``lambda_t`` decays from 1 to 0, reaching 0 at step ``steps`` (``T_fade``):
+
+    - ``"linear"``: ``1 - t / T``;  ``"cosine"``: ``(1 + cos(pi t / T)) / 2``;
+    - ``"step"``: 1 for ``t < T`` (a ResNet), then 0 (the shortcut removed at once);
+    - ``"custom"``: ``values = (lambda_0, ..., lambda_T)``, starting at 1, non-increasing, ending at 0.
+
+    After ``T`` the weight stays 0 (a plain CNN).  ``Fade.custom(values)`` builds the last kind.
+    """
+
+    kind: str = "linear"
+    steps: int | None = None
+    values: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, str) or self.kind not in FADE_KINDS:
+            raise ValueError(f"fade.kind must be one of {FADE_KINDS}; got {self.kind!r}")
+        if self.kind == "custom":
+            vals = _check_fade_values(self.values)
+            if self.steps is not None and self.steps != vals.size - 1:
+                raise ValueError(f"fade.steps must equal len(fade.values) - 1 = {vals.size - 1} for a custom fade; "
+                                 f"got {self.steps!r}")
+            object.__setattr__(self, "values", tuple(float(x) for x in vals))
+            object.__setattr__(self, "steps", int(vals.size - 1))
+            return
+        if self.values is not None:
+            raise ValueError("fade.values is only for fade.kind = 'custom'")
+        s = self.steps
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+            raise ValueError(f"fade.steps must be an integer >= 1 (T_fade, the step at which lambda reaches 0); "
+                             f"got {s!r}")
+        object.__setattr__(self, "steps", int(s))
+
+    @classmethod
+    def custom(cls, values: Any) -> Fade:
+        """A fade given as the table ``lambda_0 = 1, ..., lambda_T = 0`` (non-increasing)."""
+        return cls("custom", values=values)
+
+    @property
+    def label(self) -> str:
+        return f"fade-{self.kind}-T{self.steps}"
+
+    def lambdas(self) -> np.ndarray:
+        """``lambda_t`` for ``t = 0 .. T`` (float64, ``lambda_T = 0``); later steps have ``lambda = 0``."""
+        T = self.steps
+        t = np.arange(T + 1, dtype=np.float64)
+        if self.kind == "custom":
+            lam = np.array(self.values, dtype=np.float64)
+        elif self.kind == "linear":
+            lam = 1.0 - t / T
+        elif self.kind == "cosine":
+            lam = 0.5 * (1.0 + np.cos(np.pi * t / T))
+        else:
+            lam = np.ones(T + 1)
+        lam[-1] = 0.0
+        return np.clip(lam, 0.0, 1.0)
+
+
+def _check_fade_values(values: Any) -> np.ndarray:
+    if values is None:
+        raise ValueError("fade.values is required for fade.kind = 'custom' (lambda_0 = 1, ..., lambda_T = 0)")
+    try:
+        vals = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"fade.values must be a 1-D sequence of numbers; got {values!r}") from None
+    if vals.ndim != 1 or vals.size < 2:
+        raise ValueError(f"fade.values must be a 1-D sequence lambda_0 .. lambda_T of length >= 2; got shape "
+                         f"{vals.shape}")
+    if not np.all(np.isfinite(vals)):
+        raise ValueError("fade.values must be finite")
+    if vals[0] != 1.0:
+        raise ValueError(f"fade.values must start at 1 (lambda_0 = 1: training starts as the ResNet); "
+                         f"got {vals[0]!r}")
+    rise = np.flatnonzero(np.diff(vals) > 0.0)
+    if rise.size:
+        i = int(rise[0])
+        raise ValueError(f"fade.values must be monotone non-increasing (the shortcut only fades); values[{i}] = "
+                         f"{vals[i]!r} < values[{i + 1}] = {vals[i + 1]!r}")
+    if vals[-1] != 0.0:
+        raise ValueError(f"fade.values must end at 0 (lambda_T = 0: the deployed network is a plain CNN); "
+                         f"got {vals[-1]!r}")
+    return vals
+
+
+# ---- kernel -----------------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True, fastmath=_FM)
+def fading_gd(
+    WT,  # (R, p) effective filters w~ = w + lambda_0 v, updated in place (w~ at the stop)
+    A,  # (R, k) second layers, updated in place
+    WS,  # (Rt, p) teacher filters (Rt = 1 or R)
+    AS,  # (Rt, k)
+    V,  # (p,) unit shortcut direction
+    phi_saddle,  # (Rt,) saddle angle per teacher, -1 where the spurious point does not exist
+    lam,  # (T+1,) shortcut weights lambda_0 .. lambda_T (non-increasing, lam[T] = 0; 0 afterwards)
+    seg_end,
+    eta_w,
+    eta_a,
+    noise_w,
+    noise_a,
+    noise_decay,
+    states,
+    max_steps,
+    loss_tol,
+    grad_tol,
+    eps_steps,
+    divergence_loss,
+    stop_trapped,
+    record_steps,
+    traj,
+    final,
+    stop_step,
+    stop_reason,
+    slow_end,
+    steps_tol,
+    rate_levels,
+    rate_pts,
+    fade_end,  # (R, 2) out: loss and phi at the first step with lambda = 0 (NaN if not reached)
+):
+    """Population GD with a fading shortcut; arguments and outputs as :func:`sims.kernels.population_gd`."""
+    R, p = WT.shape
+    k = A.shape[1]
+    nseg = seg_end.shape[1]
+    m = record_steps.shape[0]
+    nl = lam.shape[0]
+    t_zero = nl - 1
+    for i in range(nl):
+        if lam[i] == 0.0:
+            t_zero = i
+            break
+    last_noisy = noise_w[nseg - 1] > 0.0 or noise_a[nseg - 1] > 0.0
+    for r in prange(R):
+        ri = np.int64(r)
+        tr = ri if WS.shape[0] > 1 else np.int64(0)
+        sr = ri if seg_end.shape[0] > 1 else np.int64(0)
+        w = WT[r]
+        a = A[r]
+        ws = WS[tr]
+        ast = AS[tr]
+        st = states[r]
+        phs = phi_saddle[tr]
+        ws2 = 0.0
+        Ss = 0.0
+        Qs = 0.0
+        for i in range(p):
+            ws2 += ws[i] * ws[i]
+        for j in range(k):
+            Ss += ast[j]
+            Qs += ast[j] * ast[j]
+        L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
+        if not L_ref > 0.0:
+            L_ref = 1.0
+        tol_loss = loss_tol * L_ref
+        tol_grad = grad_tol * math.sqrt(L_ref)
+        tol_eps = eps_steps * L_ref
+        tol_div = divergence_loss * L_ref
+        ww = 0.0
+        wws = 0.0
+        for i in range(p):
+            ww += w[i] * w[i]
+            wws += w[i] * ws[i]
+        S = 0.0
+        Q = 0.0
+        P = 0.0
+        for j in range(k):
+            S += a[j]
+            Q += a[j] * a[j]
+            P += a[j] * ast[j]
+        seg = 0
+        rec = 0
+        slow_end[r] = -1
+        steps_tol[r] = -1
+        fade_end[r, 0] = np.nan
+        fade_end[r, 1] = np.nan
+        for f in range(6):
+            rate_pts[r, f] = -1.0
+        sigma_scale = 1.0
+        z0 = 0.0
+        z1 = 0.0
+        prev_phi = 0.0
+        prev_P = 0.0
+        t = 0
+        while True:
+            at_cnn = t >= t_zero
+            n = math.sqrt(ww)
+            ok = n > 0.0 and math.isfinite(n)
+            L = np.nan
+            phi = np.nan
+            gnorm = np.nan
+            c = 0.0
+            s = 0.0
+            L_c = 0.0
+            L_S = 0.0
+            L_Q = 0.0
+            L_P = 0.0
+            ga2 = 0.0
+            if ok:
+                phi, c, s = angle_from(n, wws, ws2)
+                L = cf.loss(1.0, phi, c, s, S, Q, P, Ss, Qs)
+                L_rho, L_c, L_S, L_Q, L_P = cf.gradient(1.0, phi, c, s, S, Q, P, Ss, Qs)
+                gw2 = L_c * L_c * s * s / (n * n)
+                ga2 = grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
+                if ga2 < 1e-6 * (k * L_S * L_S + 4.0 * L_Q * L_Q * Q + L_P * L_P * Qs):
+                    # Near stationarity the invariant formula cancels to rounding noise: recompute from a
+                    # (as sims.kernels.population_gd does).
+                    ga2 = 0.0
+                    for j in range(k):
+                        gj = L_S + 2.0 * L_Q * a[j] + L_P * ast[j]
+                        ga2 += gj * gj
+                gnorm = math.sqrt(max(gw2 + ga2, 0.0))
+                if P > 0.0 and slow_end[r] < 0:
+                    slow_end[r] = t
+                if at_cnn:
+                    if L <= tol_eps and steps_tol[r] < 0:
+                        steps_tol[r] = t
+                    for lv in range(3):
+                        if L > rate_levels[lv] * L_ref:
+                            rate_pts[r, 2 * lv] = -1.0
+                        elif rate_pts[r, 2 * lv] < 0.0:
+                            rate_pts[r, 2 * lv] = t
+                            rate_pts[r, 2 * lv + 1] = L
+                if t == t_zero:
+                    fade_end[r, 0] = L
+                    fade_end[r, 1] = phi
+            while rec < m and record_steps[rec] == t:
+                d2 = 0.0
+                for j in range(k):
+                    d2 += (a[j] - ast[j]) * (a[j] - ast[j])
+                traj[r, rec, 0] = L
+                traj[r, rec, 1] = phi
+                traj[r, rec, 2] = P
+                traj[r, rec, 3] = math.sqrt(d2)
+                rec += 1
+            while seg < nseg - 1 and t >= seg_end[sr, seg]:
+                seg += 1
+            reason = -1
+            if not ok or not (math.isfinite(L) and math.isfinite(Q)) or L > tol_div:
+                reason = STOP_DIVERGED
+            elif at_cnn and L <= tol_loss:
+                reason = STOP_LOSS
+            elif at_cnn and gnorm <= tol_grad:
+                reason = STOP_GRAD
+            elif t >= max_steps:
+                reason = STOP_MAX_STEPS
+            elif stop_trapped and at_cnn and phs >= 0.0 and phi > phs and P < 0.0 and seg == nseg - 1:
+                if not last_noisy:
+                    g = cf.arc_cosine(phi, c, s)
+                    if 2.0 * _PI * math.sqrt(ga2) / (_PI - 1.0) * math.sqrt(Qs) < -optimal_alignment(g, k, Ss, Qs):
+                        reason = STOP_TRAPPED
+            if reason >= 0:
+                stop_reason[r] = reason
+                stop_step[r] = t
+                if reason == STOP_DIVERGED and not (math.isfinite(L) and math.isfinite(phi) and math.isfinite(P)):
+                    # overflowed (or the filter vanished): an infinite loss and the last finite angle and alignment
+                    final[r, 0] = math.inf
+                    final[r, 1] = prev_phi
+                    final[r, 2] = prev_P
+                    final[r, 3] = math.inf
+                else:
+                    final[r, 0] = L
+                    final[r, 1] = phi
+                    final[r, 2] = P
+                    final[r, 3] = gnorm
+                break
+            prev_phi = phi
+            prev_P = P
+            # GD step on w~ (the gradient wrt w equals the one wrt w~), then the jump (lambda_{t+1} - lambda_t) v.
+            lam_t = lam[t] if t < nl else 0.0
+            lam_n = lam[t + 1] if t + 1 < nl else 0.0
+            dl = lam_n - lam_t
+            ew = eta_w[sr, seg]
+            ea = eta_a[sr, seg]
+            alpha = 1.0 + ew * (L_c * (wws / n) / (n * n))
+            beta = -ew * L_c / n
+            ca = 1.0 - 2.0 * ea * L_Q
+            cp = -ea * L_P
+            c1 = -ea * L_S
+            sw = noise_w[seg] * sigma_scale
+            sa = noise_a[seg] * sigma_scale
+            ww = 0.0
+            wws = 0.0
+            S = 0.0
+            Q = 0.0
+            P = 0.0
+            if sw > 0.0 or sa > 0.0:
+                for i in range(p):
+                    if i % 2 == 0:
+                        z0, z1 = normal_pair(st)
+                    x = alpha * w[i] + beta * ws[i] + dl * V[i] + sw * (z0 if i % 2 == 0 else z1)
+                    w[i] = x
+                    ww += x * x
+                    wws += x * ws[i]
+                for j in range(k):
+                    if j % 2 == 0:
+                        z0, z1 = normal_pair(st)
+                    y = ca * a[j] + cp * ast[j] + c1 + sa * (z0 if j % 2 == 0 else z1)
+                    a[j] = y
+                    S += y
+                    Q += y * y
+                    P += y * ast[j]
+                sigma_scale *= noise_decay
+            else:
+                for i in range(p):
+                    x = alpha * w[i] + beta * ws[i] + dl * V[i]
+                    w[i] = x
+                    ww += x * x
+                    wws += x * ws[i]
+                for j in range(k):
+                    y = ca * a[j] + cp * ast[j] + c1
+                    a[j] = y
+                    S += y
+                    Q += y * y
+                    P += y * ast[j]
+            t += 1
+        for q in range(rec, m):
+            for f in range(4):
+                traj[r, q, f] = np.nan
+
+
+# ---- entry point ------------------------------------------------------------------------------------------------
+def _check_schedule(schedule: Any, k: int, allow_unstable: bool) -> None:
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a sims.Schedule; got {type(schedule).__name__}")
+    limit = theory.max_stable_eta_a(k)
+    if schedule.max_eta_a(k) > limit and not allow_unstable:
+        raise ValueError(
+            f"eta_a = {schedule.max_eta_a(k):g} exceeds the stability limit 4 pi / (k + pi - 1) = {limit:.6g} for "
+            f"k = {k}; GD on a diverges there. Pass allow_unstable=True to study divergence."
+        )
+
+
+def simulate_fading(
+    *,
+    k: int,
+    p: int,
+    runs: int,
+    steps: int,
+    schedule: Schedule,
+    fade: Fade,
+    teacher: Teacher | tuple[Any, Any] | None = None,
+    init: Init | None = None,
+    shortcut: Any = None,
+    seed: int = 0,
+    run_offset: int = 0,
+    tolerances: Tolerances | None = None,
+    n_record: int = 64,
+    allow_unstable: bool = False,
+    threads: int | None = None,
+) -> SimulationResult:
+    """Train ``runs`` networks with a fading shortcut (population GD) and return the deployed plain CNNs.
+
+    Arguments as :func:`sims.simulate` with ``model="resnet"`` (default init ``w0 = 0``, the network starts at the
+    shortcut), plus ``fade`` (a :class:`Fade` with ``fade.steps <= steps``).  Run ``r`` draws teacher and init
+    exactly as ``sims.simulate(model="resnet", ...)`` with the same seed does, so the two are paired run by run;
+    results are bit-identical for any thread count and any split of runs (``run_offset``).  ``result.w`` is the
+    deployed CNN filter (``lambda = 0``), ``result.w0`` the ResNet's initial ``w``; the outcome classifies the plain
+    CNN ``(w, a)`` against the theory's fixed points.
+    """
+    teacher = Teacher() if teacher is None else teacher
+    tolerances = Tolerances() if tolerances is None else tolerances
+    k = _check_int(k, "k", 1)
+    p = _check_int(p, "p", 1)
+    runs = _check_int(runs, "runs", 1)
+    steps = _check_int(steps, "steps", 0)
+    run_offset = _check_int(run_offset, "run_offset", 0)
+    _check_int(seed, "seed", 0)
+    n_record = _check_int(n_record, "n_record", 2, 100_000)
+    if not isinstance(fade, Fade):
+        raise ValueError(f"fade must be a sims.Fade; got {type(fade).__name__}")
+    if fade.steps > steps:
+        raise ValueError(f"fade.steps = {fade.steps} must be <= steps = {steps}: the shortcut must be gone (lambda = "
+                         "0) before the step budget ends")
+    if not isinstance(tolerances, Tolerances):
+        raise ValueError(f"tolerances must be a sims.Tolerances; got {type(tolerances).__name__}")
+    _check_schedule(schedule, k, allow_unstable)
+    init = Init(w="zero") if init is None else init
+    if not isinstance(init, Init):
+        raise ValueError(f"init must be a sims.Init; got {type(init).__name__}")
+    init.validate("resnet")
+    threads = check_threads(threads)
+    v = theory.validation.shortcut_vector(shortcut, p)
+
+    states, WS, AS, W0, A0 = draw_problem(k=k, p=p, runs=runs, teacher=teacher, init=init, v=v, seed=seed,
+                                          run_offset=run_offset)
+    lam = fade.lambdas()
+    WT0 = W0 + lam[0] * v
+    norm0 = np.linalg.norm(WT0, axis=1)
+    if np.any(norm0 == 0.0):
+        raise ValueError("init gives a zero effective filter (w0 + shortcut = 0): the direction is undefined")
+    phi0 = angles(WT0, WS)
+    sched = schedule.resolve(steps, runs=runs, phi0=phi0, norm0=norm0, a0=A0, a_star=AS)
+
+    rec = record_steps(steps, n_record)
+    phi_s = _classify.saddle_angles_batch(AS)
+    WT = np.ascontiguousarray(WT0.copy())
+    A = np.ascontiguousarray(A0.copy())
+    traj = np.empty((runs, rec.size, 4))
+    final = np.empty((runs, 4))
+    stop_step = np.empty(runs, dtype=np.int64)
+    stop_reason = np.empty(runs, dtype=np.int64)
+    slow_end = np.empty(runs, dtype=np.int64)
+    steps_tol = np.empty(runs, dtype=np.int64)
+    rate_pts = np.empty((runs, 6))
+    fade_end = np.empty((runs, 2))
+    no_noise = not (sched.noise_w.any() or sched.noise_a.any())
+    with numba_threads(threads):
+        fading_gd(WT, A, WS, AS, v, phi_s, lam, sched.seg_end, sched.eta_w, sched.eta_a, sched.noise_w,
+                  sched.noise_a, sched.noise_decay, states, steps, tolerances.loss_tol, tolerances.grad_tol,
+                  tolerances.eps, tolerances.divergence, tolerances.stop_trapped and no_noise, rec, traj, final,
+                  stop_step, stop_reason, slow_end, steps_tol, np.array(tolerances.rate_window), rate_pts, fade_end)
+
+    lref = loss_ref(AS)
+    code = _classify.classify(final_loss=final[:, 0], final_phi=final[:, 1], a=A, a_star=AS, scale=np.ones(runs),
+                              stop_reason=stop_reason, loss_ref=lref, loss_tol=tolerances.loss_tol)
+    fitted, linear, predicted = _rates(rate_pts, code, "cnn", WT, A, WS, AS, sched, tolerances.linear_rtol)
+    lam_stop = np.where(stop_step < lam.size, lam[np.minimum(stop_step, lam.size - 1)], 0.0)
+    W = WT - lam_stop[:, None] * v
+    settings = _settings_dict(model="cnn", trained_as="resnet-fading-shortcut", k=k, p=p, runs=runs, steps=steps,
+                              schedule=schedule, fade=fade, teacher=teacher, init=init, algorithm="gd",
+                              batch_size=None, shortcut=v, seed=seed, run_offset=run_offset, tolerances=tolerances,
+                              n_record=n_record, allow_unstable=allow_unstable)
+    return SimulationResult(
+        settings=settings,
+        run_index=np.arange(run_offset, run_offset + runs, dtype=np.int64),
+        outcome=np.array(_classify.OUTCOMES, dtype=object)[code].astype(str),
+        stop_reason=np.array(kernels.STOP_NAMES, dtype=object)[stop_reason].astype(str),
+        steps=stop_step,
+        final_loss=final[:, 0],
+        final_phi=final[:, 1],
+        final_alignment=final[:, 2],
+        final_grad_norm=final[:, 3],
+        steps_to_tol=steps_tol,
+        slow_phase_end=slow_end,
+        fitted_rate=fitted,
+        theory_rate=predicted,
+        linear_regime=linear,
+        w=W,
+        a=A,
+        w0=W0,
+        a0=A0,
+        w_star=WS,
+        a_star=AS,
+        loss_ref=lref,
+        trajectory_steps=rec,
+        trajectory=traj,
+        warmup_steps=sched.warmup_steps if sched.warmup_steps is not None else np.full(runs, schedule.stage_one_steps),
+        warmup_eta_w=sched.warmup_eta_w if sched.warmup_eta_w is not None else np.full(runs, sched.eta_w[0, 0]),
+        extras={"fade_end_loss": fade_end[:, 0].copy(), "fade_end_phi": fade_end[:, 1].copy()},
+    )
+
+
+# ---- comparison -------------------------------------------------------------------------------------------------
+def liu_two_stage(k: int) -> Schedule:
+    """The liu2019 sweep's two-stage warmup: ``T1 = 200`` steps with ``eta_w = 0.01 (2/k)``, then
+    ``eta_w = 0.5 (2/k)``; ``eta_a = 0.9 * 4 pi / (k + 2 pi - 2)`` throughout."""
+    ea = 0.9 * optimal_eta_a(k)
+    return Schedule.two_stage(200, 0.01 * 2.0 / k, ea, 0.5 * 2.0 / k, ea)
+
+
+def _row(res: SimulationResult, method: str, k: int, p: int, fade: Fade | None,
+         paired: SimulationResult | None = None) -> dict[str, Any]:
+    from sims.sweep import wilson
+
+    n = len(res)
+    row: dict[str, Any] = {"method": method, "k": k, "p": p, "fade": fade.kind if fade else "",
+                           "fade_steps": fade.steps if fade else 0, "trials": n}
+    for name in ("global", "spurious", "not_converged", "diverged"):
+        s = int(np.sum(res.outcome == name))
+        row[f"p_{name}"] = s / n
+        if name in ("global", "spurious"):
+            lo, hi = wilson(s, n)
+            row[f"p_{name}_lo"], row[f"p_{name}_hi"] = float(lo), float(hi)
+    if paired is not None:
+        row["p_same_outcome_as_resnet"] = float(np.mean(res.outcome == paired.outcome))
+    else:
+        row["p_same_outcome_as_resnet"] = math.nan
+    reached = res.steps_to_tol[res.steps_to_tol >= 0]
+    row["steps_to_tol_median"] = float(np.median(reached)) if reached.size else math.nan
+    if fade is not None:
+        row["fade_end_loss_rel_median"] = float(np.nanmedian(res.extras["fade_end_loss"] / res.loss_ref))
+    else:
+        row["fade_end_loss_rel_median"] = math.nan
+    return row
+
+
+def compare(
+    *,
+    cells: Any = ((4, 4), (16, 16)),
+    fades: Any = (Fade("linear", 500), Fade("cosine", 500), Fade("step", 500), Fade("linear", 2000)),
+    trials: int = 300,
+    steps: int = 5000,
+    schedule: Schedule | Any = liu_two_stage,
+    teacher: Teacher | None = None,
+    seed: int = 0,
+    tolerances: Tolerances | None = None,
+    threads: int | None = None,
+):
+    """Success rates of the fading shortcut against the ResNet (``w0 = 0``) and the plain CNN (random unit ``w0``),
+    as a pandas DataFrame with one row per method x (k, p): ``method`` (``"resnet"``, ``"cnn"``, or the fade's
+    label such as ``"fade-linear-T500"``), ``k``, ``p``, ``fade``, ``fade_steps``, ``trials``, ``p_global`` with
+    its Wilson 95% interval ``p_global_lo``/``p_global_hi``, ``p_spurious`` (and its interval), ``p_not_converged``,
+    ``p_diverged``, ``steps_to_tol_median`` (over runs that reached ``tolerances.eps``), for the fades
+    ``fade_end_loss_rel_median`` (loss / L_ref when the shortcut is gone), and ``p_same_outcome_as_resnet`` (the
+    fraction of runs whose outcome equals that of the ResNet run with the same teacher and init; NaN for the CNN).
+
+    ``cells``: (k, p) pairs; ``schedule``: a :class:`Schedule` or a function ``k -> Schedule`` (default: the
+    liu2019 two-stage warmup, :func:`liu_two_stage`); ``teacher`` (default ``Teacher(require_spurious=True)``,
+    ``w*`` on the half sphere around ``v``).  The ResNet and the fades share teachers and inits run by run (same
+    seed); the CNN shares the teachers.
+    """
+    import pandas as pd
+
+    teacher = Teacher(require_spurious=True) if teacher is None else teacher
+    trials = _check_int(trials, "trials", 1)
+    try:
+        cells = [(int(k), int(p)) for k, p in cells]
+    except (TypeError, ValueError):
+        raise ValueError(f"cells must be a sequence of (k, p) pairs; got {cells!r}") from None
+    fades = list(fades)
+    for f in fades:
+        if not isinstance(f, Fade):
+            raise ValueError(f"fades must hold sims.Fade objects; got {type(f).__name__}")
+    rows = []
+    for k, p in cells:
+        sch = schedule(k) if callable(schedule) and not isinstance(schedule, Schedule) else schedule
+        kw = dict(k=k, p=p, runs=trials, steps=steps, schedule=sch, teacher=teacher, seed=seed, tolerances=tolerances,
+                  threads=threads)
+        resnet = simulate(model="resnet", n_record=2, **kw)
+        rows.append(_row(resnet, "resnet", k, p, None, resnet))
+        rows.append(_row(simulate(model="cnn", n_record=2, **kw), "cnn", k, p, None))
+        for f in fades:
+            rows.append(_row(simulate_fading(fade=f, n_record=2, **kw), f.label, k, p, f, resnet))
+    return pd.DataFrame(rows)

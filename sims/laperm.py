@@ -1,0 +1,682 @@
+"""Train-by-reconnect (LaPerm, Qiu & Suda 2020) in the shallow CNN: training by permuting the initial weight values.
+
+The weights ``w`` (the CNN filter) and ``a`` keep their initial *values*.  An inner optimizer (population GD, or
+Adam on the population gradient) runs ``K = sync_every`` steps on a copy; then the copy is *synchronized*: the
+``i``-th smallest initial value is put where the copy has its ``i``-th smallest entry, separately for ``w`` and for
+``a``, and the inner optimizer continues from the synchronized weights (Adam keeps its moment estimates across
+synchronizations, as the inner optimizer of LaPerm does).  Synchronizations happen at steps ``K, 2K, ...`` and once
+more at the end of the step budget, so the network reported is always a permutation of the initial values
+(``||w||`` is kept, and the normalized CNN only sees the direction of ``w``).  ``t`` counts inner steps.
+
+**Initial values** (``init``): ``"gaussian"`` draws ``w0`` with entries ``N(0, 1/p)`` and ``a0`` with entries
+``N(0, ||a*||^2 / k)`` -- exactly the draws of ``sims.simulate(model="cnn", init=Init(w="gaussian",
+a="gaussian"))`` with the same seed; ``"uniform"`` maps those same normals ``z`` through ``sqrt(3) sigma erf(z /
+sqrt 2)``, which is uniform on ``[-sqrt(3) sigma, sqrt(3) sigma]`` with the same per-entry ``sigma`` and the *same
+ranks* (the two distributions are coupled run by run).
+
+**What a permutation can reach.**  ``S = 1.a`` and ``Q = ||a||^2`` do not change under a permutation of ``a``, so
+the loss depends on the permutations only through ``cos(phi) = w.w* / ||w||`` and ``P = a.a*``:
+``L = const - [S S* + (g(phi) - 1) P] / (2 pi)`` (SCIENCE.md 2, ``g`` the arc-cosine kernel, decreasing).  By the
+rearrangement inequality ``cos(phi)`` is largest when ``w`` is ordered like ``w*`` and smallest when ordered
+against it, and likewise ``P`` with ``a`` and ``a*``; the product ``(g - 1) P`` over the box of those ranges is
+largest at a corner, so the best loss any permutation reaches (``extras["oracle_loss"]``) is the smallest of the
+four corner losses.  Since ``a`` keeps its values, ``a = a*`` (the global minimum) is out of reach unless the
+initial values happen to be ``a*``'s: the standard classification (against the theory's fixed points, on the
+synchronized weights) reports such runs ``not_converged``.  The permutation-level outcome is in
+``extras["perm_optimal"]`` (the synchronized weights are the best permutation) and ``extras["perm_anti"]`` (``w``
+ordered against ``w*`` and ``a`` against ``a*``, and that is not the best permutation: the permutation analogue of
+the spurious point ``phi = pi``, ``a.a* < 0``).
+
+``permute="w"`` (or ``"a"``) synchronizes only that layer and trains the other freely with the inner optimizer;
+this separates the two obstacles: a permuted ``w`` can only approximate the direction of ``w*`` (its best
+arrangement is ordered like ``w*``), while a permuted ``a`` keeps ``1.a`` and ``||a||``, which the loss sees
+directly.  The oracle then optimizes the free layer (``a = a(phi)``; ``phi = 0`` or ``pi`` by the sign of ``a.a*``).
+
+**Stopping.**  Runs stop only at synchronizations: ``loss_tol`` (synchronized loss), ``max_steps``, ``diverged``
+(any non-finite or huge loss, also of the inner copy), and ``sync_fixed``: with the GD inner optimizer in its last
+schedule segment, a synchronization that returns exactly the previous synchronized weights means every later
+period repeats it, so the run has reached a fixed point of the LaPerm map and is stopped (the final network is
+the same as with the full budget).  ``sync_every=None`` runs the inner optimizer alone (no synchronization): with
+``inner="gd"`` this is plain population GD of the CNN, with the stop rules of :func:`sims.simulate`; it is the
+baseline of :func:`compare`.  The trajectory records the synchronized network (the last synchronization at or
+before each recorded step); ``extras["syncs"]``, ``extras["sync_changes"]`` and ``extras["last_change_step"]`` count
+synchronizations, those that changed the weights, and the step of the last change.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+from scipy import special
+
+import theory
+from sims import classify as _classify
+from sims import closed_forms as cf
+from sims import kernels
+from sims._runs import angles, check_threads, draw_problem, loss_ref, numba_threads
+from sims.kernels import (
+    STOP_DIVERGED,
+    STOP_GRAD,
+    STOP_LOSS,
+    STOP_MAX_STEPS,
+    STOP_TRAPPED,
+    angle_from,
+    grad_a_sq,
+    optimal_alignment,
+)
+from sims.samplers import Init, Teacher
+from sims.schedules import Schedule, optimal_eta_a
+from sims.simulate import SimulationResult, Tolerances, _check_int, _rates, _settings_dict, record_steps
+
+INNER: tuple[str, ...] = ("gd", "adam")
+INIT_DISTS: tuple[str, ...] = ("gaussian", "uniform")
+PERMUTE: tuple[str, ...] = ("both", "w", "a")
+#: Stop reason of a run whose synchronization reproduced the previous synchronized weights (GD inner optimizer).
+STOP_SYNC_FIXED = 5
+STOP_NAMES: tuple[str, ...] = kernels.STOP_NAMES + ("sync_fixed",)
+_INNER_GD, _INNER_ADAM = 0, 1
+_PI = math.pi
+_FM = {"reassoc", "contract", "arcp"}
+
+
+@njit(cache=True)
+def _sync(x, sorted_vals, prev, permute):
+    """Put the ``i``-th smallest of ``sorted_vals`` where ``x`` has its ``i``-th smallest entry (in place, if
+    ``permute``); copy the result into ``prev`` and return whether it differs from what ``prev`` held."""
+    if permute:
+        order = np.argsort(x, kind="mergesort")
+        for i in range(x.shape[0]):
+            x[order[i]] = sorted_vals[i]
+    changed = False
+    for i in range(x.shape[0]):
+        if x[i] != prev[i]:
+            changed = True
+            prev[i] = x[i]
+    return changed
+
+
+@njit(parallel=True, cache=True, fastmath=_FM)
+def laperm_gd(
+    W,  # (R, p) filters, updated in place (the synchronized filter at the stop)
+    A,  # (R, k) second layers, updated in place
+    WS,  # (Rt, p) teacher filters (Rt = 1 or R)
+    AS,  # (Rt, k)
+    WV,  # (R, p) sorted initial values of w
+    AV,  # (R, k) sorted initial values of a
+    phi_saddle,  # (Rt,)
+    sync_every,  # K >= 1, or 0: never synchronize (plain inner optimizer)
+    perm_w,  # bool: synchronize w (else w trains freely)
+    perm_a,  # bool: synchronize a
+    inner,  # 0: GD, 1: Adam
+    adam_b1,
+    adam_b2,
+    adam_eps,
+    seg_end,
+    eta_w,  # GD step sizes, or Adam learning rates, per segment
+    eta_a,
+    max_steps,
+    loss_tol,
+    grad_tol,
+    eps_steps,
+    divergence_loss,
+    stop_trapped,
+    record_steps,
+    traj,
+    final,
+    stop_step,
+    stop_reason,
+    slow_end,
+    steps_tol,
+    rate_levels,
+    rate_pts,
+    sync_info,  # (R, 3) int64 out: synchronizations, those that changed the weights, step of the last change
+):
+    R, p = W.shape
+    k = A.shape[1]
+    nseg = seg_end.shape[1]
+    m = record_steps.shape[0]
+    K = sync_every
+    for r in prange(R):
+        ri = np.int64(r)
+        tr = ri if WS.shape[0] > 1 else np.int64(0)
+        sr = ri if seg_end.shape[0] > 1 else np.int64(0)
+        w = W[r]
+        a = A[r]
+        ws = WS[tr]
+        ast = AS[tr]
+        phs = phi_saddle[tr]
+        last_start = seg_end[sr, nseg - 2] if nseg > 1 else np.int64(0)
+        pw = w.copy()
+        pa = a.copy()
+        mw = np.zeros(p)
+        vw = np.zeros(p)
+        ma = np.zeros(k)
+        va = np.zeros(k)
+        ws2 = 0.0
+        Ss = 0.0
+        Qs = 0.0
+        for i in range(p):
+            ws2 += ws[i] * ws[i]
+        for j in range(k):
+            Ss += ast[j]
+            Qs += ast[j] * ast[j]
+        L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
+        if not L_ref > 0.0:
+            L_ref = 1.0
+        tol_loss = loss_tol * L_ref
+        tol_grad = grad_tol * math.sqrt(L_ref)
+        tol_eps = eps_steps * L_ref
+        tol_div = divergence_loss * L_ref
+        ww = 0.0
+        wws = 0.0
+        for i in range(p):
+            ww += w[i] * w[i]
+            wws += w[i] * ws[i]
+        S = 0.0
+        Q = 0.0
+        P = 0.0
+        for j in range(k):
+            S += a[j]
+            Q += a[j] * a[j]
+            P += a[j] * ast[j]
+        seg = 0
+        rec = 0
+        slow_end[r] = -1
+        steps_tol[r] = -1
+        for f in range(6):
+            rate_pts[r, f] = -1.0
+        n_sync = 0
+        n_change = 0
+        last_change = 0
+        net_L = 0.0
+        net_phi = 0.0
+        net_P = 0.0
+        net_d = 0.0
+        adam_t = 0
+        b1t = 1.0
+        b2t = 1.0
+        prev_phi = 0.0
+        prev_P = 0.0
+        t = 0
+        while True:
+            synced = False
+            changed = True
+            if K > 0:
+                if t == 0:
+                    synced = True  # the initial values in their initial order are trivially synchronized
+                elif t % K == 0 or t >= max_steps:
+                    cw = _sync(w, WV[r], pw, perm_w)
+                    cA = _sync(a, AV[r], pa, perm_a)
+                    changed = cw or cA  # the whole state repeats: a fixed point of the LaPerm map (GD inner)
+                    n_sync += 1
+                    if (perm_w and cw) or (perm_a and cA):  # the permutation changed
+                        n_change += 1
+                        last_change = t
+                    ww = 0.0
+                    wws = 0.0
+                    for i in range(p):
+                        ww += w[i] * w[i]
+                        wws += w[i] * ws[i]
+                    S = 0.0
+                    Q = 0.0
+                    P = 0.0
+                    for j in range(k):
+                        S += a[j]
+                        Q += a[j] * a[j]
+                        P += a[j] * ast[j]
+                    synced = True
+            is_net = K == 0 or synced
+            n = math.sqrt(ww)
+            phi, c, s = angle_from(n, wws, ws2)
+            L = cf.loss(1.0, phi, c, s, S, Q, P, Ss, Qs)
+            L_rho, L_c, L_S, L_Q, L_P = cf.gradient(1.0, phi, c, s, S, Q, P, Ss, Qs)
+            gw2 = L_c * L_c * s * s / (n * n)
+            ga2 = grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
+            if ga2 < 1e-6 * (k * L_S * L_S + 4.0 * L_Q * L_Q * Q + L_P * L_P * Qs):
+                # Near stationarity the invariant formula cancels to rounding noise: recompute from a
+                # (as sims.kernels.population_gd does).
+                ga2 = 0.0
+                for j in range(k):
+                    gj = L_S + 2.0 * L_Q * a[j] + L_P * ast[j]
+                    ga2 += gj * gj
+            gnorm = math.sqrt(max(gw2 + ga2, 0.0))
+            if is_net:
+                if P > 0.0 and slow_end[r] < 0:
+                    slow_end[r] = t
+                if L <= tol_eps and steps_tol[r] < 0:
+                    steps_tol[r] = t
+                if K == 0:
+                    for lv in range(3):
+                        if L > rate_levels[lv] * L_ref:
+                            rate_pts[r, 2 * lv] = -1.0
+                        elif rate_pts[r, 2 * lv] < 0.0:
+                            rate_pts[r, 2 * lv] = t
+                            rate_pts[r, 2 * lv + 1] = L
+                net_L = L
+                net_phi = phi
+                net_P = P
+                d2 = 0.0
+                for j in range(k):
+                    d2 += (a[j] - ast[j]) * (a[j] - ast[j])
+                net_d = math.sqrt(d2)
+            while rec < m and record_steps[rec] == t:
+                traj[r, rec, 0] = net_L
+                traj[r, rec, 1] = net_phi
+                traj[r, rec, 2] = net_P
+                traj[r, rec, 3] = net_d
+                rec += 1
+            while seg < nseg - 1 and t >= seg_end[sr, seg]:
+                seg += 1
+            reason = -1
+            if not (math.isfinite(L) and math.isfinite(n) and math.isfinite(Q)) or L > tol_div:
+                reason = STOP_DIVERGED
+            elif is_net:
+                if L <= tol_loss:
+                    reason = STOP_LOSS
+                elif K == 0 and gnorm <= tol_grad:
+                    reason = STOP_GRAD
+                elif t >= max_steps:
+                    reason = STOP_MAX_STEPS
+                elif K == 0 and stop_trapped and phs >= 0.0 and phi > phs and P < 0.0 and seg == nseg - 1:
+                    g = cf.arc_cosine(phi, c, s)
+                    if 2.0 * _PI * math.sqrt(ga2) / (_PI - 1.0) * math.sqrt(Qs) < -optimal_alignment(g, k, Ss, Qs):
+                        reason = STOP_TRAPPED
+                elif K > 0 and t > 0 and not changed and inner == 0 and last_start <= t - K:
+                    reason = STOP_SYNC_FIXED
+            if reason >= 0:
+                stop_reason[r] = reason
+                stop_step[r] = t
+                if reason == STOP_DIVERGED and not (math.isfinite(L) and math.isfinite(phi) and math.isfinite(P)):
+                    # overflowed (or the filter vanished): an infinite loss and the last finite angle and alignment
+                    final[r, 0] = math.inf
+                    final[r, 1] = prev_phi
+                    final[r, 2] = prev_P
+                    final[r, 3] = math.inf
+                else:
+                    final[r, 0] = L
+                    final[r, 1] = phi
+                    final[r, 2] = P
+                    final[r, 3] = gnorm
+                break
+            prev_phi = phi
+            prev_P = P
+            ew = eta_w[sr, seg]
+            ea = eta_a[sr, seg]
+            c_raw = wws / n
+            ww = 0.0
+            wws = 0.0
+            S = 0.0
+            Q = 0.0
+            P = 0.0
+            if inner == 0:
+                # GD, fused with the next invariants exactly as in sims.kernels.population_gd (normalized CNN).
+                alpha = 1.0 + ew * (L_c * c_raw / (n * n))
+                beta = -ew * L_c / n
+                ca = 1.0 - 2.0 * ea * L_Q
+                cp = -ea * L_P
+                c1 = -ea * L_S
+                for i in range(p):
+                    x = alpha * w[i] + beta * ws[i]
+                    w[i] = x
+                    ww += x * x
+                    wws += x * ws[i]
+                for j in range(k):
+                    y = ca * a[j] + cp * ast[j] + c1
+                    a[j] = y
+                    S += y
+                    Q += y * y
+                    P += y * ast[j]
+            else:
+                adam_t += 1
+                b1t *= adam_b1
+                b2t *= adam_b2
+                bc1 = 1.0 - b1t
+                bc2 = 1.0 - b2t
+                gc = L_c / n
+                cu = c_raw / n  # grad_w = (L_c / n) (w* - (w.w* / n^2) w)
+                for i in range(p):
+                    g = gc * (ws[i] - cu * w[i])
+                    mw[i] = adam_b1 * mw[i] + (1.0 - adam_b1) * g
+                    vw[i] = adam_b2 * vw[i] + (1.0 - adam_b2) * g * g
+                    x = w[i] - ew * (mw[i] / bc1) / (math.sqrt(vw[i] / bc2) + adam_eps)
+                    w[i] = x
+                    ww += x * x
+                    wws += x * ws[i]
+                for j in range(k):
+                    g = L_S + 2.0 * L_Q * a[j] + L_P * ast[j]
+                    ma[j] = adam_b1 * ma[j] + (1.0 - adam_b1) * g
+                    va[j] = adam_b2 * va[j] + (1.0 - adam_b2) * g * g
+                    y = a[j] - ea * (ma[j] / bc1) / (math.sqrt(va[j] / bc2) + adam_eps)
+                    a[j] = y
+                    S += y
+                    Q += y * y
+                    P += y * ast[j]
+            t += 1
+        for q in range(rec, m):
+            for f in range(4):
+                traj[r, q, f] = np.nan
+        sync_info[r, 0] = n_sync
+        sync_info[r, 1] = n_change
+        sync_info[r, 2] = last_change
+
+
+# ---- initial values ---------------------------------------------------------------------------------------------
+def _initial_values(dist: str, W0: np.ndarray, A0: np.ndarray, AS: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(w0, a0)`` of the given distribution from the Gaussian draws (see the module docstring)."""
+    if dist == "gaussian":
+        return W0, A0
+    p, k = W0.shape[1], A0.shape[1]
+    sw = 1.0 / math.sqrt(p)
+    sa = np.linalg.norm(AS, axis=1, keepdims=True) / math.sqrt(k)
+    W = math.sqrt(3.0) * sw * special.erf(W0 / sw / math.sqrt(2.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        A = np.where(sa > 0, math.sqrt(3.0) * sa * special.erf(A0 / sa / math.sqrt(2.0)), 0.0)
+    return W, A
+
+
+def _arranged(sorted_vals: np.ndarray, target: np.ndarray, *, reverse: bool) -> np.ndarray:
+    """Row by row: ``sorted_vals`` placed in the rank order of ``target`` (or against it)."""
+    out = np.empty_like(sorted_vals)
+    order = np.argsort(target, axis=1, kind="mergesort")
+    vals = sorted_vals[:, ::-1] if reverse else sorted_vals
+    np.put_along_axis(out, order, vals, axis=1)
+    return out
+
+
+def permutation_optimum(w0: Any, a0: Any, w_star: Any, a_star: Any, *, permute: str = "both") -> dict[str, np.ndarray]:
+    """The best loss reachable by permuting the initial values (module docstring), row by row.
+
+    Arrays ``(R, p)``, ``(R, k)`` (1-D inputs are one row).  ``permute``: which layers are permuted; a layer that
+    is not is optimized freely (``a = a(phi)`` for a free ``a``; ``phi`` in ``{0, pi}`` for a free ``w``, the sign of
+    ``a.a*`` deciding).  Returns ``oracle_loss``, the arrangements ``w_best``/``a_best`` that reach it (meaningful
+    for the permuted layers), and ``w_anti``/``a_anti`` (ordered against the teacher).
+    """
+    if permute not in PERMUTE:
+        raise ValueError(f"permute must be one of {PERMUTE}; got {permute!r}")
+    w0, a0 = np.atleast_2d(np.asarray(w0, float)), np.atleast_2d(np.asarray(a0, float))
+    WS = np.broadcast_to(np.atleast_2d(np.asarray(w_star, float)), w0.shape)
+    AS = np.broadcast_to(np.atleast_2d(np.asarray(a_star, float)), a0.shape)
+    R = len(w0)
+    sw, sa = np.sort(w0, axis=1), np.sort(a0, axis=1)
+    cand_w = {False: _arranged(sw, WS, reverse=False), True: _arranged(sw, WS, reverse=True)}
+    cand_a = {False: _arranged(sa, AS, reverse=False), True: _arranged(sa, AS, reverse=True)}
+    Ss, Qs = AS.sum(axis=1), np.einsum("ij,ij->i", AS, AS)
+    best = np.full(R, np.inf)
+    w_best, a_best = cand_w[False].copy(), cand_a[False].copy()
+    for rw in (False, True):
+        for ra in (False, True):
+            if permute == "a" and rw:
+                continue
+            if permute == "w" and ra:
+                continue
+            a = cand_a[ra]
+            if permute == "w":  # a free: a = a(phi), the loss-minimizing second layer at this angle
+                phi = angles(cand_w[rw], WS)
+                a = _classify.optimal_a_batch(phi, AS)
+            P = np.einsum("ij,ij->i", a, AS)
+            if permute == "a":  # w free: phi = 0 if a.a* >= 0 (the loss falls with g(phi) P), else pi
+                phi = np.where(P >= 0.0, 0.0, math.pi)
+            elif permute == "both":
+                phi = angles(cand_w[rw], WS)
+            S, Q = a.sum(axis=1), np.einsum("ij,ij->i", a, a)
+            L = theory.closed_forms.loss(1.0, phi, np.cos(phi), np.sin(phi), S, Q, P, Ss, Qs)
+            better = L < best
+            best = np.where(better, L, best)
+            w_best[better], a_best[better] = cand_w[rw][better], cand_a[ra][better]
+    return {"oracle_loss": best, "w_best": w_best, "a_best": a_best, "w_anti": cand_w[True], "a_anti": cand_a[True]}
+
+
+# ---- entry point ------------------------------------------------------------------------------------------------
+def _check_adam(adam: Any) -> tuple[float, float, float]:
+    try:
+        b1, b2, eps = (float(x) for x in adam)
+    except (TypeError, ValueError):
+        raise ValueError(f"adam must be (beta1, beta2, eps); got {adam!r}") from None
+    if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0 and math.isfinite(eps) and eps > 0.0):
+        raise ValueError(f"adam must be (beta1, beta2, eps) with 0 <= beta1, beta2 < 1 and eps > 0; got {adam!r}")
+    return b1, b2, eps
+
+
+def simulate_laperm(
+    *,
+    k: int,
+    p: int,
+    runs: int,
+    steps: int,
+    schedule: Schedule,
+    sync_every: int | None,
+    inner: str = "gd",
+    init: str = "gaussian",
+    permute: str = "both",
+    teacher: Teacher | tuple[Any, Any] | None = None,
+    adam: tuple[float, float, float] = (0.9, 0.999, 1e-8),
+    seed: int = 0,
+    run_offset: int = 0,
+    tolerances: Tolerances | None = None,
+    n_record: int = 64,
+    allow_unstable: bool = False,
+    threads: int | None = None,
+) -> SimulationResult:
+    """Train ``runs`` weight-normalized CNNs by LaPerm (module docstring) and return a :class:`SimulationResult`.
+
+    ``sync_every``: the synchronization period ``K >= 1`` in inner steps (``None``: no synchronization, the plain
+    inner optimizer); ``inner``: ``"gd"`` (population GD, step sizes from ``schedule``) or ``"adam"`` (the schedule's
+    ``eta_w``/``eta_a`` are Adam's learning rates; ``adam = (beta1, beta2, eps)``); ``init``: the distribution of the
+    initial values, ``"gaussian"`` or ``"uniform"``; ``permute``: the layers synchronized, ``"both"`` (LaPerm as
+    specified), ``"w"`` or ``"a"`` (the other layer trains freely); ``teacher`` defaults to ``Teacher(w="sphere")``
+    (isotropic: a permutation keeps ``1.w``, so a teacher tied to the ``1`` direction would favour permutations).
+    Run ``r`` draws its teacher and Gaussian initial values exactly as ``sims.simulate(model="cnn",
+    init=Init(w="gaussian", a="gaussian"))`` with the same seed; results are bit-identical for any thread count and
+    run split.
+    ``result.w``/``result.a`` are the synchronized weights (a permutation of ``result.w0``/``result.a0``) and are
+    classified against the theory's fixed points; ``result.extras`` holds the permutation-level results.
+    """
+    teacher = Teacher(w="sphere") if teacher is None else teacher
+    tolerances = Tolerances() if tolerances is None else tolerances
+    k = _check_int(k, "k", 1)
+    p = _check_int(p, "p", 1)
+    runs = _check_int(runs, "runs", 1)
+    steps = _check_int(steps, "steps", 0)
+    run_offset = _check_int(run_offset, "run_offset", 0)
+    _check_int(seed, "seed", 0)
+    n_record = _check_int(n_record, "n_record", 2, 100_000)
+    K = 0 if sync_every is None else _check_int(sync_every, "sync_every (K)", 1)
+    if not isinstance(inner, str) or inner not in INNER:
+        raise ValueError(f"inner must be one of {INNER} (the inner optimizer); got {inner!r}")
+    if not isinstance(init, str) or init not in INIT_DISTS:
+        raise ValueError(f"init must be one of {INIT_DISTS} (the distribution of the initial values); got {init!r}")
+    if not isinstance(permute, str) or permute not in PERMUTE:
+        raise ValueError(f"permute must be one of {PERMUTE} (the layers whose values are permuted); got {permute!r}")
+    b1, b2, eps = _check_adam(adam)
+    if not isinstance(tolerances, Tolerances):
+        raise ValueError(f"tolerances must be a sims.Tolerances; got {type(tolerances).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a sims.Schedule; got {type(schedule).__name__}")
+    if any(s.noise_w > 0 or s.noise_a > 0 for s in schedule.segments):
+        raise ValueError("schedule: perturbation noise is not supported by simulate_laperm (noise_w = noise_a = 0)")
+    limit = theory.max_stable_eta_a(k)
+    if inner == "gd" and schedule.max_eta_a(k) > limit and not allow_unstable:
+        raise ValueError(
+            f"eta_a = {schedule.max_eta_a(k):g} exceeds the stability limit 4 pi / (k + pi - 1) = {limit:.6g} for "
+            f"k = {k}; GD on a diverges there. Pass allow_unstable=True to study divergence."
+        )
+    threads = check_threads(threads)
+    v = theory.validation.shortcut_vector(None, p)
+
+    states, WS, AS, Wg, Ag = draw_problem(k=k, p=p, runs=runs, teacher=teacher, init=Init(w="gaussian", a="gaussian"),
+                                          v=v, seed=seed, run_offset=run_offset)
+    W0, A0 = _initial_values(init, Wg, Ag, AS)
+    norm0 = np.linalg.norm(W0, axis=1)
+    phi0 = angles(W0, WS)
+    sched = schedule.resolve(steps, runs=runs, phi0=phi0, norm0=norm0, a0=A0, a_star=AS)
+
+    rec = record_steps(steps, n_record)
+    phi_s = _classify.saddle_angles_batch(AS)
+    W = np.ascontiguousarray(W0.copy())
+    A = np.ascontiguousarray(A0.copy())
+    WV = np.ascontiguousarray(np.sort(W0, axis=1))
+    AV = np.ascontiguousarray(np.sort(A0, axis=1))
+    traj = np.empty((runs, rec.size, 4))
+    final = np.empty((runs, 4))
+    stop_step = np.empty(runs, dtype=np.int64)
+    stop_reason = np.empty(runs, dtype=np.int64)
+    slow_end = np.empty(runs, dtype=np.int64)
+    steps_tol = np.empty(runs, dtype=np.int64)
+    rate_pts = np.empty((runs, 6))
+    sync_info = np.empty((runs, 3), dtype=np.int64)
+    with numba_threads(threads):
+        laperm_gd(W, A, WS, AS, WV, AV, phi_s, K, permute != "a", permute != "w", INNER.index(inner), b1, b2, eps,
+                  sched.seg_end, sched.eta_w, sched.eta_a, steps, tolerances.loss_tol, tolerances.grad_tol,
+                  tolerances.eps, tolerances.divergence, tolerances.stop_trapped and inner == "gd", rec, traj, final,
+                  stop_step, stop_reason, slow_end, steps_tol, np.array(tolerances.rate_window), rate_pts, sync_info)
+
+    lref = loss_ref(AS)
+    code = _classify.classify(final_loss=final[:, 0], final_phi=final[:, 1], a=A, a_star=AS, scale=np.ones(runs),
+                              stop_reason=stop_reason, loss_ref=lref, loss_tol=tolerances.loss_tol)
+    fitted, linear, predicted = _rates(rate_pts, code, "cnn", W, A, WS, AS, sched, tolerances.linear_rtol)
+    extras: dict[str, np.ndarray] = {}
+    if K > 0:
+        opt = permutation_optimum(W0, A0, WS, AS, permute=permute)
+        free = np.ones(runs, dtype=bool)  # a layer that is not permuted matches any arrangement
+        w_ok = {key: np.all(W == opt[f"w_{key}"], axis=1) if permute != "a" else free for key in ("best", "anti")}
+        a_ok = {key: np.all(A == opt[f"a_{key}"], axis=1) if permute != "w" else free for key in ("best", "anti")}
+        match_best = w_ok["best"] & a_ok["best"]
+        match_anti = w_ok["anti"] & a_ok["anti"] & ~match_best
+        extras = {
+            "syncs": sync_info[:, 0].copy(),
+            "sync_changes": sync_info[:, 1].copy(),
+            "last_change_step": sync_info[:, 2].copy(),
+            "oracle_loss": opt["oracle_loss"],
+            "perm_optimal": match_best,
+            "perm_anti": match_anti,
+        }
+    settings = _settings_dict(model="cnn", trained_as="laperm" if K else "plain", k=k, p=p, runs=runs, steps=steps,
+                              schedule=schedule, sync_every=sync_every, inner=inner, init=init, permute=permute,
+                              teacher=teacher,
+                              adam=(b1, b2, eps), algorithm=inner, batch_size=None, seed=seed, run_offset=run_offset,
+                              tolerances=tolerances, n_record=n_record, allow_unstable=allow_unstable)
+    return SimulationResult(
+        settings=settings,
+        run_index=np.arange(run_offset, run_offset + runs, dtype=np.int64),
+        outcome=np.array(_classify.OUTCOMES, dtype=object)[code].astype(str),
+        stop_reason=np.array(STOP_NAMES, dtype=object)[stop_reason].astype(str),
+        steps=stop_step,
+        final_loss=final[:, 0],
+        final_phi=final[:, 1],
+        final_alignment=final[:, 2],
+        final_grad_norm=final[:, 3],
+        steps_to_tol=steps_tol,
+        slow_phase_end=slow_end,
+        fitted_rate=fitted,
+        theory_rate=predicted,
+        linear_regime=linear,
+        w=W,
+        a=A,
+        w0=W0,
+        a0=A0,
+        w_star=WS,
+        a_star=AS,
+        loss_ref=lref,
+        trajectory_steps=rec,
+        trajectory=traj,
+        warmup_steps=sched.warmup_steps if sched.warmup_steps is not None else np.full(runs, schedule.stage_one_steps),
+        warmup_eta_w=sched.warmup_eta_w if sched.warmup_eta_w is not None else np.full(runs, sched.eta_w[0, 0]),
+        extras=extras,
+    )
+
+
+# ---- comparison -------------------------------------------------------------------------------------------------
+def du_constant(k: int) -> Schedule:
+    """GD without warmup as in the du2018 sweep: ``eta_w = 0.5 (2/k)``, ``eta_a = 0.9 * 4 pi / (k + 2 pi - 2)``."""
+    return Schedule.constant(0.5 * 2.0 / k, 0.9 * optimal_eta_a(k))
+
+
+def _row(res: SimulationResult, method: str, k: int, p: int, K: int | None, dist: str, inner: str,
+         permute: str, base: SimulationResult) -> dict[str, Any]:
+    from sims.sweep import wilson
+
+    n = len(res)
+    row: dict[str, Any] = {"method": method, "k": k, "p": p, "sync_every": K if K else 0, "init": dist,
+                           "inner": inner, "permute": permute if K else "", "trials": n}
+    for name in ("global", "spurious"):
+        s = int(np.sum(res.outcome == name))
+        lo, hi = wilson(s, n)
+        row[f"p_{name}"], row[f"p_{name}_lo"], row[f"p_{name}_hi"] = s / n, float(lo), float(hi)
+    row["final_loss_median"] = float(np.median(res.final_loss))
+    row["final_loss_rel_median"] = float(np.median(res.final_loss / res.loss_ref))
+    if K:
+        for name in ("perm_optimal", "perm_anti"):
+            s = int(np.sum(res.extras[name]))
+            lo, hi = wilson(s, n)
+            row[f"p_{name}"], row[f"p_{name}_lo"], row[f"p_{name}_hi"] = s / n, float(lo), float(hi)
+        row["oracle_loss_rel_median"] = float(np.median(res.extras["oracle_loss"] / res.loss_ref))
+        row["last_change_median"] = float(np.median(res.extras["last_change_step"]))
+        # Paired with the plain optimizer from the same initial values: does LaPerm inherit its basin?
+        for name in ("global", "spurious"):
+            sel = base.outcome == name
+            row[f"p_perm_optimal_if_plain_{name}"] = float(np.mean(res.extras["perm_optimal"][sel])) if sel.any() \
+                else math.nan
+    else:
+        for name in ("perm_optimal", "perm_anti"):
+            row[f"p_{name}"] = row[f"p_{name}_lo"] = row[f"p_{name}_hi"] = math.nan
+        row["oracle_loss_rel_median"] = row["last_change_median"] = math.nan
+        row["p_perm_optimal_if_plain_global"] = row["p_perm_optimal_if_plain_spurious"] = math.nan
+    return row
+
+
+def compare(
+    *,
+    cells: Any = ((4, 4), (16, 16)),
+    sync_every: Any = (1, 10, 100),
+    inits: Any = INIT_DISTS,
+    inner: str = "gd",
+    permute: str = "both",
+    trials: int = 300,
+    steps: int = 5000,
+    schedule: Schedule | Any = du_constant,
+    teacher: Teacher | None = None,
+    seed: int = 0,
+    tolerances: Tolerances | None = None,
+    threads: int | None = None,
+):
+    """LaPerm against the plain inner optimizer from the same initial values, as a pandas DataFrame.
+
+    One row per method x (k, p) x initial distribution: ``method`` (``"gd-gaussian"`` -- the plain optimizer,
+    ``"gd"`` or ``"adam"`` -- or ``"laperm-K10-gaussian"``; with ``inner="adam"`` ``"laperm-adam-K10-gaussian"``,
+    with ``permute="w"`` ``"laperm-w-K10-gaussian"``), ``k``, ``p``, ``sync_every`` (0 for the plain optimizer),
+    ``init``, ``inner``, ``permute``, ``trials``, ``p_global`` with Wilson 95% interval
+    (``p_global_lo``/``p_global_hi``), ``p_spurious`` (and interval), ``final_loss_median`` and
+    ``final_loss_rel_median`` (loss / L_ref), and for LaPerm ``p_perm_optimal``/``p_perm_anti`` (with intervals),
+    ``oracle_loss_rel_median`` (best permutation), ``last_change_median`` (step of the last effective
+    synchronization) and ``p_perm_optimal_if_plain_global``/``..._spurious`` (the fraction reaching the best
+    permutation among the runs whose plain-optimizer twin ended at the global minimum / the spurious point).
+    All methods of a cell share teachers and initial values run by run (same ``seed``).
+    ``schedule``: a :class:`Schedule` or a function ``k -> Schedule`` (default :func:`du_constant`); ``teacher``
+    defaults to ``Teacher(w="sphere", require_spurious=True)`` (teachers with a spurious minimum, isotropic ``w*``).
+    """
+    import pandas as pd
+
+    teacher = Teacher(w="sphere", require_spurious=True) if teacher is None else teacher
+    trials = _check_int(trials, "trials", 1)
+    try:
+        cells = [(int(k), int(p)) for k, p in cells]
+    except (TypeError, ValueError):
+        raise ValueError(f"cells must be a sequence of (k, p) pairs; got {cells!r}") from None
+    Ks = [_check_int(K, "sync_every (K)", 1) for K in sync_every]
+    inits = list(inits)
+    rows = []
+    for k, p in cells:
+        sch = schedule(k) if callable(schedule) and not isinstance(schedule, Schedule) else schedule
+        for dist in inits:
+            kw = dict(k=k, p=p, runs=trials, steps=steps, schedule=sch, inner=inner, init=dist, teacher=teacher,
+                      seed=seed, tolerances=tolerances, threads=threads, n_record=2)
+            base = simulate_laperm(sync_every=None, **kw)
+            rows.append(_row(base, f"{inner}-{dist}", k, p, None, dist, inner, permute, base))
+            tag = "laperm" + ("" if inner == "gd" else f"-{inner}") + ("" if permute == "both" else f"-{permute}")
+            for K in Ks:
+                res = simulate_laperm(sync_every=K, permute=permute, **kw)
+                rows.append(_row(res, f"{tag}-K{K}-{dist}", k, p, K, dist, inner, permute, base))
+    return pd.DataFrame(rows)
