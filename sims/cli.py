@@ -114,8 +114,39 @@ def _run(name: str, spec: sweep.SweepSpec, args: argparse.Namespace, table: str 
 
 def cmd_table(args: argparse.Namespace) -> int:
     """Run one of the papers' tables (a packaged sweep), print it and write its directory and figures."""
+    if args.name in tables.DIRECT_TABLES:
+        return _run_direct(args)
     spec = tables.spec(args.name, **_overrides(args))
     return _run(args.name, spec, args, args.name)
+
+
+def _run_direct(args: argparse.Namespace) -> int:
+    """One-shot tables: no chunks, so --chunk, --workers and --scheduler do not apply; --set takes steps only."""
+    import time
+
+    for flag in ("chunk", "workers", "scheduler"):
+        if getattr(args, flag) is not None:
+            raise CLIError(f"--{flag} does not apply to table {args.name} (it runs in one process, in one shot)")
+    over = _overrides(args)
+    steps = over.pop("steps", None)
+    extra = sorted(set(over) - {"trials", "seed"})
+    if extra:
+        raise CLIError(f"--set {extra[0]} is not supported by table {args.name}; it accepts --set steps=N only")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise CLIError(f"steps must be an integer >= 1; got {steps!r}")
+    out = Path(args.out) if args.out else Path("runs") / args.name
+    t0 = time.perf_counter()
+    try:
+        text, figs, _ = tables.run_direct(args.name, out, trials=over.get("trials"), seed=over.get("seed"),
+                                          steps=steps, fmt=args.format)
+    except ValueError as exc:
+        if isinstance(exc, sweep.SweepError):
+            raise
+        raise CLIError(str(exc)) from None
+    print(text)
+    files = ["summary.csv", "summary.parquet", "table.csv", "metadata.json"] + [f.name for f in figs]
+    print(f"{args.name}: done in {time.perf_counter() - t0:.1f} s; wrote {out}/: {', '.join(files)}", file=sys.stderr)
+    return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -186,8 +217,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="shallowres", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    tb = sub.add_parser("table", help="reproduce a paper's table: " + ", ".join(tables.TABLES))
-    tb.add_argument("name", choices=tables.TABLES)
+    tb = sub.add_parser("table", help="reproduce a table: " + ", ".join(tables.TABLES + tables.DIRECT_TABLES))
+    tb.add_argument("name", choices=tables.TABLES + tables.DIRECT_TABLES)
     _sweep_options(tb, default_trials="1000")
     tb.set_defaults(func=cmd_table)
     sw = sub.add_parser("sweep", help="run a sweep file (TOML)")

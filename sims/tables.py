@@ -18,6 +18,8 @@ from sims import plots, sweep
 from sims.simulate import simulate
 
 TABLES: tuple[str, ...] = ("liu2019", "du2018", "two-phase")
+#: Tables computed in one shot by a comparison function (no chunked sweep, so no resume), see :func:`run_direct`.
+DIRECT_TABLES: tuple[str, ...] = ("distill", "laperm")
 FORMATS: tuple[str, ...] = ("markdown", "latex", "csv")
 RESTARTS: tuple[int, ...] = (1, 2, 4, 8)
 
@@ -177,3 +179,83 @@ def two_phase_figure(spec_: sweep.SweepSpec, out: Path, *, k: int = 16, p: int =
             tr = res.trajectory_of(r)
             curves.append((cell.method, tr["step"], np.maximum(tr["loss"] / res.loss_ref[r], 1e-16)))
     return plots.loss_curves(curves, out / "loss_curves", title=f"two phases of GD, k = {k}, p = {p}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One-shot tables (comparison functions of sims.distill, sims.laperm)
+
+DIRECT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "distill": {"trials": 300, "seed": 0, "steps": 5000},
+    "laperm": {"trials": 300, "seed": 0, "steps": 5000},
+}
+
+
+def run_direct(name: str, out: Path, *, trials: int | None = None, seed: int | None = None,
+               steps: int | None = None, fmt: str = "markdown") -> tuple[str, list[Path], pd.DataFrame]:
+    """Run a one-shot table, write ``summary.csv/.parquet``, ``table.csv``, ``metadata.json`` and the figure into
+    ``out`` (refusing a directory that holds another configuration), and return the rendered table."""
+    import json
+
+    if name not in DIRECT_TABLES:
+        raise sweep.SweepError(f"table must be one of {', '.join(TABLES + DIRECT_TABLES)}; got {name!r}")
+    settings = dict(DIRECT_DEFAULTS[name])
+    for key, val in (("trials", trials), ("seed", seed), ("steps", steps)):
+        if val is not None:
+            settings[key] = val
+    payload = json.dumps({"table": name, **settings}, sort_keys=True).encode()
+    fingerprint = sweep.hashlib.sha256(payload).hexdigest()[:16]
+    _check_direct_dir(out, fingerprint)
+    if name == "distill":
+        from sims import distill
+
+        summary = distill.compare(trials=settings["trials"], seed=settings["seed"], steps=settings["steps"])
+        cols = ["method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious",
+                "p_same_outcome_as_resnet", "steps_to_tol_median", "fade_end_loss_rel_median"]
+        caption = ("Fading shortcut (train with a shortcut whose weight decays to 0, deploy a plain CNN) against the "
+                   "ResNet and the CNN: P(global) in % [Wilson 95%], same teachers and inits run by run")
+        title = "Residual distillation: fading shortcut"
+    else:
+        from sims import laperm
+
+        summary = laperm.compare(trials=settings["trials"], seed=settings["seed"], steps=settings["steps"])
+        cols = ["method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious",
+                "p_perm_optimal", "final_loss_rel_median", "oracle_loss_rel_median"]
+        caption = ("LaPerm (train by permuting the initial values, sync every K steps) against plain GD: P(global) "
+                   "in % [Wilson 95%], P(best permutation), final and best-permutation loss / L_ref")
+        title = "Train-by-reconnect (LaPerm) against GD"
+    frame = summary[[c for c in cols if c in summary.columns]].copy()
+    frame.insert(4, "P(global) %", [_pct(r.p_global, r.p_global_lo, r.p_global_hi) for r in summary.itertuples()])
+    frame = frame.drop(columns=["p_global", "p_global_lo", "p_global_hi"])
+    for c in frame.columns:
+        if frame[c].dtype.kind == "f":
+            frame[c] = frame[c].map(lambda x, c=c: _num(x, ".0f" if "steps" in c else ".3f"))
+    out.mkdir(parents=True, exist_ok=True)
+    sweep._atomic_write(out / "config.json", json.dumps({"fingerprint": fingerprint, "table": name, **settings},
+                                                        indent=1).encode())
+    sweep._atomic_write(out / "summary.parquet", sweep._to_parquet(summary))
+    sweep._atomic_write(out / "summary.csv", summary.to_csv(index=False).encode())
+    sweep._atomic_write(out / "table.csv", frame.to_csv(index=False).encode())
+    meta = {"table": name, **settings, "fingerprint": fingerprint, "git_commit": sweep._git_commit()}
+    sweep._atomic_write(out / "metadata.json", json.dumps(meta, indent=1, default=str).encode())
+    figs = plots.success_rates(summary, out / "success_rates", title=title)
+    return render(frame, fmt, caption=caption), figs, summary
+
+
+def _check_direct_dir(out: Path, fingerprint: str) -> None:
+    import json
+
+    cfg = out / "config.json"
+    if cfg.exists():
+        try:
+            old = json.loads(cfg.read_text()).get("fingerprint")
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old != fingerprint:
+            raise sweep.SweepError(f"output directory {str(out)!r} holds a different configuration; use another --out")
+        sweep._check_writable(out, out)
+        return
+    if out.exists() and not out.is_dir():
+        raise sweep.SweepError(f"output path {str(out)!r} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        raise sweep.SweepError(f"output directory {str(out)!r} is not empty and holds no table; use another --out")
+    sweep._check_writable(out if out.exists() else sweep._existing_parent(out), out)
