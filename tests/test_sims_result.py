@@ -25,17 +25,21 @@ def _sim(model="resnet", *, k=4, p=5, runs=60, steps=400, n_record=64, seed=6, *
     return sims.simulate(model=model, k=k, p=p, runs=runs, steps=steps, n_record=n_record, seed=seed, **kw)
 
 
+def test_one_recorded_step_cannot_hold_the_first_and_the_last():
+    with pytest.raises(ValueError, match="n_record must be >= 2"):
+        record_steps(100, 1)
+
+
 @pytest.mark.parametrize("steps", [0, 1, 2, 5, 63, 64, 100, 1000, 12345, 10**6, 10**9])
-@pytest.mark.parametrize("n_record", [1, 2, 3, 10, 64, 1000])
+@pytest.mark.parametrize("n_record", [2, 3, 10, 64, 1000])
 def test_record_steps_are_log_spaced_from_zero_to_steps(steps, n_record):
     rec = record_steps(steps, n_record)
     assert rec.dtype == np.int64
     assert rec[0] == 0
     assert len(rec) <= n_record  # memory is bounded by n_record whatever the step budget
     assert np.all(np.diff(rec) > 0)
-    if n_record >= 2:
-        assert rec[-1] == steps
-        assert len(rec) >= min(steps + 1, 2)
+    assert rec[-1] == steps
+    assert len(rec) >= min(steps + 1, 2)
     if n_record >= 10 and steps >= 10**6:
         # Log-spaced: beyond the integer-crowded start, consecutive ratios are about (steps + 1)^(1/(n - 2)).
         ratio = (steps + 1) ** (1.0 / (n_record - 2))

@@ -1,0 +1,214 @@
+"""Peer implementations of batched population GD (and minibatch SGD) for ``gd_throughput.py``.
+
+Every peer advances ``R`` independent runs of the weight-normalized model (ResNet: the effective filter
+``w~ = w + v`` is the state, exactly as the engine carries it) from the same starting points ``(WT0, A0)`` with the
+same two-stage schedule (step ``t`` uses Stage I's step sizes when ``t < T1``, Stage II's after), and returns the
+final ``(WT, A)``.  The loss they descend is the closed form of SCIENCE.md section 2 written in the invariants
+``S = 1.a, Q = a.a, P = a.a*`` and the angle ``phi`` between ``w~`` and ``w*``::
+
+    L = [2 P c phi - 2 P s + 2 P - Q - Qs + S^2 - 2 S Ss + Ss^2 + pi (Q + Qs - 2 P c)] / (4 pi),  c, s = cos, sin phi
+
+- NumPy: the closed-form gradient (the same formulas the engine uses), vectorized over runs on ``(R, p)`` and
+  ``(R, k)`` arrays, in place where NumPy allows.
+- PyTorch: autograd of ``L`` on batched float64 tensors (the sum over runs of the per-run losses, whose gradient
+  is the stack of per-run gradients).
+- JAX: ``jit(fori_loop(vmap(grad(L))))`` in float64.
+
+Peers that are not installed raise :class:`MissingError` from their ``make_*`` factory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+PI = math.pi
+
+
+class MissingError(RuntimeError):
+    """The peer's library is not importable."""
+
+
+def closed_form_loss(WT, A, WS, AS):
+    """Population loss of each run (NumPy, float64), the engine's formula: used to compare final states."""
+    ww = np.einsum("ij,ij->i", WT, WT)
+    wws = np.einsum("ij,ij->i", WT, WS)
+    ws2 = np.einsum("ij,ij->i", WS, WS)
+    S, Q, P = A.sum(1), np.einsum("ij,ij->i", A, A), np.einsum("ij,ij->i", A, AS)
+    Ss, Qs = AS.sum(1), np.einsum("ij,ij->i", AS, AS)
+    n = np.sqrt(ww)
+    c_raw = wws / n
+    s_raw = np.sqrt(np.maximum(ws2 - c_raw * c_raw, 0.0))
+    h = np.hypot(c_raw, s_raw)
+    phi, c, s = np.arctan2(s_raw, c_raw), c_raw / h, s_raw / h
+    return (2 * P * c * phi - 2 * P * s + 2 * P - Q - Qs + S**2 - 2 * S * Ss + Ss**2 + PI * (-2 * P * c + Q + Qs)) / (
+        4 * PI
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- NumPy GD
+def make_numpy():
+    def run(WT0, A0, WS, AS, sched, steps):
+        T1, ew1, ea1, ew2, ea2 = sched
+        W = np.array(WT0, dtype=np.float64, order="C")
+        A = np.array(A0, dtype=np.float64, order="C")
+        ws2 = np.einsum("ij,ij->i", WS, WS)
+        Ss = AS.sum(1)
+        tw = np.empty_like(W)
+        ta = np.empty_like(A)
+        L_Q = 0.25 * (PI - 1.0) / PI
+        for t in range(steps):
+            ew, ea = (ew1, ea1) if t < T1 else (ew2, ea2)
+            ww = np.einsum("ij,ij->i", W, W)
+            wws = np.einsum("ij,ij->i", W, WS)
+            S = A.sum(1)
+            P = np.einsum("ij,ij->i", A, AS)
+            n = np.sqrt(ww)
+            c_raw = wws / n
+            s_raw = np.sqrt(np.maximum(ws2 - c_raw * c_raw, 0.0))
+            h = np.hypot(c_raw, s_raw)
+            phi = np.arctan2(s_raw, c_raw)
+            c, s = c_raw / h, s_raw / h
+            L_c = (0.5 / PI) * P * (phi - PI)
+            L_S = (0.5 / PI) * (S - Ss)
+            L_P = (0.5 / PI) * (c * phi - PI * c - s + 1.0)
+            alpha = 1.0 + ew * L_c * c_raw / ww
+            beta = -ew * L_c / n
+            # w~ <- alpha w~ + beta w*,  a <- (1 - 2 ea L_Q) a - ea L_P a* - ea L_S
+            np.multiply(W, alpha[:, None], out=W)
+            np.multiply(WS, beta[:, None], out=tw)
+            W += tw
+            A *= 1.0 - 2.0 * ea * L_Q
+            np.multiply(AS, (-ea * L_P)[:, None], out=ta)
+            A += ta
+            A -= (ea * L_S)[:, None]
+        return W, A
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- PyTorch GD
+def make_torch(threads: int = 2):
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingError(str(exc)) from None
+    torch.set_num_threads(threads)
+
+    def loss_sum(W, A, WS, AS, ws2, Ss, Qs):
+        ww = (W * W).sum(1)
+        wws = (W * WS).sum(1)
+        S, Q, P = A.sum(1), (A * A).sum(1), (A * AS).sum(1)
+        c_raw = wws / torch.sqrt(ww)
+        # clamp: sin(phi) = 0 exactly would make d sqrt / d s2 infinite (the engine uses 0 there too)
+        s_raw = torch.sqrt(torch.clamp(ws2 - c_raw * c_raw, min=1e-300))
+        phi = torch.atan2(s_raw, c_raw)
+        c, s = torch.cos(phi), torch.sin(phi)
+        L = (2 * P * c * phi - 2 * P * s + 2 * P - Q - Qs + S * S - 2 * S * Ss + Ss * Ss + PI * (Q + Qs - 2 * P * c))
+        return L.sum() / (4 * PI)
+
+    def run(WT0, A0, WS, AS, sched, steps):
+        T1, ew1, ea1, ew2, ea2 = sched
+        W = torch.tensor(WT0, dtype=torch.float64)
+        A = torch.tensor(A0, dtype=torch.float64)
+        tWS = torch.tensor(WS, dtype=torch.float64)
+        tAS = torch.tensor(AS, dtype=torch.float64)
+        ws2, Ss, Qs = (tWS * tWS).sum(1), tAS.sum(1), (tAS * tAS).sum(1)
+        for t in range(steps):
+            ew, ea = (ew1, ea1) if t < T1 else (ew2, ea2)
+            W.requires_grad_(True)
+            A.requires_grad_(True)
+            gW, gA = torch.autograd.grad(loss_sum(W, A, tWS, tAS, ws2, Ss, Qs), (W, A))
+            with torch.no_grad():
+                W = W - ew * gW
+                A = A - ea * gA
+        return W.detach().numpy(), A.detach().numpy()
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- JAX GD
+def make_jax():
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        from jax import lax
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingError(str(exc)) from None
+
+    def loss_one(w, a, ws, ast):
+        ww, wws, ws2 = w @ w, w @ ws, ws @ ws
+        S, Q, P, Ss, Qs = a.sum(), a @ a, a @ ast, ast.sum(), ast @ ast
+        c_raw = wws / jnp.sqrt(ww)
+        s_raw = jnp.sqrt(jnp.maximum(ws2 - c_raw * c_raw, 1e-300))
+        phi = jnp.arctan2(s_raw, c_raw)
+        c, s = jnp.cos(phi), jnp.sin(phi)
+        L = 2 * P * c * phi - 2 * P * s + 2 * P - Q - Qs + S * S - 2 * S * Ss + Ss * Ss + PI * (Q + Qs - 2 * P * c)
+        return L / (4 * PI)
+
+    batched_grad = jax.vmap(jax.grad(loss_one, argnums=(0, 1)))
+
+    @jax.jit
+    def _run(W, A, WS, AS, steps, T1, ew1, ea1, ew2, ea2):
+        def body(t, carry):
+            W, A = carry
+            gW, gA = batched_grad(W, A, WS, AS)
+            first = t < T1
+            ew = jnp.where(first, ew1, ew2)
+            ea = jnp.where(first, ea1, ea2)
+            return W - ew * gW, A - ea * gA
+
+        return lax.fori_loop(0, steps, body, (W, A))
+
+    def run(WT0, A0, WS, AS, sched, steps):
+        T1, ew1, ea1, ew2, ea2 = sched
+        W, A = _run(jnp.asarray(WT0), jnp.asarray(A0), jnp.asarray(WS), jnp.asarray(AS), steps, T1,
+                    ew1, ea1, ew2, ea2)
+        W.block_until_ready()
+        return np.asarray(W), np.asarray(A)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- NumPy SGD
+def make_numpy_sgd(batch_size: int, seed: int = 0):
+    """Online SGD on the empirical loss ``0.5 mean_b (f(Z_b) - f*(Z_b))^2`` of a fresh Gaussian minibatch per
+    step, the step of ``sims.finite_sample`` ("sgd"): with ``u = w~/||w~||``, ``h_bj = u.Z_bj``,
+    ``r_b = f - f*``, ``g_u = mean_b r_b sum_j a_j 1[h_bj > 0] Z_bj``, the filter gradient is
+    ``(I - u u^T) g_u / ||w~||`` and ``d/da_j = mean_b r_b relu(h_bj)``.  ``Z`` is one ``(R, B k, p)`` array per
+    step; both projections (student and teacher) are one batched matmul ``Z @ [u, w*]`` and ``g_u`` a second one."""
+    rng = np.random.default_rng(seed)
+    B = batch_size
+
+    def run(WT0, A0, WS, AS, sched, steps):
+        T1, ew1, ea1, ew2, ea2 = sched
+        W = np.array(WT0, dtype=np.float64)
+        A = np.array(A0, dtype=np.float64)
+        R, p = W.shape
+        k = A.shape[1]
+        Z = np.empty((R, B * k, p))
+        UW = np.empty((R, p, 2))
+        UW[:, :, 1] = WS
+        for t in range(steps):
+            ew, ea = (ew1, ea1) if t < T1 else (ew2, ea2)
+            rng.standard_normal(out=Z)
+            n = np.sqrt(np.einsum("ij,ij->i", W, W))
+            U = W / n[:, None]
+            UW[:, :, 0] = U
+            H = np.matmul(Z, UW).reshape(R, B, k, 2)  # student and teacher projections u.Z_bj, w*.Z_bj
+            act = np.maximum(H[..., 0], 0.0)
+            f = np.einsum("rbk,rk->rb", act, A)
+            fs = np.einsum("rbk,rk->rb", np.maximum(H[..., 1], 0.0), AS)
+            res = (f - fs) / B
+            ga = np.einsum("rb,rbk->rk", res, act)
+            C = (res[:, :, None] * A[:, None, :]) * (H[..., 0] > 0.0)
+            gu = np.matmul(C.reshape(R, 1, B * k), Z)[:, 0, :]
+            gw = (gu - np.einsum("ij,ij->i", U, gu)[:, None] * U) / n[:, None]
+            W -= ew * gw
+            A -= ea * ga
+        return W, A
+
+    return run
