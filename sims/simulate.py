@@ -192,7 +192,7 @@ def _explicit_init(init: Any, runs: int, p: int, k: int, model: str) -> tuple[np
 def record_steps(max_steps: int, n_record: int) -> np.ndarray:
     """``n_record`` log-spaced steps in ``[0, max_steps]`` (0 and ``max_steps`` included, duplicates dropped)."""
     if n_record <= 1:
-        return np.array([0], dtype=np.int64)
+        raise ValueError(f"n_record must be >= 2 (the first and the last step); got {n_record}")
     pts = np.unique(np.round(np.geomspace(1, max_steps + 1, n_record - 1)).astype(np.int64) - 1)
     return np.unique(np.concatenate([[0], pts, [max_steps]])).astype(np.int64)
 
@@ -227,6 +227,7 @@ def simulate(
     n_record: int = 64,
     allow_unstable: bool = False,
     threads: int | None = None,
+    expansion: Any = None,
 ) -> SimulationResult:
     """Train ``runs`` independent networks and return a :class:`SimulationResult`.
 
@@ -239,7 +240,15 @@ def simulate(
     ``batch_size`` inputs drawn once per run).  ``init`` is a :class:`Init` sampler (default: ``w0 = 0`` for the
     ResNet, a uniform unit ``w0`` for the CNNs, ``a0`` uniform in the ball of radius ``||a*||``) or explicit arrays
     ``(w0, a0)``, shared (1-D) or per run (2-D).
+
+    ``expansion``: a :class:`sims.Expansion` trains a deep linear expansion of ``w`` and/or ``a`` instead (see
+    :mod:`sims.expansion`: same draws and result, with the contracted weights and the factors in ``extras``).
     """
+    if expansion is not None:
+        from sims import expansion as _expansion
+
+        if _expansion.check(expansion).is_plain:  # depth 1 realizing the engine's init: the unexpanded network
+            return _expansion.run_plain(simulate, locals())
     teacher = Teacher() if teacher is None else teacher
     tolerances = Tolerances() if tolerances is None else tolerances
     model = check_model(model)
@@ -249,7 +258,7 @@ def simulate(
     steps = _check_int(steps, "steps", 0)
     run_offset = _check_int(run_offset, "run_offset", 0)
     _check_int(seed, "seed", 0)
-    n_record = _check_int(n_record, "n_record", 1, 100_000)
+    n_record = _check_int(n_record, "n_record", 2, 100_000)  # step 0 and the last step at least
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
     if algorithm != "gd":
@@ -293,6 +302,12 @@ def simulate(
         AS = np.repeat(a_star[None, :], runs, axis=0)
     if explicit is not None:  # the streams were still advanced by the draw, so noise does not depend on init
         W0, A0 = explicit
+    if expansion is not None:  # train the factors from the same draws (sims.expansion)
+        return _expansion.train(expansion, model=model, k=k, p=p, runs=runs, steps=steps, schedule=schedule,
+                                teacher=teacher, init=init, algorithm=algorithm, batch_size=batch_size, v=v, seed=seed,
+                                run_offset=run_offset, tolerances=tolerances, n_record=n_record,
+                                allow_unstable=allow_unstable, threads=threads, states=states, WS=WS, AS=AS, W0=W0,
+                                A0=A0)
     WT0 = W0 + v if model == "resnet" else W0.copy()
     norm0 = np.linalg.norm(WT0, axis=1)
     if np.any(norm0 == 0.0):
@@ -382,6 +397,11 @@ def _run_kernel(algorithm, model, WT0, A0, WS, AS, phi_s, sched, states, steps, 
 
 def _rates(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
     """Measured per-step loss contraction, whether the curve was geometric, and the theory's ``rate^2``."""
+    with np.errstate(over="ignore", invalid="ignore"):  # diverged runs may hold inf; they get NaN rates
+        return _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol)
+
+
+def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
     R = len(code)
     t_hi, L_hi, t_mid, L_mid, t_lo, L_lo = rate_pts.T
     # Only windows that lie in the last segment measure the final step sizes' rate.
