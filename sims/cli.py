@@ -129,16 +129,20 @@ def _run_direct(args: argparse.Namespace) -> int:
             raise CLIError(f"--{flag} does not apply to table {args.name} (it runs in one process, in one shot)")
     over = _overrides(args)
     steps = over.pop("steps", None)
+    step_rule = over.pop("step_rule", None) if args.name == "expand" else None
     extra = sorted(set(over) - {"trials", "seed"})
     if extra:
-        raise CLIError(f"--set {extra[0]} is not supported by table {args.name}; it accepts --set steps=N only")
+        accepted = "steps=N and step_rule=same|matched" if args.name == "expand" else "steps=N"
+        raise CLIError(f"--set {extra[0]} is not supported by table {args.name}; it accepts --set {accepted} only")
+    if step_rule is not None and step_rule not in ("same", "matched"):
+        raise CLIError(f"step_rule must be 'same' or 'matched'; got {step_rule!r}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise CLIError(f"steps must be an integer >= 1; got {steps!r}")
     out = Path(args.out) if args.out else Path("runs") / args.name
     t0 = time.perf_counter()
     try:
         text, figs, _ = tables.run_direct(args.name, out, trials=over.get("trials"), seed=over.get("seed"),
-                                          steps=steps, fmt=args.format)
+                                          steps=steps, step_rule=step_rule, fmt=args.format)
     except ValueError as exc:
         if isinstance(exc, sweep.SweepError):
             raise
@@ -162,7 +166,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
-PLOTS = ("landscape", "basins", "trajectories", "success-rates", "two-phase", "all")
+PLOTS = ("landscape", "basins", "trajectories", "success-rates", "two-phase", "expansions", "all")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -185,6 +189,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
             written += plots.basins(out / "basins")
         elif name == "trajectories":
             written += plots.trajectories(out / "trajectories")
+        elif name == "expansions":
+            from sims import expansion
+
+            rows = expansion.compare(k=8, p=8, trials=min(args.trials, 100), seed=0, steps=20000, step_rule="matched",
+                                     rates=(1, 2), timing_repeats=1)
+            written += plots.expansions(rows, out / "expansions")
+            written += plots.end_to_end(out / "end_to_end")
         else:
             table = "liu2019" if name == "success-rates" else "two-phase"
             sweep_dir = Path(args.sweep) if args.sweep else None

@@ -237,3 +237,40 @@ def trajectories(stem: str | Path, *, k: int = 16, p: int = 16, runs: int = 12, 
         fig.suptitle(f"(phi, a.a*) trajectories, k = {k}, p = {p}; dots: starts; blue: global, vermillion: spurious",
                      fontsize=9, y=1.04)
         return save(fig, stem)
+
+
+def expansions(rows: pd.DataFrame, stem: str | Path) -> list[Path]:
+    """P(global) with Wilson intervals against depth, one panel per method (model x warmup), one series per
+    target and rate (rows of :func:`sims.expansion.compare`)."""
+    with plt.rc_context(STYLE):
+        methods = list(dict.fromkeys(rows["method"]))
+        fig, axes = plt.subplots(1, len(methods), figsize=(2.9 * len(methods), 3.0), sharey=True, squeeze=False)
+        series = rows[["target", "rate"]].drop_duplicates().sort_values(["target", "rate"]).to_records(index=False)
+        for ax, method in zip(axes[0], methods, strict=True):
+            sub = rows[rows["method"] == method]
+            for j, (target, rate) in enumerate(series):
+                s = sub[(sub["target"] == target) & (sub["rate"] == rate)].sort_values("depth")
+                if s.empty:
+                    continue
+                x = s["depth"] + 0.06 * (j - len(series) / 2)
+                yerr = np.maximum(0.0, [s["p_global"] - s["p_global_lo"], s["p_global_hi"] - s["p_global"]])
+                ax.errorbar(x, s["p_global"], yerr=yerr, fmt=MARKERS[j % len(MARKERS)] + "-", ms=3, lw=0.8,
+                            capsize=2, color=PALETTE[j % len(PALETTE)], label=f"{target}, r={rate}")
+            ax.set_title(method, fontsize=8)
+            ax.set_xlabel("depth N (number of factors)")
+            ax.set_xticks(sorted(rows["depth"].unique()))
+        axes[0][0].set_ylabel("P(global minimum)")
+        axes[0][-1].legend(frameon=False, fontsize=6)
+        return save(fig, stem)
+
+
+def end_to_end(stem: str | Path) -> list[Path]:
+    """Deviation of factor GD from the end-to-end formula, balanced against unbalanced inits
+    (:func:`sims.expansion.deviation_study`, drawn by :func:`sims.expansion.plot_deviation`)."""
+    from sims import expansion
+
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        expansion.plot_deviation(expansion.deviation_study(), ax=ax)
+        ax.set_title("factor GD vs the end-to-end formula (balanced: small; unbalanced: order one)", fontsize=8)
+        return save(fig, stem)

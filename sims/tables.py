@@ -19,7 +19,7 @@ from sims.simulate import simulate
 
 TABLES: tuple[str, ...] = ("liu2019", "du2018", "two-phase")
 #: Tables computed in one shot by a comparison function (no chunked sweep, so no resume), see :func:`run_direct`.
-DIRECT_TABLES: tuple[str, ...] = ("distill", "laperm")
+DIRECT_TABLES: tuple[str, ...] = ("distill", "laperm", "expand")
 FORMATS: tuple[str, ...] = ("markdown", "latex", "csv")
 RESTARTS: tuple[int, ...] = (1, 2, 4, 8)
 
@@ -187,11 +187,13 @@ def two_phase_figure(spec_: sweep.SweepSpec, out: Path, *, k: int = 16, p: int =
 DIRECT_DEFAULTS: dict[str, dict[str, Any]] = {
     "distill": {"trials": 300, "seed": 0, "steps": 5000},
     "laperm": {"trials": 300, "seed": 0, "steps": 5000},
+    "expand": {"trials": 200, "seed": 0, "steps": 20000, "step_rule": "matched"},
 }
 
 
 def run_direct(name: str, out: Path, *, trials: int | None = None, seed: int | None = None,
-               steps: int | None = None, fmt: str = "markdown") -> tuple[str, list[Path], pd.DataFrame]:
+               steps: int | None = None, step_rule: str | None = None, fmt: str = "markdown"
+               ) -> tuple[str, list[Path], pd.DataFrame]:
     """Run a one-shot table, write ``summary.csv/.parquet``, ``table.csv``, ``metadata.json`` and the figure into
     ``out`` (refusing a directory that holds another configuration), and return the rendered table."""
     import json
@@ -199,7 +201,9 @@ def run_direct(name: str, out: Path, *, trials: int | None = None, seed: int | N
     if name not in DIRECT_TABLES:
         raise sweep.SweepError(f"table must be one of {', '.join(TABLES + DIRECT_TABLES)}; got {name!r}")
     settings = dict(DIRECT_DEFAULTS[name])
-    for key, val in (("trials", trials), ("seed", seed), ("steps", steps)):
+    if step_rule is not None and name != "expand":
+        raise sweep.SweepError(f"step_rule applies to table expand only, not {name}")
+    for key, val in (("trials", trials), ("seed", seed), ("steps", steps), ("step_rule", step_rule)):
         if val is not None:
             settings[key] = val
     payload = json.dumps({"table": name, **settings}, sort_keys=True).encode()
@@ -214,6 +218,18 @@ def run_direct(name: str, out: Path, *, trials: int | None = None, seed: int | N
         caption = ("Fading shortcut (train with a shortcut whose weight decays to 0, deploy a plain CNN) against the "
                    "ResNet and the CNN: P(global) in % [Wilson 95%], same teachers and inits run by run")
         title = "Residual distillation: fading shortcut"
+    elif name == "expand":
+        from sims import expansion
+
+        summary = expansion.compare(k=8, p=8, trials=settings["trials"], seed=settings["seed"],
+                                    steps=settings["steps"], step_rule=settings["step_rule"], timing_runs=16,
+                                    timing_steps=2000, timing_repeats=2)
+        cols = ["method", "target", "depth", "rate", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi",
+                "p_spurious", "p_diverged", "steps_to_tol_median", "seconds_per_step"]
+        caption = ("Deep linear expansions (product of N factors, ExpandNets rate r) of w, a or both, GD on the "
+                   f"factors, k = p = 8, step rule {settings['step_rule']!r}: P(global) in % [Wilson 95%]; "
+                   "depth 1 is the unexpanded network")
+        title = "Deep linear expansions: P(global) by method, target, depth and rate"
     else:
         from sims import laperm
 
@@ -228,7 +244,8 @@ def run_direct(name: str, out: Path, *, trials: int | None = None, seed: int | N
     frame = frame.drop(columns=["p_global", "p_global_lo", "p_global_hi"])
     for c in frame.columns:
         if frame[c].dtype.kind == "f":
-            frame[c] = frame[c].map(lambda x, c=c: _num(x, ".0f" if "steps" in c else ".3f"))
+            fmt_c = ".2e" if c == "seconds_per_step" else (".0f" if "steps" in c else ".3f")
+            frame[c] = frame[c].map(lambda x, f=fmt_c: _num(x, f))
     out.mkdir(parents=True, exist_ok=True)
     sweep._atomic_write(out / "config.json", json.dumps({"fingerprint": fingerprint, "table": name, **settings},
                                                         indent=1).encode())
@@ -237,7 +254,10 @@ def run_direct(name: str, out: Path, *, trials: int | None = None, seed: int | N
     sweep._atomic_write(out / "table.csv", frame.to_csv(index=False).encode())
     meta = {"table": name, **settings, "fingerprint": fingerprint, "git_commit": sweep._git_commit()}
     sweep._atomic_write(out / "metadata.json", json.dumps(meta, indent=1, default=str).encode())
-    figs = plots.success_rates(summary, out / "success_rates", title=title)
+    if name == "expand":
+        figs = plots.expansions(summary, out / "expansions")
+    else:
+        figs = plots.success_rates(summary, out / "success_rates", title=title)
     return render(frame, fmt, caption=caption), figs, summary
 
 

@@ -50,3 +50,19 @@ def test_laperm_table_never_reaches_the_global_minimum(tmp_path):
     k100 = lap[lap["method"].str.contains("K100")]
     k1 = lap[lap["method"].str.contains("K1-")]
     assert k100["p_perm_optimal"].mean() > k1["p_perm_optimal"].mean()
+
+
+def test_expand_table_depth_one_is_the_unexpanded_network(tmp_path):
+    out = tmp_path / "expand"
+    res = cli("table", "expand", "--trials", "20", "--set", "steps=3000", "--out", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    s = pd.read_csv(out / "summary.csv")
+    assert set(s["depth"]) == {1, 2, 3, 4} and set(s["rate"]) == {1, 2, 4} and set(s["target"]) == {"w", "a", "both"}
+    assert set(s["method"]) == {"resnet-no-warmup", "resnet-warmup", "cnn-no-warmup", "cnn-warmup"}
+    # Depth 1 is the unexpanded network: identical numbers whatever the target and rate, and the same as
+    # sims.simulate without an expansion (tested bit for bit in test_expansion.py).
+    for _method, g in s[s["depth"] == 1].groupby("method"):
+        assert g["p_global"].nunique() == 1 and g["steps_to_tol_median"].nunique() == 1
+    assert (s["seconds_per_step"] > 0).all()
+    bad = cli("table", "expand", "--set", "step_rule=fast", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "step_rule must be 'same' or 'matched'" in bad.stderr
