@@ -13,7 +13,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 
 def test_notebooks_exist_with_stripped_outputs():
     names = [p.stem for p in NOTEBOOKS]
-    for expected in ("01_landscape", "02_two_stage_dynamics", "03_convergence_tables", "05_sgd_vs_gd"):
+    for expected in ("01_landscape", "02_two_stage_dynamics", "03_convergence_tables", "04_deep_linear_expansions",
+                     "05_sgd_vs_gd"):
         assert expected in names
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
