@@ -150,8 +150,6 @@ def test_compare_rows():
     assert set(df["method"]) == {"resnet-no-warmup", "resnet-warmup"}
     assert np.all((df.p_global_lo <= df.p_global) & (df.p_global <= df.p_global_hi))
     assert np.all(np.isfinite(df.seconds_per_step) & (df.seconds_per_step >= 0))
-    # the factored rows time ~10 ms of kernel work per difference (well above timer jitter): strictly positive
-    assert np.all(df[df.depth == 2].seconds_per_step > 0)
     # depth 1 is the plain engine: the same numbers as sims.simulate without expansion
     from sims.schedules import optimal_eta_a
 

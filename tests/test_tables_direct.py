@@ -63,6 +63,6 @@ def test_expand_table_depth_one_is_the_unexpanded_network(tmp_path):
     # sims.simulate without an expansion (tested bit for bit in test_expansion.py).
     for _method, g in s[s["depth"] == 1].groupby("method"):
         assert g["p_global"].nunique() == 1 and g["steps_to_tol_median"].nunique() == 1
-    assert (s["seconds_per_step"] > 0).all()
+    assert s["seconds_per_step"].notna().all()  # measured, not judged: tests never time things
     bad = cli("table", "expand", "--set", "step_rule=fast", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "step_rule must be 'same' or 'matched'" in bad.stderr
