@@ -64,7 +64,16 @@ from sims.kernels import (
 from sims.rng import normal_pair
 from sims.samplers import Init, Teacher
 from sims.schedules import Schedule, optimal_eta_a
-from sims.simulate import SimulationResult, Tolerances, _check_int, _rates, _settings_dict, record_steps, simulate
+from sims.simulate import (
+    SimulationResult,
+    Tolerances,
+    _check_int,
+    _rates,
+    _settings_dict,
+    assemble_result,
+    record_steps,
+    simulate,
+)
 
 FADE_KINDS: tuple[str, ...] = ("linear", "cosine", "step", "custom")
 _PI = math.pi
@@ -531,34 +540,12 @@ def simulate_fading(
                               schedule=schedule, fade=fade, teacher=teacher, init=init, algorithm="gd",
                               batch_size=None, shortcut=v, seed=seed, run_offset=run_offset, tolerances=tolerances,
                               n_record=n_record, allow_unstable=allow_unstable)
-    return SimulationResult(
-        settings=settings,
-        run_index=np.arange(run_offset, run_offset + runs, dtype=np.int64),
-        outcome=np.array(_classify.OUTCOMES, dtype=object)[code].astype(str),
-        stop_reason=np.array(kernels.STOP_NAMES, dtype=object)[stop_reason].astype(str),
-        steps=stop_step,
-        final_loss=final[:, 0],
-        final_phi=final[:, 1],
-        final_alignment=final[:, 2],
-        final_grad_norm=final[:, 3],
-        steps_to_tol=steps_tol,
-        slow_phase_end=slow_end,
-        fitted_rate=fitted,
-        theory_rate=predicted,
-        linear_regime=linear,
-        w=W,
-        a=A,
-        w0=W0,
-        a0=A0,
-        w_star=WS,
-        a_star=AS,
-        loss_ref=lref,
-        trajectory_steps=rec,
-        trajectory=traj,
-        warmup_steps=sched.warmup_steps if sched.warmup_steps is not None else np.full(runs, schedule.stage_one_steps),
-        warmup_eta_w=sched.warmup_eta_w if sched.warmup_eta_w is not None else np.full(runs, sched.eta_w[0, 0]),
-        extras={"fade_end_loss": fade_end[:, 0].copy(), "fade_end_phi": fade_end[:, 1].copy()},
-    )
+    return assemble_result(settings=settings, run_offset=run_offset, code=code, stop_names=kernels.STOP_NAMES,
+                           stop_reason=stop_reason, stop_step=stop_step, final=final, steps_tol=steps_tol,
+                           slow_end=slow_end, fitted=fitted, theory_rate=predicted, linear=linear, w=W, a=A,
+                           w0=W0, a0=A0, w_star=WS, a_star=AS, loss_ref=lref, rec=rec, traj=traj, sched=sched,
+                           schedule=schedule,
+                           extras={"fade_end_loss": fade_end[:, 0].copy(), "fade_end_phi": fade_end[:, 1].copy()})
 
 
 # ---- comparison -------------------------------------------------------------------------------------------------

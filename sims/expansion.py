@@ -539,7 +539,7 @@ def train(expansion: Expansion, *, model: str, k: int, p: int, runs: int, steps:
                               stop_reason=stop_reason, loss_ref=loss_ref, loss_tol=tolerances.loss_tol)
     stuck = stop_reason == ek.STOP_STUCK
     code = np.where(stuck & (code != _classify.SPURIOUS), _classify.SADDLE, code)
-    fitted, linear = _fitted_rates(rate_pts, code, sched, tolerances.linear_rtol)
+    fitted, linear = _sim.fitted_rates(rate_pts, code, sched, tolerances.linear_rtol)
     settings = _sim._settings_dict(model=model, k=k, p=p, runs=runs, steps=steps, schedule=schedule,
                                    teacher=teacher, init=init, algorithm=algorithm, batch_size=batch_size,
                                    shortcut=v, seed=seed, run_offset=run_offset, tolerances=tolerances,
@@ -549,56 +549,11 @@ def train(expansion: Expansion, *, model: str, k: int, p: int, runs: int, steps:
     if expansion.record_weights:
         extras["w_traj"] = wrec[:, :, :p].copy()
         extras["a_traj"] = wrec[:, :, p:].copy()
-    return _sim.SimulationResult(
-        settings=settings,
-        run_index=np.arange(run_offset, run_offset + runs, dtype=np.int64),
-        outcome=np.array(_classify.OUTCOMES, dtype=object)[code].astype(str),
-        stop_reason=np.array(STOP_NAMES, dtype=object)[stop_reason].astype(str),
-        steps=stop_step,
-        final_loss=final[:, 0],
-        final_phi=final[:, 1],
-        final_alignment=final[:, 2],
-        final_grad_norm=final[:, 3],
-        steps_to_tol=steps_tol,
-        slow_phase_end=slow_end,
-        fitted_rate=fitted,
-        theory_rate=np.full(runs, np.nan),
-        linear_regime=linear,
-        w=WT - vk,
-        a=A,
-        w0=W0c,
-        a0=A0c,
-        w_star=WS,
-        a_star=AS,
-        loss_ref=loss_ref,
-        trajectory_steps=rec,
-        trajectory=traj,
-        warmup_steps=sched.warmup_steps if sched.warmup_steps is not None else np.full(runs, schedule.stage_one_steps),
-        warmup_eta_w=sched.warmup_eta_w if sched.warmup_eta_w is not None else np.full(runs, sched.eta_w[0, 0]),
-        extras=extras,
-    )
-
-
-def _fitted_rates(rate_pts, code, sched, linear_rtol):
-    """Measured per-step loss contraction and whether the two rate windows agree (as :func:`sims.simulate`'s
-    ``_rates`` without the plain-GD Hessian share test)."""
-    MIN_WINDOW_STEPS = importlib.import_module("sims.simulate").MIN_WINDOW_STEPS
-    R = len(code)
-    t_hi, L_hi, t_mid, L_mid, t_lo, L_lo = rate_pts.T
-    last_start = sched.seg_end[:, -2] if sched.seg_end.shape[1] > 1 else np.zeros(1)
-    glob = code == _classify.GLOBAL
-    ok = glob & (t_mid >= last_start) & (t_lo > t_mid) & (L_mid > 0) & (L_lo > 0)
-    ok_hi = ok & (t_hi >= last_start) & (t_mid > t_hi) & (L_hi > 0)
-    fitted = np.full(R, np.nan)
-    log_lo = np.full(R, np.nan)
-    log_hi = np.full(R, np.nan)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_lo[ok] = np.log(L_lo[ok] / L_mid[ok]) / (t_lo[ok] - t_mid[ok])
-        log_hi[ok_hi] = np.log(L_mid[ok_hi] / L_hi[ok_hi]) / (t_mid[ok_hi] - t_hi[ok_hi])
-        fitted[ok] = np.exp(log_lo[ok])
-        linear = ok_hi & (np.abs(log_hi / log_lo - 1.0) <= linear_rtol)
-    linear &= (t_lo - t_mid >= MIN_WINDOW_STEPS) & (t_mid - t_hi >= MIN_WINDOW_STEPS)
-    return fitted, linear
+    return _sim.assemble_result(settings=settings, run_offset=run_offset, code=code, stop_names=STOP_NAMES,
+                                stop_reason=stop_reason, stop_step=stop_step, final=final, steps_tol=steps_tol,
+                                slow_end=slow_end, fitted=fitted, theory_rate=np.full(runs, np.nan), linear=linear,
+                                w=WT - vk, a=A, w0=W0c, a0=A0c, w_star=WS, a_star=AS, loss_ref=loss_ref, rec=rec,
+                                traj=traj, sched=sched, schedule=schedule, extras=extras)
 
 
 # ---- the end-to-end dynamics and where it holds ---------------------------------------------------------------

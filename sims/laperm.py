@@ -69,7 +69,15 @@ from sims.kernels import (
 )
 from sims.samplers import Init, Teacher
 from sims.schedules import Schedule, optimal_eta_a
-from sims.simulate import SimulationResult, Tolerances, _check_int, _rates, _settings_dict, record_steps
+from sims.simulate import (
+    SimulationResult,
+    Tolerances,
+    _check_int,
+    _rates,
+    _settings_dict,
+    assemble_result,
+    record_steps,
+)
 
 INNER: tuple[str, ...] = ("gd", "adam")
 INIT_DISTS: tuple[str, ...] = ("gaussian", "uniform")
@@ -558,34 +566,11 @@ def simulate_laperm(
                               teacher=teacher,
                               adam=(b1, b2, eps), algorithm=inner, batch_size=None, seed=seed, run_offset=run_offset,
                               tolerances=tolerances, n_record=n_record, allow_unstable=allow_unstable)
-    return SimulationResult(
-        settings=settings,
-        run_index=np.arange(run_offset, run_offset + runs, dtype=np.int64),
-        outcome=np.array(_classify.OUTCOMES, dtype=object)[code].astype(str),
-        stop_reason=np.array(STOP_NAMES, dtype=object)[stop_reason].astype(str),
-        steps=stop_step,
-        final_loss=final[:, 0],
-        final_phi=final[:, 1],
-        final_alignment=final[:, 2],
-        final_grad_norm=final[:, 3],
-        steps_to_tol=steps_tol,
-        slow_phase_end=slow_end,
-        fitted_rate=fitted,
-        theory_rate=predicted,
-        linear_regime=linear,
-        w=W,
-        a=A,
-        w0=W0,
-        a0=A0,
-        w_star=WS,
-        a_star=AS,
-        loss_ref=lref,
-        trajectory_steps=rec,
-        trajectory=traj,
-        warmup_steps=sched.warmup_steps if sched.warmup_steps is not None else np.full(runs, schedule.stage_one_steps),
-        warmup_eta_w=sched.warmup_eta_w if sched.warmup_eta_w is not None else np.full(runs, sched.eta_w[0, 0]),
-        extras=extras,
-    )
+    return assemble_result(settings=settings, run_offset=run_offset, code=code, stop_names=STOP_NAMES,
+                           stop_reason=stop_reason, stop_step=stop_step, final=final, steps_tol=steps_tol,
+                           slow_end=slow_end, fitted=fitted, theory_rate=predicted, linear=linear, w=W, a=A,
+                           w0=W0, a0=A0, w_star=WS, a_star=AS, loss_ref=lref, rec=rec, traj=traj, sched=sched,
+                           schedule=schedule, extras=extras)
 
 
 # ---- comparison -------------------------------------------------------------------------------------------------

@@ -335,11 +335,24 @@ def simulate(
                               init=init, algorithm=algorithm, batch_size=batch_size, shortcut=v, seed=seed,
                               run_offset=run_offset, tolerances=tolerances, n_record=n_record,
                               allow_unstable=allow_unstable)
+    return assemble_result(settings=settings, run_offset=run_offset, code=code, stop_names=kernels.STOP_NAMES,
+                           stop_reason=stop_reason, stop_step=stop_step, final=final, steps_tol=steps_tol,
+                           slow_end=slow_end, fitted=fitted, theory_rate=predicted, linear=linear, w=W, a=A, w0=W0,
+                           a0=A0, w_star=WS, a_star=AS, loss_ref=loss_ref, rec=rec, traj=traj, sched=sched,
+                           schedule=schedule)
+
+
+def assemble_result(*, settings, run_offset, code, stop_names, stop_reason, stop_step, final, steps_tol, slow_end,
+                    fitted, theory_rate, linear, w, a, w0, a0, w_star, a_star, loss_ref, rec, traj, sched, schedule,
+                    extras=None) -> SimulationResult:
+    """A :class:`SimulationResult` from a kernel's outputs (shared by every engine: plain, expansion, fading,
+    LaPerm); ``stop_names`` maps the kernel's stop codes to names."""
+    runs = len(code)
     return SimulationResult(
         settings=settings,
         run_index=np.arange(run_offset, run_offset + runs, dtype=np.int64),
         outcome=np.array(_classify.OUTCOMES, dtype=object)[code].astype(str),
-        stop_reason=np.array(kernels.STOP_NAMES, dtype=object)[stop_reason].astype(str),
+        stop_reason=np.array(stop_names, dtype=object)[stop_reason].astype(str),
         steps=stop_step,
         final_loss=final[:, 0],
         final_phi=final[:, 1],
@@ -348,19 +361,20 @@ def simulate(
         steps_to_tol=steps_tol,
         slow_phase_end=slow_end,
         fitted_rate=fitted,
-        theory_rate=predicted,
+        theory_rate=theory_rate,
         linear_regime=linear,
-        w=W,
-        a=A,
-        w0=W0,
-        a0=A0,
-        w_star=WS,
-        a_star=AS,
+        w=w,
+        a=a,
+        w0=w0,
+        a0=a0,
+        w_star=w_star,
+        a_star=a_star,
         loss_ref=loss_ref,
         trajectory_steps=rec,
         trajectory=traj,
         warmup_steps=sched.warmup_steps if sched.warmup_steps is not None else np.full(runs, schedule.stage_one_steps),
         warmup_eta_w=sched.warmup_eta_w if sched.warmup_eta_w is not None else np.full(runs, sched.eta_w[0, 0]),
+        extras={} if extras is None else extras,
     )
 
 
@@ -401,7 +415,9 @@ def _rates(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
         return _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol)
 
 
-def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
+def fitted_rates(rate_pts, code, sched, linear_rtol):
+    """Measured per-step loss contraction between the last two rate levels, and whether the rate one window
+    earlier agrees (both windows in the last schedule segment and at least ``MIN_WINDOW_STEPS`` long)."""
     R = len(code)
     t_hi, L_hi, t_mid, L_mid, t_lo, L_lo = rate_pts.T
     # Only windows that lie in the last segment measure the final step sizes' rate.
@@ -418,6 +434,13 @@ def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
         fitted[ok] = np.exp(log_lo[ok])
         linear = ok_hi & (np.abs(log_hi / log_lo - 1.0) <= linear_rtol)
     linear &= (t_lo - t_mid >= MIN_WINDOW_STEPS) & (t_mid - t_hi >= MIN_WINDOW_STEPS)
+    return fitted, linear
+
+
+def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
+    R = len(code)
+    glob = code == _classify.GLOBAL
+    fitted, linear = fitted_rates(rate_pts, code, sched, linear_rtol)
     predicted = np.full(R, np.nan)
     last = sched.eta_w.shape[1] - 1
     sr = np.arange(R) if sched.eta_w.shape[0] > 1 else np.zeros(R, dtype=np.int64)
