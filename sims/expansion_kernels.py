@@ -36,6 +36,7 @@ from sims.kernels import (
     angle_from,
     grad_a_sq,
     optimal_alignment,
+    track_rate_levels,
 )
 from sims.rng import fill_normal, fill_normal_zig, normal_pair
 from theory import closed_forms as _tcf
@@ -410,12 +411,7 @@ def expanded_train(
                 slow_end[r] = t
             if L <= tol_eps and steps_tol[r] < 0:
                 steps_tol[r] = t
-            for lv in range(3):
-                if L > rate_levels[lv] * L_ref:
-                    rate_pts[r, 2 * lv] = -1.0
-                elif rate_pts[r, 2 * lv] < 0.0:
-                    rate_pts[r, 2 * lv] = t
-                    rate_pts[r, 2 * lv + 1] = L
+            track_rate_levels(r, t, L, L_ref, rate_levels, rate_pts)
             while rec < m and record_steps[rec] == t:
                 d2 = 0.0
                 for j in range(k):

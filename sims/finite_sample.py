@@ -51,6 +51,8 @@ from sims.kernels import (
     STOP_MAX_STEPS,
     angle_from,
     grad_a_sq,
+    record_trajectory,
+    track_rate_levels,
 )
 from sims.rng import zig_normal
 
@@ -513,21 +515,8 @@ def _run_one(
             slow_end[r] = t
         if L <= tol_eps and steps_tol[r] < 0:
             steps_tol[r] = t
-        for lv in range(3):  # the last downward crossing of each level (a rise above it forgets it)
-            if L > rate_levels[lv] * L_ref:
-                rate_pts[r, 2 * lv] = -1.0
-            elif rate_pts[r, 2 * lv] < 0.0:
-                rate_pts[r, 2 * lv] = t
-                rate_pts[r, 2 * lv + 1] = L
-        while rec < m and record_steps[rec] == t:
-            d2 = 0.0
-            for j in range(k):
-                d2 += (a[j] - ast[j]) * (a[j] - ast[j])
-            traj[r, rec, 0] = L
-            traj[r, rec, 1] = phi
-            traj[r, rec, 2] = P
-            traj[r, rec, 3] = math.sqrt(d2)
-            rec += 1
+        track_rate_levels(r, t, L, L_ref, rate_levels, rate_pts)
+        rec = record_trajectory(r, t, rec, record_steps, traj, L, phi, P, a, ast)
         while seg < nseg - 1 and t >= seg_end[sr, seg]:
             seg += 1
         reason = -1

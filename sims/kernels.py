@@ -64,6 +64,33 @@ def grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs):
 
 
 @njit(inline="always", cache=True)
+def track_rate_levels(r, t, L, L_ref, rate_levels, rate_pts):
+    """Keep, per level ``rate_levels[lv] * L_ref``, the step and loss of the last downward crossing (a rise above
+    the level forgets it): the points :func:`sims.simulate.fitted_rates` measures the linear rate between."""
+    for lv in range(3):
+        if L > rate_levels[lv] * L_ref:
+            rate_pts[r, 2 * lv] = -1.0
+        elif rate_pts[r, 2 * lv] < 0.0:
+            rate_pts[r, 2 * lv] = t
+            rate_pts[r, 2 * lv + 1] = L
+
+
+@njit(inline="always", cache=True)
+def record_trajectory(r, t, rec, record_steps, traj, L, phi, P, a, ast):
+    """Write ``(loss, phi, a.a*, ||a - a*||)`` at every recorded step equal to ``t``; returns the next record index."""
+    while rec < record_steps.shape[0] and record_steps[rec] == t:
+        d2 = 0.0
+        for j in range(a.shape[0]):
+            d2 += (a[j] - ast[j]) * (a[j] - ast[j])
+        traj[r, rec, 0] = L
+        traj[r, rec, 1] = phi
+        traj[r, rec, 2] = P
+        traj[r, rec, 3] = math.sqrt(d2)
+        rec += 1
+    return rec
+
+
+@njit(inline="always", cache=True)
 def optimal_alignment(g, k, Ss, Qs):
     """``a(phi).a*`` with ``a(phi) = M^{-1} N(phi) a*`` the loss-minimizing second layer at angle ``phi``."""
     kk = k + _PI - 1.0
@@ -258,9 +285,6 @@ def _gd_runs(
             L_ref = 1.0
         tol_loss = loss_tol * L_ref
         tol_grad2 = grad_tol * grad_tol * L_ref if grad_tol >= 0.0 else -1.0  # on the squared gradient norm
-        thr0 = rate_levels[0] * L_ref
-        thr1 = rate_levels[1] * L_ref
-        thr2 = rate_levels[2] * L_ref
         tol_eps = eps_steps * L_ref
         tol_div = divergence_loss * L_ref
         ww = 0.0
@@ -319,21 +343,8 @@ def _gd_runs(
                 slow_end[r] = t
             if L <= tol_eps and steps_tol[r] < 0:
                 steps_tol[r] = t
-            for lv in range(3):  # the last downward crossing of each level (a rise above it forgets it)
-                if L > (thr0 if lv == 0 else (thr1 if lv == 1 else thr2)):
-                    rate_pts[r, 2 * lv] = -1.0
-                elif rate_pts[r, 2 * lv] < 0.0:
-                    rate_pts[r, 2 * lv] = t
-                    rate_pts[r, 2 * lv + 1] = L
-            while rec < m and record_steps[rec] == t:
-                d2 = 0.0
-                for j in range(k):
-                    d2 += (a[j] - ast[j]) * (a[j] - ast[j])
-                traj[r, rec, 0] = L
-                traj[r, rec, 1] = phi
-                traj[r, rec, 2] = P
-                traj[r, rec, 3] = math.sqrt(d2)
-                rec += 1
+            track_rate_levels(r, t, L, L_ref, rate_levels, rate_pts)
+            rec = record_trajectory(r, t, rec, record_steps, traj, L, phi, P, a, ast)
             while seg < nseg - 1 and t >= seg_end[sr, seg]:
                 seg += 1
             reason = -1

@@ -66,6 +66,7 @@ from sims.kernels import (
     angle_from,
     grad_a_sq,
     optimal_alignment,
+    track_rate_levels,
 )
 from sims.samplers import Init, Teacher
 from sims.schedules import Schedule, optimal_eta_a
@@ -257,12 +258,7 @@ def laperm_gd(
                 if L <= tol_eps and steps_tol[r] < 0:
                     steps_tol[r] = t
                 if K == 0:
-                    for lv in range(3):
-                        if L > rate_levels[lv] * L_ref:
-                            rate_pts[r, 2 * lv] = -1.0
-                        elif rate_pts[r, 2 * lv] < 0.0:
-                            rate_pts[r, 2 * lv] = t
-                            rate_pts[r, 2 * lv + 1] = L
+                    track_rate_levels(r, t, L, L_ref, rate_levels, rate_pts)
                 net_L = L
                 net_phi = phi
                 net_P = P
