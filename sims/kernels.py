@@ -91,6 +91,20 @@ def record_trajectory(r, t, rec, record_steps, traj, L, phi, P, a, ast):
 
 
 @njit(inline="always", cache=True)
+def run_workspace(p, k):
+    """Four work vectors ``(w~, w*, a, a*)`` of lengths ``p, p, k, k``, carved at fixed offsets out of one block.
+
+    Why: LLVM guards a vectorized sum in a loop that also stores (the fused update-and-invariants loop) with a
+    runtime alias check, "is the store less than a few vectors ahead of a load?", and falls back to an in-order
+    sum if so.  On arrays from separate allocations the answer depends on where the heap put them, so the
+    rounding (and, in the end, the trajectory) would too.  Inside one block the distances are fixed by ``p, k``:
+    the same path runs on every run, thread and call.  ``tests/ir_scan.py`` checks that every such guard in
+    every kernel compares addresses of one block only."""
+    block = np.empty(2 * p + 2 * k)
+    return block[:p], block[p : 2 * p], block[2 * p : 2 * p + k], block[2 * p + k :]
+
+
+@njit(inline="always", cache=True)
 def optimal_alignment(g, k, Ss, Qs):
     """``a(phi).a*`` with ``a(phi) = M^{-1} N(phi) a*`` the loss-minimizing second layer at angle ``phi``."""
     kk = k + _PI - 1.0
@@ -261,14 +275,16 @@ def _gd_runs(
     nseg = seg_end.shape[1]
     m = record_steps.shape[0]
     last_noisy = noise_w[nseg - 1] > 0.0 or noise_a[nseg - 1] > 0.0
+    # Private copies of the run's w~, w*, a, a* at fixed offsets in one block (see run_workspace).
+    w, ws, a, ast = run_workspace(p, k)
     for r in range(lo, hi):
         ri = np.int64(r)
         tr = ri if WS.shape[0] > 1 else np.int64(0)
         sr = ri if seg_end.shape[0] > 1 else np.int64(0)
-        w = WT[r]
-        a = A[r]
-        ws = WS[tr]
-        ast = AS[tr]
+        w[:] = WT[r]
+        a[:] = A[r]
+        ws[:] = WS[tr]
+        ast[:] = AS[tr]
         st = states[r]
         phs = phi_saddle[tr]
         ws2 = 0.0
@@ -427,6 +443,8 @@ def _gd_runs(
                     Q += y * y
                     P += y * ast[j]
             t += 1
+        WT[r] = w
+        A[r] = a
         for q in range(rec, m):
             for f in range(4):
                 traj[r, q, f] = np.nan
