@@ -61,6 +61,7 @@ from sims.kernels import (
     grad_a_sq,
     optimal_alignment,
     record_trajectory,
+    run_workspace,
     track_rate_levels,
 )
 from sims.rng import normal_pair
@@ -256,10 +257,11 @@ def fading_gd(
         ri = np.int64(r)
         tr = ri if WS.shape[0] > 1 else np.int64(0)
         sr = ri if seg_end.shape[0] > 1 else np.int64(0)
-        w = WT[r]
-        a = A[r]
-        ws = WS[tr]
-        ast = AS[tr]
+        w, ws, a, ast = run_workspace(p, k)  # private copies in one block (see sims.kernels.run_workspace)
+        w[:] = WT[r]
+        a[:] = A[r]
+        ws[:] = WS[tr]
+        ast[:] = AS[tr]
         st = states[r]
         phs = phi_saddle[tr]
         ws2 = 0.0
@@ -422,6 +424,8 @@ def fading_gd(
                     Q += y * y
                     P += y * ast[j]
             t += 1
+        WT[r] = w
+        A[r] = a
         for q in range(rec, m):
             for f in range(4):
                 traj[r, q, f] = np.nan

@@ -269,9 +269,10 @@ def minibatch_gradient(st, batch, w, n, normalized, ws, a, ast, zb, h, gw, ga):
     inv = 1.0 / batch
     for j in range(k):
         ga[j] *= inv
+    for i in range(p):  # scale, then sum in a separate loop: a loop that both stores and sums is vectorized
+        gw[i] *= inv  # behind a runtime alias check, so its rounding would depend on the heap layout
     d = 0.0
     for i in range(p):
-        gw[i] *= inv
         d += gw[i] * w[i]
     if normalized:  # d/dw of u.z with u = w/n: (I - u u^T) / n
         for i in range(p):

@@ -116,11 +116,11 @@ def _block_backward(Z, nb, a, h, res, cv, gu, ga):
     for j in range(k):
         aj = a[j]
         off = j * nb
+        for b in range(nb):  # stores only; the sum is a separate loop (see sims.kernels.run_workspace)
+            cv[off + b] = res[b] * aj if h[off + b] > 0.0 else 0.0
         s = 0.0
         for b in range(nb):
-            hq = h[off + b]
-            s += res[b] * max(hq, 0.0)
-            cv[off + b] = res[b] * aj if hq > 0.0 else 0.0
+            s += res[b] * max(h[off + b], 0.0)
         ga[j] += s
     for i in range(Z.shape[0]):
         zi = Z[i]
@@ -213,6 +213,7 @@ def _projected_gradient(s0, s1, s2, s3, n_batch, chunk, wu, ws, a, ast, e2, xi, 
     d /= nu
     for i in range(p):
         e2[i] -= d * wu[i] / nu
+    for i in range(p):
         s += e2[i] * e2[i]
     s = math.sqrt(s)
     two_d = s > 0.0 and p > 1  # in 1-D, w* = +-u and there is no e2
@@ -248,9 +249,9 @@ def _projected_gradient(s0, s1, s2, s3, n_batch, chunk, wu, ws, a, ast, e2, xi, 
         _relu_outputs(h, nb, a, fb)
         _relu_outputs(hs, nb, ast, fsb)
         for b in range(nb):
-            r = fb[b] - fsb[b]
-            fb[b] = r
-            lsum += r * r
+            fb[b] -= fsb[b]
+        for b in range(nb):
+            lsum += fb[b] * fb[b]
         for j in range(k):
             aj = a[j]
             off = j * nb

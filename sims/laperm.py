@@ -66,6 +66,7 @@ from sims.kernels import (
     angle_from,
     grad_a_sq,
     optimal_alignment,
+    run_workspace,
     track_rate_levels,
 )
 from sims.samplers import Init, Teacher
@@ -152,10 +153,11 @@ def laperm_gd(
         ri = np.int64(r)
         tr = ri if WS.shape[0] > 1 else np.int64(0)
         sr = ri if seg_end.shape[0] > 1 else np.int64(0)
-        w = W[r]
-        a = A[r]
-        ws = WS[tr]
-        ast = AS[tr]
+        w, ws, a, ast = run_workspace(p, k)  # private copies in one block (see sims.kernels.run_workspace)
+        w[:] = W[r]
+        a[:] = A[r]
+        ws[:] = WS[tr]
+        ast[:] = AS[tr]
         phs = phi_saddle[tr]
         last_start = seg_end[sr, nseg - 2] if nseg > 1 else np.int64(0)
         pw = w.copy()
@@ -341,24 +343,29 @@ def laperm_gd(
                 bc2 = 1.0 - b2t
                 gc = L_c / n
                 cu = c_raw / n  # grad_w = (L_c / n) (w* - (w.w* / n^2) w)
+                # Update, then sum in separate loops: the moments live outside the workspace block, and a loop that
+                # stores to them and sums would be vectorized behind a heap-layout-dependent alias check.
                 for i in range(p):
                     g = gc * (ws[i] - cu * w[i])
                     mw[i] = adam_b1 * mw[i] + (1.0 - adam_b1) * g
                     vw[i] = adam_b2 * vw[i] + (1.0 - adam_b2) * g * g
-                    x = w[i] - ew * (mw[i] / bc1) / (math.sqrt(vw[i] / bc2) + adam_eps)
-                    w[i] = x
-                    ww += x * x
-                    wws += x * ws[i]
+                    w[i] = w[i] - ew * (mw[i] / bc1) / (math.sqrt(vw[i] / bc2) + adam_eps)
+                for i in range(p):
+                    ww += w[i] * w[i]
+                    wws += w[i] * ws[i]
                 for j in range(k):
                     g = L_S + 2.0 * L_Q * a[j] + L_P * ast[j]
                     ma[j] = adam_b1 * ma[j] + (1.0 - adam_b1) * g
                     va[j] = adam_b2 * va[j] + (1.0 - adam_b2) * g * g
-                    y = a[j] - ea * (ma[j] / bc1) / (math.sqrt(va[j] / bc2) + adam_eps)
-                    a[j] = y
+                    a[j] = a[j] - ea * (ma[j] / bc1) / (math.sqrt(va[j] / bc2) + adam_eps)
+                for j in range(k):
+                    y = a[j]
                     S += y
                     Q += y * y
                     P += y * ast[j]
             t += 1
+        W[r] = w
+        A[r] = a
         for q in range(rec, m):
             for f in range(4):
                 traj[r, q, f] = np.nan
