@@ -111,3 +111,79 @@ def test_noise_streams_are_per_run():
 def test_concat_needs_parts():
     with pytest.raises(ValueError, match="parts must hold at least one"):
         SimulationResult.concat([])
+
+
+# ---- heap layout ------------------------------------------------------------------------------------------------
+# With fastmath, LLVM vectorizes a sum in a loop that also stores behind a runtime alias check and falls back to an
+# in-order sum when the buffers lie close together: the rounding then depends on where the heap put them.  The
+# kernels keep such loops on one workspace block or split stores from sums (sims.kernels.run_workspace); these
+# tests pin that down, behaviorally and on the compiled code.
+
+
+def _placements(total, n_fixed, n_moving, gaps):
+    """Views ``(fixed, moving)`` of one buffer, ``moving`` starting ``gap`` doubles after ``fixed`` for each gap."""
+    big = np.zeros(total)
+    base = total // 2
+    for gap in gaps:
+        yield big[base : base + n_fixed], big[base + gap : base + gap + n_moving]
+
+
+@pytest.mark.parametrize("k, p, nb", [(5, 4, 8), (16, 16, 32)])
+def test_sgd_backward_pass_is_the_same_wherever_its_buffers_lie(k, p, nb):
+    from sims.finite_sample import _block_backward
+
+    rng = np.random.default_rng(0)
+    nrow = nb * k
+    Z, a = rng.standard_normal((p, nrow)), rng.standard_normal(k)
+    res0, h0 = rng.standard_normal(nb), rng.standard_normal(nrow)
+    # Before the fix, res 8-23 doubles before cv took the in-order path and changed the last bits.
+    gaps = list(range(-nb - 80, -nb + 1)) + list(range(nrow, nrow + 80))
+    outs = set()
+    for cv, res in _placements(20 * nrow + 1000, nrow, nb, gaps):
+        res[:] = res0
+        gu, ga = np.zeros(p), np.zeros(k)
+        lsum = _block_backward(Z, nb, a, h0.copy(), res, cv, gu, ga)
+        outs.add((lsum, ga.tobytes(), gu.tobytes()))
+    assert len(outs) == 1
+
+
+def test_ir_scan_flags_a_layout_dependent_reduction_and_passes_a_split_one():
+    # The scanner must be able to fail: a store-and-sum loop over two arrays is flagged, the split form is not.
+    from ir_scan import guarded_reductions
+
+    @numba.njit(fastmath={"reassoc", "nsz", "arcp", "contract"})
+    def fused(x, y):
+        s = 0.0
+        for i in range(x.shape[0]):
+            x[i] = 2.0 * y[i]
+            s += x[i] * y[i]
+        return s
+
+    @numba.njit(fastmath={"reassoc", "nsz", "arcp", "contract"})
+    def split(x, y):
+        for i in range(x.shape[0]):
+            x[i] = 2.0 * y[i]
+        s = 0.0
+        for i in range(x.shape[0]):
+            s += x[i] * y[i]
+        return s
+
+    x, y = np.zeros(64), np.ones(64)
+    assert fused(x, y) == split(x, y) == 128.0
+    (ir_fused,) = fused.inspect_llvm().values()
+    (ir_split,) = split.inspect_llvm().values()
+    assert guarded_reductions(ir_fused), "the scanner missed a guarded reduction"
+    assert not guarded_reductions(ir_split)
+
+
+@pytest.mark.slow
+def test_no_kernel_has_a_layout_dependent_reduction():
+    # Compiles every kernel afresh (about a minute) and scans its optimized IR; any output line names an offender.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("ir_scan.py")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=900, check=True)
+    assert out.stdout.strip() == "", out.stdout
+    assert '"scanned"' in out.stderr
