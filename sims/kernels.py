@@ -281,10 +281,12 @@ def _gd_runs(
         ri = np.int64(r)
         tr = ri if WS.shape[0] > 1 else np.int64(0)
         sr = ri if seg_end.shape[0] > 1 else np.int64(0)
-        w[:] = WT[r]
-        a[:] = A[r]
-        ws[:] = WS[tr]
-        ast[:] = AS[tr]
+        for i in range(p):  # (explicit loops: slice assignment costs seconds of compile time)
+            w[i] = WT[r, i]
+            ws[i] = WS[tr, i]
+        for j in range(k):
+            a[j] = A[r, j]
+            ast[j] = AS[tr, j]
         st = states[r]
         phs = phi_saddle[tr]
         ws2 = 0.0
@@ -443,8 +445,10 @@ def _gd_runs(
                     Q += y * y
                     P += y * ast[j]
             t += 1
-        WT[r] = w
-        A[r] = a
+        for i in range(p):
+            WT[r, i] = w[i]
+        for j in range(k):
+            A[r, j] = a[j]
         for q in range(rec, m):
             for f in range(4):
                 traj[r, q, f] = np.nan

@@ -154,10 +154,12 @@ def laperm_gd(
         tr = ri if WS.shape[0] > 1 else np.int64(0)
         sr = ri if seg_end.shape[0] > 1 else np.int64(0)
         w, ws, a, ast = run_workspace(p, k)  # private copies in one block (see sims.kernels.run_workspace)
-        w[:] = W[r]
-        a[:] = A[r]
-        ws[:] = WS[tr]
-        ast[:] = AS[tr]
+        for i in range(p):  # (explicit loops: slice assignment costs seconds of compile time)
+            w[i] = W[r, i]
+            ws[i] = WS[tr, i]
+        for j in range(k):
+            a[j] = A[r, j]
+            ast[j] = AS[tr, j]
         phs = phi_saddle[tr]
         last_start = seg_end[sr, nseg - 2] if nseg > 1 else np.int64(0)
         pw = w.copy()
@@ -364,8 +366,10 @@ def laperm_gd(
                     Q += y * y
                     P += y * ast[j]
             t += 1
-        W[r] = w
-        A[r] = a
+        for i in range(p):
+            W[r, i] = w[i]
+        for j in range(k):
+            A[r, j] = a[j]
         for q in range(rec, m):
             for f in range(4):
                 traj[r, q, f] = np.nan
