@@ -59,9 +59,11 @@ from sims.kernels import (
     STOP_TRAPPED,
     angle_from,
     grad_a_sq,
+    load_run,
     optimal_alignment,
     record_trajectory,
     run_workspace,
+    store_run,
     track_rate_levels,
 )
 from sims.rng import normal_pair
@@ -258,12 +260,7 @@ def fading_gd(
         tr = ri if WS.shape[0] > 1 else np.int64(0)
         sr = ri if seg_end.shape[0] > 1 else np.int64(0)
         w, ws, a, ast = run_workspace(p, k)  # private copies in one block (see sims.kernels.run_workspace)
-        for i in range(p):  # (explicit loops: slice assignment costs seconds of compile time)
-            w[i] = WT[r, i]
-            ws[i] = WS[tr, i]
-        for j in range(k):
-            a[j] = A[r, j]
-            ast[j] = AS[tr, j]
+        load_run(w, ws, a, ast, WT, WS, A, AS, r, tr)
         st = states[r]
         phs = phi_saddle[tr]
         ws2 = 0.0
@@ -426,10 +423,7 @@ def fading_gd(
                     Q += y * y
                     P += y * ast[j]
             t += 1
-        for i in range(p):
-            WT[r, i] = w[i]
-        for j in range(k):
-            A[r, j] = a[j]
+        store_run(w, a, WT, A, r)
         for q in range(rec, m):
             for f in range(4):
                 traj[r, q, f] = np.nan

@@ -105,6 +105,27 @@ def run_workspace(p, k):
 
 
 @njit(inline="always", cache=True)
+def load_run(w, ws, a, ast, W, WS, A, AS, r, tr):
+    """Copy run ``r``'s ``(w~, a)`` and teacher ``tr``'s ``(w*, a*)`` into the workspace of :func:`run_workspace`
+    (explicit loops: slice assignment costs seconds of compile time)."""
+    for i in range(w.shape[0]):
+        w[i] = W[r, i]
+        ws[i] = WS[tr, i]
+    for j in range(a.shape[0]):
+        a[j] = A[r, j]
+        ast[j] = AS[tr, j]
+
+
+@njit(inline="always", cache=True)
+def store_run(w, a, W, A, r):
+    """Copy the workspace's final ``(w~, a)`` back into row ``r`` of ``W, A``."""
+    for i in range(w.shape[0]):
+        W[r, i] = w[i]
+    for j in range(a.shape[0]):
+        A[r, j] = a[j]
+
+
+@njit(inline="always", cache=True)
 def optimal_alignment(g, k, Ss, Qs):
     """``a(phi).a*`` with ``a(phi) = M^{-1} N(phi) a*`` the loss-minimizing second layer at angle ``phi``."""
     kk = k + _PI - 1.0
@@ -281,12 +302,7 @@ def _gd_runs(
         ri = np.int64(r)
         tr = ri if WS.shape[0] > 1 else np.int64(0)
         sr = ri if seg_end.shape[0] > 1 else np.int64(0)
-        for i in range(p):  # (explicit loops: slice assignment costs seconds of compile time)
-            w[i] = WT[r, i]
-            ws[i] = WS[tr, i]
-        for j in range(k):
-            a[j] = A[r, j]
-            ast[j] = AS[tr, j]
+        load_run(w, ws, a, ast, WT, WS, A, AS, r, tr)
         st = states[r]
         phs = phi_saddle[tr]
         ws2 = 0.0
@@ -445,10 +461,7 @@ def _gd_runs(
                     Q += y * y
                     P += y * ast[j]
             t += 1
-        for i in range(p):
-            WT[r, i] = w[i]
-        for j in range(k):
-            A[r, j] = a[j]
+        store_run(w, a, WT, A, r)
         for q in range(rec, m):
             for f in range(4):
                 traj[r, q, f] = np.nan

@@ -65,8 +65,10 @@ from sims.kernels import (
     STOP_TRAPPED,
     angle_from,
     grad_a_sq,
+    load_run,
     optimal_alignment,
     run_workspace,
+    store_run,
     track_rate_levels,
 )
 from sims.samplers import Init, Teacher
@@ -154,12 +156,7 @@ def laperm_gd(
         tr = ri if WS.shape[0] > 1 else np.int64(0)
         sr = ri if seg_end.shape[0] > 1 else np.int64(0)
         w, ws, a, ast = run_workspace(p, k)  # private copies in one block (see sims.kernels.run_workspace)
-        for i in range(p):  # (explicit loops: slice assignment costs seconds of compile time)
-            w[i] = W[r, i]
-            ws[i] = WS[tr, i]
-        for j in range(k):
-            a[j] = A[r, j]
-            ast[j] = AS[tr, j]
+        load_run(w, ws, a, ast, W, WS, A, AS, r, tr)
         phs = phi_saddle[tr]
         last_start = seg_end[sr, nseg - 2] if nseg > 1 else np.int64(0)
         pw = w.copy()
@@ -366,10 +363,7 @@ def laperm_gd(
                     Q += y * y
                     P += y * ast[j]
             t += 1
-        for i in range(p):
-            W[r, i] = w[i]
-        for j in range(k):
-            A[r, j] = a[j]
+        store_run(w, a, W, A, r)
         for q in range(rec, m):
             for f in range(4):
                 traj[r, q, f] = np.nan
