@@ -16,7 +16,6 @@ chunked or where the chunks run.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import io
@@ -25,20 +24,21 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sims import classify
+from sims import classify, store
 from sims.samplers import Init, Teacher
 from sims.schedules import Schedule, Segment, optimal_eta_a
 from sims.simulate import Tolerances, simulate
@@ -361,11 +361,13 @@ def _chunk_name(cell: int, chunk: int) -> str:
     return f"cell{cell:04d}-chunk{chunk:05d}.parquet"
 
 
-def run_chunk(params: dict[str, Any], seed: int, first: int, runs: int, threads: int | None = None) -> bytes:
-    """Simulate one chunk and return its per-run table as Parquet bytes (what a Dask worker sends back)."""
+def run_chunk(params: dict[str, Any], seed: int, first: int, runs: int, threads: int | None = None,
+              identity: dict[str, Any] | None = None) -> bytes:
+    """Simulate one chunk and return its per-run table as Parquet bytes (what a Dask worker sends back), with
+    ``identity`` (fingerprint, cell, chunk, first run, runs) in the file's metadata."""
     kw = simulation_kwargs_fast(params)
     res = simulate(runs=runs, seed=seed, run_offset=first, threads=threads, **kw)
-    return _to_parquet(res.to_frame())
+    return store.chunk_bytes(res.to_frame(), identity or {})
 
 
 def simulation_kwargs_fast(params: dict[str, Any]) -> dict[str, Any]:
@@ -391,19 +393,11 @@ def _to_parquet(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the whole new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+#: Write ``data`` to a path atomically (see :func:`sims.store.atomic_write`).
+_atomic_write = store.atomic_write
+#: Bytes per row of the per-run table held in memory while a sweep's results are joined and written (measured
+#: about 330 with its string columns; the join and the Parquet encoding hold it twice).
+ROW_BYTES = 800
 
 
 def check_output_dir(out: Path, spec: SweepSpec) -> bool:
@@ -415,16 +409,17 @@ def check_output_dir(out: Path, spec: SweepSpec) -> bool:
         except (OSError, json.JSONDecodeError):
             raise SweepError(f"output directory {str(out)!r} has an unreadable config.json; use another --out") \
                 from None
-        if old.get("fingerprint") != spec.fingerprint():
+        if not isinstance(old, dict) or old.get("fingerprint") != spec.fingerprint():
+            found = old.get("fingerprint") if isinstance(old, dict) else None
             raise SweepError(
                 f"output directory {str(out)!r} holds a different configuration (fingerprint "
-                f"{old.get('fingerprint')} != {spec.fingerprint()}); use another --out or delete it"
+                f"{found} != {spec.fingerprint()}); use another --out or delete it"
             )
         _check_writable(out, out)
         return True
     if out.exists() and not out.is_dir():
         raise SweepError(f"output path {str(out)!r} exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name not in store.HOUSEKEEPING for p in out.iterdir()):
         raise SweepError(f"output directory {str(out)!r} is not empty and holds no sweep; use another --out")
     _check_writable(out if out.exists() else _existing_parent(out), out)
     return False
@@ -449,14 +444,63 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
+def check_memory(spec: SweepSpec, *, workers: int | None = None, remote: bool = False) -> int:
+    """Refuse (:class:`SweepError`) a sweep this machine has no memory for; return the estimate in bytes.
+
+    A chunk needs what :func:`sims.simulate` needs for ``chunk`` runs (:func:`sims.memory.simulate_bytes`); a
+    local Dask cluster runs ``workers`` chunks at once.  On a remote ``scheduler`` the workers' memory is theirs
+    (each chunk is checked where it runs) and only the joined per-run table counts here.
+    """
+    from sims.memory import available_bytes, format_size, simulate_bytes
+
+    runs = min(spec.chunk, spec.trials)
+    threads = 1 if workers else numba_threads()
+
+    def chunk_bytes(runs: int) -> int:
+        return max(simulate_bytes(k=c.params["k"], p=c.params["p"], runs=runs, steps=c.params["steps"],
+                                  n_record=c.params["n_record"], algorithm=c.params["algorithm"],
+                                  batch_size=c.params.get("batch_size"), threads=threads) for c in spec.cells)
+
+    at_once = 0 if remote else (workers or 1)
+    table = ROW_BYTES * len(spec.cells) * spec.trials
+    need = at_once * chunk_bytes(runs) + table
+    free = available_bytes()
+    if need <= free:
+        return need
+    per_run = max(chunk_bytes(1) - chunk_bytes(0), 1)
+    fit = (free - table - at_once * chunk_bytes(0)) // max(at_once * per_run, 1)
+    remedy = (f"use a smaller --chunk (about {fit} runs fit)" + (" or fewer --workers" if at_once > 1 else "")
+              if fit >= 1 else "use fewer --trials (the per-run table alone needs "
+              f"{format_size(table)})")
+    raise SweepError(f"sweep {spec.name!r} needs about {format_size(need)} of memory ({at_once} chunk"
+                     f"{'s' if at_once != 1 else ''} of {runs} runs at once: {format_size(chunk_bytes(runs))} each; "
+                     f"the per-run table of {len(spec.cells) * spec.trials} runs: {format_size(table)}) but only "
+                     f"{format_size(free)} is available; {remedy}")
+
+
+def numba_threads() -> int:
+    """Threads a chunk computed in this process uses."""
+    import numba
+
+    return numba.get_num_threads()
+
+
 @dataclass
 class SweepOutcome:
+    """What :func:`run_sweep` did: the per-run table and summary, the chunks computed now and those resumed
+    (verified on disk), and the damaged chunks found and recomputed (file name -> reason)."""
+
     out: Path
     runs: pd.DataFrame
     summary: pd.DataFrame
     computed_chunks: int
     resumed_chunks: int
     seconds: float
+    damaged: dict[str, str] = field(default_factory=dict)
+
+
+def _stderr_line(text: str) -> None:
+    print(f"shallowres: {text}", file=sys.stderr, flush=True)
 
 
 def run_sweep(
@@ -468,67 +512,134 @@ def run_sweep(
     quiet: bool = False,
     connect_timeout: float = 5.0,
     on_chunk: Callable[[int], None] | None = None,
+    wait: float = 0.0,
+    log: Callable[[str], None] | None = None,
 ) -> SweepOutcome:
-    """Run (or resume) a sweep into ``out``; in-process by default, on Dask with ``workers`` or ``scheduler``."""
+    """Run (or resume) a sweep into ``out``; in-process by default, on Dask with ``workers`` or ``scheduler``.
+
+    Before anything is written, the directory and the memory are checked (:func:`check_output_dir`,
+    :func:`check_memory`).  The directory is then locked for the whole run (:func:`sims.store.directory_lock`;
+    ``wait``: seconds to wait for another sweep holding it, ``math.inf`` for as long as it takes).  On resume every
+    chunk on disk is verified against the manifest; damaged ones are reported in one line through ``log``
+    (default: standard error) and recomputed.  A failed write (disk full, permission denied) stops the sweep
+    with a :class:`SweepError` naming the directory and the cause; the chunks finished before it are kept.
+    """
     t0 = time.perf_counter()
     out = Path(out)
-    resuming = check_output_dir(out, spec)
+    log = _stderr_line if log is None else log
+    check_output_dir(out, spec)  # refused here, nothing has been created
+    check_memory(spec, workers=workers, remote=scheduler is not None)
+    existed = out.exists()
     client = cluster = None
-    if scheduler is not None or workers is not None:
-        client, cluster = _dask_client(workers, scheduler, connect_timeout)
     try:
-        chunk_dir = out / "chunks"
-        chunk_dir.mkdir(parents=True, exist_ok=True)
-        for stale in chunk_dir.glob(".*.tmp"):  # left by a run killed in the middle of a write
-            stale.unlink()
-        if not resuming:
-            _atomic_write(out / "config.json", json.dumps(
-                {"fingerprint": spec.fingerprint(), "name": spec.name, "trials": spec.trials, "seed": spec.seed,
-                 "chunk": spec.chunk, "grid_keys": list(spec.grid_keys),
-                 "cells": [{"index": c.index, "method": c.method, "params": c.params} for c in spec.cells],
-                 "source": spec.raw}, indent=1, default=str).encode())
-        todo = [c for c in spec.chunks() if not (chunk_dir / _chunk_name(c[0], c[1])).exists()]
-        done = len(spec.chunks()) - len(todo)
-        total_runs = len(spec.cells) * spec.trials
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_runs, initial=total_runs - sum(c[3] for c in todo), unit="run",
-                   desc=spec.name, disable=True if quiet else None, smoothing=0.1)
-        try:
-            if client is None:
-                for cell, chunk, first, runs in todo:
-                    data = run_chunk(spec.cells[cell].params, spec.seed, first, runs)
-                    _atomic_write(chunk_dir / _chunk_name(cell, chunk), data)
-                    bar.update(runs)
-                    if on_chunk:
-                        on_chunk(cell)
-            else:
-                from dask.distributed import as_completed
-
-                threads = 1 if cluster is not None else None
-                with client.as_current():
-                    futures = {client.submit(run_chunk, spec.cells[c[0]].params, spec.seed, c[2], c[3], threads,
-                                             pure=False, key=f"{spec.fingerprint()}-{c[0]}-{c[1]}"): c for c in todo}
-                    for fut in as_completed(futures):
-                        cell, chunk, _, runs = futures[fut]
-                        _atomic_write(chunk_dir / _chunk_name(cell, chunk), fut.result())
-                        bar.update(runs)
-                        if on_chunk:
-                            on_chunk(cell)
-        finally:
-            bar.close()
+        if scheduler is not None or workers is not None:
+            client, cluster = _dask_client(workers, scheduler, connect_timeout)
+        with store.directory_lock(out, wait=wait, log=log):
+            try:
+                return _run_locked(spec, out, client, cluster is not None, quiet, on_chunk, log, t0)
+            except BaseException:
+                if not existed and not any(p.is_file() and p.name not in store.HOUSEKEEPING for p in out.rglob("*")):
+                    shutil.rmtree(out, ignore_errors=True)  # failed before writing anything: leave nothing behind
+                raise
+    except store.StoreError as exc:
+        raise SweepError(str(exc)) from None
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _expected_chunks(spec: SweepSpec) -> dict[str, tuple[tuple[int, int, int, int], dict[str, Any]]]:
+    """Chunk file name -> (unit of work, identity recorded in the file and the manifest)."""
+    fp = spec.fingerprint()
+    return {_chunk_name(c[0], c[1]): (c, {"fingerprint": fp, "cell": c[0], "chunk": c[1], "first_run": c[2],
+                                          "runs": c[3]}) for c in spec.chunks()}
+
+
+def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0) -> SweepOutcome:
+    from sims.simulate import FRAME_COLUMNS
+
+    resuming = check_output_dir(out, spec)  # again: another sweep may have written here before we got the lock
+    chunk_dir = out / "chunks"
+    try:
+        chunk_dir.mkdir(parents=True, exist_ok=True)
+        for stale in itertools.chain(chunk_dir.glob(".*.tmp"), out.glob(".*.tmp")):  # a killed run's half write
+            stale.unlink()
+    except OSError as exc:
+        raise SweepError(f"cannot prepare {str(chunk_dir)!r}: {exc.strerror}") from None
+    if not resuming:
+        store.atomic_write(out / "config.json", json.dumps(
+            {"fingerprint": spec.fingerprint(), "name": spec.name, "trials": spec.trials, "seed": spec.seed,
+             "chunk": spec.chunk, "grid_keys": list(spec.grid_keys),
+             "cells": [{"index": c.index, "method": c.method, "params": c.params} for c in spec.cells],
+             "source": spec.raw}, indent=1, default=str).encode())
+    expected = _expected_chunks(spec)
+    good, damaged, bad_lines = store.verify_chunks(out, {n: e[1] for n, e in expected.items()}, FRAME_COLUMNS)
+    report = store.damage_report(damaged, bad_lines)
+    if report:
+        log(report)
+        store.compact_manifest(out, good)  # keep only what proved itself, so the report is not repeated
+    good_set = set(good)
+    todo = [(name, unit, ident) for name, (unit, ident) in expected.items() if name not in good_set]
+    total_runs = len(spec.cells) * spec.trials
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_runs, initial=total_runs - sum(u[3] for _, u, _ in todo), unit="run", desc=spec.name,
+               disable=True if quiet else None, smoothing=0.1)
+    written = 0
+    try:
+        for name, unit, ident, data in _compute(spec, todo, client, local_cluster):
+            store.write_chunk(out, name, data, ident, unit[3])
+            written += 1
+            bar.update(unit[3])
+            if on_chunk:
+                on_chunk(unit[0])
+    except store.StoreError as exc:
+        raise SweepError(f"{exc}; the sweep stopped and keeps its {len(good) + written} finished chunks: rerun "
+                         "the same command to resume") from None
+    finally:
+        bar.close()
     runs_df = collect(out, spec)
     summary = summarize_runs(runs_df, spec)
-    _atomic_write(out / "runs.parquet", _to_parquet(runs_df))
-    _atomic_write(out / "summary.parquet", _to_parquet(summary))
-    _atomic_write(out / "summary.csv", summary.to_csv(index=False).encode())
-    _atomic_write(out / "metadata.json", json.dumps(metadata(spec), indent=1, default=str).encode())
-    return SweepOutcome(out, runs_df, summary, len(todo), done, time.perf_counter() - t0)
+    try:
+        store.atomic_write(out / "runs.parquet", _to_parquet(runs_df))
+        store.atomic_write(out / "summary.parquet", _to_parquet(summary))
+        store.atomic_write(out / "summary.csv", summary.to_csv(index=False).encode())
+        store.atomic_write(out / "metadata.json", json.dumps(metadata(spec), indent=1, default=str).encode())
+    except store.StoreError as exc:
+        raise SweepError(f"{exc}; all chunks are finished: rerun the same command to write the results") from None
+    return SweepOutcome(out, runs_df, summary, len(todo), len(good), time.perf_counter() - t0, damaged)
+
+
+def _compute(spec: SweepSpec, todo, client, local_cluster: bool):
+    """Yield ``(name, unit, identity, parquet bytes)`` for every chunk to compute, in-process or on Dask (in the
+    order they finish).  A worker that dies is replaced and its chunk rescheduled by Dask."""
+    if client is None:
+        for name, unit, ident in todo:
+            yield name, unit, ident, run_chunk(spec.cells[unit[0]].params, spec.seed, unit[2], unit[3],
+                                               identity=ident)
+        return
+    from dask.distributed import as_completed
+
+    threads = 1 if local_cluster else None
+    with client.as_current():
+        futures = {client.submit(run_chunk, spec.cells[unit[0]].params, spec.seed, unit[2], unit[3], threads,
+                                 ident, pure=False, key=f"{spec.fingerprint()}-{unit[0]}-{unit[1]}"):
+                   (name, unit, ident) for name, unit, ident in todo}
+        try:
+            for fut in as_completed(futures):
+                name, unit, ident = futures[fut]
+                try:
+                    data = fut.result()
+                except ValueError as exc:  # e.g. a remote worker without the memory for a chunk
+                    raise SweepError(f"chunk {name}: {exc}") from None
+                except Exception as exc:  # KilledWorker: the chunk killed its workers several times  # noqa: BLE001
+                    raise SweepError(f"chunk {name} failed on the Dask cluster: {type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+                yield name, unit, ident, data
+        finally:
+            client.cancel(list(futures))
 
 
 def _dask_client(workers: int | None, scheduler: str | None, timeout: float):
