@@ -76,6 +76,7 @@ from sims.simulate import (
     _rates,
     _settings_dict,
     assemble_result,
+    check_memory,
     record_steps,
     simulate,
 )
@@ -491,6 +492,7 @@ def simulate_fading(
     init.validate("resnet")
     threads = check_threads(threads)
     v = theory.validation.shortcut_vector(shortcut, p)
+    check_memory(k=k, p=p, runs=runs, steps=steps, n_record=n_record, threads=threads, caller="simulate_fading")
 
     states, WS, AS, W0, A0 = draw_problem(k=k, p=p, runs=runs, teacher=teacher, init=init, v=v, seed=seed,
                                           run_offset=run_offset)

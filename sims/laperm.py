@@ -80,6 +80,7 @@ from sims.simulate import (
     _rates,
     _settings_dict,
     assemble_result,
+    check_memory,
     record_steps,
 )
 
@@ -514,6 +515,8 @@ def simulate_laperm(
         )
     threads = check_threads(threads)
     v = theory.validation.shortcut_vector(None, p)
+    check_memory(k=k, p=p, runs=runs, steps=steps, n_record=n_record, threads=threads, extra_per_run=4 * (k + p),
+                 caller="simulate_laperm")
 
     states, WS, AS, Wg, Ag = draw_problem(k=k, p=p, runs=runs, teacher=teacher, init=Init(w="gaussian", a="gaussian"),
                                           v=v, seed=seed, run_offset=run_offset)

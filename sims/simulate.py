@@ -13,7 +13,7 @@ import numpy as np
 
 import theory
 from sims import classify as _classify
-from sims import kernels, samplers
+from sims import kernels, memory, samplers
 from sims.rng import stream_states
 from sims.samplers import Init, Teacher
 from sims.schedules import Schedule
@@ -22,6 +22,10 @@ from theory.validation import check_model
 ALGORITHMS: tuple[str, ...] = ("gd", "sgd", "gd-fixed")
 #: A rate window spanning fewer steps than this does not count as a fit of the linear regime.
 MIN_WINDOW_STEPS = 4
+#: Columns of :meth:`SimulationResult.to_frame`, the per-run table of sweeps (``run`` is ``run_index``).
+FRAME_COLUMNS: tuple[str, ...] = ("run", "outcome", "stop_reason", "steps", "final_loss", "final_phi",
+                                  "final_alignment", "final_grad_norm", "steps_to_tol", "slow_phase_end",
+                                  "fitted_rate", "theory_rate", "linear_regime", "warmup_steps", "warmup_eta_w")
 
 
 @dataclass(frozen=True)
@@ -121,27 +125,10 @@ class SimulationResult:
         return out
 
     def to_frame(self):
-        """Per-run table (pandas DataFrame) of the scalar fields."""
+        """Per-run table (pandas DataFrame) of the scalar fields, columns :data:`FRAME_COLUMNS`."""
         import pandas as pd
 
-        cols = {
-            "run": self.run_index,
-            "outcome": self.outcome,
-            "stop_reason": self.stop_reason,
-            "steps": self.steps,
-            "final_loss": self.final_loss,
-            "final_phi": self.final_phi,
-            "final_alignment": self.final_alignment,
-            "final_grad_norm": self.final_grad_norm,
-            "steps_to_tol": self.steps_to_tol,
-            "slow_phase_end": self.slow_phase_end,
-            "fitted_rate": self.fitted_rate,
-            "theory_rate": self.theory_rate,
-            "linear_regime": self.linear_regime,
-            "warmup_steps": self.warmup_steps,
-            "warmup_eta_w": self.warmup_eta_w,
-        }
-        return pd.DataFrame(cols)
+        return pd.DataFrame({name: getattr(self, "run_index" if name == "run" else name) for name in FRAME_COLUMNS})
 
     @staticmethod
     def concat(parts: list[SimulationResult]) -> SimulationResult:
@@ -281,6 +268,8 @@ def simulate(
     if threads is not None:
         threads = _check_int(threads, "threads", 1, numba.config.NUMBA_NUM_THREADS)
     v = theory.validation.shortcut_vector(shortcut, p)
+    check_memory(k=k, p=p, runs=runs, steps=steps, n_record=n_record, algorithm=algorithm, batch_size=batch_size,
+                 threads=threads, expansion=expansion)
 
     states = stream_states(seed, run_offset, run_offset + runs)
     if isinstance(teacher, Teacher):
@@ -340,6 +329,37 @@ def simulate(
                            slow_end=slow_end, fitted=fitted, theory_rate=predicted, linear=linear, w=W, a=A, w0=W0,
                            a0=A0, w_star=WS, a_star=AS, loss_ref=loss_ref, rec=rec, traj=traj, sched=sched,
                            schedule=schedule)
+
+
+def check_memory(*, k: int, p: int, runs: int, steps: int, n_record: int, algorithm: str = "gd",
+                 batch_size: int | None = None, threads: int | None = None, expansion: Any = None,
+                 extra_per_run: int = 0, caller: str = "simulate") -> int:
+    """Refuse (``ValueError``) a :func:`simulate` call the machine has no memory for; return the estimate in bytes.
+
+    The estimate is :func:`sims.memory.simulate_bytes`; the message names the sizes, the estimate, what is
+    available, how many runs per call would fit, and the remedy.  ``extra_per_run``: float64 numbers an engine
+    holds per run beyond the plain network's (e.g. LaPerm's sorted values and optimizer moments).
+    """
+    threads = numba.get_num_threads() if threads is None else threads
+    factors = extra_per_run
+    if expansion is not None:
+        from sims.expansion import Layout
+
+        lay = Layout.of(expansion, p=p, k=k)
+        factors += lay.group_size("w") + lay.group_size("a")
+    sizes = dict(k=k, p=p, steps=steps, n_record=n_record, algorithm=algorithm, batch_size=batch_size,
+                 threads=threads, factors=factors)
+    need = memory.simulate_bytes(runs=runs, **sizes)
+    free = memory.available_bytes()
+    if need > free:
+        fixed = memory.simulate_bytes(runs=0, **sizes)
+        per_run = max(memory.simulate_bytes(runs=1, **sizes) - fixed, 1)
+        fit = max((free - fixed) // per_run, 0)
+        memory.require(need, what=f"{caller}(k={k}, p={p}, runs={runs}, n_record={n_record}, algorithm={algorithm!r}"
+                       + (f", batch_size={batch_size}" if batch_size else "") + ")",
+                       remedy=f"use fewer runs per call (about {fit} fit) and join the results "
+                       "(SimulationResult.concat), or run a sweep, whose chunks bound the memory")
+    return need
 
 
 def assemble_result(*, settings, run_offset, code, stop_names, stop_reason, stop_step, final, steps_tol, slow_end,
