@@ -30,6 +30,16 @@ def _positive_int(name: str, lo: int = 1, hi: int = 1_000_000):
     return parse
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"--wait takes a number of seconds >= 0; got {text!r}")
+    return value
+
+
 def cmd_landscape(args: argparse.Namespace) -> int:
     """Print the fixed points of the landscape for a teacher ``a*`` (given, or drawn with ``1.a* = 0``)."""
     k, p = args.k, args.p
@@ -79,6 +89,9 @@ def _sweep_options(sp: argparse.ArgumentParser, *, default_trials: str) -> None:
                     help="override one base field, e.g. --set steps=5000 --set schedule.eta_w_rel=0.25")
     sp.add_argument("--format", choices=tables.FORMATS, default="markdown", help="table format on stdout")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.add_argument("--wait", type=_seconds, nargs="?", const=math.inf, default=0.0, metavar="SECONDS",
+                    help="if another sweep is writing the output directory, wait for it (for SECONDS, or as long as "
+                         "it takes) instead of exiting")
     where = sp.add_mutually_exclusive_group()
     where.add_argument("--workers", type=_positive_int("--workers", 1, 1024), default=None,
                        help="run on a local Dask cluster with N worker processes")
@@ -100,7 +113,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def _run(name: str, spec: sweep.SweepSpec, args: argparse.Namespace, table: str | None) -> int:
     out = Path(args.out) if args.out else Path("runs") / spec.name
-    outcome = sweep.run_sweep(spec, out, workers=args.workers, scheduler=args.scheduler, quiet=args.quiet)
+    outcome = sweep.run_sweep(spec, out, workers=args.workers, scheduler=args.scheduler, quiet=args.quiet,
+                              wait=args.wait)
     if table is not None:
         text, figs = tables.make(table, spec, outcome, args.format)
     else:
@@ -124,8 +138,8 @@ def _run_direct(args: argparse.Namespace) -> int:
     """One-shot tables: no chunks, so --chunk, --workers and --scheduler do not apply; --set takes steps only."""
     import time
 
-    for flag in ("chunk", "workers", "scheduler"):
-        if getattr(args, flag) is not None:
+    for flag in ("chunk", "workers", "scheduler", "wait"):
+        if getattr(args, flag) not in (None, 0.0):
             raise CLIError(f"--{flag} does not apply to table {args.name} (it runs in one process, in one shot)")
     over = _overrides(args)
     steps = over.pop("steps", None)
