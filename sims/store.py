@@ -260,7 +260,7 @@ def directory_lock(out: Path, *, wait: float = 0.0, log=None) -> Iterator[None]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create output directory {str(out)!r}: {_describe(exc)}") from None
-    lock = FileLock(out / LOCK, timeout=-1, thread_local=False, preserve_lock_file=True)
+    lock = FileLock(out / LOCK, timeout=-1, thread_local=False)
     try:
         lock.acquire(timeout=0)
     except Timeout:
