@@ -395,8 +395,9 @@ def _to_parquet(df: pd.DataFrame) -> bytes:
 
 #: Write ``data`` to a path atomically (see :func:`sims.store.atomic_write`).
 _atomic_write = store.atomic_write
-#: Bytes per row of the per-run table held in memory while a sweep's results are joined and written (measured
-#: about 330 with its string columns; the join and the Parquet encoding hold it twice).
+#: Bytes per row of the per-run table held in memory while a sweep's results are joined and written (measured:
+#: 180 with pandas' Arrow-backed strings, more with object strings; the join and the Parquet encoding hold it
+#: twice or more).
 ROW_BYTES = 800
 
 
