@@ -9,7 +9,7 @@ A run ends ``global``, ``spurious``, ``saddle``, ``not_converged`` or ``diverged
   state is within ``angle_tol`` of ``phi = 0`` and ``a`` within ``a_rtol ||a*||`` of ``a*`` (for the
   unnormalized CNN the function depends on ``||w|| a``, which is what is compared).
 - ``spurious``: the teacher has a spurious minimum (theory: ``(1.a*)^2 < ((k+pi-1)/pi)||a*||^2``) and either the
-  run stopped ``trapped`` (it provably entered that basin, see :mod:`sims.kernels`) or it sits within
+  run stopped ``trapped`` (it provably entered that basin, see :mod:`sims.engines.driver`) or it sits within
   ``spurious_angle_tol`` of ``phi = pi`` with ``a`` within ``spurious_a_rtol ||a*||`` of ``a_sp``.  The angle
   tolerance is wider because GD approaches ``phi = pi`` only like ``1/t`` (the Hessian vanishes there).
 - ``saddle``: within ``angle_tol`` of a non-minimum stationary point with ``a`` within ``a_rtol ||a*||`` of the
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sims import kernels
+from sims.engines import driver
 from theory import closed_forms
 
 OUTCOMES: tuple[str, ...] = ("global", "spurious", "saddle", "not_converged", "diverged")
@@ -111,7 +111,7 @@ def _classify(final_loss, final_phi, a, a_star, scale, stop_reason, loss_ref, lo
     a_pi = optimal_a_batch(np.full(R, math.pi), ast)
     at_pi = (math.pi - final_phi) <= tol.spurious_angle_tol
     near_sp = at_pi & (np.linalg.norm(fa - a_pi, axis=1) <= tol.spurious_a_rtol * ref)
-    spur = exists & ((stop_reason == kernels.STOP_TRAPPED) | near_sp)
+    spur = exists & ((stop_reason == driver.STOP_TRAPPED) | near_sp)
     phi_s = saddle_angles_batch(ast)
     a_s = optimal_a_batch(np.where(phi_s >= 0, phi_s, 0.0), ast)
     near_saddle = exists & (np.abs(final_phi - phi_s) <= tol.angle_tol)
@@ -121,5 +121,5 @@ def _classify(final_loss, final_phi, a, a_star, scale, stop_reason, loss_ref, lo
     out[near_saddle | pi_saddle] = SADDLE
     out[spur] = SPURIOUS
     out[glob] = GLOBAL
-    out[stop_reason == kernels.STOP_DIVERGED] = DIVERGED
+    out[stop_reason == driver.STOP_DIVERGED] = DIVERGED
     return out

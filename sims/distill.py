@@ -19,10 +19,10 @@ step on ``w`` followed by the change of ``lambda`` moves the effective filter by
     ``w~_{t+1} = w_{t+1} + lambda_{t+1} v = (w~_t - eta_w grad_w L_t) + (lambda_{t+1} - lambda_t) v``,
 
 the GD step (orthogonal to ``w~_t``, so it never shrinks ``||w~||``) plus a jump along ``v`` (which can shrink it).
-To first order the jump changes the loss by ``(lambda_{t+1} - lambda_t) v.grad_{w~} L_cnn``.  The kernel therefore
-carries ``w~`` (like :func:`sims.kernels.population_gd`, so the angle is computed from the filter actually used, with
-no cancellation in ``||w + lambda v||``) and adds the jump inside the fused update; ``w = w~ - lambda_t v`` is
-recovered at the end (``lambda = 0`` there, so ``w = w~``).
+To first order the jump changes the loss by ``(lambda_{t+1} - lambda_t) v.grad_{w~} L_cnn``.  So the fading
+shortcut is population GD with a shortcut that carries a weight (:mod:`sims.engines.gd`, ``lam``): it carries
+``w~`` (the angle is computed from the filter actually used, with no cancellation in ``||w + lambda v||``) and adds
+the jump inside the fused update; ``w = w~ - lambda_t v`` is recovered at the end (``lambda = 0`` there).
 
 Stopping and metrics.  While ``lambda_t > 0`` the run never stops on the loss or gradient tolerance (a converged
 ResNet is knocked off its minimum when the shortcut is removed) nor as ``trapped``; from the first step with
@@ -44,29 +44,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
 
 import theory
 from sims import classify as _classify
-from sims import closed_forms as cf
-from sims import kernels
-from sims._runs import angles, check_threads, draw_problem, loss_ref, numba_threads
-from sims.kernels import (
-    STOP_DIVERGED,
-    STOP_GRAD,
-    STOP_LOSS,
-    STOP_MAX_STEPS,
-    STOP_TRAPPED,
-    angle_from,
-    grad_a_sq,
-    load_run,
-    optimal_alignment,
-    record_trajectory,
-    run_workspace,
-    store_run,
-    track_rate_levels,
-)
-from sims.rng import normal_pair
+from sims._runs import angles, check_threads, draw_problem, loss_ref
+from sims.engines import driver, gd
 from sims.samplers import Init, Teacher
 from sims.schedules import Schedule, optimal_eta_a
 from sims.simulate import (
@@ -82,8 +64,6 @@ from sims.simulate import (
 )
 
 FADE_KINDS: tuple[str, ...] = ("linear", "cosine", "step", "custom")
-_PI = math.pi
-_FM = {"reassoc", "contract", "arcp"}
 
 
 # ---- folding ----------------------------------------------------------------------------------------------------
@@ -211,225 +191,6 @@ def _check_fade_values(values: Any) -> np.ndarray:
 
 
 # ---- kernel -----------------------------------------------------------------------------------------------------
-@njit(parallel=True, cache=True, fastmath=_FM)
-def fading_gd(
-    WT,  # (R, p) effective filters w~ = w + lambda_0 v, updated in place (w~ at the stop)
-    A,  # (R, k) second layers, updated in place
-    WS,  # (Rt, p) teacher filters (Rt = 1 or R)
-    AS,  # (Rt, k)
-    V,  # (p,) unit shortcut direction
-    phi_saddle,  # (Rt,) saddle angle per teacher, -1 where the spurious point does not exist
-    lam,  # (T+1,) shortcut weights lambda_0 .. lambda_T (non-increasing, lam[T] = 0; 0 afterwards)
-    seg_end,
-    eta_w,
-    eta_a,
-    noise_w,
-    noise_a,
-    noise_decay,
-    states,
-    max_steps,
-    loss_tol,
-    grad_tol,
-    eps_steps,
-    divergence_loss,
-    stop_trapped,
-    record_steps,
-    traj,
-    final,
-    stop_step,
-    stop_reason,
-    slow_end,
-    steps_tol,
-    rate_levels,
-    rate_pts,
-    fade_end,  # (R, 2) out: loss and phi at the first step with lambda = 0 (NaN if not reached)
-):
-    """Population GD with a fading shortcut; arguments and outputs as :func:`sims.kernels.population_gd`."""
-    R, p = WT.shape
-    k = A.shape[1]
-    nseg = seg_end.shape[1]
-    m = record_steps.shape[0]
-    nl = lam.shape[0]
-    t_zero = nl - 1
-    for i in range(nl):
-        if lam[i] == 0.0:
-            t_zero = i
-            break
-    last_noisy = noise_w[nseg - 1] > 0.0 or noise_a[nseg - 1] > 0.0
-    for r in prange(R):
-        ri = np.int64(r)
-        tr = ri if WS.shape[0] > 1 else np.int64(0)
-        sr = ri if seg_end.shape[0] > 1 else np.int64(0)
-        w, ws, a, ast = run_workspace(p, k)  # private copies in one block (see sims.kernels.run_workspace)
-        load_run(w, ws, a, ast, WT, WS, A, AS, r, tr)
-        st = states[r]
-        phs = phi_saddle[tr]
-        ws2 = 0.0
-        Ss = 0.0
-        Qs = 0.0
-        for i in range(p):
-            ws2 += ws[i] * ws[i]
-        for j in range(k):
-            Ss += ast[j]
-            Qs += ast[j] * ast[j]
-        L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
-        if not L_ref > 0.0:
-            L_ref = 1.0
-        tol_loss = loss_tol * L_ref
-        tol_grad = grad_tol * math.sqrt(L_ref)
-        tol_eps = eps_steps * L_ref
-        tol_div = divergence_loss * L_ref
-        ww = 0.0
-        wws = 0.0
-        for i in range(p):
-            ww += w[i] * w[i]
-            wws += w[i] * ws[i]
-        S = 0.0
-        Q = 0.0
-        P = 0.0
-        for j in range(k):
-            S += a[j]
-            Q += a[j] * a[j]
-            P += a[j] * ast[j]
-        seg = 0
-        rec = 0
-        slow_end[r] = -1
-        steps_tol[r] = -1
-        fade_end[r, 0] = np.nan
-        fade_end[r, 1] = np.nan
-        for f in range(6):
-            rate_pts[r, f] = -1.0
-        sigma_scale = 1.0
-        z0 = 0.0
-        z1 = 0.0
-        prev_phi = 0.0
-        prev_P = 0.0
-        t = 0
-        while True:
-            at_cnn = t >= t_zero
-            n = math.sqrt(ww)
-            ok = n > 0.0 and math.isfinite(n)
-            L = np.nan
-            phi = np.nan
-            gnorm = np.nan
-            c = 0.0
-            s = 0.0
-            L_c = 0.0
-            L_S = 0.0
-            L_Q = 0.0
-            L_P = 0.0
-            ga2 = 0.0
-            if ok:
-                phi, c, s = angle_from(n, wws, ws2)
-                L = cf.loss(1.0, phi, c, s, S, Q, P, Ss, Qs)
-                L_rho, L_c, L_S, L_Q, L_P = cf.gradient(1.0, phi, c, s, S, Q, P, Ss, Qs)
-                gw2 = L_c * L_c * s * s / (n * n)
-                ga2 = grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
-                if ga2 < 1e-6 * (k * L_S * L_S + 4.0 * L_Q * L_Q * Q + L_P * L_P * Qs):
-                    # Near stationarity the invariant formula cancels to rounding noise: recompute from a
-                    # (as sims.kernels.population_gd does).
-                    ga2 = 0.0
-                    for j in range(k):
-                        gj = L_S + 2.0 * L_Q * a[j] + L_P * ast[j]
-                        ga2 += gj * gj
-                gnorm = math.sqrt(max(gw2 + ga2, 0.0))
-                if P > 0.0 and slow_end[r] < 0:
-                    slow_end[r] = t
-                if at_cnn:
-                    if L <= tol_eps and steps_tol[r] < 0:
-                        steps_tol[r] = t
-                    track_rate_levels(r, t, L, L_ref, rate_levels, rate_pts)
-                if t == t_zero:
-                    fade_end[r, 0] = L
-                    fade_end[r, 1] = phi
-            rec = record_trajectory(r, t, rec, record_steps, traj, L, phi, P, a, ast)
-            while seg < nseg - 1 and t >= seg_end[sr, seg]:
-                seg += 1
-            reason = -1
-            if not ok or not (math.isfinite(L) and math.isfinite(Q)) or L > tol_div:
-                reason = STOP_DIVERGED
-            elif at_cnn and L <= tol_loss:
-                reason = STOP_LOSS
-            elif at_cnn and gnorm <= tol_grad:
-                reason = STOP_GRAD
-            elif t >= max_steps:
-                reason = STOP_MAX_STEPS
-            elif stop_trapped and at_cnn and phs >= 0.0 and phi > phs and P < 0.0 and seg == nseg - 1:
-                if not last_noisy:
-                    g = cf.arc_cosine(phi, c, s)
-                    if 2.0 * _PI * math.sqrt(ga2) / (_PI - 1.0) * math.sqrt(Qs) < -optimal_alignment(g, k, Ss, Qs):
-                        reason = STOP_TRAPPED
-            if reason >= 0:
-                stop_reason[r] = reason
-                stop_step[r] = t
-                if reason == STOP_DIVERGED and not (math.isfinite(L) and math.isfinite(phi) and math.isfinite(P)):
-                    # overflowed (or the filter vanished): an infinite loss and the last finite angle and alignment
-                    final[r, 0] = math.inf
-                    final[r, 1] = prev_phi
-                    final[r, 2] = prev_P
-                    final[r, 3] = math.inf
-                else:
-                    final[r, 0] = L
-                    final[r, 1] = phi
-                    final[r, 2] = P
-                    final[r, 3] = gnorm
-                break
-            prev_phi = phi
-            prev_P = P
-            # GD step on w~ (the gradient wrt w equals the one wrt w~), then the jump (lambda_{t+1} - lambda_t) v.
-            lam_t = lam[t] if t < nl else 0.0
-            lam_n = lam[t + 1] if t + 1 < nl else 0.0
-            dl = lam_n - lam_t
-            ew = eta_w[sr, seg]
-            ea = eta_a[sr, seg]
-            alpha = 1.0 + ew * (L_c * (wws / n) / (n * n))
-            beta = -ew * L_c / n
-            ca = 1.0 - 2.0 * ea * L_Q
-            cp = -ea * L_P
-            c1 = -ea * L_S
-            sw = noise_w[seg] * sigma_scale
-            sa = noise_a[seg] * sigma_scale
-            ww = 0.0
-            wws = 0.0
-            S = 0.0
-            Q = 0.0
-            P = 0.0
-            if sw > 0.0 or sa > 0.0:
-                for i in range(p):
-                    if i % 2 == 0:
-                        z0, z1 = normal_pair(st)
-                    x = alpha * w[i] + beta * ws[i] + dl * V[i] + sw * (z0 if i % 2 == 0 else z1)
-                    w[i] = x
-                    ww += x * x
-                    wws += x * ws[i]
-                for j in range(k):
-                    if j % 2 == 0:
-                        z0, z1 = normal_pair(st)
-                    y = ca * a[j] + cp * ast[j] + c1 + sa * (z0 if j % 2 == 0 else z1)
-                    a[j] = y
-                    S += y
-                    Q += y * y
-                    P += y * ast[j]
-                sigma_scale *= noise_decay
-            else:
-                for i in range(p):
-                    x = alpha * w[i] + beta * ws[i] + dl * V[i]
-                    w[i] = x
-                    ww += x * x
-                    wws += x * ws[i]
-                for j in range(k):
-                    y = ca * a[j] + cp * ast[j] + c1
-                    a[j] = y
-                    S += y
-                    Q += y * y
-                    P += y * ast[j]
-            t += 1
-        store_run(w, a, WT, A, r)
-        for q in range(rec, m):
-            for f in range(4):
-                traj[r, q, f] = np.nan
-
-
 # ---- entry point ------------------------------------------------------------------------------------------------
 def _check_schedule(schedule: Any, k: int, allow_unstable: bool) -> None:
     if not isinstance(schedule, Schedule):
@@ -508,35 +269,30 @@ def simulate_fading(
     phi_s = _classify.saddle_angles_batch(AS)
     WT = np.ascontiguousarray(WT0.copy())
     A = np.ascontiguousarray(A0.copy())
-    traj = np.empty((runs, rec.size, 4))
-    final = np.empty((runs, 4))
-    stop_step = np.empty(runs, dtype=np.int64)
-    stop_reason = np.empty(runs, dtype=np.int64)
-    slow_end = np.empty(runs, dtype=np.int64)
-    steps_tol = np.empty(runs, dtype=np.int64)
-    rate_pts = np.empty((runs, 6))
-    fade_end = np.empty((runs, 2))
+    fade_end = np.full((runs, 2), np.nan)
+    zero = np.flatnonzero(lam == 0.0)
+    eng = gd.PopulationGD(WT, A, True, lam, v, int(zero[0]) if zero.size else lam.size - 1, fade_end)
     no_noise = not (sched.noise_w.any() or sched.noise_a.any())
-    with numba_threads(threads):
-        fading_gd(WT, A, WS, AS, v, phi_s, lam, sched.seg_end, sched.eta_w, sched.eta_a, sched.noise_w,
-                  sched.noise_a, sched.noise_decay, states, steps, tolerances.loss_tol, tolerances.grad_tol,
-                  tolerances.eps, tolerances.divergence, tolerances.stop_trapped and no_noise, rec, traj, final,
-                  stop_step, stop_reason, slow_end, steps_tol, np.array(tolerances.rate_window), rate_pts, fade_end)
+    out = driver.make_outputs(runs, rec.size)
+    driver.run_batch(gd.run_range, gd.workspace, eng,
+                     driver.make_problem(WS, AS, phi_s, sched, states, rec, tolerances.rate_window),
+                     driver.make_stops(tolerances, steps, tolerances.stop_trapped and no_noise), out, runs, threads)
+    final, stop_step, stop_reason = out.final, out.stop_step, out.stop_reason
 
     lref = loss_ref(AS)
     code = _classify.classify(final_loss=final[:, 0], final_phi=final[:, 1], a=A, a_star=AS, scale=np.ones(runs),
                               stop_reason=stop_reason, loss_ref=lref, loss_tol=tolerances.loss_tol)
-    fitted, linear, predicted = _rates(rate_pts, code, "cnn", WT, A, WS, AS, sched, tolerances.linear_rtol)
+    fitted, linear, predicted = _rates(out.rate_pts, code, "cnn", WT, A, WS, AS, sched, tolerances.linear_rtol)
     lam_stop = np.where(stop_step < lam.size, lam[np.minimum(stop_step, lam.size - 1)], 0.0)
     W = WT - lam_stop[:, None] * v
     settings = _settings_dict(model="cnn", trained_as="resnet-fading-shortcut", k=k, p=p, runs=runs, steps=steps,
                               schedule=schedule, fade=fade, teacher=teacher, init=init, algorithm="gd",
                               batch_size=None, shortcut=v, seed=seed, run_offset=run_offset, tolerances=tolerances,
                               n_record=n_record, allow_unstable=allow_unstable)
-    return assemble_result(settings=settings, run_offset=run_offset, code=code, stop_names=kernels.STOP_NAMES,
-                           stop_reason=stop_reason, stop_step=stop_step, final=final, steps_tol=steps_tol,
-                           slow_end=slow_end, fitted=fitted, theory_rate=predicted, linear=linear, w=W, a=A,
-                           w0=W0, a0=A0, w_star=WS, a_star=AS, loss_ref=lref, rec=rec, traj=traj, sched=sched,
+    return assemble_result(settings=settings, run_offset=run_offset, code=code, stop_names=driver.STOP_NAMES,
+                           stop_reason=stop_reason, stop_step=stop_step, final=final, steps_tol=out.steps_tol,
+                           slow_end=out.slow_end, fitted=fitted, theory_rate=predicted, linear=linear, w=W, a=A,
+                           w0=W0, a0=A0, w_star=WS, a_star=AS, loss_ref=lref, rec=rec, traj=out.traj, sched=sched,
                            schedule=schedule,
                            extras={"fade_end_loss": fade_end[:, 0].copy(), "fade_end_phi": fade_end[:, 1].copy()})
 

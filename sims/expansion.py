@@ -5,7 +5,8 @@ shortcut ``v`` stays fixed: ``w~ = v + W_N ... W_1``; the second layer ``a``: ``
 ``N`` linear factors ``W_N ... W_1`` with ExpandNets' widths at expansion rate ``r``: the first hidden layer has
 ``r m`` units, the others ``r`` (``r n`` with ``n = 1``).  The network computes exactly the same function as the
 contracted one (:func:`contract`), so the population loss, its closed forms, the classification against the fixed
-points and every monitor of :mod:`sims.kernels` carry over unchanged; only the training dynamics differ.
+points and every monitor of the run driver (:mod:`sims.engines.driver`) carry over unchanged; only the training
+dynamics differ.
 
 Use it through :func:`sims.simulate` (``expansion=sims.Expansion(...)``); the result is a
 :class:`sims.SimulationResult` whose ``w, a, w0, a0`` are the *contracted* weights and whose ``extras`` hold the
@@ -47,7 +48,8 @@ import numpy as np
 import theory
 from sims import classify as _classify
 from sims import expansion_kernels as ek
-from sims import kernels
+from sims.engines import driver
+from sims.engines import expansion as ex_engine
 from sims.samplers import Init
 from sims.schedules import Schedule
 from theory.validation import check_model
@@ -56,7 +58,7 @@ TARGETS: tuple[str, ...] = ("w", "a", "both")
 INITS: tuple[str, ...] = ("auto", "balanced", "gaussian", "zero-last", "zero", "plus-init")
 ENGINES: tuple[str, ...] = ("auto", "factored")
 #: ``stop_reason`` names of expanded runs (the engine's plus ``"stuck"``).
-STOP_NAMES: tuple[str, ...] = kernels.STOP_NAMES + ("stuck",)
+STOP_NAMES: tuple[str, ...] = driver.STOP_NAMES
 _DEFAULT_SCALE = {"gaussian": 0.1, "zero-last": 1.0, "plus-init": 1.0}
 
 
@@ -502,14 +504,7 @@ def train(expansion: Expansion, *, model: str, k: int, p: int, runs: int, steps:
     phi_s = _classify.saddle_angles_batch(AS)
     WT = np.ascontiguousarray(WT0.copy())
     A = np.ascontiguousarray(A0c.copy())
-    traj = np.empty((runs, rec.size, 4))
     wrec = np.empty((runs, rec.size if expansion.record_weights else 0, p + k))
-    final = np.empty((runs, 4))
-    stop_step = np.empty(runs, dtype=np.int64)
-    stop_reason = np.empty(runs, dtype=np.int64)
-    slow_end = np.empty(runs, dtype=np.int64)
-    steps_tol = np.empty(runs, dtype=np.int64)
-    rate_pts = np.empty((runs, 6))
     fgrad = np.empty(runs)
     normalized = model != "cnn-unnormalized"
     no_noise = not (sched.noise_w.any() or sched.noise_a.any())
@@ -517,27 +512,23 @@ def train(expansion: Expansion, *, model: str, k: int, p: int, runs: int, steps:
     trap_factor = math.sqrt((k + math.pi - 1.0) / (math.pi - 1.0)) if a_factored else 1.0
     w_off, w_dim, w_uoff = layout.w_group
     a_off, a_dim, a_uoff = layout.a_group
-    mode = ek.MODE_GD if algorithm == "gd" else ek.MODE_SGD
-    if threads is not None:
-        numba.set_num_threads(threads)
-    try:
-        ek.expanded_train(
-            np.int64(mode), np.int64(batch_size or 1), F, w_off, w_dim, w_uoff, a_off, a_dim, a_uoff, WT, A, vk,
-            WS, AS, phi_s, normalized, sched.seg_end, sched.eta_w, sched.eta_a, sched.noise_w, sched.noise_a,
-            float(sched.noise_decay), states, np.int64(steps), float(tolerances.loss_tol),
-            float(tolerances.grad_tol), float(tolerances.eps), float(tolerances.divergence),
-            bool(tolerances.stop_trapped and no_noise and mode == ek.MODE_GD), float(trap_factor), rec, traj, final,
-            stop_step, stop_reason, slow_end, steps_tol, np.array(tolerances.rate_window, dtype=float), rate_pts,
-            wrec, fgrad)
-    finally:
-        numba.set_num_threads(old)
+    mode = ex_engine.MODE_GD if algorithm == "gd" else ex_engine.MODE_SGD
+    eng = ex_engine.Expanded(int(mode), int(batch_size or 1), F, w_off, w_dim, w_uoff, a_off, a_dim, a_uoff, WT, A,
+                             vk, bool(normalized), float(trap_factor), wrec, fgrad)
+    out = driver.make_outputs(runs, rec.size)
+    driver.run_batch(ex_engine.run_range, ex_engine.workspace, eng,
+                     driver.make_problem(WS, AS, phi_s, sched, states, rec, tolerances.rate_window),
+                     driver.make_stops(tolerances, steps, tolerances.stop_trapped and no_noise and algorithm == "gd"),
+                     out, runs, threads)
+    traj, final, stop_step, stop_reason = out.traj, out.final, out.stop_step, out.stop_reason
+    slow_end, steps_tol, rate_pts = out.slow_end, out.steps_tol, out.rate_pts
 
     loss_ref = (AS.sum(axis=1) ** 2 + (math.pi - 1.0) * np.einsum("ij,ij->i", AS, AS)) / (4.0 * math.pi)
     loss_ref = np.where(loss_ref > 0, loss_ref, 1.0)
     scale = np.linalg.norm(WT, axis=1) if model == "cnn-unnormalized" else np.ones(runs)
     code = _classify.classify(final_loss=final[:, 0], final_phi=final[:, 1], a=A, a_star=AS, scale=scale,
                               stop_reason=stop_reason, loss_ref=loss_ref, loss_tol=tolerances.loss_tol)
-    stuck = stop_reason == ek.STOP_STUCK
+    stuck = stop_reason == driver.STOP_STUCK
     code = np.where(stuck & (code != _classify.SPURIOUS), _classify.SADDLE, code)
     fitted, linear = _sim.fitted_rates(rate_pts, code, sched, tolerances.linear_rtol)
     settings = _sim._settings_dict(model=model, k=k, p=p, runs=runs, steps=steps, schedule=schedule,

@@ -1,8 +1,8 @@
-"""Finite-sample training kernels: online SGD and GD on a fixed training set, compiled with numba, parallel over
-runs.
+"""Empirical gradients of finite-sample training: online SGD and GD on a fixed training set.
 
-Both kernels mirror :func:`sims.kernels.population_gd` (same arguments, outputs and stop logic); only the step
-differs.  The step uses the gradient of the *empirical* loss ``0.5 mean_b (f(Z_b; w, a) - f(Z_b; w*, a*))^2``:
+These are the compiled pieces the engine :mod:`sims.engines.sgd` steps with (the driver owns the loop, the stops
+and the recording).  The step uses the gradient of the *empirical* loss
+``0.5 mean_b (f(Z_b; w, a) - f(Z_b; w*, a*))^2``:
 
 - ``"sgd"``: a fresh minibatch of ``batch_size`` inputs ``Z_b`` (``k x p``, i.i.d. N(0, 1)) every step;
 - ``"gd-fixed"``: one training set of ``batch_size`` inputs drawn at the start, the full-batch gradient every step.
@@ -13,47 +13,25 @@ wrt ``w``), or ``relu(w . Z_j)`` (unnormalized).  With ``g_u = mean_b r_b sum_j 
 ``r_b = f - f*``, the filter gradient is ``(I - u u^T) g_u / ||w~||`` (normalized) or ``g_u`` (unnormalized), and
 ``d/da_j = mean_b r_b relu(u.Z_bj)``.
 
-**Monitoring is population-level**: every step computes the *population* loss and gradient norm from the closed
-forms through the invariants ``||w~||, w~.w*, 1.a, a.a, a.a*`` (exactly as ``population_gd``), and the tolerances,
-the divergence check, the trajectory, ``slow_end``, ``steps_tol``, ``rate_pts`` and ``final`` all refer to
-those.  Stop reasons: ``loss_tol``, ``grad_tol`` (population gradient), ``diverged``, ``max_steps``; never
-``trapped`` (the steps are noisy, so the basin argument does not apply).
-
-**No NaN leaves the kernel** (except the documented NaN padding of ``traj`` after the stop): a step whose result
-is non-finite is rolled back; the run then stops ``diverged`` at the last finite state (``stop_step`` is that
-state's step, ``WT``/``A``/``final`` hold it).
-
 **Random numbers.**  Each run draws everything (minibatches, the training set, perturbation noise) from its own
-xoshiro256** stream ``states[r]`` with the Ziggurat sampler of :mod:`sims.rng` (~2.3 ns per normal), and is
-advanced start-to-stop by one thread, so results are bit-identical for any thread count and any split of runs.
-The stream is held in four scalars while a run is active and written back to ``states[r]`` when it stops.
-``sampler="projected"`` (SGD only, see :func:`_projected_gradient`) draws the exact law of the minibatch gradient
-from ``2 B k + p`` normals instead of ``B k p``.
+xoshiro256** stream with the Ziggurat sampler of :mod:`sims.rng` (~2.3 ns per normal), held in four scalars while
+a run is active.  ``sampler="projected"`` (SGD only, see :func:`_projected_gradient`) draws the exact law of the
+minibatch gradient from ``2 B k + p`` normals instead of ``B k p``.
 
 **Memory.**  Inputs are processed in blocks of at most ``CHUNK_ELEMS`` doubles (128 KiB), so SGD needs per thread
 one block plus ``O(chunk k + p + k)`` work vectors, whatever the batch size.  ``gd-fixed`` holds its run's training
-set (``batch_size x k x p`` doubles plus the teacher outputs), allocated inside the per-run function, so at most
-one set per thread is alive (never ``R x n x k x p``); :func:`run` refuses sets above ``MAX_SAMPLE_BYTES``.
+set (``batch_size x k x p`` doubles plus the teacher outputs) in its thread's work space, so at most one set per
+thread is alive (never ``R x n x k x p``); :func:`engine` refuses sets above ``MAX_SAMPLE_BYTES``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
 
-from sims import closed_forms as cf
-from sims.kernels import (
-    STOP_DIVERGED,
-    STOP_GRAD,
-    STOP_LOSS,
-    STOP_MAX_STEPS,
-    angle_from,
-    grad_a_sq,
-    record_trajectory,
-    track_rate_levels,
-)
 from sims.rng import zig_normal
 
 ALGORITHMS = ("sgd", "gd-fixed")
@@ -116,7 +94,7 @@ def _block_backward(Z, nb, a, h, res, cv, gu, ga):
     for j in range(k):
         aj = a[j]
         off = j * nb
-        for b in range(nb):  # stores only; the sum is a separate loop (see sims.kernels.run_workspace)
+        for b in range(nb):  # stores only; the sum is a separate loop (see sims.engines.common.run_workspace)
             cv[off + b] = res[b] * aj if h[off + b] > 0.0 else 0.0
         s = 0.0
         for b in range(nb):
@@ -369,264 +347,10 @@ def _filter_gradient(gu, wu, n, normalized, gw):
             gw[i] = gu[i]
 
 
-# ---- the training kernel ---------------------------------------------------------------------------------------
+# ---- the training engine (sims.engines.sgd) ---------------------------------------------------------------------
 
 SGD_FULL, SGD_PROJECTED, GD_FIXED = 0, 1, 2
 SAMPLERS = ("full", "projected")
-
-
-@njit(cache=True, fastmath=_FM)
-def _run_one(
-    r,  # the run (row) to advance from start to stop
-    mode,  # SGD_FULL, SGD_PROJECTED (online SGD; see _projected_gradient) or GD_FIXED (fixed training set)
-    batch_size,  # minibatch size (SGD) or training-set size (GD_FIXED)
-    chunk,  # samples per block of inputs (chunk_samples)
-    WT,  # (R, p) effective filters w~, updated in place
-    A,  # (R, k) second layers, updated in place
-    WS,  # (Rt, p) teacher filters (Rt = 1 or R)
-    AS,  # (Rt, k) teacher second layers
-    normalized,  # bool: weight-normalized (rho = 1) or not (rho = ||w||)
-    seg_end,  # (Rs, nseg) int64 step at which each segment ends; Rs = 1 or R
-    eta_w,  # (Rs, nseg)
-    eta_a,  # (Rs, nseg)
-    noise_w,  # (nseg,) perturbation std on w per step, per segment
-    noise_a,  # (nseg,)
-    noise_decay,  # multiplicative decay of the noise std per step (annealing)
-    states,  # (R, 4) uint64 random streams, advanced in place
-    max_steps,
-    loss_tol,  # all loss levels are relative to L_ref = loss of the zero network = E[f*^2] / 2
-    grad_tol,  # relative to sqrt(L_ref)
-    eps_steps,  # loss level for steps_to_tol
-    divergence_loss,  # a loss above this (or non-finite) is divergence
-    record_steps,  # (m,) int64 ascending steps at which the trajectory is recorded
-    traj,  # (R, m, 4) out: population loss, phi, a.a*, ||a - a*||; NaN after the stop
-    final,  # (R, 4) out: population loss, phi, a.a*, population gradient norm at the stop
-    stop_step,  # (R,) out
-    stop_reason,  # (R,) out
-    slow_end,  # (R,) out: first step with a.a* > 0 (-1 if never)
-    steps_tol,  # (R,) out: first step with population loss <= eps_steps (-1 if never)
-    rate_levels,  # (3,) loss levels hi > mid > lo (see population_gd)
-    rate_pts,  # (R, 6) out: step and loss at the last downward crossing of each level (-1 if none)
-):
-    p = WT.shape[1]
-    k = A.shape[1]
-    kp = k * p
-    nseg = seg_end.shape[1]
-    m = record_steps.shape[0]
-    fixed = mode == GD_FIXED
-    tr = r if WS.shape[0] > 1 else np.int64(0)
-    sr = r if seg_end.shape[0] > 1 else np.int64(0)
-    w = WT[r]
-    a = A[r]
-    ws = WS[tr]
-    ast = AS[tr]
-    s0, s1, s2, s3 = states[r, 0], states[r, 1], states[r, 2], states[r, 3]
-    # Thread-local work space: O(chunk k p) for SGD; the run's own training set for GD_FIXED.
-    wu = np.empty(p)
-    gu = np.empty(p)
-    gw = np.empty(p)
-    e2 = np.empty(p)
-    xi = np.empty(p)
-    ga = np.empty(k)
-    w_prev = np.empty(p)
-    a_prev = np.empty(k)
-    zb = np.empty(chunk * kp if mode == SGD_FULL else 0)
-    h = np.empty(chunk * k)
-    hs = np.empty(chunk * k)
-    cv = np.empty(chunk * k)
-    fb = np.empty(chunk)
-    fsb = np.empty(chunk)
-    X = np.empty(batch_size * kp if fixed else 0)
-    FS = np.empty(batch_size if fixed else 0)
-    if fixed:
-        s0, s1, s2, s3 = _draw_training_set(s0, s1, s2, s3, chunk, X, FS, ws, ast, hs)
-    ws2 = 0.0
-    Ss = 0.0
-    Qs = 0.0
-    for i in range(p):
-        ws2 += ws[i] * ws[i]
-    for j in range(k):
-        Ss += ast[j]
-        Qs += ast[j] * ast[j]
-    L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
-    if not L_ref > 0.0:
-        L_ref = 1.0
-    tol_loss = loss_tol * L_ref
-    tol_grad = grad_tol * math.sqrt(L_ref)
-    tol_eps = eps_steps * L_ref
-    tol_div = divergence_loss * L_ref
-    ww = 0.0
-    wws = 0.0
-    for i in range(p):
-        ww += w[i] * w[i]
-        wws += w[i] * ws[i]
-    S = 0.0
-    Q = 0.0
-    P = 0.0
-    for j in range(k):
-        S += a[j]
-        Q += a[j] * a[j]
-        P += a[j] * ast[j]
-    seg = 0
-    rec = 0
-    slow_end[r] = -1
-    steps_tol[r] = -1
-    for f in range(6):
-        rate_pts[r, f] = -1.0
-    sigma_scale = 1.0
-    L_prev = 0.0
-    phi_prev = 0.0
-    P_prev = 0.0
-    g_prev = 0.0
-    t = 0
-    while True:
-        n = math.sqrt(ww)
-        phi, c, s = angle_from(n, wws, ws2)
-        rho = 1.0 if normalized else n
-        L = cf.loss(rho, phi, c, s, S, Q, P, Ss, Qs)
-        L_rho, L_c, L_S, L_Q, L_P = cf.gradient(rho, phi, c, s, S, Q, P, Ss, Qs)
-        gw2 = L_c * L_c * s * s / (n * n)
-        if not normalized:
-            gw2 += L_rho * L_rho
-        ga2 = grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
-        gnorm = math.sqrt(max(gw2 + ga2, 0.0))
-        if not (math.isfinite(L) and math.isfinite(n) and math.isfinite(Q) and math.isfinite(phi)
-                and math.isfinite(P) and math.isfinite(gnorm)):
-            # Roll back to the last finite state and stop there (no NaN leaves the kernel).
-            if t > 0:
-                for i in range(p):
-                    w[i] = w_prev[i]
-                for j in range(k):
-                    a[j] = a_prev[j]
-                t -= 1
-                L, phi, P, gnorm = L_prev, phi_prev, P_prev, g_prev
-            else:  # non-finite input (run() rejects it): report an infinite loss
-                L = math.inf
-                phi = phi if math.isfinite(phi) else math.pi
-                P = P if math.isfinite(P) else 0.0
-                gnorm = math.inf
-            stop_reason[r] = STOP_DIVERGED
-            stop_step[r] = t
-            final[r, 0] = L
-            final[r, 1] = phi
-            final[r, 2] = P
-            final[r, 3] = gnorm
-            break
-        if P > 0.0 and slow_end[r] < 0:
-            slow_end[r] = t
-        if L <= tol_eps and steps_tol[r] < 0:
-            steps_tol[r] = t
-        track_rate_levels(r, t, L, L_ref, rate_levels, rate_pts)
-        rec = record_trajectory(r, t, rec, record_steps, traj, L, phi, P, a, ast)
-        while seg < nseg - 1 and t >= seg_end[sr, seg]:
-            seg += 1
-        reason = -1
-        if L > tol_div:
-            reason = STOP_DIVERGED
-        elif L <= tol_loss:
-            reason = STOP_LOSS
-        elif gnorm <= tol_grad:
-            reason = STOP_GRAD
-        elif t >= max_steps:
-            reason = STOP_MAX_STEPS
-        if reason >= 0:
-            stop_reason[r] = reason
-            stop_step[r] = t
-            final[r, 0] = L
-            final[r, 1] = phi
-            final[r, 2] = P
-            final[r, 3] = gnorm
-            break
-        L_prev, phi_prev, P_prev, g_prev = L, phi, P, gnorm
-        for i in range(p):
-            w_prev[i] = w[i]
-        for j in range(k):
-            a_prev[j] = a[j]
-        # One step on the empirical loss.
-        nw = _filter_direction(w, normalized, wu)
-        if mode == GD_FIXED:
-            _fixed_gradient(chunk, X, FS, wu, a, h, cv, fb, gu, ga)
-        elif mode == SGD_PROJECTED:
-            _, s0, s1, s2, s3 = _projected_gradient(s0, s1, s2, s3, batch_size, chunk, wu, ws, a, ast, e2, xi,
-                                                    h, hs, cv, fb, fsb, gu, ga)
-        else:
-            _, s0, s1, s2, s3 = _sgd_gradient(s0, s1, s2, s3, batch_size, chunk, wu, ws, a, ast, zb, h, hs, cv,
-                                              fb, fsb, gu, ga)
-        _filter_gradient(gu, wu, nw, normalized, gw)
-        ew = eta_w[sr, seg]
-        ea = eta_a[sr, seg]
-        sw = noise_w[seg] * sigma_scale
-        sa = noise_a[seg] * sigma_scale
-        noisy = sw > 0.0 or sa > 0.0
-        ww = 0.0
-        wws = 0.0
-        S = 0.0
-        Q = 0.0
-        P = 0.0
-        for i in range(p):
-            x = w[i] - ew * gw[i]
-            if noisy:
-                zz, s0, s1, s2, s3 = zig_normal(s0, s1, s2, s3)
-                x += sw * zz
-            w[i] = x
-            ww += x * x
-            wws += x * ws[i]
-        for j in range(k):
-            y = a[j] - ea * ga[j]
-            if noisy:
-                zz, s0, s1, s2, s3 = zig_normal(s0, s1, s2, s3)
-                y += sa * zz
-            a[j] = y
-            S += y
-            Q += y * y
-            P += y * ast[j]
-        if noisy:
-            sigma_scale *= noise_decay
-        t += 1
-    states[r, 0], states[r, 1], states[r, 2], states[r, 3] = s0, s1, s2, s3
-    for q in range(rec, m):
-        for f in range(4):
-            traj[r, q, f] = np.nan
-
-
-
-
-@njit(parallel=True, cache=True)
-def finite_sample_gd(
-    mode,  # SGD_FULL, SGD_PROJECTED (online SGD; see _projected_gradient) or GD_FIXED (fixed training set)
-    batch_size,  # minibatch size (SGD) or training-set size (GD_FIXED)
-    chunk,  # samples per block of inputs (chunk_samples)
-    WT,  # (R, p) effective filters w~, updated in place
-    A,  # (R, k) second layers, updated in place
-    WS,  # (Rt, p) teacher filters (Rt = 1 or R)
-    AS,  # (Rt, k) teacher second layers
-    normalized,  # bool: weight-normalized (rho = 1) or not (rho = ||w||)
-    seg_end,  # (Rs, nseg) int64 step at which each segment ends; Rs = 1 or R
-    eta_w,  # (Rs, nseg)
-    eta_a,  # (Rs, nseg)
-    noise_w,  # (nseg,) perturbation std on w per step, per segment
-    noise_a,  # (nseg,)
-    noise_decay,  # multiplicative decay of the noise std per step (annealing)
-    states,  # (R, 4) uint64 random streams, advanced in place
-    max_steps,
-    loss_tol,  # all loss levels are relative to L_ref = loss of the zero network = E[f*^2] / 2
-    grad_tol,  # relative to sqrt(L_ref)
-    eps_steps,  # loss level for steps_to_tol
-    divergence_loss,  # a loss above this (or non-finite) is divergence
-    record_steps,  # (m,) int64 ascending steps at which the trajectory is recorded
-    traj,  # (R, m, 4) out: population loss, phi, a.a*, ||a - a*||; NaN after the stop
-    final,  # (R, 4) out: population loss, phi, a.a*, population gradient norm at the stop
-    stop_step,  # (R,) out
-    stop_reason,  # (R,) out
-    slow_end,  # (R,) out: first step with a.a* > 0 (-1 if never)
-    steps_tol,  # (R,) out: first step with population loss <= eps_steps (-1 if never)
-    rate_levels,  # (3,) loss levels hi > mid > lo (see population_gd)
-    rate_pts,  # (R, 6) out: step and loss at the last downward crossing of each level (-1 if none)
-):
-    for r in prange(WT.shape[0]):
-        _run_one(np.int64(r), mode, batch_size, chunk, WT, A, WS, AS, normalized, seg_end, eta_w, eta_a, noise_w,
-                 noise_a, noise_decay, states, max_steps, loss_tol, grad_tol, eps_steps, divergence_loss,
-                 record_steps, traj, final, stop_step, stop_reason, slow_end, steps_tol, rate_levels, rate_pts)
 
 
 # ---- entry point used by sims.simulate -------------------------------------------------------------------------
@@ -669,26 +393,39 @@ def _mode(algorithm: str, sampler: str) -> int:
     return SGD_PROJECTED if sampler == "projected" else SGD_FULL
 
 
-def run(algorithm, batch_size, WT, A, WS, AS, phi_s, normalized, seg_end, eta_w, eta_a, noise_w, noise_a,
-        noise_decay, states, max_steps, loss_tol, grad_tol, eps_steps, divergence_loss, record_steps, traj, final,
-        stop_step, stop_reason, slow_end, steps_tol, rate_levels, rate_pts, *, sampler: str = "full") -> None:
-    """Run ``"sgd"`` or ``"gd-fixed"`` on every row of ``WT, A`` (in place), filling the output arrays exactly as
-    :func:`sims.kernels.population_gd` does (see the module docstring for the differences).
+def engine(algorithm: str, batch_size: Any, WT: np.ndarray, A: np.ndarray, WS: np.ndarray, AS: np.ndarray,
+           normalized: bool, *, sampler: str = "full"):
+    """The :class:`sims.engines.sgd.FiniteSample` record of ``"sgd"`` or ``"gd-fixed"`` on the rows of ``WT, A``
+    (validated: batch size, sampler, finite starting points).
 
-    ``phi_s`` is accepted for the common signature and unused (no ``trapped`` stop).  ``sampler`` (SGD only):
-    ``"full"`` draws every minibatch input ``Z`` (``B k p`` normals per step); ``"projected"`` draws the same law of
-    the minibatch gradient from ``2 B k + p`` normals (see :func:`_projected_gradient`); the two give different
-    streams, hence different (equally distributed) trajectories."""
-    del phi_s
+    ``sampler`` (SGD only): ``"full"`` draws every minibatch input ``Z`` (``B k p`` normals per step);
+    ``"projected"`` draws the same law of the minibatch gradient from ``2 B k + p`` normals (see
+    :func:`_projected_gradient`); the two give different streams, hence different (equally distributed)
+    trajectories."""
+    from sims.engines.sgd import FiniteSample
+
     k, p = A.shape[1], WT.shape[1]
     batch_size = _check_batch(algorithm, batch_size, k, p)
     mode = _mode(algorithm, sampler)
     _check_state(WT, A, WS, AS)
     chunk = chunk_samples(batch_size, k, p, projected=mode == SGD_PROJECTED)
-    finite_sample_gd(np.int64(mode), np.int64(batch_size), np.int64(chunk), WT, A, WS, AS,
-                     bool(normalized), seg_end, eta_w, eta_a, noise_w, noise_a, float(noise_decay), states,
-                     np.int64(max_steps), float(loss_tol), float(grad_tol), float(eps_steps), float(divergence_loss),
-                     record_steps, traj, final, stop_step, stop_reason, slow_end, steps_tol, rate_levels, rate_pts)
+    return FiniteSample(WT, A, bool(normalized), int(mode), int(batch_size), int(chunk))
+
+
+def run(algorithm, batch_size, WT, A, WS, AS, phi_s, normalized, seg_end, eta_w, eta_a, noise_w, noise_a,
+        noise_decay, states, max_steps, loss_tol, grad_tol, eps_steps, divergence_loss, record_steps, traj, final,
+        stop_step, stop_reason, slow_end, steps_tol, rate_levels, rate_pts, *, sampler: str = "full") -> None:
+    """Run ``"sgd"`` or ``"gd-fixed"`` on every row of ``WT, A`` (in place), filling the output arrays as
+    :func:`sims.simulate` does, from raw arrays (for tests and benchmarks that hold their own streams)."""
+    from sims.engines import driver, sgd
+
+    eng = engine(algorithm, batch_size, WT, A, WS, AS, normalized, sampler=sampler)
+    prob = driver.Problem(WS, AS, phi_s, seg_end, eta_w, eta_a, noise_w, noise_a, float(noise_decay), states,
+                          record_steps, rate_levels)
+    stops = driver.Stops(int(max_steps), float(loss_tol), float(grad_tol), float(eps_steps), float(divergence_loss),
+                         False)
+    out = driver.Outputs(traj, final, stop_step, stop_reason, slow_end, steps_tol, rate_pts)
+    driver.run_batch(sgd.run_range, sgd.workspace, eng, prob, stops, out, WT.shape[0])
 
 
 # ---- helpers for tests and diagnostics -------------------------------------------------------------------------

@@ -49,28 +49,13 @@ import math
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
 from scipy import special
 
 import theory
 from sims import classify as _classify
-from sims import closed_forms as cf
-from sims import kernels
-from sims._runs import angles, check_threads, draw_problem, loss_ref, numba_threads
-from sims.kernels import (
-    STOP_DIVERGED,
-    STOP_GRAD,
-    STOP_LOSS,
-    STOP_MAX_STEPS,
-    STOP_TRAPPED,
-    angle_from,
-    grad_a_sq,
-    load_run,
-    optimal_alignment,
-    run_workspace,
-    store_run,
-    track_rate_levels,
-)
+from sims._runs import angles, check_threads, draw_problem, loss_ref
+from sims.engines import driver
+from sims.engines import laperm as lp
 from sims.samplers import Init, Teacher
 from sims.schedules import Schedule, optimal_eta_a
 from sims.simulate import (
@@ -88,289 +73,10 @@ INNER: tuple[str, ...] = ("gd", "adam")
 INIT_DISTS: tuple[str, ...] = ("gaussian", "uniform")
 PERMUTE: tuple[str, ...] = ("both", "w", "a")
 #: Stop reason of a run whose synchronization reproduced the previous synchronized weights (GD inner optimizer).
-STOP_SYNC_FIXED = 5
-STOP_NAMES: tuple[str, ...] = kernels.STOP_NAMES + ("sync_fixed",)
+STOP_NAMES: tuple[str, ...] = driver.STOP_NAMES
 _INNER_GD, _INNER_ADAM = 0, 1
 _PI = math.pi
 _FM = {"reassoc", "contract", "arcp"}
-
-
-@njit(cache=True)
-def _sync(x, sorted_vals, prev, permute):
-    """Put the ``i``-th smallest of ``sorted_vals`` where ``x`` has its ``i``-th smallest entry (in place, if
-    ``permute``); copy the result into ``prev`` and return whether it differs from what ``prev`` held."""
-    if permute:
-        order = np.argsort(x, kind="mergesort")
-        for i in range(x.shape[0]):
-            x[order[i]] = sorted_vals[i]
-    changed = False
-    for i in range(x.shape[0]):
-        if x[i] != prev[i]:
-            changed = True
-            prev[i] = x[i]
-    return changed
-
-
-@njit(parallel=True, cache=True, fastmath=_FM)
-def laperm_gd(
-    W,  # (R, p) filters, updated in place (the synchronized filter at the stop)
-    A,  # (R, k) second layers, updated in place
-    WS,  # (Rt, p) teacher filters (Rt = 1 or R)
-    AS,  # (Rt, k)
-    WV,  # (R, p) sorted initial values of w
-    AV,  # (R, k) sorted initial values of a
-    phi_saddle,  # (Rt,)
-    sync_every,  # K >= 1, or 0: never synchronize (plain inner optimizer)
-    perm_w,  # bool: synchronize w (else w trains freely)
-    perm_a,  # bool: synchronize a
-    inner,  # 0: GD, 1: Adam
-    adam_b1,
-    adam_b2,
-    adam_eps,
-    seg_end,
-    eta_w,  # GD step sizes, or Adam learning rates, per segment
-    eta_a,
-    max_steps,
-    loss_tol,
-    grad_tol,
-    eps_steps,
-    divergence_loss,
-    stop_trapped,
-    record_steps,
-    traj,
-    final,
-    stop_step,
-    stop_reason,
-    slow_end,
-    steps_tol,
-    rate_levels,
-    rate_pts,
-    sync_info,  # (R, 3) int64 out: synchronizations, those that changed the weights, step of the last change
-):
-    R, p = W.shape
-    k = A.shape[1]
-    nseg = seg_end.shape[1]
-    m = record_steps.shape[0]
-    K = sync_every
-    for r in prange(R):
-        ri = np.int64(r)
-        tr = ri if WS.shape[0] > 1 else np.int64(0)
-        sr = ri if seg_end.shape[0] > 1 else np.int64(0)
-        w, ws, a, ast = run_workspace(p, k)  # private copies in one block (see sims.kernels.run_workspace)
-        load_run(w, ws, a, ast, W, WS, A, AS, r, tr)
-        phs = phi_saddle[tr]
-        last_start = seg_end[sr, nseg - 2] if nseg > 1 else np.int64(0)
-        pw = w.copy()
-        pa = a.copy()
-        mw = np.zeros(p)
-        vw = np.zeros(p)
-        ma = np.zeros(k)
-        va = np.zeros(k)
-        ws2 = 0.0
-        Ss = 0.0
-        Qs = 0.0
-        for i in range(p):
-            ws2 += ws[i] * ws[i]
-        for j in range(k):
-            Ss += ast[j]
-            Qs += ast[j] * ast[j]
-        L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
-        if not L_ref > 0.0:
-            L_ref = 1.0
-        tol_loss = loss_tol * L_ref
-        tol_grad = grad_tol * math.sqrt(L_ref)
-        tol_eps = eps_steps * L_ref
-        tol_div = divergence_loss * L_ref
-        ww = 0.0
-        wws = 0.0
-        for i in range(p):
-            ww += w[i] * w[i]
-            wws += w[i] * ws[i]
-        S = 0.0
-        Q = 0.0
-        P = 0.0
-        for j in range(k):
-            S += a[j]
-            Q += a[j] * a[j]
-            P += a[j] * ast[j]
-        seg = 0
-        rec = 0
-        slow_end[r] = -1
-        steps_tol[r] = -1
-        for f in range(6):
-            rate_pts[r, f] = -1.0
-        n_sync = 0
-        n_change = 0
-        last_change = 0
-        net_L = 0.0
-        net_phi = 0.0
-        net_P = 0.0
-        net_d = 0.0
-        adam_t = 0
-        b1t = 1.0
-        b2t = 1.0
-        prev_phi = 0.0
-        prev_P = 0.0
-        t = 0
-        while True:
-            synced = False
-            changed = True
-            if K > 0:
-                if t == 0:
-                    synced = True  # the initial values in their initial order are trivially synchronized
-                elif t % K == 0 or t >= max_steps:
-                    cw = _sync(w, WV[r], pw, perm_w)
-                    cA = _sync(a, AV[r], pa, perm_a)
-                    changed = cw or cA  # the whole state repeats: a fixed point of the LaPerm map (GD inner)
-                    n_sync += 1
-                    if (perm_w and cw) or (perm_a and cA):  # the permutation changed
-                        n_change += 1
-                        last_change = t
-                    ww = 0.0
-                    wws = 0.0
-                    for i in range(p):
-                        ww += w[i] * w[i]
-                        wws += w[i] * ws[i]
-                    S = 0.0
-                    Q = 0.0
-                    P = 0.0
-                    for j in range(k):
-                        S += a[j]
-                        Q += a[j] * a[j]
-                        P += a[j] * ast[j]
-                    synced = True
-            is_net = K == 0 or synced
-            n = math.sqrt(ww)
-            phi, c, s = angle_from(n, wws, ws2)
-            L = cf.loss(1.0, phi, c, s, S, Q, P, Ss, Qs)
-            L_rho, L_c, L_S, L_Q, L_P = cf.gradient(1.0, phi, c, s, S, Q, P, Ss, Qs)
-            gw2 = L_c * L_c * s * s / (n * n)
-            ga2 = grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
-            if ga2 < 1e-6 * (k * L_S * L_S + 4.0 * L_Q * L_Q * Q + L_P * L_P * Qs):
-                # Near stationarity the invariant formula cancels to rounding noise: recompute from a
-                # (as sims.kernels.population_gd does).
-                ga2 = 0.0
-                for j in range(k):
-                    gj = L_S + 2.0 * L_Q * a[j] + L_P * ast[j]
-                    ga2 += gj * gj
-            gnorm = math.sqrt(max(gw2 + ga2, 0.0))
-            if is_net:
-                if P > 0.0 and slow_end[r] < 0:
-                    slow_end[r] = t
-                if L <= tol_eps and steps_tol[r] < 0:
-                    steps_tol[r] = t
-                if K == 0:
-                    track_rate_levels(r, t, L, L_ref, rate_levels, rate_pts)
-                net_L = L
-                net_phi = phi
-                net_P = P
-                d2 = 0.0
-                for j in range(k):
-                    d2 += (a[j] - ast[j]) * (a[j] - ast[j])
-                net_d = math.sqrt(d2)
-            while rec < m and record_steps[rec] == t:
-                traj[r, rec, 0] = net_L
-                traj[r, rec, 1] = net_phi
-                traj[r, rec, 2] = net_P
-                traj[r, rec, 3] = net_d
-                rec += 1
-            while seg < nseg - 1 and t >= seg_end[sr, seg]:
-                seg += 1
-            reason = -1
-            if not (math.isfinite(L) and math.isfinite(n) and math.isfinite(Q)) or L > tol_div:
-                reason = STOP_DIVERGED
-            elif is_net:
-                if L <= tol_loss:
-                    reason = STOP_LOSS
-                elif K == 0 and gnorm <= tol_grad:
-                    reason = STOP_GRAD
-                elif t >= max_steps:
-                    reason = STOP_MAX_STEPS
-                elif K == 0 and stop_trapped and phs >= 0.0 and phi > phs and P < 0.0 and seg == nseg - 1:
-                    g = cf.arc_cosine(phi, c, s)
-                    if 2.0 * _PI * math.sqrt(ga2) / (_PI - 1.0) * math.sqrt(Qs) < -optimal_alignment(g, k, Ss, Qs):
-                        reason = STOP_TRAPPED
-                elif K > 0 and t > 0 and not changed and inner == 0 and last_start <= t - K:
-                    reason = STOP_SYNC_FIXED
-            if reason >= 0:
-                stop_reason[r] = reason
-                stop_step[r] = t
-                if reason == STOP_DIVERGED and not (math.isfinite(L) and math.isfinite(phi) and math.isfinite(P)):
-                    # overflowed (or the filter vanished): an infinite loss and the last finite angle and alignment
-                    final[r, 0] = math.inf
-                    final[r, 1] = prev_phi
-                    final[r, 2] = prev_P
-                    final[r, 3] = math.inf
-                else:
-                    final[r, 0] = L
-                    final[r, 1] = phi
-                    final[r, 2] = P
-                    final[r, 3] = gnorm
-                break
-            prev_phi = phi
-            prev_P = P
-            ew = eta_w[sr, seg]
-            ea = eta_a[sr, seg]
-            c_raw = wws / n
-            ww = 0.0
-            wws = 0.0
-            S = 0.0
-            Q = 0.0
-            P = 0.0
-            if inner == 0:
-                # GD, fused with the next invariants exactly as in sims.kernels.population_gd (normalized CNN).
-                alpha = 1.0 + ew * (L_c * c_raw / (n * n))
-                beta = -ew * L_c / n
-                ca = 1.0 - 2.0 * ea * L_Q
-                cp = -ea * L_P
-                c1 = -ea * L_S
-                for i in range(p):
-                    x = alpha * w[i] + beta * ws[i]
-                    w[i] = x
-                    ww += x * x
-                    wws += x * ws[i]
-                for j in range(k):
-                    y = ca * a[j] + cp * ast[j] + c1
-                    a[j] = y
-                    S += y
-                    Q += y * y
-                    P += y * ast[j]
-            else:
-                adam_t += 1
-                b1t *= adam_b1
-                b2t *= adam_b2
-                bc1 = 1.0 - b1t
-                bc2 = 1.0 - b2t
-                gc = L_c / n
-                cu = c_raw / n  # grad_w = (L_c / n) (w* - (w.w* / n^2) w)
-                # Update, then sum in separate loops: the moments live outside the workspace block, and a loop that
-                # stores to them and sums would be vectorized behind a heap-layout-dependent alias check.
-                for i in range(p):
-                    g = gc * (ws[i] - cu * w[i])
-                    mw[i] = adam_b1 * mw[i] + (1.0 - adam_b1) * g
-                    vw[i] = adam_b2 * vw[i] + (1.0 - adam_b2) * g * g
-                    w[i] = w[i] - ew * (mw[i] / bc1) / (math.sqrt(vw[i] / bc2) + adam_eps)
-                for i in range(p):
-                    ww += w[i] * w[i]
-                    wws += w[i] * ws[i]
-                for j in range(k):
-                    g = L_S + 2.0 * L_Q * a[j] + L_P * ast[j]
-                    ma[j] = adam_b1 * ma[j] + (1.0 - adam_b1) * g
-                    va[j] = adam_b2 * va[j] + (1.0 - adam_b2) * g * g
-                    a[j] = a[j] - ea * (ma[j] / bc1) / (math.sqrt(va[j] / bc2) + adam_eps)
-                for j in range(k):
-                    y = a[j]
-                    S += y
-                    Q += y * y
-                    P += y * ast[j]
-            t += 1
-        store_run(w, a, W, A, r)
-        for q in range(rec, m):
-            for f in range(4):
-                traj[r, q, f] = np.nan
-        sync_info[r, 0] = n_sync
-        sync_info[r, 1] = n_change
-        sync_info[r, 2] = last_change
 
 
 # ---- initial values ---------------------------------------------------------------------------------------------
@@ -531,19 +237,16 @@ def simulate_laperm(
     A = np.ascontiguousarray(A0.copy())
     WV = np.ascontiguousarray(np.sort(W0, axis=1))
     AV = np.ascontiguousarray(np.sort(A0, axis=1))
-    traj = np.empty((runs, rec.size, 4))
-    final = np.empty((runs, 4))
-    stop_step = np.empty(runs, dtype=np.int64)
-    stop_reason = np.empty(runs, dtype=np.int64)
-    slow_end = np.empty(runs, dtype=np.int64)
-    steps_tol = np.empty(runs, dtype=np.int64)
-    rate_pts = np.empty((runs, 6))
     sync_info = np.empty((runs, 3), dtype=np.int64)
-    with numba_threads(threads):
-        laperm_gd(W, A, WS, AS, WV, AV, phi_s, K, permute != "a", permute != "w", INNER.index(inner), b1, b2, eps,
-                  sched.seg_end, sched.eta_w, sched.eta_a, steps, tolerances.loss_tol, tolerances.grad_tol,
-                  tolerances.eps, tolerances.divergence, tolerances.stop_trapped and inner == "gd", rec, traj, final,
-                  stop_step, stop_reason, slow_end, steps_tol, np.array(tolerances.rate_window), rate_pts, sync_info)
+    eng = lp.Reconnect(W, A, WV, AV, int(K), permute != "a", permute != "w", INNER.index(inner), float(b1), float(b2),
+                       float(eps), int(steps), sync_info)
+    out = driver.make_outputs(runs, rec.size)
+    driver.run_batch(lp.run_range, lp.workspace, eng, driver.make_problem(WS, AS, phi_s, sched, states, rec,
+                                                                          tolerances.rate_window),
+                     driver.make_stops(tolerances, steps, tolerances.stop_trapped and inner == "gd"), out, runs,
+                     threads)
+    traj, final, stop_step, stop_reason = out.traj, out.final, out.stop_step, out.stop_reason
+    slow_end, steps_tol, rate_pts = out.slow_end, out.steps_tol, out.rate_pts
 
     lref = loss_ref(AS)
     code = _classify.classify(final_loss=final[:, 0], final_phi=final[:, 1], a=A, a_star=AS, scale=np.ones(runs),

@@ -13,7 +13,8 @@ import numpy as np
 
 import theory
 from sims import classify as _classify
-from sims import kernels, memory, samplers
+from sims import memory, samplers
+from sims.engines import driver
 from sims.rng import stream_states
 from sims.samplers import Init, Teacher
 from sims.schedules import Schedule
@@ -71,9 +72,9 @@ class SimulationResult:
     """Per-run arrays (first axis: run) and the settings that produced them.
 
     ``outcome`` and ``stop_reason`` are string arrays (see :data:`sims.classify.OUTCOMES` and
-    :data:`sims.kernels.STOP_NAMES`).  ``steps_to_tol`` and ``slow_phase_end`` are ``-1`` where the event never
+    :data:`sims.engines.driver.STOP_NAMES`).  ``steps_to_tol`` and ``slow_phase_end`` are ``-1`` where the event never
     happened.  ``trajectory`` has shape ``(runs, len(trajectory_steps), 4)`` with columns
-    :data:`sims.kernels.TRAJ_FIELDS`; entries after a run's stop are NaN (use :meth:`trajectory_of`).
+    :data:`sims.engines.driver.TRAJ_FIELDS`; entries after a run's stop are NaN (use :meth:`trajectory_of`).
     ``fitted_rate`` is the measured per-step loss contraction at the end of the run (between the levels
     ``rate_window[1:]``), ``linear_regime`` says whether the run was in the asymptotic linear regime there (the
     rate one window earlier agrees, both windows span at least ``MIN_WINDOW_STEPS`` steps, and the slowest Hessian
@@ -120,7 +121,7 @@ class SimulationResult:
         """The recorded trajectory of one run up to its stop: ``{"step": ..., "loss": ..., ...}``."""
         valid = ~np.isnan(self.trajectory[run, :, 0])
         out = {"step": self.trajectory_steps[valid]}
-        for j, name in enumerate(kernels.TRAJ_FIELDS):
+        for j, name in enumerate(driver.TRAJ_FIELDS):
             out[name] = self.trajectory[run, valid, j]
         return out
 
@@ -324,7 +325,7 @@ def simulate(
                               init=init, algorithm=algorithm, batch_size=batch_size, shortcut=v, seed=seed,
                               run_offset=run_offset, tolerances=tolerances, n_record=n_record,
                               allow_unstable=allow_unstable)
-    return assemble_result(settings=settings, run_offset=run_offset, code=code, stop_names=kernels.STOP_NAMES,
+    return assemble_result(settings=settings, run_offset=run_offset, code=code, stop_names=driver.STOP_NAMES,
                            stop_reason=stop_reason, stop_step=stop_step, final=final, steps_tol=steps_tol,
                            slow_end=slow_end, fitted=fitted, theory_rate=predicted, linear=linear, w=W, a=A, w0=W0,
                            a0=A0, w_star=WS, a_star=AS, loss_ref=loss_ref, rec=rec, traj=traj, sched=sched,
@@ -399,34 +400,25 @@ def assemble_result(*, settings, run_offset, code, stop_names, stop_reason, stop
 
 
 def _run_kernel(algorithm, model, WT0, A0, WS, AS, phi_s, sched, states, steps, tol, rec, batch_size, threads):
+    """Run the engine of ``algorithm`` (:mod:`sims.engines`) on copies of the starting points."""
+    from sims import finite_sample
+    from sims.engines import gd, sgd
+
     R = WT0.shape[0]
     WT = np.ascontiguousarray(WT0.copy())
     A = np.ascontiguousarray(A0.copy())
-    traj = np.empty((R, rec.size, 4))
-    final = np.empty((R, 4))
-    stop_step = np.empty(R, dtype=np.int64)
-    stop_reason = np.empty(R, dtype=np.int64)
-    slow_end = np.empty(R, dtype=np.int64)
-    steps_tol = np.empty(R, dtype=np.int64)
-    rate_pts = np.empty((R, 6))
+    out = driver.make_outputs(R, rec.size)
     normalized = model != "cnn-unnormalized"
-    old = numba.get_num_threads()
-    if threads is not None:
-        numba.set_num_threads(threads)
-    try:
-        common = (sched.seg_end, sched.eta_w, sched.eta_a, sched.noise_w, sched.noise_a, sched.noise_decay, states,
-                  steps, tol.loss_tol, tol.grad_tol, tol.eps, tol.divergence)
-        outs = (rec, traj, final, stop_step, stop_reason, slow_end, steps_tol, np.array(tol.rate_window), rate_pts)
-        if algorithm == "gd":
-            no_noise = not (sched.noise_w.any() or sched.noise_a.any())
-            kernels.population_gd(WT, A, WS, AS, phi_s, normalized, *common, tol.stop_trapped and no_noise, *outs)
-        else:
-            from sims import finite_sample
-
-            finite_sample.run(algorithm, batch_size, WT, A, WS, AS, phi_s, normalized, *common, *outs)
-    finally:
-        numba.set_num_threads(old)
-    return WT, A, traj, final, stop_step, stop_reason, slow_end, steps_tol, rate_pts
+    prob = driver.make_problem(WS, AS, phi_s, sched, states, rec, tol.rate_window)
+    if algorithm == "gd":
+        no_noise = not (sched.noise_w.any() or sched.noise_a.any())
+        stops = driver.make_stops(tol, steps, tol.stop_trapped and no_noise)
+        eng, engine = gd.plain(WT, A, normalized), gd
+    else:
+        stops = driver.make_stops(tol, steps, False)
+        eng, engine = finite_sample.engine(algorithm, batch_size, WT, A, WS, AS, normalized), sgd
+    driver.run_batch(engine.run_range, engine.workspace, eng, prob, stops, out, R, threads)
+    return WT, A, out.traj, out.final, out.stop_step, out.stop_reason, out.slow_end, out.steps_tol, out.rate_pts
 
 
 def _rates(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):

@@ -114,7 +114,9 @@ def _compile_everything() -> list:
     import numpy as np
 
     import sims
-    from sims import distill, expansion_kernels, finite_sample, kernels, laperm
+    from sims import distill, expansion_kernels, finite_sample
+    from sims.engines import expansion as ex_engine
+    from sims.engines import gd, laperm, sgd
 
     small = dict(k=5, p=4, runs=3, steps=30, seed=0)
     sched = sims.Schedule.constant(0.1, 0.3)
@@ -138,7 +140,7 @@ def _compile_everything() -> list:
     finite_sample.training_loss(np.ones(4), np.ones(5), np.ones(4), np.ones(5), normalized=True, batch_size=8,
                                 states=np.ones((2, 4), dtype=np.uint64))
     dispatchers = []
-    for module in (kernels, finite_sample, expansion_kernels, distill, laperm):
+    for module in (gd, sgd, ex_engine, laperm, finite_sample, expansion_kernels, distill):
         for obj in vars(module).values():
             if hasattr(obj, "inspect_llvm") and getattr(obj, "signatures", None):
                 dispatchers.append(obj)

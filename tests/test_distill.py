@@ -192,7 +192,7 @@ def test_kernel_matches_the_reference_loop(fade):
         np.testing.assert_allclose(res.w[r], w, rtol=0, atol=1e-10)
         np.testing.assert_allclose(res.a[r], a, rtol=0, atol=1e-10)
         np.testing.assert_allclose(res.trajectory[r, :, 0], traj[rec, 0], rtol=1e-9, atol=1e-12)
-        # The engine's angle takes sin(phi) from ||w*||^2 - cos^2 (sims.kernels.angle_from), which near phi = 0 is
+        # The engine takes sin(phi) from ||w*||^2 ||w~||^2 - (w~.w*)^2 (sims.engines.gd), which near phi = 0 is
         # exact only to sqrt(2^-52) ~ 1.5e-8 in absolute terms; away from 0 the agreement is ~1e-12.
         np.testing.assert_allclose(res.trajectory[r, :, 1], traj[rec, 1], rtol=0, atol=5e-8)
         assert res.final_loss[r] == pytest.approx(traj[-1, 0], rel=1e-9, abs=1e-12)

@@ -23,6 +23,7 @@ import theory
 from sims import Schedule, SimulationResult
 from sims import finite_sample as fs
 from sims import rng as srng
+from sims.engines import driver
 from sims.rng import stream_states
 
 N_SE = 4.0
@@ -306,7 +307,7 @@ def test_gd_on_a_tiny_training_set_overfits():
     assert fit.sum() >= R // 2, train / L_ref
     assert np.all(train <= train0 + 1e-12)
     assert np.all(pop[fit] > 0.3 * L_ref), pop / L_ref  # far from the global minimum (loss 0)
-    assert np.all(out["stop_reason"] == sims.kernels.STOP_MAX_STEPS)
+    assert np.all(out["stop_reason"] == driver.STOP_MAX_STEPS)
 
 
 def test_gd_fixed_training_loss_helper_matches_the_kernel_sample():
@@ -334,7 +335,7 @@ def test_projected_sgd_run_converges_like_full_sgd():
         WT = np.repeat(v[None], R, axis=0)
         A = np.zeros((R, K))
         res[sampler] = _kernel("sgd", 2048, WT, A, 1000, 0.2, stream_states(1, 0, R), sampler=sampler)
-    assert np.all(res["projected"]["stop_reason"] == sims.kernels.STOP_LOSS)
+    assert np.all(res["projected"]["stop_reason"] == driver.STOP_LOSS)
     s_full, s_proj = res["full"]["stop_step"], res["projected"]["stop_step"]
     assert abs(s_proj.mean() / s_full.mean() - 1) < 0.03, (s_full, s_proj)
 
@@ -351,7 +352,7 @@ def test_divergence_stops_without_nan():
         WT = np.repeat(_unit(np.ones(P))[None], R, axis=0)
         A = np.ones((R, K))
         out = _kernel("sgd", 8, WT, A, 100000, 5.0, stream_states(0, 0, R), divergence=divergence)
-        assert np.all(out["stop_reason"] == sims.kernels.STOP_DIVERGED)
+        assert np.all(out["stop_reason"] == driver.STOP_DIVERGED)
         assert np.all(np.isfinite(out["final"])) and np.all(np.isfinite(WT)) and np.all(np.isfinite(A))
         assert np.all(np.isfinite(out["rate_pts"]))
         for r in range(R):

@@ -15,6 +15,7 @@ from scipy import stats
 import sims
 import theory
 from sims import Init, Schedule, Segment, Teacher, laperm
+from sims.engines import laperm as lp_engine
 
 K, P = 4, 5
 
@@ -67,12 +68,12 @@ def test_sync_rule_by_hand():
     x = np.array([0.3, -1.0, 2.0, 0.1])
     vals = np.array([-5.0, 1.0, 7.0, 9.0])  # sorted initial values
     prev = x.copy()
-    changed = laperm._sync(x, vals, prev, True)
+    changed = lp_engine._sync(x, vals, prev, True)
     # ranks of x: -1.0 (1st), 0.1 (2nd), 0.3 (3rd), 2.0 (4th)
     np.testing.assert_array_equal(x, [7.0, -5.0, 9.0, 1.0])
     np.testing.assert_array_equal(prev, x)
     assert changed
-    assert not laperm._sync(x, vals, prev, True)  # already synchronized: a no-op
+    assert not lp_engine._sync(x, vals, prev, True)  # already synchronized: a no-op
 
 
 def _reference(w0, a0, w_star, a_star, steps, K, eta_w, eta_a, inner, adam=(0.9, 0.999, 1e-8), permute="both"):

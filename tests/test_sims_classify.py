@@ -15,8 +15,9 @@ import pytest
 
 import sims
 import theory
-from sims import Schedule, Teacher, kernels
+from sims import Schedule, Teacher
 from sims import classify as clf
+from sims.engines import driver
 
 TOL = clf.Tolerances()
 LOSS_TOL = sims.Tolerances().loss_tol
@@ -35,7 +36,7 @@ def _loss_ref(a_star):
     return (a_star.sum() ** 2 + (math.pi - 1.0) * a_star @ a_star) / (4.0 * math.pi)
 
 
-def _classify(w, a, w_star, a_star, *, model="resnet", stop=kernels.STOP_MAX_STEPS, loss=None):
+def _classify(w, a, w_star, a_star, *, model="resnet", stop=driver.STOP_MAX_STEPS, loss=None):
     """The outcome name ``classify`` gives the final state ``(w, a)`` (loss and angle from the theory)."""
     kw = {"w_star": w_star, "a_star": a_star, "model": model}
     L = theory.population_loss(w, a, **kw) if loss is None else loss
@@ -103,7 +104,7 @@ def test_spurious_minimum_and_its_neighbourhood(model, a_star):
     assert _classify(w, a_sp + 2 * TOL.spurious_a_rtol * nst * e, w_star, a_star, model=model) == "not_converged"
     # The kernel's "trapped" stop means the run provably entered the basin: spurious wherever it stopped.
     mid = _at_angle(0.5 * (phi_s + math.pi), w_star, model)
-    assert _classify(mid, a_sp, w_star, a_star, model=model, stop=kernels.STOP_TRAPPED) == "spurious"
+    assert _classify(mid, a_sp, w_star, a_star, model=model, stop=driver.STOP_TRAPPED) == "spurious"
     assert _classify(mid, a_sp, w_star, a_star, model=model) == "not_converged"
 
 
@@ -122,7 +123,7 @@ def test_phi_pi_without_spurious_minimum_is_a_saddle(model, a_star):
         assert kind == "saddle"
     assert _classify(w, a_pi, w_star, a_star, model=model) == "saddle"
     # Never "spurious", even after a (hypothetical) trapped stop: there is no spurious basin.
-    assert _classify(w, a_pi, w_star, a_star, model=model, stop=kernels.STOP_TRAPPED) == "saddle"
+    assert _classify(w, a_pi, w_star, a_star, model=model, stop=driver.STOP_TRAPPED) == "saddle"
     near = _at_angle(math.pi - 0.5 * TOL.angle_tol, w_star, model)
     assert _classify(near, a_pi, w_star, a_star, model=model) == "saddle"
     away = _at_angle(math.pi - 2 * TOL.angle_tol, w_star, model)
@@ -154,10 +155,10 @@ def test_diverged_overrides_every_location():
     w_star = _w_star(4, seed=7)
     for w, a in (theory.global_minimum(w_star, a_star), theory.spurious_minimum(w_star, a_star),
                  theory.saddle_point(w_star, a_star)):
-        assert _classify(w, a, w_star, a_star, stop=kernels.STOP_DIVERGED) == "diverged"
+        assert _classify(w, a, w_star, a_star, stop=driver.STOP_DIVERGED) == "diverged"
     # A NaN loss from a diverged run must not be read as anything else.
     w, a = theory.global_minimum(w_star, a_star)
-    assert _classify(w, a, w_star, a_star, stop=kernels.STOP_DIVERGED, loss=math.nan) == "diverged"
+    assert _classify(w, a, w_star, a_star, stop=driver.STOP_DIVERGED, loss=math.nan) == "diverged"
 
 
 def test_batch_helpers_match_the_theory():

@@ -14,7 +14,8 @@ import pytest
 
 import sims
 import theory
-from sims import Init, Schedule, Teacher, kernels, record_steps
+from sims import Init, Schedule, Teacher, record_steps
+from sims.engines import driver
 
 FULL = 100_000
 MODELS = ["resnet", "cnn", "cnn-unnormalized"]
@@ -64,19 +65,19 @@ def test_shapes_and_trajectory_prefix(model):
                  "warmup_steps", "warmup_eta_w", "run_index"):
         assert getattr(res, name).shape == (runs,), name
     np.testing.assert_array_equal(res.trajectory_steps, record_steps(steps, n_record))
-    assert res.trajectory.shape == (runs, len(res.trajectory_steps), len(kernels.TRAJ_FIELDS))
+    assert res.trajectory.shape == (runs, len(res.trajectory_steps), len(driver.TRAJ_FIELDS))
     assert res.trajectory.shape[1] <= n_record
     assert sum(res.counts().values()) == runs
     assert set(res.outcome) <= set(sims.OUTCOMES)
-    assert set(res.stop_reason) <= set(kernels.STOP_NAMES)
+    assert set(res.stop_reason) <= set(driver.STOP_NAMES)
     frame = res.to_frame()
     assert len(frame) == runs and list(frame["run"]) == list(range(runs))
     for r in range(runs):
         tr = res.trajectory_of(r)
         expect = res.trajectory_steps[res.trajectory_steps <= res.steps[r]]
         np.testing.assert_array_equal(tr["step"], expect)  # exactly the record steps up to the stop
-        assert set(tr) == {"step", *kernels.TRAJ_FIELDS}
-        for name in kernels.TRAJ_FIELDS:
+        assert set(tr) == {"step", *driver.TRAJ_FIELDS}
+        for name in driver.TRAJ_FIELDS:
             assert tr[name].shape == expect.shape and np.all(np.isfinite(tr[name]))
         assert np.all(np.isnan(res.trajectory[r, len(expect):]))  # after the stop: NaN
         if tr["step"][-1] == res.steps[r]:  # the stop step itself was recorded: same state as the final values

@@ -3,6 +3,9 @@
 ``python tests/regression/cases.py`` writes ``tests/regression/fixture.npz`` from the
 code as it is; ``tests/test_regression_fixture.py`` compares today's code against it bit for bit.  Regenerate
 the fixture only for a deliberate change of results, and name the fields that changed in the commit.
+
+``fixture_v1.npz`` holds the outputs of the five hand-written loops that the one run driver replaced
+(:mod:`sims.engines`); the test keeps checking the refactor against it (see its docstring).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import sims
 from sims import Schedule
 
 FIXTURE = Path(__file__).resolve().parent / "fixture.npz"
+#: The outputs before the engine refactor (the five hand-written loops).
+FIXTURE_V1 = Path(__file__).resolve().parent / "fixture_v1.npz"
 K, P, RUNS, STEPS = 5, 4, 6, 400
 
 SCHEDULES: dict[str, Callable[[], Schedule]] = {

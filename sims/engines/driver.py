@@ -1,0 +1,491 @@
+"""The one compiled run driver: every engine's loop, stop decision, recording and final state.
+
+An engine (population GD, SGD, a deep linear expansion, LaPerm, ...) supplies only what is its own: the state it
+carries, how it starts from a run's ``(w0, a0)``, how it observes the population quantities, and one step.  The
+driver owns everything else, for every engine alike:
+
+- the per-run setup: the teacher's invariants ``||w*||^2, 1.a*, ||a*||^2``, ``L_ref`` (the loss of the zero
+  network, so every tolerance means the same at every ``k``) and the tolerances scaled by it;
+- the schedule lookup (the segment of step ``t``, its step sizes and noise, the noise's annealing);
+- one stop decision, each reason with one meaning (:data:`STOP_NAMES`):
+
+  ``diverged``   the loss exceeds ``divergence * L_ref``, the observation is not finite, or a step would leave the
+                 state non-finite.  The run stops at its last finite state: the final ``(w, a)`` and ``final`` are
+                 that state's, the final loss is finite, or ``inf`` if finite weights overflow the loss (never NaN);
+  ``loss_tol``   the loss is at most ``loss_tol * L_ref`` (the global minimum);
+  ``grad_tol``   ``||grad||^2 <= grad_tol^2 L_ref`` (a stationary point);
+  engine stops   e.g. ``stuck`` (expansion: the factors' gradient vanishes), ``sync_fixed`` (LaPerm);
+  ``max_steps``  the step budget is spent;
+  ``trapped``    provably in the spurious basin: ``phi > phi_saddle``, ``a.a* < 0``, the last (noise-free) segment,
+                 and ``||a - a(phi)|| ||a*|| < -a(phi).a*`` by the bound ``||a - a(phi)|| <= 2 pi ||grad_a||/(pi - 1)``
+                 (times the engine's ``trap_factor``) -- ``phi`` then grows toward ``pi``;
+
+- the events: the end of the slow phase (first ``a.a* > 0``), the steps to ``eps * L_ref``, the rate levels (the
+  last downward crossing of each of three loss levels), the log-spaced trajectory; and the final outputs.
+
+**How engines plug in.**  An engine is a ``NamedTuple`` class of its options and state arrays; the driver calls the
+generic hooks below (:func:`workspace`, :func:`begin`, :func:`observe`, :func:`gates`, :func:`step`, ...) and numba
+resolves each, at compile time, to the function the engine registered for its class (:func:`register`, through
+``numba.extending.overload``).  Each engine file defines its compiled entry point, three lines that call
+:func:`drive`; numba compiles the driver specialized to that engine, inlines the hooks, and caches the result
+with the engine's file.
+
+Why this design (measured): passing the step as a function argument compiles but cannot be cached (numba refuses
+"dynamic globals"), so every process would recompile every engine; dispatching on engine codes inside one function
+puts every engine in one file.  Overload dispatch on the record's class caches per engine, keeps each engine in
+one file, and inlines the hooks, so population GD compiles to the same machine code as its hand-written loop did
+(bit-identical results, same speed; ``benchmarks/gd_throughput.py``).  The driver itself is compiled into each
+engine's entry point and is not cached on its own, so editing an engine recompiles it with the driver.
+
+Runs are independent: run ``r`` is advanced from start to stop by one thread, with its own random stream, so
+results do not depend on the thread count or on how runs are split.  :func:`run_batch` runs an engine's entry point
+on ``numba.get_num_threads()`` Python threads taking chunks of runs in turn (the entry points release the GIL; a
+``prange`` driver compiles about twice as slowly).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numba
+import numpy as np
+from numba import njit
+from numba.extending import overload
+
+from sims import closed_forms as cf
+
+#: Why a run stopped; codes index this tuple.
+STOP_NAMES: tuple[str, ...] = ("loss_tol", "grad_tol", "diverged", "max_steps", "trapped", "stuck", "sync_fixed")
+STOP_LOSS, STOP_GRAD, STOP_DIVERGED, STOP_MAX_STEPS, STOP_TRAPPED, STOP_STUCK, STOP_SYNC_FIXED = range(7)
+#: Trajectory columns.
+TRAJ_FIELDS: tuple[str, ...] = ("loss", "phi", "alignment", "dist_a")
+#: Compiler options of every engine's entry point (and so of the driver and the hooks inlined into it).
+FASTMATH = {"reassoc", "contract", "arcp"}
+_PI = math.pi
+
+
+class Problem(NamedTuple):
+    """What every run of a batch is trained on: teachers, schedule, noise, random streams, recording."""
+
+    WS: np.ndarray  # (Rt, p) teacher filters, Rt = 1 (shared) or R
+    AS: np.ndarray  # (Rt, k) teacher second layers
+    phi_saddle: np.ndarray  # (Rt,) saddle angle of each teacher, -1 where the spurious point does not exist
+    seg_end: np.ndarray  # (Rs, nseg) int64: step at which each schedule segment ends; Rs = 1 or R
+    eta_w: np.ndarray  # (Rs, nseg) step sizes of the filter
+    eta_a: np.ndarray  # (Rs, nseg) step sizes of the second layer
+    noise_w: np.ndarray  # (nseg,) perturbation std on w per step
+    noise_a: np.ndarray  # (nseg,)
+    noise_decay: float  # multiplicative decay of the noise std per step (annealing)
+    states: np.ndarray  # (R, 4) uint64 random streams, one per run
+    record_steps: np.ndarray  # (m,) int64 ascending steps at which the trajectory is recorded
+    rate_levels: np.ndarray  # (3,) loss levels hi > mid > lo (relative to L_ref) of the rate measurement
+
+
+class Stops(NamedTuple):
+    """The stop rules (loss levels relative to ``L_ref``, the gradient relative to ``sqrt(L_ref)``)."""
+
+    max_steps: int
+    loss_tol: float
+    grad_tol: float
+    eps_steps: float  # steps_to_tol counts the steps to reach this loss
+    divergence: float
+    stop_trapped: bool
+
+
+class Outputs(NamedTuple):
+    """Per-run outputs the driver fills."""
+
+    traj: np.ndarray  # (R, m, 4) loss, phi, a.a*, ||a - a*|| at the record steps; NaN after the stop
+    final: np.ndarray  # (R, 4) loss, phi, a.a*, gradient norm at the stop
+    stop_step: np.ndarray  # (R,) int64
+    stop_reason: np.ndarray  # (R,) int64 codes of STOP_NAMES
+    slow_end: np.ndarray  # (R,) int64 first step with a.a* > 0, -1 if never
+    steps_tol: np.ndarray  # (R,) int64 first step with loss <= eps_steps L_ref, -1 if never
+    rate_pts: np.ndarray  # (R, 6) step and loss at the last downward crossing of each rate level, -1 if none
+
+
+def make_problem(WS: np.ndarray, AS: np.ndarray, phi_saddle: np.ndarray, sched: Any, states: np.ndarray,
+                 record_steps: np.ndarray, rate_window: Any) -> Problem:
+    """The :class:`Problem` of a batch from its teachers, resolved schedule (``sims.schedules.ResolvedSchedule``),
+    streams, record steps and rate levels."""
+    return Problem(WS, AS, phi_saddle, sched.seg_end, sched.eta_w, sched.eta_a, sched.noise_w, sched.noise_a,
+                   float(sched.noise_decay), states, record_steps, np.asarray(rate_window, dtype=np.float64))
+
+
+def make_stops(tolerances: Any, max_steps: int, stop_trapped: bool) -> Stops:
+    """The :class:`Stops` from a ``sims.Tolerances`` (``stop_trapped``: whether the trapped test may stop runs)."""
+    return Stops(int(max_steps), float(tolerances.loss_tol), float(tolerances.grad_tol), float(tolerances.eps),
+                 float(tolerances.divergence), bool(stop_trapped))
+
+
+def make_outputs(R: int, m: int) -> Outputs:
+    """Empty output arrays for ``R`` runs and ``m`` record steps."""
+    i64 = np.int64
+    return Outputs(np.empty((R, m, 4)), np.empty((R, 4)), np.empty(R, i64), np.empty(R, i64), np.empty(R, i64),
+                   np.empty(R, i64), np.empty((R, 6)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hooks: generic functions that numba resolves to the registered engine's implementation at compile time.
+
+_HOOKS: dict[type, dict[str, Callable]] = {}
+HOOKS: tuple[str, ...] = ("begin", "observe", "gates", "note", "traj_point", "on_record", "extra_stop",
+                          "trap_factor", "step", "finish")
+
+
+def register(record: type, **hooks: Callable) -> None:
+    """Register the compiled hooks of the engine whose state record is the ``NamedTuple`` class ``record``.
+
+    Required: ``begin, observe, step, finish``; the others default to the plain network's behaviour
+    (every state is the deployed network; no extra stop; ``trap_factor`` 1)."""
+    missing = {"begin", "observe", "step", "finish"} - set(hooks)
+    unknown = set(hooks) - set(HOOKS)
+    if missing or unknown:
+        raise ValueError(f"engine {record.__name__}: missing hooks {sorted(missing)}, unknown hooks {sorted(unknown)}")
+    _HOOKS[record] = dict(_DEFAULTS, **hooks)
+
+
+def _resolve(eng: Any, name: str) -> Callable | None:
+    hooks = _HOOKS.get(getattr(eng, "instance_class", None))
+    return None if hooks is None else hooks[name]
+
+
+# One stub and one overload per hook; the stubs are what the driver calls.
+def begin(eng, ws, prob, r, tr, tv):  # load run r's state -> carry (a tuple of scalars)
+    raise NotImplementedError
+
+
+def observe(eng, ws, carry, tv):  # -> (L, phi, c, s, P, g2, ga2, aux)
+    raise NotImplementedError
+
+
+def gates(eng, ws, carry, t):  # -> (net, deployed, grad_ok, rate_ok, trap_ok)
+    raise NotImplementedError
+
+
+def note(eng, ws, carry, r, t, L, phi, P, finite):  # engine-specific events of an observation
+    raise NotImplementedError
+
+
+def traj_point(eng, ws, carry, L, phi, P):  # -> (loss, phi, a.a*, ||a - a*||) recorded at a record step
+    raise NotImplementedError
+
+
+def on_record(eng, ws, r, rec):  # engine-specific recording at record index rec
+    raise NotImplementedError
+
+
+def extra_stop(eng, ws, carry, aux, t, seg, max_steps, tol):  # -> an engine stop code, or -1
+    raise NotImplementedError
+
+
+def trap_factor(eng):  # -> safety factor (>= 1) of the trapped bound
+    raise NotImplementedError
+
+
+def step(eng, ws, carry, aux, tv, ew, ea, sw, sa, t):  # -> (carry, ok); ok False: the state is left unchanged
+    raise NotImplementedError
+
+
+def finish(eng, ws, prob, r, rec, carry):  # store the final state and engine outputs; pad after record rec
+    raise NotImplementedError
+
+
+def _make_overload(stub: Callable, name: str) -> None:
+    """Declare ``stub``'s numba implementation: the function the engine registered under ``name``.  (numba cannot
+    forward ``*args`` to a closure, so the forwarding function is written out over the stub's own parameters.)"""
+    code = stub.__code__
+    args = ", ".join(code.co_varnames[: code.co_argcount])
+    # The implementation forwards to the registered function; written out so numba sees a fixed signature.
+    src = (f"def typer({args}):\n"
+           f"    fn = _resolve(eng, {name!r})\n"
+           f"    if fn is None:\n"
+           f"        return None\n"
+           f"    def impl({args}):\n"
+           f"        return fn({args})\n"
+           f"    return impl\n")
+    env: dict[str, Any] = {"_resolve": _resolve}
+    exec(src, env)  # noqa: S102 - fixed template over a hook's own parameter names
+    overload(stub, inline="always")(env["typer"])
+
+
+for _name in HOOKS:
+    _make_overload(globals()[_name], _name)
+
+
+# Defaults for the optional hooks (the plain network).
+@njit(inline="always")
+def _gates_always(eng, ws, carry, t):
+    return True, True, True, True, True
+
+
+@njit(inline="always")
+def _note_nothing(eng, ws, carry, r, t, L, phi, P, finite):
+    return None
+
+
+@njit(inline="always")
+def _on_record_nothing(eng, ws, r, rec):
+    return None
+
+
+@njit(inline="always")
+def _no_extra_stop(eng, ws, carry, aux, t, seg, max_steps, tol):
+    return -1
+
+
+@njit(inline="always")
+def _trap_factor_one(eng):
+    return 1.0
+
+
+_DEFAULTS: dict[str, Callable] = {"gates": _gates_always, "note": _note_nothing, "on_record": _on_record_nothing,
+                                  "extra_stop": _no_extra_stop, "trap_factor": _trap_factor_one}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The driver
+
+
+@njit(inline="always")
+def track_rate_levels(r, t, L, L_ref, rate_levels, rate_pts):
+    """Keep, per level ``rate_levels[lv] * L_ref``, the step and loss of the last downward crossing (a rise above
+    the level forgets it): the points :func:`sims.simulate.fitted_rates` measures the linear rate between."""
+    for lv in range(3):
+        if L > rate_levels[lv] * L_ref:
+            rate_pts[r, 2 * lv] = -1.0
+        elif rate_pts[r, 2 * lv] < 0.0:
+            rate_pts[r, 2 * lv] = t
+            rate_pts[r, 2 * lv + 1] = L
+
+
+@njit(inline="always")
+def optimal_alignment(g, k, Ss, Qs):
+    """``a(phi).a*`` with ``a(phi) = M^{-1} N(phi) a*`` the loss-minimizing second layer at angle ``phi``."""
+    kk = k + _PI - 1.0
+    return Ss * Ss / kk + (g - 1.0) * (Qs - Ss * Ss / kk) / (_PI - 1.0)
+
+
+@njit(inline="always")
+def teacher_invariants(WS, AS, tr):
+    """``(||w*||^2, 1.a*, ||a*||^2)`` of teacher ``tr``."""
+    ws2 = 0.0
+    Ss = 0.0
+    Qs = 0.0
+    for i in range(WS.shape[1]):
+        ws2 += WS[tr, i] * WS[tr, i]
+    for j in range(AS.shape[1]):
+        Ss += AS[tr, j]
+        Qs += AS[tr, j] * AS[tr, j]
+    return ws2, Ss, Qs
+
+
+@njit(inline="always")
+def _stop_reason(finite, L, g2, t, seg, nseg, phi, c, s, P, ga2, tv, phs, gate, tol, extra, tf, stops, last_noisy):
+    """The stop decision (module docstring): a reason code, or -1 to go on."""
+    net, deployed, grad_ok, rate_ok, trap_ok = gate
+    tol_loss, tol_grad2, tol_div = tol
+    ws2, Ss, Qs, k = tv
+    if not finite or L > tol_div:
+        return STOP_DIVERGED
+    if net and deployed and L <= tol_loss:
+        return STOP_LOSS
+    if net and deployed and grad_ok and g2 <= tol_grad2:
+        return STOP_GRAD
+    if extra >= 0:
+        return extra
+    if t >= stops.max_steps:
+        return STOP_MAX_STEPS
+    if (stops.stop_trapped and trap_ok and net and deployed and not last_noisy and phs >= 0.0 and phi > phs
+            and P < 0.0 and seg == nseg - 1):
+        # grad_a = M (a - a(phi)) / (2 pi) and M >= (pi - 1) I, so ||a - a(phi)|| <= 2 pi ||grad_a|| / (pi - 1)
+        # and a.a* <= a(phi).a* + ||a - a(phi)|| ||a*|| < 0: phi keeps growing toward pi.
+        g = cf.arc_cosine(phi, c, s)
+        if tf * 2.0 * _PI * math.sqrt(ga2) / (_PI - 1.0) * math.sqrt(Qs) < -optimal_alignment(g, k, Ss, Qs):
+            return STOP_TRAPPED
+    return -1
+
+
+@njit(inline="always")
+def _run_one(eng, ws, prob, stops, out, r, last_noisy):
+    """Advance run ``r`` from start to stop (the loop of every engine)."""
+    tr = r if prob.WS.shape[0] > 1 else np.int64(0)
+    sr = r if prob.seg_end.shape[0] > 1 else np.int64(0)
+    nseg = prob.seg_end.shape[1]
+    m = prob.record_steps.shape[0]
+    ws2, Ss, Qs = teacher_invariants(prob.WS, prob.AS, tr)
+    tv = (ws2, Ss, Qs, prob.AS.shape[1])
+    carry = begin(eng, ws, prob, r, tr, tv)
+    phs = prob.phi_saddle[tr]
+    L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
+    if not L_ref > 0.0:
+        L_ref = 1.0
+    tol = (stops.loss_tol * L_ref, stops.grad_tol * stops.grad_tol * L_ref if stops.grad_tol >= 0.0 else -1.0,
+           stops.divergence * L_ref)
+    tol_eps = stops.eps_steps * L_ref
+    tf = trap_factor(eng)
+    seg = 0
+    rec = 0
+    out.slow_end[r] = -1
+    out.steps_tol[r] = -1
+    for f in range(6):
+        out.rate_pts[r, f] = -1.0
+    sigma_scale = 1.0
+    prev_phi = 0.0
+    prev_P = 0.0
+    t = 0
+    while True:
+        L, phi, c, s, P, g2, ga2, aux = observe(eng, ws, carry, tv)
+        gate = gates(eng, ws, carry, t)
+        net, deployed, grad_ok, rate_ok, trap_ok = gate
+        finite = math.isfinite(L) and math.isfinite(phi) and math.isfinite(P) and math.isfinite(g2)
+        if net and P > 0.0 and out.slow_end[r] < 0:
+            out.slow_end[r] = t
+        if net and deployed and L <= tol_eps and out.steps_tol[r] < 0:
+            out.steps_tol[r] = t
+        if rate_ok and net and deployed:
+            track_rate_levels(r, t, L, L_ref, prob.rate_levels, out.rate_pts)
+        note(eng, ws, carry, r, t, L, phi, P, finite)
+        while rec < m and prob.record_steps[rec] == t:
+            q0, q1, q2, q3 = traj_point(eng, ws, carry, L, phi, P)
+            out.traj[r, rec, 0] = q0
+            out.traj[r, rec, 1] = q1
+            out.traj[r, rec, 2] = q2
+            out.traj[r, rec, 3] = q3
+            on_record(eng, ws, r, rec)
+            rec += 1
+        while seg < nseg - 1 and t >= prob.seg_end[sr, seg]:
+            seg += 1
+        extra = extra_stop(eng, ws, carry, aux, t, seg, stops.max_steps, tol)
+        reason = _stop_reason(finite, L, g2, t, seg, nseg, phi, c, s, P, ga2, tv, phs, gate, tol, extra, tf, stops,
+                              last_noisy)
+        ok = True
+        if reason < 0:
+            ew = prob.eta_w[sr, seg]
+            ea = prob.eta_a[sr, seg]
+            sw = prob.noise_w[seg] * sigma_scale
+            sa = prob.noise_a[seg] * sigma_scale
+            carry, ok = step(eng, ws, carry, aux, tv, ew, ea, sw, sa, t)
+            if sw > 0.0 or sa > 0.0:
+                sigma_scale *= prob.noise_decay
+            if not ok:  # the step would leave the state non-finite: stop at this (finite) state
+                reason = STOP_DIVERGED
+        if reason >= 0:
+            out.stop_reason[r] = reason
+            out.stop_step[r] = t
+            if finite:
+                out.final[r, 0] = L
+                out.final[r, 1] = phi
+                out.final[r, 2] = P
+                out.final[r, 3] = math.sqrt(g2)
+            else:  # finite weights whose loss overflows: an infinite loss, the last finite angle and alignment
+                out.final[r, 0] = math.inf
+                out.final[r, 1] = prev_phi
+                out.final[r, 2] = prev_P
+                out.final[r, 3] = math.inf
+            break
+        prev_phi = phi
+        prev_P = P
+        t += 1
+    finish(eng, ws, prob, r, rec, carry)
+    for q in range(rec, m):
+        for f in range(4):
+            out.traj[r, q, f] = np.nan
+
+
+@njit(inline="always")
+def drive(lo, hi, eng, ws, prob, stops, out):
+    """Advance runs ``lo .. hi-1`` of the batch in the work space ``ws`` (called by each engine's entry point)."""
+    nseg = prob.seg_end.shape[1]
+    last_noisy = prob.noise_w[nseg - 1] > 0.0 or prob.noise_a[nseg - 1] > 0.0
+    for r in range(lo, hi):
+        _run_one(eng, ws, prob, stops, out, np.int64(r), last_noisy)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry points: compiled per engine, cached with the engine's file, recompiled when the driver changes
+
+#: Sources compiled into every engine's entry point besides the engine's own file (the driver, the shared helpers,
+#: the generated closed forms, the random streams, the gradient helpers of the engines).
+_COMPILED_SOURCES = ("sims/engines/driver.py", "sims/engines/common.py", "sims/closed_forms.py", "sims/rng.py",
+                     "sims/finite_sample.py", "sims/expansion_kernels.py", "theory/closed_forms.py")
+
+
+def _source_stamp() -> str:
+    import hashlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for rel in _COMPILED_SOURCES:
+        h.update((root / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+#: Hash of :data:`_COMPILED_SOURCES`.  numba checks a cached function only against its own file, so an entry point
+#: would outlive an edit of the driver; the stamp is part of every entry point's cache key, so it does not.
+SOURCE_STAMP = _source_stamp()
+
+
+def entry_point(**options: Any) -> Callable:
+    """Compile an engine's entry point ``run_range(lo, hi, eng, ws, prob, stops, out)`` (its body calls
+    :func:`drive`): ``nogil``, cached with the engine's file, with :data:`FASTMATH` and the given numba
+    ``options`` (e.g. ``error_model="numpy"``, ``_nrt=False``: no reference counting where the engine allocates
+    nothing), and with :data:`SOURCE_STAMP` in its cache key."""
+    from numba.core.caching import FunctionCache
+
+    class StampedCache(FunctionCache):
+        def _index_key(self, sig, codegen):
+            return super()._index_key(sig, codegen) + (SOURCE_STAMP,)
+
+    def decorate(py_func: Callable) -> Callable:
+        disp = njit(nogil=True, cache=True, fastmath=FASTMATH, **options)(py_func)
+        disp._cache = StampedCache(py_func)
+        return disp
+
+    return decorate
+
+
+def run_batch(entry: Callable, workspace: Callable, eng: Any, prob: Problem, stops: Stops, out: Outputs,
+              runs: int, threads: int | None = None) -> None:
+    """Run ``entry(lo, hi, eng, ws, prob, stops, out)`` (an engine's compiled entry point) over all ``runs``.
+
+    Runs are split into chunks that ``threads`` (default ``numba.get_num_threads()``) Python threads take in turn,
+    each with its own work space ``ws = workspace(eng, p, k)``; the entry points release the GIL, and each run is
+    advanced by one thread from start to stop, so results do not depend on the thread count or the chunking.
+    """
+    p, k = prob.WS.shape[1], prob.AS.shape[1]
+    threads = max(1, min(numba.get_num_threads() if threads is None else threads, runs))
+    if threads == 1:
+        entry(0, runs, eng, workspace(eng, p, k), prob, stops, out)
+        return
+    chunk = max(1, -(-runs // (8 * threads)))  # a few chunks per thread: runs that stop early do not idle a thread
+    starts = list(range(0, runs, chunk))
+    lock = threading.Lock()
+    taken = [0]
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            ws = workspace(eng, p, k)
+            while True:
+                with lock:
+                    i = taken[0]
+                    taken[0] += 1
+                if i >= len(starts):
+                    return
+                entry(starts[i], min(starts[i] + chunk, runs), eng, ws, prob, stops, out)
+        except BaseException as exc:  # re-raised in the calling thread
+            errors.append(exc)
+
+    pool = [threading.Thread(target=work, daemon=True) for _ in range(threads - 1)]
+    for th in pool:
+        th.start()
+    work()
+    for th in pool:
+        th.join()
+    if errors:
+        raise errors[0]
