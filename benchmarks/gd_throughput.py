@@ -3,23 +3,22 @@
 Run: ``python benchmarks/gd_throughput.py --out results.json`` (about 3-4 minutes on 2 cores; ``--quick`` for a
 smoke test).  Everything runs in one process except the two compile-time probes.
 
-**What is timed.**  ``R = 2000`` independent runs of the ResNet (weight-normalized, ``w0 = 0``, ``a0`` in the
-ball, teacher as ``sims.simulate``'s defaults, seed 0) at ``(p, k)`` in ``{(16,16), (64,64), (256,256)}``, with the
-two-stage schedule ``Schedule.two_stage(T1 = steps/4, eta_w1, eta_a, eta_w2, eta_a)`` (``eta_w2 = 0.1/k``,
-``eta_w1 = eta_w2/100``, ``eta_a = 0.1 x`` the fastest-contracting step ``4 pi/(k + 2 pi - 2)``: gentle enough that no
-run gets near loss 0 within the timed steps).  Every implementation starts from the same
-``(w~0, a0, w*, a*)`` and does exactly ``steps`` steps on every run (the engine is called as
-``sims.kernels.population_gd`` with tolerances that can never fire, ``loss_tol = grad_tol = -1``,
-``stop_trapped = False``, and the benchmark checks that every run stopped at ``max_steps``), so
-``run-steps = R * steps`` per call.  A timing repeats whole calls from the same start, round robin over the
-implementations (so a load from other processes that comes and goes hits all alike), until each has run at least 3
-calls and ``--min-time`` seconds (default 1 s), and reports the best call (the median goes to the JSON); compilation
-(numba, XLA) happens in an untimed warm-up call.  Steps per call (400, 200, 60 at the three sizes) keep the slowest
-peer near a second per call.  Before timing, a small case (``p = k = 16``, 64 runs, 200 steps) checks that every
-peer's final loss agrees with the engine's within 1e-8 relative (and that the direct kernel call equals
-``sims.simulate``).
+**What is timed.** ``R = 2000`` independent runs of the ResNet (weight-normalized, ``w0 = 0``, ``a0`` in the ball,
+teacher as ``sims.simulate``'s defaults, seed 0) at ``(p, k)`` in ``{(16,16), (64,64), (256,256)}``, with the
+two-stage schedule ``Schedule.two_stage(T1 = steps/4, eta_w1, eta_a, eta_w2, eta_a)`` (``eta_w2 = 0.1/k``, ``eta_w1
+= eta_w2/100``, ``eta_a = 0.1 x`` the fastest-contracting step ``4 pi/(k + 2 pi - 2)``: gentle enough that no run
+gets near loss 0 within the timed steps). Every implementation starts from the same ``(w~0, a0, w*, a*)`` and does
+exactly ``steps`` steps on every run (the engine is called as ``sims.engines.gd`` through
+``sims.engines.driver.run_batch`` with tolerances that can never fire, ``loss_tol = grad_tol = -1``, ``stop_trapped
+= False``, and the benchmark checks that every run stopped at ``max_steps``), so ``run-steps = R * steps`` per call.
+A timing repeats whole calls from the same start, round robin over the implementations (so a load from other
+processes that comes and goes hits all alike), until each has run at least 3 calls and ``--min-time`` seconds
+(default 1 s), and reports the best call (the median goes to the JSON); compilation (numba, XLA) happens in an
+untimed warm-up call. Steps per call (400, 200, 60 at the three sizes) keep the slowest peer near a second per call.
+Before timing, a small case (``p = k = 16``, 64 runs, 200 steps) checks that every peer's final loss agrees with the
+engine's within 1e-8 relative (and that the direct kernel call equals ``sims.simulate``).
 
-Implementations: ``engine`` (numba, ``sims.kernels.population_gd``, parallel over runs, 2 threads); ``numpy``
+Implementations: ``engine`` (numba, ``sims.engines.gd`` on the run driver, parallel over runs, 2 threads); ``numpy``
 (closed-form gradient vectorized over runs, ``(R, p)``, ``(R, k)`` arrays); ``torch`` (CPU, float64, 2 threads,
 autograd of the closed-form loss written through ``S, Q, P, phi``); ``jax`` (CPU, float64, ``jit`` + ``vmap`` +
 ``lax.fori_loop``, ``grad`` of the same loss).  Peers that are not installed are reported as ``missing``.
@@ -81,7 +80,8 @@ import _peers  # noqa: E402
 import numba  # noqa: E402
 
 import sims  # noqa: E402
-from sims import kernels, samplers  # noqa: E402
+from sims import samplers  # noqa: E402
+from sims.engines import driver, gd  # noqa: E402
 from sims.rng import stream_states  # noqa: E402
 from sims.schedules import optimal_eta_a  # noqa: E402
 
@@ -91,7 +91,7 @@ SIZES = ((16, 16), (64, 64), (256, 256))
 STEPS = {(16, 16): 400, (64, 64): 200, (256, 256): 60}
 FLOPS_PER_W = 7
 FLOPS_PER_A = 9
-#: The engine's scalar work per step, counted in population_gd's source (sims/kernels.py) for the weight-normalized
+#: The engine's scalar work per step, counted in its source (sims/engines/gd.py) for the weight-normalized
 #: model without noise, with sqrt and division counted as 1 flop and an FMA as 2:
 #:   angle: sqrt ||w~||, 1/||w~||, ||w*||^2 ||w~||^2 - (w~.w*)^2 (3), sqrt, cos and sin (3)               9
 #:   arctangent (atan2_upper: reduction 5 + 1 division, polynomial 22, reconstruction 5, quadrant 2)    35
@@ -185,26 +185,20 @@ def make_problem(p: int, k: int, R: int, seed: int = 0) -> Problem:
 
 # ---------------------------------------------------------------------------------------------------- engine
 def engine_gd(prob: Problem, steps: int):
-    """``population_gd`` on copies of the starting points, exactly ``steps`` steps per run; ``(WT, A, loss)``."""
+    """The population GD engine on copies of the starting points, exactly ``steps`` steps per run;
+    ``(WT, A, loss)``."""
     R = prob.R
-    T1, ew1, ea1, ew2, ea2 = prob.sched(steps)
     rs = prob.schedule(steps).resolve(steps, runs=R)
     WT, A = prob.WT0.copy(), prob.A0.copy()
-    rec = np.zeros(1, dtype=np.int64)
-    traj = np.empty((R, 1, 4))
-    final = np.empty((R, 4))
-    stop_step = np.empty(R, dtype=np.int64)
-    stop_reason = np.empty(R, dtype=np.int64)
-    slow_end = np.empty(R, dtype=np.int64)
-    steps_tol = np.empty(R, dtype=np.int64)
-    rate_pts = np.empty((R, 6))
     states = np.zeros((R, 4), dtype=np.uint64)  # noise-free: never read
-    kernels.population_gd(WT, A, prob.WS, prob.AS, np.full(R, -1.0), True, rs.seg_end, rs.eta_w, rs.eta_a,
-                          rs.noise_w, rs.noise_a, 1.0, states, steps, -1.0, -1.0, 0.0, math.inf, False, rec, traj,
-                          final, stop_step, stop_reason, slow_end, steps_tol, np.array([1e-4, 1e-6, 1e-9]), rate_pts)
-    if not (np.all(stop_step == steps) and np.all(stop_reason == kernels.STOP_MAX_STEPS)):
+    problem = driver.make_problem(prob.WS, prob.AS, np.full(R, -1.0), rs, states, np.zeros(1, dtype=np.int64),
+                                  (1e-4, 1e-6, 1e-9))
+    stops = driver.Stops(steps, -1.0, -1.0, 0.0, math.inf, False)
+    out = driver.make_outputs(R, 1)
+    driver.run_batch(gd.run_range, gd.workspace, gd.plain(WT, A, True), problem, stops, out, R)
+    if not (np.all(out.stop_step == steps) and np.all(out.stop_reason == driver.STOP_MAX_STEPS)):
         raise RuntimeError("engine: a run stopped before max_steps; the run-step count would be wrong")
-    return WT, A, final[:, 0]
+    return WT, A, out.final[:, 0]
 
 
 def engine_via_simulate(prob: Problem, steps: int) -> np.ndarray:
