@@ -310,7 +310,7 @@ def simulate(
 
     rec = record_steps(steps, n_record)
     phi_s = _classify.saddle_angles_batch(AS)
-    out = _run_kernel(algorithm, model, WT0, A0, WS, AS, phi_s, sched, states, steps, tolerances, rec, batch_size,
+    out = _run_kernel(algorithm, model, (WT0, A0, WS, AS, phi_s, states), sched, steps, tolerances, rec, batch_size,
                       threads)
     WT, A, traj, final, stop_step, stop_reason, slow_end, steps_tol, rate_pts = out
 
@@ -399,8 +399,10 @@ def assemble_result(*, settings, run_offset, code, stop_names, stop_reason, stop
     )
 
 
-def _run_kernel(algorithm, model, WT0, A0, WS, AS, phi_s, sched, states, steps, tol, rec, batch_size, threads):
-    """Run the engine of ``algorithm`` (:mod:`sims.engines`) on copies of the starting points."""
+def _run_kernel(algorithm, model, draws, sched, steps, tol, rec, batch_size, threads):
+    """Run the engine of ``algorithm`` (:mod:`sims.engines`) on copies of the starting points;
+    ``draws = (w~0, a0, w*, a*, saddle angles, streams)``."""
+    WT0, A0, WS, AS, phi_s, states = draws
     from sims import finite_sample
     from sims.engines import gd, sgd
 

@@ -284,8 +284,12 @@ def teacher_invariants(WS, AS, tr):
 
 
 @njit(inline="always")
-def _stop_reason(finite, L, g2, t, seg, nseg, phi, c, s, P, ga2, tv, phs, gate, tol, extra, tf, stops, last_noisy):
-    """The stop decision (module docstring): a reason code, or -1 to go on."""
+def _stop_reason(obs, finite, where, tv, gate, tol, trap, extra, stops):
+    """The stop decision (module docstring): a reason code, or -1 to go on.  ``obs = (L, phi, c, s, P, g2, ga2)``,
+    ``where = (t, seg, nseg)``, ``trap = (phi_saddle, trap_factor, last segment noisy)``."""
+    L, phi, c, s, P, g2, ga2 = obs
+    t, seg, nseg = where
+    phs, tf, last_noisy = trap
     net, deployed, grad_ok, rate_ok, trap_ok = gate
     tol_loss, tol_grad2, tol_div = tol
     ws2, Ss, Qs, k = tv
@@ -360,8 +364,8 @@ def _run_one(eng, ws, prob, stops, out, r, last_noisy):
         while seg < nseg - 1 and t >= prob.seg_end[sr, seg]:
             seg += 1
         extra = extra_stop(eng, ws, carry, aux, t, seg, stops.max_steps, tol)
-        reason = _stop_reason(finite, L, g2, t, seg, nseg, phi, c, s, P, ga2, tv, phs, gate, tol, extra, tf, stops,
-                              last_noisy)
+        reason = _stop_reason((L, phi, c, s, P, g2, ga2), finite, (t, seg, nseg), tv, gate, tol,
+                              (phs, tf, last_noisy), extra, stops)
         ok = True
         if reason < 0:
             ew = prob.eta_w[sr, seg]
