@@ -104,7 +104,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         if "=" not in item:
             raise CLIError(f"--set takes FIELD=VALUE; got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = sweep.parse_value(value.strip())
+        out[key.strip()] = sweep.parse_value(value.strip(), name=f"--set {sweep._show(key.strip())}")
     for key in ("trials", "seed", "chunk"):
         if getattr(args, key) is not None:
             out[key] = getattr(args, key)

@@ -27,6 +27,9 @@ TEACHER_A = ("gaussian", "ones", "fixed")
 INIT_W = ("zero", "sphere", "gaussian")
 INIT_A = ("ball", "gaussian")
 _MAX_REDRAWS = 10_000
+#: Smallest ``Init.w_scale``: around 1e-160 the squares in ``||w0||`` underflow and some runs (not all) would
+#: start from a filter of norm 0.
+MIN_W_SCALE = 1e-100
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,8 @@ class Init:
                 f"init.w = 'zero' is not allowed for model {model!r}: a CNN filter w0 = 0 has no direction "
                 "(use 'sphere' or 'gaussian')"
             )
-        if not (math.isfinite(self.w_scale) and self.w_scale > 0):
-            raise ValueError(f"init.w_scale must be finite and > 0; got {self.w_scale!r}")
+        if not (math.isfinite(self.w_scale) and self.w_scale >= MIN_W_SCALE):  # smaller: ||w0||^2 may underflow
+            raise ValueError(f"init.w_scale must be finite and > 0 (at least {MIN_W_SCALE:g}); got {self.w_scale!r}")
         if self.a_radius is not None and not (math.isfinite(self.a_radius) and self.a_radius >= 0):
             raise ValueError(f"init.a_radius must be finite and >= 0; got {self.a_radius!r}")
 

@@ -37,6 +37,9 @@ import theory
 
 #: ``max_{phi in [0, pi]} (pi - phi) sin(phi)``, attained where ``tan(phi) = pi - phi``.
 G_MAX = 1.8197057955
+#: Shortest noise half-life of :meth:`Schedule.perturbed` (below about 1/1075 steps the decay factor
+#: ``0.5 ** (1 / half_life)`` underflows to 0).
+MIN_HALF_LIFE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -67,12 +70,18 @@ class ResolvedSchedule:
 
 def _check_rate(value: float, name: str) -> float:
     try:
+        if isinstance(value, bool):
+            raise TypeError
         value = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name} must be a finite number >= 0; got {value!r}") from None
     if not (math.isfinite(value) and value >= 0.0):
         raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
     return value
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -93,13 +102,14 @@ class Schedule:
             last = i == len(self.segments) - 1
             if seg.steps is None and not last:
                 raise ValueError(f"schedule.segments[{i}].steps must be an integer >= 0 (only the last may be None)")
-            if seg.steps is not None and (not isinstance(seg.steps, (int, np.integer)) or seg.steps < 0):
+            if seg.steps is not None and (not isinstance(seg.steps, (int, np.integer)) or isinstance(seg.steps, bool)
+                                          or seg.steps < 0):
                 raise ValueError(f"schedule.segments[{i}].steps must be an integer >= 0; got {seg.steps!r}")
             for f in ("eta_w", "eta_a", "noise_w", "noise_a"):
                 _check_rate(getattr(seg, f), f"schedule.segments[{i}].{f}")
-        if not (math.isfinite(self.noise_decay) and 0.0 < self.noise_decay <= 1.0):
+        if not (_is_real(self.noise_decay) and math.isfinite(self.noise_decay) and 0.0 < self.noise_decay <= 1.0):
             raise ValueError(f"schedule.noise_decay must lie in (0, 1]; got {self.noise_decay!r}")
-        if not (0.0 < self.safety <= 1.0):
+        if not (_is_real(self.safety) and 0.0 < self.safety <= 1.0):
             raise ValueError(f"schedule.safety must lie in (0, 1]; got {self.safety!r}")
 
     # ---- constructors -------------------------------------------------------------------------------------
@@ -138,8 +148,13 @@ class Schedule:
         """Perturbed GD (Zhou, Liu et al. 2019): Gaussian noise of std ``noise`` added to the weights each step,
         annealed geometrically with the given half-life in steps (``inf``: no annealing)."""
         noise = _check_rate(noise, "noise")
-        if not (half_life > 0):
-            raise ValueError(f"half_life must be > 0 steps; got {half_life!r}")
+        try:
+            ok = _is_real(half_life) and float(half_life) >= MIN_HALF_LIFE
+        except OverflowError:
+            ok = False
+        if not ok:
+            raise ValueError(f"half_life must be > 0 steps (at least {MIN_HALF_LIFE:g}; inf: no annealing); "
+                             f"got {half_life!r}")
         decay = 1.0 if math.isinf(half_life) else 0.5 ** (1.0 / half_life)
         na = noise if noise_a is None else _check_rate(noise_a, "noise_a")
         return cls((Segment(None, eta_w, eta_a, noise, na),), noise_decay=decay, name="perturbed")

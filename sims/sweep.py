@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,8 @@ BASE_KEYS = ("model", "k", "p", "steps", "algorithm", "batch_size", "n_record", 
 SCALAR_LIMITS = {"k": (1, 4096), "p": (1, 4096), "steps": (0, 10**9), "batch_size": (1, 10**6),
                  "n_record": (2, 100_000), "trials": (1, 10**9), "seed": (0, 2**63 - 1), "chunk": (1, 10**7)}
 SCHEDULE_KINDS = ("constant", "two-stage", "layerwise", "piecewise", "perturbed", "prescribed-warmup")
+#: How deep arrays and tables may nest in a sweep file (a schedule's segments sit 6 levels down).
+MAX_DEPTH = 16
 _SCHEDULE_KEYS = {
     "constant": ("eta_w", "eta_a"),
     "two-stage": ("T1", "eta_w1", "eta_a1", "eta_w2", "eta_a2"),
@@ -112,14 +115,39 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a sweep file; a missing or malformed file is a :class:`SweepError`."""
     path = Path(path)
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise SweepError(f"config file {str(path)!r} does not exist") from None
     except IsADirectoryError:
         raise SweepError(f"config file {str(path)!r} is a directory") from None
+    except OSError as exc:
+        raise SweepError(f"config file {str(path)!r} cannot be read ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SweepError(f"config file {str(path)!r} is not UTF-8 text (byte {data[exc.start]:#04x} at line "
+                         f"{line})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SweepError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # an integer beyond Python's 4300 digits; nesting beyond recursion
+        raise SweepError(f"config file {str(path)!r} is not valid TOML: {_toml_limit(text, exc)}") from None
+
+
+def _toml_limit(text: str, exc: Exception) -> str:
+    """Which limit a TOML text the parser gave up on exceeded, and on which line."""
+    if isinstance(exc, RecursionError):
+        depth = 0
+        for i, ch in enumerate(text):
+            depth += (ch in "[{") - (ch in "]}")
+            if depth > MAX_DEPTH:
+                return f"arrays/tables nested more than {MAX_DEPTH} levels deep (line {text.count(chr(10), 0, i) + 1})"
+        return "arrays/tables nested too deeply"
+    m = re.search(r"\d[\d_]{4299,}", text)
+    where = f" (line {text.count(chr(10), 0, m.start()) + 1})" if m else ""
+    return f"an integer has more than 4300 digits{where}"
 
 
 def _unknown(keys: Iterable[str], valid: Iterable[str], where: str) -> None:
@@ -151,19 +179,54 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_value(text: str) -> Any:
-    """A CLI ``--set`` value: TOML syntax if it parses (numbers, booleans, arrays), else a plain string."""
+def parse_value(text: str, *, name: str = "value") -> Any:
+    """A CLI ``--set`` value: TOML syntax if it parses (numbers, booleans, arrays), else a plain string.  A value
+    beyond the parser's limits (an integer of more than 4300 digits, nesting deeper than it recurses) is a
+    :class:`SweepError` naming ``name``."""
     try:
-        return tomllib.loads(f"x = {text}")["x"]
+        value = tomllib.loads(f"x = {text}")["x"]
     except tomllib.TOMLDecodeError:
         return text
+    except (ValueError, RecursionError) as exc:
+        raise SweepError(f"{name}: {_toml_limit(text, exc)}") from None
+    return value
+
+
+def _check_depth(value: Any, path: tuple[str, ...], depth: int = 0) -> None:
+    """Refuse arrays/tables nested more than :data:`MAX_DEPTH` levels (``depth``: the level ``value`` sits at),
+    naming the field (the first three keys of its ``path``); iterative, so any depth the parser produced is safe
+    to walk."""
+    stack = [(value, depth, path)]
+    while stack:
+        val, d, at = stack.pop()
+        if d > MAX_DEPTH:
+            raise SweepError(f"{'.'.join(_show(p) for p in at[:3]) or 'the sweep file'} nests arrays/tables more "
+                             f"than {MAX_DEPTH} levels deep")
+        if isinstance(val, dict):
+            stack.extend((v, d + 1, at + (k,)) for k, v in val.items())
+        elif isinstance(val, list):
+            stack.extend((v, d + 1, at) for v in val)
+
+
+def _show(text: Any) -> str:
+    """A key or label from the user as printed in a message: as is when printable, else quoted and escaped (so a
+    message stays one line)."""
+    return text if isinstance(text, str) and text.isprintable() else repr(text)
 
 
 def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) -> SweepSpec:
     """Validate a parsed sweep file (plus ``overrides``: ``trials``, ``seed``, ``chunk``, ``name`` or any dotted
     base field, applied to every cell after methods and grid) and expand its grid into cells."""
+    if not isinstance(raw, dict):
+        raise SweepError(f"a sweep file must be a table of tables; got {type(raw).__name__}")
+    _check_depth(raw, ())
+    for key, val in (overrides or {}).items():
+        _check_depth(val, (key,), 1 + str(key).count("."))
     raw = copy.deepcopy(raw)
     _unknown(raw, ("sweep", "base", "grid", "methods"), "the sweep file (top-level tables)")
+    for table in ("sweep", "base", "grid", "methods"):
+        if not isinstance(raw.get(table, {}), dict):
+            raise SweepError(f"[{table}] must be a table; got {raw[table]!r}")
     sweep = raw.get("sweep", {})
     _unknown(sweep, SWEEP_KEYS, "[sweep]")
     base = raw.get("base", {})
@@ -179,13 +242,19 @@ def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) 
     for key, vals in grid.items():
         _set_dotted({}, key, None)  # validates the head of the key
         if not isinstance(vals, list) or not vals:
-            raise SweepError(f"grid.{key} must be a non-empty list of values")
+            raise SweepError(f"grid.{_show(key)} must be a non-empty list of values; got {vals!r}")
     methods = raw.get("methods", {}) or {"default": {}}
     for label, over in methods.items():
         if not isinstance(over, dict):
-            raise SweepError(f"methods.{label} must be a table of overrides")
-        _unknown(over, BASE_KEYS, f"[methods.{label}]")
+            raise SweepError(f"methods.{_show(label)} must be a table of overrides; got {over!r}")
+        _unknown(over, BASE_KEYS, f"[methods.{_show(label)}]")
     name = sweep.get("name", "sweep")
+    if not (isinstance(name, str) and 0 < len(name) <= 100 and name.isprintable() and name not in (".", "..")
+            and not set(name) & set("/\\")):
+        raise SweepError(f"sweep.name must be 1 to 100 printable characters without '/' or '\\' (it names "
+                         f"the default output directory runs/NAME); got {name!r}")
+    if not isinstance(sweep.get("description", ""), str):
+        raise SweepError(f"sweep.description must be a string; got {sweep['description']!r}")
     trials = _bounded_int(sweep.get("trials", 1000), "sweep.trials")
     seed = _bounded_int(sweep.get("seed", 0), "sweep.seed")
     chunk = _bounded_int(sweep.get("chunk", 1000), "sweep.chunk")
@@ -213,23 +282,25 @@ def _bounded_int(value: Any, name: str) -> int:
     return value
 
 
-def _rate(params: dict[str, Any], key: str, k: int, where: str) -> float:
+def _rate(params: dict[str, Any], key: str, k: int, where: str, prefix: str = "schedule.") -> float:
     """A step size given absolutely (``key``) or relative (``key_rel``): ``eta_a`` relative to the fastest
-    contracting ``a``-step ``4 pi / (k + 2 pi - 2)``, ``eta_w`` relative to ``2 / k``."""
+    contracting ``a``-step ``4 pi / (k + 2 pi - 2)``, ``eta_w`` relative to ``2 / k``.  ``prefix`` names the
+    table in messages (``schedule.`` or ``schedule.segments[i].``)."""
     rel = params.get(f"{key}_rel")
     if rel is not None and key in params:
-        raise SweepError(f"{where}: give either schedule.{key} or schedule.{key}_rel, not both")
-    if rel is None:
-        if key not in params:
-            raise SweepError(f"{where}: schedule.{key} (or schedule.{key}_rel) is required")
-        val = params[key]
-    else:
-        unit = optimal_eta_a(k) if key.startswith("eta_a") else 2.0 / k
-        if not isinstance(rel, (int, float)) or isinstance(rel, bool):
-            raise SweepError(f"{where}: schedule.{key}_rel must be a number >= 0; got {rel!r}")
-        val = rel * unit
-    if isinstance(val, bool) or not isinstance(val, (int, float)) or not (math.isfinite(val) and val >= 0):
-        raise SweepError(f"{where}: schedule.{key} must be a finite number >= 0; got {val!r}")
+        raise SweepError(f"{where}: give either {prefix}{key} or {prefix}{key}_rel, not both")
+    if rel is None and key not in params:
+        raise SweepError(f"{where}: {prefix}{key} (or {prefix}{key}_rel) is required")
+    name, val = (key, params[key]) if rel is None else (f"{key}_rel", rel)
+    try:
+        ok = not isinstance(val, bool) and isinstance(val, (int, float)) and math.isfinite(val) and val >= 0
+    except OverflowError:  # an integer beyond float range
+        ok = False
+    if ok and rel is not None:
+        val = val * (optimal_eta_a(k) if key.startswith("eta_a") else 2.0 / k)
+        ok = math.isfinite(val)
+    if not ok:
+        raise SweepError(f"{where}: {prefix}{name} must be a finite number >= 0; got {params[name]!r}")
     return float(val)
 
 
@@ -259,7 +330,8 @@ def make_schedule(sched: dict[str, Any], k: int, where: str = "base") -> Schedul
                                       noise=sched.get("noise", 0.0), half_life=sched.get("half_life", math.inf),
                                       noise_a=na)
         if kind == "prescribed-warmup":
-            warm = sched.get("eta_a_warmup")
+            has_warm = "eta_a_warmup" in sched or "eta_a_warmup_rel" in sched
+            warm = _rate(sched, "eta_a_warmup", k, where) if has_warm else None
             return Schedule.prescribed_warmup(_rate(sched, "eta_w", k, where), _rate(sched, "eta_a", k, where),
                                               eta_a_warmup=warm, safety=sched.get("safety", 1.0))
         segs = sched.get("segments")
@@ -272,8 +344,9 @@ def make_schedule(sched: dict[str, Any], k: int, where: str = "base") -> Schedul
             _unknown(seg, ("steps", "eta_w", "eta_a", "eta_w_rel", "eta_a_rel", "noise_w", "noise_a"),
                      f"{where}: schedule.segments[{i}]")
             last = i == len(segs) - 1
-            out.append(Segment(None if last else seg.get("steps"), _rate(seg, "eta_w", k, where),
-                               _rate(seg, "eta_a", k, where), seg.get("noise_w", 0.0), seg.get("noise_a", 0.0)))
+            at = f"schedule.segments[{i}]."
+            out.append(Segment(None if last else seg.get("steps"), _rate(seg, "eta_w", k, where, at),
+                               _rate(seg, "eta_a", k, where, at), seg.get("noise_w", 0.0), seg.get("noise_a", 0.0)))
         return Schedule.piecewise(out)
     except SweepError:
         raise
@@ -302,25 +375,59 @@ def _teacher_from(table: Any, k: int, p: int, where: str):
     if isinstance(table, dict) and "fixed_seed" in table:
         _unknown(table, FIXED_TEACHER_KEYS, f"{where}: teacher (with fixed_seed)")
         seed = table["fixed_seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise SweepError(f"{where}: teacher.fixed_seed must be an integer >= 0; got {seed!r}")
-        req = bool(table.get("require_spurious", False))
+        lo, hi = SCALAR_LIMITS["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or not lo <= seed <= hi:
+            raise SweepError(f"{where}: teacher.fixed_seed must be an integer in [{lo}, {hi}]; got {seed!r}")
+        req = table.get("require_spurious", False)
+        if not isinstance(req, bool):
+            raise SweepError(f"{where}: teacher.require_spurious must be true or false; got {req!r}")
         if req and k < 2:
             raise SweepError(f"{where}: teacher.require_spurious needs k >= 2 (k = 1 never has a spurious point)")
         return fixed_teacher(seed, k, p, req)
     return _dataclass_from(Teacher, table, "teacher", where)
 
 
+#: What a number field of a sampler or tolerance table accepts (messages for values of the wrong type).
+_NUMBER_RANGES = {"phi_max": "a number in (0, pi]", "angle": "a number in [0, pi]", "w_scale": "a number >= 1e-100",
+                  "a_radius": "a number >= 0", "divergence": "a number > 0", "a_value": "a list of k finite numbers",
+                  "rate_window": "a list of three loss levels hi > mid > lo > 0"}
+
+
+def _float(value: Any) -> float | None:
+    """``value`` as a float if it is a number (not a bool) within float range, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def _dataclass_from(cls, table: Any, name: str, where: str):
+    """A :class:`Teacher`, :class:`Init` or :class:`Tolerances` from its TOML table: unknown keys and values of
+    the wrong type (by the field's annotation: bool, number, list of numbers) are errors naming the field; the
+    ranges are checked by the class's own validation."""
     if not isinstance(table, dict):
-        raise SweepError(f"{where}: {name} must be a table")
+        raise SweepError(f"{where}: {name} must be a table; got {table!r}")
     valid = [f.name for f in fields(cls)] + (["fixed_seed"] if cls is Teacher else [])
     _unknown(table, valid, f"{where}: {name}")
     table = dict(table)
-    if "a_value" in table and table["a_value"] is not None:
-        table["a_value"] = tuple(table["a_value"])
-    if "rate_window" in table:
-        table["rate_window"] = tuple(table["rate_window"])
+    for f in fields(cls):
+        if f.name not in table:
+            continue
+        val, kind = table[f.name], str(f.type)
+        expect = _NUMBER_RANGES.get(f.name, "a finite number >= 0")
+        if kind == "bool" and not isinstance(val, bool):
+            raise SweepError(f"{where}: {name}.{f.name} must be true or false; got {val!r}")
+        if kind.startswith("float"):
+            table[f.name] = _float(val)
+            if table[f.name] is None:
+                raise SweepError(f"{where}: {name}.{f.name} must be {expect}; got {val!r}")
+        if kind.startswith("tuple"):
+            nums = [_float(x) for x in val] if isinstance(val, list) else [None]
+            if None in nums:
+                raise SweepError(f"{where}: {name}.{f.name} must be {expect}; got {val!r}")
+            table[f.name] = tuple(nums)
     try:
         return cls(**table)
     except (TypeError, ValueError) as exc:
@@ -337,17 +444,22 @@ def simulation_kwargs(params: dict[str, Any], *, where: str = "base") -> dict[st
     kw["algorithm"] = params["algorithm"]
     if params.get("batch_size") is not None:
         kw["batch_size"] = _bounded_int(params["batch_size"], "batch_size")
-    kw["allow_unstable"] = bool(params.get("allow_unstable", False))
+    kw["allow_unstable"] = params.get("allow_unstable", False)
+    if not isinstance(kw["allow_unstable"], bool):
+        raise SweepError(f"{where}: allow_unstable must be true or false; got {kw['allow_unstable']!r}")
     kw["schedule"] = make_schedule(params["schedule"], kw["k"], where)
     kw["teacher"] = _teacher_from(params["teacher"], kw["k"], kw["p"], where)
-    init = params.get("init") or {}
-    if "w" not in init:
+    init = params.get("init", {})
+    if isinstance(init, dict) and "w" not in init:
         init = dict(init, w="zero" if kw["model"] == "resnet" else "sphere")
     kw["init"] = _dataclass_from(Init, init, "init", where)
-    kw["tolerances"] = _dataclass_from(Tolerances, params.get("tolerances") or {}, "tolerances", where)
-    try:  # a one-run dry run checks everything simulate checks (models, stability, samplers, T1 <= steps)
-        simulate(runs=1, seed=0, **dict(kw, steps=min(kw["steps"], 1) if not kw["schedule"].stage_one_steps
-                                       else kw["steps"]))
+    if kw["model"] == "resnet" and kw["p"] == 1 and kw["init"].w == "sphere":  # the dry run draws run 0 only
+        raise SweepError(f"{where}: init.w = 'sphere' cannot start the ResNet at p = 1: w0 = -v (no direction) in "
+                         "about half the runs; use init.w = 'zero' or 'gaussian', or p >= 2")
+    kw["tolerances"] = _dataclass_from(Tolerances, params.get("tolerances", {}), "tolerances", where)
+    staged = sum(s.steps for s in kw["schedule"].segments[:-1])  # every stage but the last, which fills the budget
+    try:  # a one-run dry run checks everything simulate checks (models, stability, samplers, stages <= steps)
+        simulate(runs=1, seed=0, **dict(kw, steps=min(kw["steps"], max(1, staged))))
     except ValueError as exc:
         raise SweepError(f"{where}: {exc}") from None
     return kw
@@ -659,27 +771,48 @@ def _dask_client(workers: int | None, scheduler: str | None, timeout: float):
 
 
 def collect(out: Path, spec: SweepSpec) -> pd.DataFrame:
-    """All chunk files joined into the per-run table, with the cell's method and grid values as columns."""
+    """All chunk files joined into the per-run table, with the cell's method and grid values as columns
+    (:func:`cell_columns`)."""
     frames = []
+    columns = cell_columns(spec)
     for cell, chunk, _, _ in spec.chunks():
         df = pd.read_parquet(out / "chunks" / _chunk_name(cell, chunk))
-        c = spec.cells[cell]
         df.insert(0, "cell", cell)
-        df.insert(1, "method", c.method)
-        for j, (key, val) in enumerate(_cell_columns(c, spec).items()):
-            df.insert(2 + j, key, val)
+        df.insert(1, "method", spec.cells[cell].method)
+        for j, (name, values) in enumerate(columns.items()):
+            df.insert(2 + j, name, [values[cell]] * len(df))
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 
-def _cell_columns(c: Cell, spec: SweepSpec) -> dict[str, Any]:
-    cols = {"model": c.params["model"], "k": c.params["k"], "p": c.params["p"]}
-    for key in spec.grid_keys:
-        val = c.params
-        for part in key.split("."):
-            val = val.get(part) if isinstance(val, dict) else None
-        cols[key] = val
-    return cols
+def _param(params: dict[str, Any], key: str) -> Any:
+    val: Any = params
+    for part in key.split("."):
+        val = val.get(part) if isinstance(val, dict) else None
+    return val
+
+
+def cell_columns(spec: SweepSpec) -> dict[str, list[Any]]:
+    """The per-cell columns of the run table: ``model``, ``k``, ``p`` and every grid key, one value per cell.
+
+    A grid key named like a per-run column (``steps``) is called ``cell.steps``.  A key whose values are not all
+    numbers, strings or booleans that Parquet holds exactly (a list such as a rate window, an integer beyond 64
+    bits) is stored as the values' JSON text, so every cell has one value of one type.
+    """
+    from sims.simulate import FRAME_COLUMNS
+
+    out: dict[str, list[Any]] = {}
+    for key in ("model", "k", "p") + tuple(k for k in spec.grid_keys if k not in ("model", "k", "p")):
+        values = [_param(c.params, key) for c in spec.cells]
+        kinds = {"bool" if isinstance(v, bool) else "number" if isinstance(v, (int, float)) else
+                 "str" if isinstance(v, str) else "other" for v in values}
+        exact = len(kinds) == 1 and "other" not in kinds and all(
+            not isinstance(v, int) or isinstance(v, bool) or -2**63 <= v < 2**63 for v in values)
+        if not exact:
+            values = [json.dumps(v, default=str) for v in values]
+        name = f"cell.{key}" if key in FRAME_COLUMNS or key in ("cell", "method") else key
+        out[name] = values
+    return out
 
 
 def wilson(successes: np.ndarray | int, n: np.ndarray | int, z: float = 1.959963984540054):
@@ -698,8 +831,7 @@ def wilson(successes: np.ndarray | int, n: np.ndarray | int, z: float = 1.959963
 def summarize_runs(runs: pd.DataFrame, spec: SweepSpec | None = None) -> pd.DataFrame:
     """One row per grid cell: outcome rates with Wilson 95% intervals, steps to tolerance, slow phase, rates."""
     rows = []
-    group_cols = ["cell", "method", "model", "k", "p"] + [
-        key for key in (spec.grid_keys if spec else ()) if key not in ("k", "p", "model")]
+    group_cols = ["cell", "method"] + (list(cell_columns(spec)) if spec else ["model", "k", "p"])
     for key, g in runs.groupby(group_cols, sort=True, dropna=False):
         row = dict(zip(group_cols, key, strict=True))
         n = len(g)
