@@ -12,6 +12,8 @@ import math
 import numpy as np
 from numba import njit
 
+from sims import closed_forms as cf
+
 _PI = math.pi
 
 
@@ -38,6 +40,32 @@ def grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs):
     )
 
 
+@njit(inline="always")
+def population_terms(n, phi, c, s, S, Q, P, tv, normalized):
+    """The closed forms at a state: ``(L, L_rho, L_c, L_S, L_Q, L_P, ||grad_w~||^2, ||grad_a||^2)`` from its norm
+    ``n``, angle ``(phi, cos, sin)`` and invariants; ``tv = (||w*||^2, 1.a*, ||a*||^2, k)``."""
+    ws2, Ss, Qs, k = tv
+    rho = 1.0 if normalized else n
+    L = cf.loss(rho, phi, c, s, S, Q, P, Ss, Qs)
+    L_rho, L_c, L_S, L_Q, L_P = cf.gradient(rho, phi, c, s, S, Q, P, Ss, Qs)
+    gw2 = L_c * L_c * s * s / (n * n)
+    if not normalized:
+        gw2 += L_rho * L_rho
+    return L, L_rho, L_c, L_S, L_Q, L_P, gw2, grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
+
+
+@njit(inline="always")
+def exact_near_stationarity(ga2, L_S, L_Q, L_P, k, Q, Qs, a, ast):
+    """``||grad_a||^2``, recomputed from ``a`` where the invariant formula cancels to rounding noise (near a
+    stationary point)."""
+    if ga2 < 1e-6 * (k * L_S * L_S + 4.0 * L_Q * L_Q * Q + L_P * L_P * Qs):
+        ga2 = 0.0
+        for j in range(a.shape[0]):
+            gj = L_S + 2.0 * L_Q * a[j] + L_P * ast[j]
+            ga2 += gj * gj
+    return ga2
+
+
 def run_block(p: int, k: int) -> np.ndarray:
     """One block for the four work vectors ``(w~, w*, a, a*)`` of a run (allocated per thread; see
     :func:`run_views`)."""
@@ -55,6 +83,40 @@ def run_views(block, p, k):
     the same path runs on every run, thread and call.  The views are carved inside the compiled code, so
     ``tests/ir_scan.py`` can check that every such guard in every engine compares addresses of one block only."""
     return block[:p], block[p : 2 * p], block[2 * p : 2 * p + k], block[2 * p + k : 2 * p + 2 * k]
+
+
+@njit(inline="always")
+def invariants(w, ws, a, ast):
+    """``(||w~||^2, w~.w*, 1.a, a.a, a.a*)``: the population loss and gradient see the state only through them."""
+    ww = 0.0
+    wws = 0.0
+    for i in range(w.shape[0]):
+        ww += w[i] * w[i]
+        wws += w[i] * ws[i]
+    S = 0.0
+    Q = 0.0
+    P = 0.0
+    for j in range(a.shape[0]):
+        S += a[j]
+        Q += a[j] * a[j]
+        P += a[j] * ast[j]
+    return ww, wws, S, Q, P
+
+
+@njit(inline="always")
+def distance(a, ast):
+    """``||a - a*||`` (the trajectory's last column)."""
+    d2 = 0.0
+    for j in range(a.shape[0]):
+        d2 += (a[j] - ast[j]) * (a[j] - ast[j])
+    return math.sqrt(d2)
+
+
+@njit(inline="always")
+def copy_into(dst, src):
+    """``dst[:] = src`` as an explicit loop (slice assignment costs seconds of compile time)."""
+    for i in range(src.shape[0]):
+        dst[i] = src[i]
 
 
 @njit(inline="always")

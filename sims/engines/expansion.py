@@ -17,10 +17,9 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from sims import closed_forms as cf
 from sims import expansion_kernels as ek
 from sims.engines import driver
-from sims.engines.common import angle_from, grad_a_sq
+from sims.engines.common import angle_from, copy_into, distance, invariants, population_terms
 from sims.rng import normal_pair
 
 MODE_GD, MODE_SGD = ek.MODE_GD, ek.MODE_SGD
@@ -57,23 +56,6 @@ def workspace(eng: Expanded, p: int, k: int) -> tuple[np.ndarray, ...]:
 
 
 @njit(inline="always")
-def _invariants(w, ws, a, ast):
-    ww = 0.0
-    wws = 0.0
-    for i in range(w.shape[0]):
-        ww += w[i] * w[i]
-        wws += w[i] * ws[i]
-    S = 0.0
-    Q = 0.0
-    P = 0.0
-    for j in range(a.shape[0]):
-        S += a[j]
-        Q += a[j] * a[j]
-        P += a[j] * ast[j]
-    return ww, wws, S, Q, P
-
-
-@njit(inline="always")
 def _begin(eng, wsp, prob, r, tr, tv):
     uw, unw, zw, ua, una, za, gw, ga, zb, hb, F_prev, w_prev, a_prev = wsp
     Fr = eng.F[r]
@@ -89,7 +71,7 @@ def _begin(eng, wsp, prob, r, tr, tv):
         ek.chain_backward(Fr, eng.a_off, eng.a_dim, eng.a_uoff, ua)
         for j in range(a.shape[0]):
             a[j] = ua[eng.a_uoff[0] + j]
-    ww, wws, S, Q, P = _invariants(w, ws, a, ast)
+    ww, wws, S, Q, P = invariants(w, ws, a, ast)
     return r, Fr, w, a, ws, ast, uw, unw, ua, una, prob.states[r], ww, wws, S, Q, P
 
 
@@ -100,13 +82,7 @@ def _observe(eng, wsp, carry, tv):
     ws2, Ss, Qs, k = tv
     n = math.sqrt(ww)
     phi, c, s = angle_from(n, wws, ws2)
-    rho = 1.0 if eng.normalized else n
-    L = cf.loss(rho, phi, c, s, S, Q, P, Ss, Qs)
-    L_rho, L_c, L_S, L_Q, L_P = cf.gradient(rho, phi, c, s, S, Q, P, Ss, Qs)
-    gw2 = L_c * L_c * s * s / (n * n)
-    if not eng.normalized:
-        gw2 += L_rho * L_rho
-    ga2 = grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
+    L, L_rho, L_c, L_S, L_Q, L_P, gw2, ga2 = population_terms(n, phi, c, s, S, Q, P, tv, eng.normalized)
     # contracted gradients: grad_w~ = cw w~ + cs w*, grad_a = L_S 1 + 2 L_Q a + L_P a*
     cw = -L_c * (wws / n) / (n * n)
     if not eng.normalized:
@@ -136,12 +112,7 @@ def _gates(eng, wsp, carry, t):
 
 @njit(inline="always")
 def _traj_point(eng, wsp, carry, L, phi, P):
-    a = carry[3]
-    ast = carry[5]
-    d2 = 0.0
-    for j in range(a.shape[0]):
-        d2 += (a[j] - ast[j]) * (a[j] - ast[j])
-    return L, phi, P, math.sqrt(d2)
+    return L, phi, P, distance(carry[3], carry[5])  # a, a*
 
 
 @njit(inline="always")
@@ -175,12 +146,9 @@ def _step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t):
     zw, za, gw, ga, zb, hb = wsp[2], wsp[5], wsp[6], wsp[7], wsp[8], wsp[9]
     F_prev, w_prev, a_prev = wsp[10], wsp[11], wsp[12]
     n = aux[0]
-    for i in range(Fr.shape[0]):  # the undo copy
-        F_prev[i] = Fr[i]
-    for i in range(w.shape[0]):
-        w_prev[i] = w[i]
-    for j in range(a.shape[0]):
-        a_prev[j] = a[j]
+    copy_into(F_prev, Fr)  # the undo copy
+    copy_into(w_prev, w)
+    copy_into(a_prev, a)
     w_exp = eng.w_off.shape[0] > 0
     a_exp = eng.a_off.shape[0] > 0
     if eng.mode == MODE_SGD:
@@ -215,15 +183,12 @@ def _step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t):
                     z0, z1 = normal_pair(st)
                 y += sa * (z0 if j % 2 == 0 else z1)
             a[j] = y
-    ww, wws, S, Q, P = _invariants(w, ws, a, ast)
+    ww, wws, S, Q, P = invariants(w, ws, a, ast)
     if not (math.isfinite(ww) and math.isfinite(wws) and math.isfinite(S) and math.isfinite(Q)
             and math.isfinite(P)):
-        for i in range(Fr.shape[0]):  # undo: the run stops at its last finite state (the chains u are intact)
-            Fr[i] = F_prev[i]
-        for i in range(w.shape[0]):
-            w[i] = w_prev[i]
-        for j in range(a.shape[0]):
-            a[j] = a_prev[j]
+        copy_into(Fr, F_prev)  # undo: the run stops at its last finite state (the chains u are intact)
+        copy_into(w, w_prev)
+        copy_into(a, a_prev)
         return carry, False
     if w_exp:
         uw, unw = unw, uw

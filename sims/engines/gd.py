@@ -27,7 +27,17 @@ from numba import njit
 
 from sims import closed_forms as cf
 from sims.engines import driver
-from sims.engines.common import atan2_upper, grad_a_sq, load_run, run_block, run_views, store_run
+from sims.engines.common import (
+    atan2_upper,
+    distance,
+    exact_near_stationarity,
+    grad_a_sq,
+    invariants,
+    load_run,
+    run_block,
+    run_views,
+    store_run,
+)
 from sims.rng import normal_pair
 
 #: Largest squared norm a step may produce: far from overflow, so every entry and the loss stay finite.
@@ -75,18 +85,7 @@ def _begin(eng, wsp, prob, r, tr, tv):
     load_run(w, ws, a, ast, eng.WT, prob.WS, eng.A, prob.AS, r, tr)
     for f in range(4):
         st[f] = prob.states[r, f]
-    ww = 0.0
-    wws = 0.0
-    for i in range(w.shape[0]):
-        ww += w[i] * w[i]
-        wws += w[i] * ws[i]
-    S = 0.0
-    Q = 0.0
-    P = 0.0
-    for j in range(a.shape[0]):
-        S += a[j]
-        Q += a[j] * a[j]
-        P += a[j] * ast[j]
+    ww, wws, S, Q, P = invariants(w, ws, a, ast)
     return ww, wws, S, Q, P, 1.0 / math.sqrt(tv[0])
 
 
@@ -114,13 +113,7 @@ def _observe(eng, wsp, carry, tv):
     gw2 = (L_c * s * inv_n) * (L_c * s * inv_n)
     if not eng.normalized:
         gw2 += L_rho * L_rho
-    ga2 = grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
-    if ga2 < 1e-6 * (k * L_S * L_S + 4.0 * L_Q * L_Q * Q + L_P * L_P * Qs):
-        # Near stationarity the invariant formula cancels to rounding noise: recompute from a.
-        ga2 = 0.0
-        for j in range(a.shape[0]):
-            gj = L_S + 2.0 * L_Q * a[j] + L_P * ast[j]
-            ga2 += gj * gj
+    ga2 = exact_near_stationarity(grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs), L_S, L_Q, L_P, k, Q, Qs, a, ast)
     g2 = max(gw2 + ga2, 0.0)
     return L, phi, c, s, P, g2, ga2, (inv_n, L_rho, L_c, L_S, L_Q, L_P)
 
@@ -141,10 +134,7 @@ def _note(eng, wsp, carry, r, t, L, phi, P, finite):
 @njit(inline="always")
 def _traj_point(eng, wsp, carry, L, phi, P):
     w, ws, a, ast = run_views(wsp[0], eng.WT.shape[1], eng.A.shape[1])
-    d2 = 0.0
-    for j in range(a.shape[0]):
-        d2 += (a[j] - ast[j]) * (a[j] - ast[j])
-    return L, phi, P, math.sqrt(d2)
+    return L, phi, P, distance(a, ast)
 
 
 @njit(inline="always")

@@ -23,9 +23,19 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from sims import closed_forms as cf
 from sims.engines import driver
-from sims.engines.common import angle_from, grad_a_sq, load_run, run_block, run_views, store_run
+from sims.engines.common import (
+    angle_from,
+    copy_into,
+    distance,
+    exact_near_stationarity,
+    invariants,
+    load_run,
+    population_terms,
+    run_block,
+    run_views,
+    store_run,
+)
 
 INNER_GD, INNER_ADAM = 0, 1
 
@@ -81,23 +91,6 @@ def _sync(x, sorted_vals, prev, permute):
 
 
 @njit(inline="always")
-def _invariants(w, ws, a, ast):
-    ww = 0.0
-    wws = 0.0
-    for i in range(w.shape[0]):
-        ww += w[i] * w[i]
-        wws += w[i] * ws[i]
-    S = 0.0
-    Q = 0.0
-    P = 0.0
-    for j in range(a.shape[0]):
-        S += a[j]
-        Q += a[j] * a[j]
-        P += a[j] * ast[j]
-    return ww, wws, S, Q, P
-
-
-@njit(inline="always")
 def _begin(eng, wsp, prob, r, tr, tv):
     w, ws, a, ast, pw, mw, vw, w_prev, pa, ma, va, a_prev, net = _views(eng, wsp)
     load_run(w, ws, a, ast, eng.W, prob.WS, eng.A, prob.AS, r, tr)
@@ -114,7 +107,7 @@ def _begin(eng, wsp, prob, r, tr, tv):
     sr = r if prob.seg_end.shape[0] > 1 else np.int64(0)
     nseg = prob.seg_end.shape[1]
     last_start = prob.seg_end[sr, nseg - 2] if nseg > 1 else np.int64(0)
-    ww, wws, S, Q, P = _invariants(w, ws, a, ast)
+    ww, wws, S, Q, P = invariants(w, ws, a, ast)
     # r, last_start, synced, changed, n_sync, n_change, last_change, adam_t, b1t, b2t, and the invariants
     return r, last_start, eng.K > 0, True, 0, 0, 0, 0, 1.0, 1.0, ww, wws, S, Q, P
 
@@ -126,16 +119,8 @@ def _observe(eng, wsp, carry, tv):
     ws2, Ss, Qs, k = tv
     n = math.sqrt(ww)
     phi, c, s = angle_from(n, wws, ws2)
-    L = cf.loss(1.0, phi, c, s, S, Q, P, Ss, Qs)
-    L_rho, L_c, L_S, L_Q, L_P = cf.gradient(1.0, phi, c, s, S, Q, P, Ss, Qs)
-    gw2 = L_c * L_c * s * s / (n * n)
-    ga2 = grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
-    if ga2 < 1e-6 * (k * L_S * L_S + 4.0 * L_Q * L_Q * Q + L_P * L_P * Qs):
-        # Near stationarity the invariant formula cancels to rounding noise: recompute from a.
-        ga2 = 0.0
-        for j in range(a.shape[0]):
-            gj = L_S + 2.0 * L_Q * a[j] + L_P * ast[j]
-            ga2 += gj * gj
+    L, L_rho, L_c, L_S, L_Q, L_P, gw2, ga2 = population_terms(n, phi, c, s, S, Q, P, tv, True)
+    ga2 = exact_near_stationarity(ga2, L_S, L_Q, L_P, k, Q, Qs, a, ast)
     return L, phi, c, s, P, max(gw2 + ga2, 0.0), ga2, (n, L_c, L_S, L_Q, L_P)
 
 
@@ -150,13 +135,10 @@ def _note(eng, wsp, carry, r, t, L, phi, P, finite):
     if eng.K == 0 or carry[2]:  # a network: remember it for the trajectory
         w, ws, a, ast = run_views(wsp[0], eng.W.shape[1], eng.A.shape[1])
         net = wsp[9]
-        d2 = 0.0
-        for j in range(a.shape[0]):
-            d2 += (a[j] - ast[j]) * (a[j] - ast[j])
         net[0] = L
         net[1] = phi
         net[2] = P
-        net[3] = math.sqrt(d2)
+        net[3] = distance(a, ast)
 
 
 @njit(inline="always")
@@ -239,17 +221,13 @@ def _inner_step(eng, wsp, carry, aux, ew, ea):
 def _step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t):
     w, ws, a, ast, pw, mw, vw, w_prev, pa, ma, va, a_prev, net = _views(eng, wsp)
     r, last_start, synced, changed, n_sync, n_change, last_change, adam_t, b1t, b2t = carry[:10]
-    for i in range(w.shape[0]):
-        w_prev[i] = w[i]
-    for j in range(a.shape[0]):
-        a_prev[j] = a[j]
+    copy_into(w_prev, w)
+    copy_into(a_prev, a)
     adam_t, b1t, b2t, ww, wws, S, Q, P = _inner_step(eng, wsp, carry, aux, ew, ea)
     if not (math.isfinite(ww) and math.isfinite(wws) and math.isfinite(S) and math.isfinite(Q)
             and math.isfinite(P)):
-        for i in range(w.shape[0]):  # undo: the run stops at its last finite state
-            w[i] = w_prev[i]
-        for j in range(a.shape[0]):
-            a[j] = a_prev[j]
+        copy_into(w, w_prev)  # undo: the run stops at its last finite state
+        copy_into(a, a_prev)
         return carry, False
     t += 1
     synced = False
@@ -262,7 +240,7 @@ def _step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t):
         if (eng.perm_w and cw) or (eng.perm_a and cA):  # the permutation changed
             n_change += 1
             last_change = t
-        ww, wws, S, Q, P = _invariants(w, ws, a, ast)
+        ww, wws, S, Q, P = invariants(w, ws, a, ast)
         synced = True
     return (r, last_start, synced, changed, n_sync, n_change, last_change, adam_t, b1t, b2t, ww, wws, S, Q, P), True
 

@@ -18,10 +18,9 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from sims import closed_forms as cf
 from sims import finite_sample as fs
 from sims.engines import driver
-from sims.engines.common import angle_from, grad_a_sq
+from sims.engines.common import angle_from, copy_into, distance, invariants, population_terms
 from sims.rng import zig_normal
 
 SGD_FULL, SGD_PROJECTED, GD_FIXED = fs.SGD_FULL, fs.SGD_PROJECTED, fs.GD_FIXED
@@ -59,25 +58,8 @@ def _begin(eng, wsp, prob, r, tr, tv):
     s0, s1, s2, s3 = prob.states[r, 0], prob.states[r, 1], prob.states[r, 2], prob.states[r, 3]
     if eng.mode == GD_FIXED:
         s0, s1, s2, s3 = fs._draw_training_set(s0, s1, s2, s3, eng.chunk, X, FS, ws, ast, hs)
-    ww, wws, S, Q, P = _invariants(w, ws, a, ast)
+    ww, wws, S, Q, P = invariants(w, ws, a, ast)
     return w, a, ws, ast, ww, wws, S, Q, P, s0, s1, s2, s3
-
-
-@njit(inline="always")
-def _invariants(w, ws, a, ast):
-    ww = 0.0
-    wws = 0.0
-    for i in range(w.shape[0]):
-        ww += w[i] * w[i]
-        wws += w[i] * ws[i]
-    S = 0.0
-    Q = 0.0
-    P = 0.0
-    for j in range(a.shape[0]):
-        S += a[j]
-        Q += a[j] * a[j]
-        P += a[j] * ast[j]
-    return ww, wws, S, Q, P
 
 
 @njit(inline="always")
@@ -86,13 +68,7 @@ def _observe(eng, wsp, carry, tv):
     ws2, Ss, Qs, k = tv
     n = math.sqrt(ww)
     phi, c, s = angle_from(n, wws, ws2)
-    rho = 1.0 if eng.normalized else n
-    L = cf.loss(rho, phi, c, s, S, Q, P, Ss, Qs)
-    L_rho, L_c, L_S, L_Q, L_P = cf.gradient(rho, phi, c, s, S, Q, P, Ss, Qs)
-    gw2 = L_c * L_c * s * s / (n * n)
-    if not eng.normalized:
-        gw2 += L_rho * L_rho
-    ga2 = grad_a_sq(L_S, L_Q, L_P, k, S, Q, P, Ss, Qs)
+    L, L_rho, L_c, L_S, L_Q, L_P, gw2, ga2 = population_terms(n, phi, c, s, S, Q, P, tv, eng.normalized)
     return L, phi, c, s, P, max(gw2 + ga2, 0.0), ga2, 0.0
 
 
@@ -103,12 +79,7 @@ def _gates(eng, wsp, carry, t):
 
 @njit(inline="always")
 def _traj_point(eng, wsp, carry, L, phi, P):
-    a = carry[1]
-    ast = carry[3]
-    d2 = 0.0
-    for j in range(a.shape[0]):
-        d2 += (a[j] - ast[j]) * (a[j] - ast[j])
-    return L, phi, P, math.sqrt(d2)
+    return L, phi, P, distance(carry[1], carry[3])  # a, a*
 
 
 @njit(inline="always")
@@ -135,10 +106,8 @@ def _step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t):
     w_prev = wsp[5]
     ga = wsp[6]
     a_prev = wsp[7]
-    for i in range(w.shape[0]):
-        w_prev[i] = w[i]
-    for j in range(a.shape[0]):
-        a_prev[j] = a[j]
+    copy_into(w_prev, w)
+    copy_into(a_prev, a)
     s0, s1, s2, s3 = _gradient(eng, wsp, w, a, ws, ast, s0, s1, s2, s3)
     noisy = sw > 0.0 or sa > 0.0
     ww = 0.0
@@ -165,10 +134,8 @@ def _step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t):
         P += y * ast[j]
     if not (math.isfinite(ww) and math.isfinite(wws) and math.isfinite(S) and math.isfinite(Q)
             and math.isfinite(P)):
-        for i in range(w.shape[0]):  # undo: the run stops at its last finite state
-            w[i] = w_prev[i]
-        for j in range(a.shape[0]):
-            a[j] = a_prev[j]
+        copy_into(w, w_prev)  # undo: the run stops at its last finite state
+        copy_into(a, a_prev)
         return carry, False
     return (w, a, ws, ast, ww, wws, S, Q, P, s0, s1, s2, s3), True
 
