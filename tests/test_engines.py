@@ -65,14 +65,14 @@ class FrozenFilter(NamedTuple):
 
 
 @njit(inline="always")
-def _begin(eng, ws, prob, r, tr, tv):
+def _begin(eng, wsp, prob, r, tr, tv):
     w, a, ast = eng.WT[r], eng.A[r], prob.AS[tr]
     n, c = math.sqrt(np.dot(w, w)), np.dot(w, prob.WS[tr]) / math.sqrt(tv[0])
     return a, ast, n, c / n
 
 
 @njit(inline="always")
-def _observe(eng, ws, carry, tv):
+def _observe(eng, wsp, carry, tv):
     a, ast, n, cos = carry
     phi, s = math.acos(min(max(cos, -1.0), 1.0)), math.sqrt(max(1.0 - cos * cos, 0.0))
     S, Q, P = a.sum(), np.dot(a, a), np.dot(a, ast)
@@ -83,19 +83,19 @@ def _observe(eng, ws, carry, tv):
 
 
 @njit(inline="always")
-def _step(eng, ws, carry, aux, tv, ew, ea, sw, sa, t):
+def _step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t):
     a, ast = carry[0], carry[1]
     a -= ea * (aux[0] + 2.0 * aux[1] * a + aux[2] * ast)
     return carry, True
 
 
 @njit(inline="always")
-def _traj_point(eng, ws, carry, L, phi, P):
+def _traj_point(eng, wsp, carry, L, phi, P):
     return L, phi, P, math.sqrt(np.dot(carry[0] - carry[1], carry[0] - carry[1]))
 
 
 @njit(inline="always")
-def _finish(eng, ws, prob, r, rec, carry):
+def _finish(eng, wsp, prob, r, rec, carry):
     return None
 
 

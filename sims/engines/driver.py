@@ -24,18 +24,25 @@ driver owns everything else, for every engine alike:
   last downward crossing of each of three loss levels), the log-spaced trajectory; and the final outputs.
 
 **How engines plug in.**  An engine is a ``NamedTuple`` class of its options and state arrays; the driver calls the
-generic hooks below (:func:`workspace`, :func:`begin`, :func:`observe`, :func:`gates`, :func:`step`, ...) and numba
-resolves each, at compile time, to the function the engine registered for its class (:func:`register`, through
-``numba.extending.overload``).  Each engine file defines its compiled entry point, three lines that call
-:func:`drive`; numba compiles the driver specialized to that engine, inlines the hooks, and caches the result
-with the engine's file.
+generic hooks below (:func:`begin`, :func:`observe`, :func:`gates`, :func:`step`, ...) and numba resolves each, at
+compile time, to the function the engine registered for its class (:func:`register`, through
+``numba.extending.overload``), inlined at numba's IR level.  Each engine file defines its compiled entry point
+(``@entry_point(...)``, three lines that call :func:`drive`) and ``workspace(eng, p, k)``, the work arrays of one
+thread (allocated in Python, so engines that allocate nothing compile without reference counting).
 
-Why this design (measured): passing the step as a function argument compiles but cannot be cached (numba refuses
-"dynamic globals"), so every process would recompile every engine; dispatching on engine codes inside one function
-puts every engine in one file.  Overload dispatch on the record's class caches per engine, keeps each engine in
-one file, and inlines the hooks, so population GD compiles to the same machine code as its hand-written loop did
-(bit-identical results, same speed; ``benchmarks/gd_throughput.py``).  The driver itself is compiled into each
-engine's entry point and is not cached on its own, so editing an engine recompiles it with the driver.
+Why this design (measured when it was chosen):
+
+- passing the step as a function argument compiles but cannot be cached (numba refuses "dynamic globals"), so
+  every process would recompile every engine; dispatching on engine codes inside one function puts every engine in
+  one file.  Overload dispatch on the record's class caches per engine and keeps each engine in one file;
+- the hooks must be inlined at numba's IR level: compiled as separate functions and inlined by LLVM, they round
+  differently (LLVM optimizes each before inlining), and population GD would no longer reproduce its hand-written
+  loop bit for bit (it does now: ``tests/regression/fixture_v1.npz``);
+- arrays carried through tuples cost reference counting in the loop (40% slower GD): the entry points compile with
+  ``_nrt=False`` where they allocate nothing, and the state lives in the workspace;
+- cost, measured on the 2-core machine: population GD runs at 0.92-0.96 of the hand-written loop's speed (one
+  thread, best of 9 interleaved calls, p = k in 4..256), and its first call compiles in about 20 s instead of 7.6 s
+  (numba's type inference over the inlined hooks takes 9 s of it).  Making that cheaper is open work.
 
 Runs are independent: run ``r`` is advanced from start to stop by one thread, with its own random stream, so
 results do not depend on the thread count or on how runs are split.  :func:`run_batch` runs an engine's entry point
@@ -45,6 +52,7 @@ on ``numba.get_num_threads()`` Python threads taking chunks of runs in turn (the
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 from collections.abc import Callable
@@ -154,31 +162,31 @@ def _resolve(eng: Any, name: str) -> Callable | None:
 
 
 # One stub and one overload per hook; the stubs are what the driver calls.
-def begin(eng, ws, prob, r, tr, tv):  # load run r's state -> carry (a tuple of scalars)
+def begin(eng, wsp, prob, r, tr, tv):  # load run r's state -> carry (a tuple of scalars)
     raise NotImplementedError
 
 
-def observe(eng, ws, carry, tv):  # -> (L, phi, c, s, P, g2, ga2, aux)
+def observe(eng, wsp, carry, tv):  # -> (L, phi, c, s, P, g2, ga2, aux)
     raise NotImplementedError
 
 
-def gates(eng, ws, carry, t):  # -> (net, deployed, grad_ok, rate_ok, trap_ok)
+def gates(eng, wsp, carry, t):  # -> (net, deployed, grad_ok, rate_ok, trap_ok)
     raise NotImplementedError
 
 
-def note(eng, ws, carry, r, t, L, phi, P, finite):  # engine-specific events of an observation
+def note(eng, wsp, carry, r, t, L, phi, P, finite):  # engine-specific events of an observation
     raise NotImplementedError
 
 
-def traj_point(eng, ws, carry, L, phi, P):  # -> (loss, phi, a.a*, ||a - a*||) recorded at a record step
+def traj_point(eng, wsp, carry, L, phi, P):  # -> (loss, phi, a.a*, ||a - a*||) recorded at a record step
     raise NotImplementedError
 
 
-def on_record(eng, ws, r, rec):  # engine-specific recording at record index rec
+def on_record(eng, wsp, r, rec):  # engine-specific recording at record index rec
     raise NotImplementedError
 
 
-def extra_stop(eng, ws, carry, aux, t, seg, max_steps, tol):  # -> an engine stop code, or -1
+def extra_stop(eng, wsp, carry, aux, t, seg, max_steps, tol):  # -> an engine stop code, or -1
     raise NotImplementedError
 
 
@@ -186,30 +194,25 @@ def trap_factor(eng):  # -> safety factor (>= 1) of the trapped bound
     raise NotImplementedError
 
 
-def step(eng, ws, carry, aux, tv, ew, ea, sw, sa, t):  # -> (carry, ok); ok False: the state is left unchanged
+def step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t):  # -> (carry, ok); ok False: the state is left unchanged
     raise NotImplementedError
 
 
-def finish(eng, ws, prob, r, rec, carry):  # store the final state and engine outputs; pad after record rec
+def finish(eng, wsp, prob, r, rec, carry):  # store the final state and engine outputs; pad after record rec
     raise NotImplementedError
 
 
 def _make_overload(stub: Callable, name: str) -> None:
-    """Declare ``stub``'s numba implementation: the function the engine registered under ``name``.  (numba cannot
-    forward ``*args`` to a closure, so the forwarding function is written out over the stub's own parameters.)"""
-    code = stub.__code__
-    args = ", ".join(code.co_varnames[: code.co_argcount])
-    # The implementation forwards to the registered function; written out so numba sees a fixed signature.
-    src = (f"def typer({args}):\n"
-           f"    fn = _resolve(eng, {name!r})\n"
-           f"    if fn is None:\n"
-           f"        return None\n"
-           f"    def impl({args}):\n"
-           f"        return fn({args})\n"
-           f"    return impl\n")
-    env: dict[str, Any] = {"_resolve": _resolve}
-    exec(src, env)  # noqa: S102 - fixed template over a hook's own parameter names
-    overload(stub, inline="always")(env["typer"])
+    """Declare ``stub``'s numba implementation: the Python function of the hook the engine registered under
+    ``name`` (inlined into the driver at numba's IR level, so the engine's step and the driver's loop are optimized
+    as one function)."""
+
+    def typer(*args):
+        fn = _resolve(args[0], name)
+        return None if fn is None else getattr(fn, "py_func", fn)
+
+    typer.__signature__ = inspect.signature(stub)  # numba matches the parameter names with the hook's
+    overload(stub, inline="always")(typer)
 
 
 for _name in HOOKS:
@@ -218,22 +221,22 @@ for _name in HOOKS:
 
 # Defaults for the optional hooks (the plain network).
 @njit(inline="always")
-def _gates_always(eng, ws, carry, t):
+def _gates_always(eng, wsp, carry, t):
     return True, True, True, True, True
 
 
 @njit(inline="always")
-def _note_nothing(eng, ws, carry, r, t, L, phi, P, finite):
+def _note_nothing(eng, wsp, carry, r, t, L, phi, P, finite):
     return None
 
 
 @njit(inline="always")
-def _on_record_nothing(eng, ws, r, rec):
+def _on_record_nothing(eng, wsp, r, rec):
     return None
 
 
 @njit(inline="always")
-def _no_extra_stop(eng, ws, carry, aux, t, seg, max_steps, tol):
+def _no_extra_stop(eng, wsp, carry, aux, t, seg, max_steps, tol):
     return -1
 
 
