@@ -1,4 +1,7 @@
-"""Every notebook runs top to bottom headless (nbclient) at small sizes, without widgets, and draws figures."""
+"""Every notebook runs top to bottom headless (nbclient) as a user runs it: at its full default size and at the small
+size (``SHALLOWRES_NOTEBOOK_SMALL=1``), with its widgets.  After the notebook's own cells, cells appended to the copy
+run :mod:`notebook_widget_checks` in the kernel: they find the callback the notebook wired to ``widgets.interact``,
+check its controls, move each control to a non-default value and check that every redraw drew a figure."""
 
 from __future__ import annotations
 
@@ -8,7 +11,52 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+HERE = Path(__file__).resolve().parent
+NOTEBOOKS = sorted((HERE.parent / "notebooks").glob("*.ipynb"))
+KERNEL_CHECKS = (HERE / "notebook_widget_checks.py").read_text()
+
+#: Per notebook: the callback wired to ``widgets.interact``, its controls (class name and attributes), and the
+#: non-default values the test moves them to, in order (each move redraws once).
+WIDGETS: dict[str, tuple[str, dict[str, dict], dict[str, object]]] = {
+    "01_landscape": (
+        "show",
+        {"k": {"type": "IntSlider", "min": 2, "max": 64},
+         "ratio": {"type": "FloatSlider", "min": 0.0, "max": 1.5, "step": 0.05}},
+        {"k": 9, "ratio": 1.2},  # ratio > 1: no spurious minimum, no saddle line
+    ),
+    "02_two_stage_dynamics": (
+        "run",
+        {"eta_w1": {"type": "FloatLogSlider", "base": 10, "min": -4, "max": 0},
+         "T1": {"type": "IntSlider", "min": 0, "max": 1000},
+         "model": {"type": "Dropdown", "options": ["resnet", "cnn"]},
+         "shortcut": {"type": "Checkbox"},
+         "k": {"type": "fixed"}, "p": {"type": "fixed"}},
+        {"eta_w1": 0.1, "T1": 300, "model": "cnn", "shortcut": False},
+    ),
+    "03_convergence_tables": (
+        "show_heatmaps",
+        {"table": {"type": "Dropdown", "options": ["liu2019", "du2018"]},
+         "quantity": {"type": "Dropdown",
+                      "options": ["p_global", "p_spurious", "p_not_converged", "steps_to_tol_median"]}},
+        {"table": "du2018", "quantity": "steps_to_tol_median"},
+    ),
+    "04_deep_linear_expansions": (
+        "show_deviation",
+        {"depth": {"type": "IntSlider", "min": 2, "max": 6},
+         "eta": {"type": "FloatLogSlider", "base": 10, "min": -3, "max": -1.5},
+         "scale": {"type": "FloatLogSlider", "base": 10, "min": -1.5, "max": 0},
+         "target": {"type": "Dropdown", "options": ["w", "a", "both"]}},
+        {"depth": 4, "eta": 0.003, "scale": 1.0, "target": "w"},
+    ),
+    "05_sgd_vs_gd": (
+        "compare_batch",
+        {"batch_size": {"type": "SelectionSlider", "options": [4, 8, 16, 32, 64, 128, 256, 512, 1024]},
+         "algorithm": {"type": "Dropdown", "options": ["sgd", "gd-fixed"]},
+         "eta_w_k": {"type": "FloatSlider", "min": 0.05, "max": 1.0, "step": 0.05},
+         "warmup": {"type": "Checkbox"}},
+        {"batch_size": 256, "algorithm": "gd-fixed", "eta_w_k": 0.25, "warmup": True},
+    ),
+}
 
 
 def test_notebooks_exist_with_stripped_outputs():
@@ -16,21 +64,42 @@ def test_notebooks_exist_with_stripped_outputs():
     for expected in ("01_landscape", "02_two_stage_dynamics", "03_convergence_tables", "04_deep_linear_expansions",
                      "05_sgd_vs_gd"):
         assert expected in names
+    assert sorted(WIDGETS) == names, "every notebook needs its widget checks in WIDGETS"
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         assert nb.cells[0].cell_type == "markdown" and "What this shows" in nb.cells[0].source
+        assert "widgets" not in nb.metadata, f"{path.name}: saved widget state not stripped"
         for cell in nb.cells:
             if cell.cell_type == "code":
                 assert not cell.outputs and cell.execution_count is None, f"{path.name}: outputs not stripped"
 
 
+def check_cells(stem: str, small: bool) -> list[nbformat.NotebookNode]:
+    """The cells appended to the notebook's copy: the kernel-side checks, then one cell per control move and one
+    per check of its redraw (the redraw's outputs reach the kernel only after the cell that caused it)."""
+    name, controls, values = WIDGETS[stem]
+    sources = [KERNEL_CHECKS,
+               f"assert SMALL is {small}, 'the kernel did not get the size from the environment'\n"
+               f"check_controls(globals(), {name!r}, {controls!r})\n"
+               f"check_drawn(globals(), {name!r})"]
+    for param, value in values.items():
+        sources += [f"move(globals(), {name!r}, {param!r}, {value!r})", f"check_drawn(globals(), {name!r})"]
+    return [nbformat.v4.new_code_cell(s) for s in sources]
+
+
+@pytest.mark.parametrize("size", ["full", "small"])
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_headless(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("SHALLOWRES_NOTEBOOK_SMALL", "1")
+def test_notebook_runs_headless_with_widgets(path, size, tmp_path, monkeypatch):
+    if size == "small":
+        monkeypatch.setenv("SHALLOWRES_NOTEBOOK_SMALL", "1")
+    else:
+        monkeypatch.delenv("SHALLOWRES_NOTEBOOK_SMALL", raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
+    own = len(nb.cells)
+    nb.cells += check_cells(path.stem, small=size == "small")
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()  # raises CellExecutionError on any error
-    images = sum("image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
+    client.execute()  # raises CellExecutionError on any error, including a failed check in an appended cell
+    images = sum("image/png" in out.get("data", {}) for cell in nb.cells[:own] if cell.cell_type == "code"
                  for out in cell.outputs)
-    assert images >= 1, f"{path.name} drew no figure"
+    assert images >= 1, f"{path.name} drew no figure outside its widgets"
