@@ -9,7 +9,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
 NOTEBOOKS = sorted((HERE.parent / "notebooks").glob("*.ipynb"))
@@ -87,19 +86,47 @@ def check_cells(stem: str, small: bool) -> list[nbformat.NotebookNode]:
     return [nbformat.v4.new_code_cell(s) for s in sources]
 
 
+#: Runs a notebook with nbclient in its own process: a kernel client shares no event loop or thread with what the
+#: test process ran before it (Dask clusters, subprocesses), and a hung kernel cannot hang the suite.
+_EXECUTE = """
+import sys, nbformat
+from nbclient import NotebookClient
+nb = nbformat.read(sys.argv[1], as_version=4)
+client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": sys.argv[2]}})
+try:
+    client.execute()
+finally:
+    nbformat.write(nb, sys.argv[1])
+"""
+#: Seconds a whole notebook run may take (the slowest full-size run takes about 25 s with a warm numba cache,
+#: about 2 minutes when it compiles the engines).
+RUN_LIMIT = 600
+
+
 @pytest.mark.parametrize("size", ["full", "small"])
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_headless_with_widgets(path, size, tmp_path, monkeypatch):
+def test_notebook_runs_headless_with_widgets(path, size, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MPLBACKEND="Agg")
+    env.pop("SHALLOWRES_NOTEBOOK_SMALL", None)
     if size == "small":
-        monkeypatch.setenv("SHALLOWRES_NOTEBOOK_SMALL", "1")
-    else:
-        monkeypatch.delenv("SHALLOWRES_NOTEBOOK_SMALL", raising=False)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+        env["SHALLOWRES_NOTEBOOK_SMALL"] = "1"
     nb = nbformat.read(path, as_version=4)
     own = len(nb.cells)
     nb.cells += check_cells(path.stem, small=size == "small")
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()  # raises CellExecutionError on any error, including a failed check in an appended cell
+    copy = tmp_path / path.name
+    nbformat.write(nb, copy)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _EXECUTE, str(copy), str(tmp_path)], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=RUN_LIMIT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{path.name} ({size}) did not finish within {RUN_LIMIT} s")
+    # A failed cell (including a failed check in an appended cell) is a CellExecutionError in the child.
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nb = nbformat.read(copy, as_version=4)
     images = sum("image/png" in out.get("data", {}) for cell in nb.cells[:own] if cell.cell_type == "code"
                  for out in cell.outputs)
     assert images >= 1, f"{path.name} drew no figure outside its widgets"
