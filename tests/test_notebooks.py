@@ -5,6 +5,11 @@ check its controls, move each control to a non-default value and check that ever
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -100,16 +105,32 @@ finally:
 """
 #: Seconds a whole notebook run may take (the slowest full-size run takes about 25 s with a warm numba cache,
 #: about 2 minutes when it compiles the engines).
-RUN_LIMIT = 600
+RUN_LIMIT = 240
+
+
+def _execute(copy: Path, env: dict) -> subprocess.CompletedProcess | None:
+    """Run the notebook ``copy`` in a child process (and its kernel in the child's process group); ``None`` if it
+    did not finish within :data:`RUN_LIMIT` (the group is killed)."""
+    proc = subprocess.Popen([sys.executable, "-c", _EXECUTE, str(copy), str(copy.parent)], env=env, cwd=copy.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=RUN_LIMIT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.mark.parametrize("size", ["full", "small"])
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_headless_with_widgets(path, size, tmp_path):
-    import os
-    import subprocess
-    import sys
+    """Each run is a fresh process: the kernel client shares no event loop with what the test process ran before.
 
+    Now and then (about one run in twenty, with ipykernel 6 and 7 alike) the kernel and the client both sit idle
+    forever after a cell, each waiting for the other; nbclient's own timeout does not fire then.  A run that has not
+    finished within :data:`RUN_LIMIT` is killed and run once more: a notebook that hangs twice fails the test, and
+    so does any error, at once."""
     env = dict(os.environ, MPLBACKEND="Agg")
     env.pop("SHALLOWRES_NOTEBOOK_SMALL", None)
     if size == "small":
@@ -118,15 +139,18 @@ def test_notebook_runs_headless_with_widgets(path, size, tmp_path):
     own = len(nb.cells)
     nb.cells += check_cells(path.stem, small=size == "small")
     copy = tmp_path / path.name
-    nbformat.write(nb, copy)
-    try:
-        proc = subprocess.run([sys.executable, "-c", _EXECUTE, str(copy), str(tmp_path)], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=RUN_LIMIT)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{path.name} ({size}) did not finish within {RUN_LIMIT} s")
+    for attempt in range(2):
+        nbformat.write(nb, copy)
+        proc = _execute(copy, env)
+        if proc is not None:
+            break
+        warnings.warn(f"{path.name} ({size}): no progress within {RUN_LIMIT} s (attempt {attempt + 1}); killed",
+                      stacklevel=1)
+    else:
+        pytest.fail(f"{path.name} ({size}) hung twice ({RUN_LIMIT} s each)")
     # A failed cell (including a failed check in an appended cell) is a CellExecutionError in the child.
     assert proc.returncode == 0, proc.stderr[-3000:]
-    nb = nbformat.read(copy, as_version=4)
-    images = sum("image/png" in out.get("data", {}) for cell in nb.cells[:own] if cell.cell_type == "code"
+    executed = nbformat.read(copy, as_version=4)
+    images = sum("image/png" in out.get("data", {}) for cell in executed.cells[:own] if cell.cell_type == "code"
                  for out in cell.outputs)
     assert images >= 1, f"{path.name} drew no figure outside its widgets"
