@@ -1,7 +1,9 @@
-"""Every notebook runs top to bottom headless (nbclient) as a user runs it: at its full default size and at the small
-size (``SHALLOWRES_NOTEBOOK_SMALL=1``), with its widgets.  After the notebook's own cells, cells appended to the copy
-run :mod:`notebook_widget_checks` in the kernel: they find the callback the notebook wired to ``widgets.interact``,
-check its controls, move each control to a non-default value and check that every redraw drew a figure."""
+"""Every notebook runs top to bottom headless (nbclient) as a user runs it: at its full default size, with its widgets
+(the small size, ``SHALLOWRES_NOTEBOOK_SMALL=1``, runs the same code with fewer runs and steps; running it too
+doubled the kernel launches, the slowest part of the suite). After the notebook's own cells, cells appended to the
+copy run :mod:`notebook_widget_checks` in the kernel: they find the callback the notebook wired to
+``widgets.interact``, check its controls, move each control to a non-default value and check that every redraw drew
+a figure."""
 
 from __future__ import annotations
 
@@ -122,7 +124,7 @@ def _execute(copy: Path, env: dict) -> subprocess.CompletedProcess | None:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-@pytest.mark.parametrize("size", ["full", "small"])
+@pytest.mark.parametrize("size", ["full"])
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_headless_with_widgets(path, size, tmp_path):
     """Each run is a fresh process: the kernel client shares no event loop with what the test process ran before.
