@@ -18,41 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_sweep import SMALL, small_spec
 
 import sims
 from sims import cli, memory, store, sweep
 from sims.simulate import FRAME_COLUMNS
 
-SMALL = """
-[sweep]
-name = "small"
-trials = 40
-seed = 3
-chunk = 16
-
-[base]
-steps = 3000
-n_record = 8
-teacher = { w = "cap", a = "gaussian", require_spurious = true }
-
-[grid]
-k = [4, 8]
-p = [3]
-
-[methods.resnet]
-model = "resnet"
-schedule = { kind = "constant", eta_w_rel = 0.5, eta_a_rel = 0.9 }
-
-[methods.cnn]
-model = "cnn"
-init = { w = "sphere", a = "ball" }
-schedule = { kind = "two-stage", T1 = 50, eta_w1_rel = 0.01, eta_a1_rel = 0.9, eta_w2_rel = 0.5, eta_a2_rel = 0.9 }
-"""
 VICTIM = "cell0001-chunk00001.parquet"  # cell 1 (k = 8), runs 16..31
 
-
-def small_spec(**overrides) -> sweep.SweepSpec:
-    return sweep.build_spec(tomllib.loads(SMALL), overrides=overrides)
 
 
 @pytest.fixture(scope="module")
