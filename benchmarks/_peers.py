@@ -176,7 +176,7 @@ def make_jax():
 # ---------------------------------------------------------------------------------------------------- NumPy SGD
 def make_numpy_sgd(batch_size: int, seed: int = 0):
     """Online SGD on the empirical loss ``0.5 mean_b (f(Z_b) - f*(Z_b))^2`` of a fresh Gaussian minibatch per
-    step, the step of ``sims.finite_sample`` ("sgd"): with ``u = w~/||w~||``, ``h_bj = u.Z_bj``,
+    step, the step of ``sims.engines.finite_sample`` ("sgd"): with ``u = w~/||w~||``, ``h_bj = u.Z_bj``,
     ``r_b = f - f*``, ``g_u = mean_b r_b sum_j a_j 1[h_bj > 0] Z_bj``, the filter gradient is
     ``(I - u u^T) g_u / ||w~||`` and ``d/da_j = mean_b r_b relu(h_bj)``.  ``Z`` is one ``(R, B k, p)`` array per
     step; both projections (student and teacher) are one batched matmul ``Z @ [u, w*]`` and ``g_u`` a second one."""

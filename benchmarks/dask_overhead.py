@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sims import sweep, tables
+from sims.studies import sweep, tables
 
 
 def main() -> None:

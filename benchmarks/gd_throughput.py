@@ -43,7 +43,7 @@ base clock ``/proc/cpuinfo`` reports; the measured peak can exceed it when the c
 ``NUMBA_CACHE_DIR`` a new temporary directory (cold: numba compiles everything), then in a second subprocess with
 the same directory (cached); targets cold < 10 s, cached < 1 s.  The cold probe runs twice (two fresh directories)
 and reports the faster, since other processes can only add time.  Online SGD (fresh Gaussian minibatch each step)
-of the engine (``sims.finite_sample``, ``algorithm="sgd"``) against a NumPy implementation of the same minibatch
+of the engine (``sims.engines.finite_sample``, ``algorithm="sgd"``) against a NumPy implementation of the same minibatch
 step with BLAS batched matmuls, at ``p = k = 16``, ``B = 64``, 1000 runs.
 
 Targets: the engine at least 5x the fastest peer at every size, at least 40% of the measured float64 peak at
@@ -80,10 +80,10 @@ import _peers  # noqa: E402
 import numba  # noqa: E402
 
 import sims  # noqa: E402
-from sims import samplers  # noqa: E402
 from sims.engines import driver, gd  # noqa: E402
-from sims.rng import stream_states  # noqa: E402
-from sims.schedules import optimal_eta_a  # noqa: E402
+from sims.engines.rng import stream_states  # noqa: E402
+from sims.runs import samplers  # noqa: E402
+from sims.runs.schedules import optimal_eta_a  # noqa: E402
 
 THREADS = 2
 SIZES = ((16, 16), (64, 64), (256, 256))
@@ -263,7 +263,7 @@ def check_agreement(peers: dict, p: int = 16, k: int = 16, R: int = 64, steps: i
            "simulate_vs_kernel_max_rel": float(np.max(np.abs(L_sim - L_kernel) / np.abs(L_kernel))),
            "peers": {}}
     print(f"check: (p, k) = ({p}, {k}), {R} runs, {steps} steps; engine final loss in "
-          f"[{L_eng.min():.3e}, {L_eng.max():.3e}]; sims.simulate vs direct kernel: max rel diff "
+          f"[{L_eng.min():.3e}, {L_eng.max():.3e}]; sims.runs.simulate vs direct kernel: max rel diff "
           f"{out['simulate_vs_kernel_max_rel']:.1e}")
     for name, run in peers.items():
         if isinstance(run, str):
@@ -380,10 +380,10 @@ def compile_times(cold_repeats: int = 2) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- SGD
 def engine_sgd_runner(prob: Problem, batch_size: int):
-    """A callable doing exactly ``steps`` online-SGD steps on every run through ``sims.finite_sample``, or the
+    """A callable doing exactly ``steps`` online-SGD steps on every run through ``sims.engines.finite_sample``, or the
     reason it is missing."""
     try:
-        from sims import finite_sample
+        from sims.engines import finite_sample
     except ImportError as exc:
         return f"missing ({exc})"
     R = prob.R

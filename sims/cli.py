@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 import theory
-from sims import sweep, tables
+from sims.studies import sweep, tables
 
 
 class CLIError(Exception):
@@ -204,7 +204,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         elif name == "trajectories":
             written += plots.trajectories(out / "trajectories")
         elif name == "expansions":
-            from sims import expansion
+            from sims.methods import expansion
 
             rows = expansion.compare(k=8, p=8, trials=min(args.trials, 100), seed=0, steps=20000, step_rule="matched",
                                      rates=(1, 2), timing_repeats=1)

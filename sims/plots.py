@@ -169,8 +169,8 @@ def basins(stem: str | Path, *, k: int = 4, p: int = 4, model: str = "cnn", step
     """Outcome of GD from a grid of starting points ``(phi_0, a_0 = t a*)`` in the ``(phi, a.a*)`` plane, with a
     few trajectories on top (teacher ``1.a* = 0``, ``||a*|| = 1``, so the spurious point exists)."""
     import theory
-    from sims.schedules import Schedule, optimal_eta_a
-    from sims.simulate import simulate
+    from sims.runs.schedules import Schedule, optimal_eta_a
+    from sims.runs.simulate import simulate
 
     eta_a = 0.9 * optimal_eta_a(k) if eta_a is None else eta_a
     a_star = teacher_with_ratio(k, 0.0)
@@ -183,7 +183,7 @@ def basins(stem: str | Path, *, k: int = 4, p: int = 4, model: str = "cnn", step
     a0 = grid_t.ravel()[:, None] * a_star[None, :]
     res = simulate(model=model, k=k, p=p, runs=w0.shape[0], steps=steps, schedule=Schedule.constant(eta_w, eta_a),
                    teacher=(w_star, a_star), init=(w0, a0), n_record=64)
-    from sims.classify import OUTCOMES
+    from sims.runs.classify import OUTCOMES
 
     code = np.array([OUTCOMES.index(o) for o in res.outcome]).reshape(grid_phi.shape)
     with plt.rc_context(STYLE):
@@ -210,9 +210,9 @@ def basins(stem: str | Path, *, k: int = 4, p: int = 4, model: str = "cnn", step
 def trajectories(stem: str | Path, *, k: int = 16, p: int = 16, runs: int = 12, steps: int = 3000) -> list[Path]:
     """``(phi, a.a*)`` paths of the ResNet from ``w0 = 0`` (prescribed warmup, and no warmup) and of the CNN from
     random ``w0``, same teachers (``v.w* >= 0``, spurious point present)."""
-    from sims.samplers import Init, Teacher
-    from sims.schedules import Schedule, optimal_eta_a
-    from sims.simulate import simulate
+    from sims.runs.samplers import Init, Teacher
+    from sims.runs.schedules import Schedule, optimal_eta_a
+    from sims.runs.simulate import simulate
 
     eta_a, eta_w = 0.9 * optimal_eta_a(k), 1.0 / k
     setups = [("resnet, prescribed warmup", "resnet", Schedule.prescribed_warmup(eta_w, eta_a)),
@@ -241,7 +241,7 @@ def trajectories(stem: str | Path, *, k: int = 16, p: int = 16, runs: int = 12, 
 
 def expansions(rows: pd.DataFrame, stem: str | Path) -> list[Path]:
     """P(global) with Wilson intervals against depth, one panel per method (model x warmup), one series per
-    target and rate (rows of :func:`sims.expansion.compare`)."""
+    target and rate (rows of :func:`sims.methods.expansion.compare`)."""
     with plt.rc_context(STYLE):
         methods = list(dict.fromkeys(rows["method"]))
         fig, axes = plt.subplots(1, len(methods), figsize=(2.9 * len(methods), 3.0), sharey=True, squeeze=False)
@@ -266,8 +266,8 @@ def expansions(rows: pd.DataFrame, stem: str | Path) -> list[Path]:
 
 def end_to_end(stem: str | Path) -> list[Path]:
     """Deviation of factor GD from the end-to-end formula, balanced against unbalanced inits
-    (:func:`sims.expansion.deviation_study`, drawn by :func:`sims.expansion.plot_deviation`)."""
-    from sims import expansion
+    (:func:`sims.methods.expansion.deviation_study`, drawn by :func:`sims.methods.expansion.plot_deviation`)."""
+    from sims.methods import expansion
 
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(5.5, 3.5))

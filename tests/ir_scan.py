@@ -98,7 +98,7 @@ def guarded_reductions(ir: str) -> list[dict[str, str]]:
 
 
 def _demangle(name: str) -> str:
-    """``_ZN4sims13finite_sample15_block_backwardB3v86...`` -> ``sims.finite_sample._block_backward``."""
+    """``_ZN4sims13finite_sample15_block_backwardB3v86...`` -> ``sims.engines.finite_sample._block_backward``."""
     rest = name.removeprefix("_ZN")
     parts = []
     while (m := re.match(r"(\d+)", rest)) is not None:
@@ -114,9 +114,9 @@ def _compile_everything() -> list:
     import numpy as np
 
     import sims
-    from sims import distill, expansion_kernels, finite_sample
     from sims.engines import expansion as ex_engine
-    from sims.engines import gd, laperm, sgd
+    from sims.engines import expansion_kernels, finite_sample, gd, laperm, sgd
+    from sims.methods import distill
 
     small = dict(k=5, p=4, runs=3, steps=30, seed=0)
     sched = sims.Schedule.constant(0.1, 0.3)
@@ -127,7 +127,7 @@ def _compile_everything() -> list:
     for algorithm in ("gd", "sgd"):
         sims.simulate(model="resnet", schedule=sched, algorithm=algorithm, batch_size=8,
                       expansion=sims.Expansion(target="both", depth=2), **small)
-    from sims import expansion
+    from sims.methods import expansion
 
     expansion.end_to_end(model="resnet", w0=np.full(4, 0.1), a0=np.ones(5), w_star=np.ones(4), a_star=np.ones(5),
                          schedule=sched, steps=5, target="both", depth=2)

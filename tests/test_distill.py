@@ -1,4 +1,5 @@
-"""Residual distillation (sims.distill, theory.fading): folding the shortcut into a plain CNN, the fading-shortcut
+"""Residual distillation (sims.methods.distill, theory.fading): folding the shortcut into a plain CNN, the
+fading-shortcut
 kernel against a step-by-step reference built on the theory's gradients, determinism, bad input, and the
 comparison table."""
 
@@ -11,7 +12,8 @@ import pytest
 
 import sims
 import theory
-from sims import Fade, Init, Schedule, Teacher, distill
+from sims import Fade, Init, Schedule, Teacher
+from sims.methods import distill
 from theory import fading
 
 K, P = 4, 5
@@ -269,7 +271,7 @@ def test_compare_table():
         assert col in df.columns
     assert (df["trials"] == 40).all() and (df["k"] == 4).all() and (df["p"] == 4).all()
     assert ((df["p_global_lo"] <= df["p_global"]) & (df["p_global"] <= df["p_global_hi"])).all()
-    lo, hi = sims.sweep.wilson(int(round(df["p_global"].iloc[1] * 40)), 40)
+    lo, hi = sims.studies.sweep.wilson(int(round(df["p_global"].iloc[1] * 40)), 40)
     assert df["p_global_lo"].iloc[1] == pytest.approx(lo) and df["p_global_hi"].iloc[1] == pytest.approx(hi)
     assert df["p_same_outcome_as_resnet"].iloc[0] == 1.0
     with pytest.raises(ValueError, match=r"^fades must hold sims\.Fade"):

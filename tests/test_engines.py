@@ -76,8 +76,8 @@ def _observe(eng, wsp, carry, tv):
     a, ast, n, cos = carry
     phi, s = math.acos(min(max(cos, -1.0), 1.0)), math.sqrt(max(1.0 - cos * cos, 0.0))
     S, Q, P = a.sum(), np.dot(a, a), np.dot(a, ast)
-    L = sims.closed_forms.loss(1.0, phi, cos, s, S, Q, P, tv[1], tv[2])
-    _, _, L_S, L_Q, L_P = sims.closed_forms.gradient(1.0, phi, cos, s, S, Q, P, tv[1], tv[2])
+    L = sims.engines.closed_forms.loss(1.0, phi, cos, s, S, Q, P, tv[1], tv[2])
+    _, _, L_S, L_Q, L_P = sims.engines.closed_forms.gradient(1.0, phi, cos, s, S, Q, P, tv[1], tv[2])
     g = L_S + 2.0 * L_Q * a + L_P * ast
     return L, phi, cos, s, P, np.dot(g, g), np.dot(g, g), (L_S, L_Q, L_P)
 
@@ -131,6 +131,6 @@ def test_an_engine_written_in_this_file_runs_on_the_driver_and_matches_the_close
         for _ in range(steps):
             a = a - eta * (M @ a - N @ AS[r]) / (2.0 * math.pi)
         np.testing.assert_allclose(A[r], a, rtol=1e-11, atol=1e-12)
-        assert out.final[r, 0] == pytest.approx(sims.closed_forms.loss(1.0, phi, math.cos(phi), math.sin(phi),
+        assert out.final[r, 0] == pytest.approx(sims.engines.closed_forms.loss(1.0, phi, math.cos(phi), math.sin(phi),
                                                                        a.sum(), a @ a, a @ AS[r], AS[r].sum(),
                                                                        AS[r] @ AS[r]), rel=1e-10)

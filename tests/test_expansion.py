@@ -11,9 +11,9 @@ import pytest
 
 import sims
 import theory
-from sims import expansion as ex
-from sims import expansion_kernels as ek
-from sims.rng import stream_states
+from sims.engines import expansion_kernels as ek
+from sims.engines.rng import stream_states
+from sims.methods import expansion as ex
 
 K, P = 5, 4
 TEACHER = sims.Teacher(require_spurious=True)
@@ -460,7 +460,7 @@ def test_plus_init_step_is_the_gradient_of_the_nonlinear_counterpart(model, targ
     """One pretraining step with eta = 1 moves the parameters by minus the gradient of the nonlinear counterpart's
     minibatch loss: compared with central finite differences of an independent NumPy loss on the same minibatch
     (regenerated from a copy of the run's stream)."""
-    from sims.rng import fill_normal_zig
+    from sims.engines.rng import fill_normal_zig
 
     rng = np.random.default_rng(18)
     layout = ex.Layout(p=P, k=K, target=target, depth=3, rate=2)

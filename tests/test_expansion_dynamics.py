@@ -10,9 +10,9 @@ import pytest
 
 import sims
 import theory
-from sims import expansion as ex
-from sims import expansion_kernels as ek
-from sims.rng import stream_states
+from sims.engines import expansion_kernels as ek
+from sims.engines.rng import stream_states
+from sims.methods import expansion as ex
 from theory import expansion as te
 
 K, P = 5, 4
@@ -150,8 +150,8 @@ def test_compare_rows():
     assert set(df["method"]) == {"resnet-no-warmup", "resnet-warmup"}
     assert np.all((df.p_global_lo <= df.p_global) & (df.p_global <= df.p_global_hi))
     assert np.all(np.isfinite(df.seconds_per_step) & (df.seconds_per_step >= 0))
-    # depth 1 is the plain engine: the same numbers as sims.simulate without expansion
-    from sims.schedules import optimal_eta_a
+    # depth 1 is the plain engine: the same numbers as sims.runs.simulate without expansion
+    from sims.runs.schedules import optimal_eta_a
 
     teacher = sims.Teacher(w="cap", phi_max=math.pi / 2, a="gaussian", require_spurious=True)
     for warmup in (False, True):

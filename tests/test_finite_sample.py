@@ -1,4 +1,5 @@
-"""Finite-sample training (sims.finite_sample): the Ziggurat normals, the minibatch gradient against the closed-form
+"""Finite-sample training (sims.engines.finite_sample): the Ziggurat normals, the minibatch gradient against the
+closed-form
 population gradient, SGD and GD-on-a-fixed-sample runs against population GD, overfitting, determinism, bad input.
 
 Statistical tolerance: 4 standard errors of the mean, the SE computed from the per-draw values (fixed seeds, so
@@ -21,10 +22,10 @@ from scipy import special, stats
 import sims
 import theory
 from sims import Schedule, SimulationResult
-from sims import finite_sample as fs
-from sims import rng as srng
 from sims.engines import driver
-from sims.rng import stream_states
+from sims.engines import finite_sample as fs
+from sims.engines import rng as srng
+from sims.engines.rng import stream_states
 
 N_SE = 4.0
 ABS_SLACK = 1e-12

@@ -41,11 +41,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from sims import cli, sweep
-from sims.schedules import Schedule
+from sims import cli
+from sims.runs.schedules import Schedule
+from sims.studies import sweep
 
 try:
-    from sims.store import HOUSEKEEPING
+    from sims.studies.store import HOUSEKEEPING
 except ImportError:  # pragma: no cover - before the directory lock existed
     HOUSEKEEPING = frozenset()
 
@@ -1064,7 +1065,7 @@ def test_prescribed_warmup_takes_its_stage_one_step_relative_too():
     raw = {"sweep": {"trials": 1}, "base": {"k": 4, "p": 4, "steps": 5, "schedule": {
         "kind": "prescribed-warmup", "eta_w_rel": 0.5, "eta_a_rel": 0.9, "eta_a_warmup_rel": 0.5}}}
     kw = sweep.simulation_kwargs(sweep.build_spec(raw).cells[0].params)
-    from sims.schedules import optimal_eta_a
+    from sims.runs.schedules import optimal_eta_a
 
     assert kw["schedule"].extra["eta_a_warmup"] == pytest.approx(0.5 * optimal_eta_a(4))
     raw["base"]["schedule"]["eta_a_warmup_rel"] = 2.0

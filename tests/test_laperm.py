@@ -1,6 +1,6 @@
-"""Train-by-reconnect (sims.laperm): the synchronization rule, a step-by-step reference of the whole algorithm
+"""Train-by-reconnect (sims.methods.laperm): the synchronization rule, a step-by-step reference of the whole algorithm
 (GD and Adam inner optimizers) built on the theory's gradients, the values that must be kept, the plain-optimizer
-baseline against sims.simulate, the permutation oracle against brute force, determinism, bad input and the
+baseline against sims.runs.simulate, the permutation oracle against brute force, determinism, bad input and the
 comparison table."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from scipy import stats
 
 import sims
 import theory
-from sims import Init, Schedule, Segment, Teacher, laperm
+from sims import Init, Schedule, Segment, Teacher
 from sims.engines import laperm as lp_engine
+from sims.methods import laperm
 
 K, P = 4, 5
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import theory
-from sims import cli, sweep
+from sims import cli
+from sims.studies import sweep
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TEXT = README.read_text(encoding="utf-8")

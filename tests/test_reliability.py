@@ -21,8 +21,10 @@ import pytest
 from test_sweep import SMALL, small_spec
 
 import sims
-from sims import cli, memory, store, sweep
-from sims.simulate import FRAME_COLUMNS
+from sims import cli
+from sims.runs import memory
+from sims.runs.simulate import FRAME_COLUMNS
+from sims.studies import store, sweep
 
 VICTIM = "cell0001-chunk00001.parquet"  # cell 1 (k = 8), runs 16..31
 
@@ -335,7 +337,7 @@ def test_cli_refuses_a_sweep_larger_than_the_machine_in_one_line(tmp_path, capsy
 HOLD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from sims import store
+    from sims.studies import store
     with store.directory_lock(Path(sys.argv[1])):
         print("locked", flush=True)
         time.sleep(float(sys.argv[2]))

@@ -1,6 +1,6 @@
-"""Outcome classification against the theory's fixed points (SCIENCE.md 3; sims.classify).
+"""Outcome classification against the theory's fixed points (SCIENCE.md 3; sims.runs.classify).
 
-Two halves: ``sims.classify.classify`` on final states constructed at (and near) ``theory.global_minimum``,
+Two halves: ``sims.runs.classify.classify`` on final states constructed at (and near) ``theory.global_minimum``,
 ``theory.spurious_minimum`` and ``theory.saddle_point``, just inside and just outside each tolerance; and end-to-end
 runs whose outcome the theory fixes (a start at the spurious point stays there, ``a* = 1`` has no spurious point,
 a step size above the stability limit diverges, too few steps do not converge).
@@ -16,8 +16,8 @@ import pytest
 import sims
 import theory
 from sims import Schedule, Teacher
-from sims import classify as clf
 from sims.engines import driver
+from sims.runs import classify as clf
 
 TOL = clf.Tolerances()
 LOSS_TOL = sims.Tolerances().loss_tol

@@ -130,7 +130,7 @@ def _placements(total, n_fixed, n_moving, gaps):
 
 @pytest.mark.parametrize("k, p, nb", [(5, 4, 8), (16, 16, 32)])
 def test_sgd_backward_pass_is_the_same_wherever_its_buffers_lie(k, p, nb):
-    from sims.finite_sample import _block_backward
+    from sims.engines.finite_sample import _block_backward
 
     rng = np.random.default_rng(0)
     nrow = nb * k

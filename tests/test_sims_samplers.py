@@ -1,4 +1,4 @@
-"""Teachers, initializations and per-run random streams (sims.samplers, sims.rng).
+"""Teachers, initializations and per-run random streams (sims.runs.samplers, sims.engines.rng).
 
 Distribution checks are Kolmogorov-Smirnov tests with a fixed seed and the threshold p > 1e-3: with a fixed seed
 the outcome is deterministic, and a correct sampler fails it for only 0.1% of seeds, while the errors these
@@ -17,7 +17,7 @@ from scipy import special, stats
 import sims
 import theory
 from sims import Init, Schedule, Teacher
-from sims.rng import stream_states
+from sims.engines.rng import stream_states
 
 KS_P = 1e-3
 UNIT_TOL = 1e-12  # a normalized float64 vector has norm 1 within a few ulps (p <= 128 terms)
@@ -219,7 +219,7 @@ def test_stream_states_reject_bad_seed():
 
 
 def test_stream_normals_and_uniforms():
-    from sims.rng import fill_normal, uniform
+    from sims.engines.rng import fill_normal, uniform
 
     st = stream_states(3, 0, 1)[0].copy()
     z = np.empty(20001)  # odd length exercises the unpaired last value

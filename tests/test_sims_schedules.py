@@ -1,4 +1,4 @@
-"""Step-size schedules (SCIENCE.md 4; sims.schedules): what each constructor resolves to, that the kernel applies
+"""Step-size schedules (SCIENCE.md 4; sims.runs.schedules): what each constructor resolves to, that the kernel applies
 each segment on exactly its steps, the perturbed (noisy) schedule, and the theory-prescribed warmup's bound.
 
 Segment boundaries are checked with every step recorded (``n_record`` large enough that ``record_steps`` is
@@ -15,7 +15,7 @@ import pytest
 import sims
 import theory
 from sims import Schedule, Segment, Teacher
-from sims.schedules import optimal_eta_a, prescribed_warmup_steps
+from sims.runs.schedules import optimal_eta_a, prescribed_warmup_steps
 
 K, P = 5, 6
 ETA_A = 0.5 * theory.max_stable_eta_a(K)

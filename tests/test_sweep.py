@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sims import sweep, tables
+from sims.studies import sweep, tables
 
 SMALL = """
 [sweep]

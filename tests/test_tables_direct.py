@@ -60,7 +60,7 @@ def test_expand_table_depth_one_is_the_unexpanded_network(tmp_path):
     assert set(s["depth"]) == {1, 2, 3, 4} and set(s["rate"]) == {1, 2, 4} and set(s["target"]) == {"w", "a", "both"}
     assert set(s["method"]) == {"resnet-no-warmup", "resnet-warmup", "cnn-no-warmup", "cnn-warmup"}
     # Depth 1 is the unexpanded network: identical numbers whatever the target and rate, and the same as
-    # sims.simulate without an expansion (tested bit for bit in test_expansion.py).
+    # sims.runs.simulate without an expansion (tested bit for bit in test_expansion.py).
     for _method, g in s[s["depth"] == 1].groupby("method"):
         assert g["p_global"].nunique() == 1 and g["steps_to_tol_median"].nunique() == 1
     assert s["seconds_per_step"].notna().all()  # measured, not judged: tests never time things

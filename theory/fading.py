@@ -24,7 +24,7 @@ Nothing new has to be derived symbolically: at every step the network is the CNN
 - once ``lambda_t = 0`` the dynamics are exactly GD on the plain CNN from the filter ``w`` that the fading phase
   produced, and the fixed points are the CNN's (SCIENCE.md 3).
 
-The functions below evaluate these at a given ``lambda``; the simulation kernel is :mod:`sims.distill`.
+The functions below evaluate these at a given ``lambda``; the simulation kernel is :mod:`sims.methods.distill`.
 """
 
 from __future__ import annotations

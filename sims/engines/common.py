@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import njit
 
-from sims import closed_forms as cf
+from sims.engines import closed_forms as cf
 
 _PI = math.pi
 

@@ -63,7 +63,7 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
-from sims import closed_forms as cf
+from sims.engines import closed_forms as cf
 
 #: Why a run stopped; codes index this tuple.
 STOP_NAMES: tuple[str, ...] = ("loss_tol", "grad_tol", "diverged", "max_steps", "trapped", "stuck", "sync_fixed")
@@ -117,7 +117,7 @@ class Outputs(NamedTuple):
 
 def make_problem(WS: np.ndarray, AS: np.ndarray, phi_saddle: np.ndarray, sched: Any, states: np.ndarray,
                  record_steps: np.ndarray, rate_window: Any) -> Problem:
-    """The :class:`Problem` of a batch from its teachers, resolved schedule (``sims.schedules.ResolvedSchedule``),
+    """The :class:`Problem` of a batch from its teachers, resolved schedule (``sims.runs.schedules.ResolvedSchedule``),
     streams, record steps and rate levels."""
     return Problem(WS, AS, phi_saddle, sched.seg_end, sched.eta_w, sched.eta_a, sched.noise_w, sched.noise_a,
                    float(sched.noise_decay), states, record_steps, np.asarray(rate_window, dtype=np.float64))
@@ -256,7 +256,7 @@ _DEFAULTS: dict[str, Callable] = {"gates": _gates_always, "note": _note_nothing,
 @njit(inline="always")
 def track_rate_levels(r, t, L, L_ref, rate_levels, rate_pts):
     """Keep, per level ``rate_levels[lv] * L_ref``, the step and loss of the last downward crossing (a rise above
-    the level forgets it): the points :func:`sims.simulate.fitted_rates` measures the linear rate between."""
+    the level forgets it): the points :func:`sims.runs.simulate.fitted_rates` measures the linear rate between."""
     for lv in range(3):
         if L > rate_levels[lv] * L_ref:
             rate_pts[r, 2 * lv] = -1.0
@@ -417,8 +417,9 @@ def drive(lo, hi, eng, ws, prob, stops, out):
 
 #: Sources compiled into every engine's entry point besides the engine's own file (the driver, the shared helpers,
 #: the generated closed forms, the random streams, the gradient helpers of the engines).
-_COMPILED_SOURCES = ("sims/engines/driver.py", "sims/engines/common.py", "sims/closed_forms.py", "sims/rng.py",
-                     "sims/finite_sample.py", "sims/expansion_kernels.py", "theory/closed_forms.py")
+_COMPILED_SOURCES = ("sims/engines/driver.py", "sims/engines/common.py", "sims/engines/closed_forms.py",
+                     "sims/engines/rng.py",
+                     "sims/engines/finite_sample.py", "sims/engines/expansion_kernels.py", "theory/closed_forms.py")
 
 
 def _source_stamp() -> str:

@@ -1,5 +1,5 @@
 """Deep linear expansions: GD or online SGD on the factors of ``w`` and/or ``a`` (ExpandNets), through the exact
-chain rule of the contraction (:mod:`sims.expansion_kernels` has the chains and the storage layout).
+chain rule of the contraction (:mod:`sims.engines.expansion_kernels` has the chains and the storage layout).
 
 State: the run's factors ``F[r]`` (in place), the contracted ``w~`` and ``a`` (in the rows of ``WT, A``), the
 backward chains ``u`` of each expanded group, the invariants as scalars, and the run's random stream.  The
@@ -17,10 +17,10 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from sims import expansion_kernels as ek
 from sims.engines import driver
+from sims.engines import expansion_kernels as ek
 from sims.engines.common import angle_from, copy_into, distance, invariants, population_terms
-from sims.rng import normal_pair
+from sims.engines.rng import normal_pair
 
 MODE_GD, MODE_SGD = ek.MODE_GD, ek.MODE_SGD
 
@@ -31,7 +31,7 @@ class Expanded(NamedTuple):
     mode: int  # MODE_GD (population gradient) or MODE_SGD (fresh minibatch each step)
     batch_size: int
     F: np.ndarray  # (R, size) factors
-    w_off: np.ndarray  # the w group (empty: w is a plain layer); see sims.expansion_kernels
+    w_off: np.ndarray  # the w group (empty: w is a plain layer); see sims.engines.expansion_kernels
     w_dim: np.ndarray
     w_uoff: np.ndarray
     a_off: np.ndarray  # the a group

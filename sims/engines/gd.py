@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from sims import closed_forms as cf
+from sims.engines import closed_forms as cf
 from sims.engines import driver
 from sims.engines.common import (
     atan2_upper,
@@ -38,7 +38,7 @@ from sims.engines.common import (
     run_views,
     store_run,
 )
-from sims.rng import normal_pair
+from sims.engines.rng import normal_pair
 
 #: Largest squared norm a step may produce: far from overflow, so every entry and the loss stay finite.
 BIG = 1e300

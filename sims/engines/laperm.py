@@ -1,5 +1,5 @@
 """Train-by-reconnect (LaPerm): an inner optimizer (population GD or Adam) on a copy of the weights, synchronized
-every ``K`` steps to the permutation of the initial values that has the copy's ranks (see :mod:`sims.laperm` for
+every ``K`` steps to the permutation of the initial values that has the copy's ranks (see :mod:`sims.methods.laperm` for
 the method and what a permutation can reach).
 
 State: ``w`` and ``a`` in one workspace block, the last synchronized weights, Adam's moments, the invariants and the

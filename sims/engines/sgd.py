@@ -1,7 +1,7 @@
 """Finite-sample training: online SGD (a fresh minibatch each step) and GD on a fixed training set.
 
 The step uses the gradient of the *empirical* loss ``0.5 mean_b (f(Z_b; w, a) - f(Z_b; w*, a*))^2`` computed by
-:mod:`sims.finite_sample` (blocked, vectorized, Ziggurat normals); monitoring is population-level, through the
+:mod:`sims.engines.finite_sample` (blocked, vectorized, Ziggurat normals); monitoring is population-level, through the
 invariants ``||w~||^2, w~.w*, 1.a, a.a, a.a*`` (the driver's stops and records refer to the population loss).
 Never ``trapped``: the steps are noisy, so the basin argument does not apply.
 
@@ -18,10 +18,10 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from sims import finite_sample as fs
 from sims.engines import driver
+from sims.engines import finite_sample as fs
 from sims.engines.common import angle_from, copy_into, distance, invariants, population_terms
-from sims.rng import zig_normal
+from sims.engines.rng import zig_normal
 
 SGD_FULL, SGD_PROJECTED, GD_FIXED = fs.SGD_FULL, fs.SGD_PROJECTED, fs.GD_FIXED
 

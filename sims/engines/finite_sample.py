@@ -14,7 +14,8 @@ wrt ``w``), or ``relu(w . Z_j)`` (unnormalized).  With ``g_u = mean_b r_b sum_j 
 ``d/da_j = mean_b r_b relu(u.Z_bj)``.
 
 **Random numbers.**  Each run draws everything (minibatches, the training set, perturbation noise) from its own
-xoshiro256** stream with the Ziggurat sampler of :mod:`sims.rng` (~2.3 ns per normal), held in four scalars while
+xoshiro256** stream with the Ziggurat sampler of :mod:`sims.engines.rng` (~2.3 ns per normal), held in four scalars
+while
 a run is active.  ``sampler="projected"`` (SGD only, see :func:`_projected_gradient`) draws the exact law of the
 minibatch gradient from ``2 B k + p`` normals instead of ``B k p``.
 
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from sims.rng import zig_normal
+from sims.engines.rng import zig_normal
 
 ALGORITHMS = ("sgd", "gd-fixed")
 #: Largest training set ``gd-fixed`` holds per thread (bytes); above it ``run`` raises instead of swapping.
@@ -353,7 +354,7 @@ SGD_FULL, SGD_PROJECTED, GD_FIXED = 0, 1, 2
 SAMPLERS = ("full", "projected")
 
 
-# ---- entry point used by sims.simulate -------------------------------------------------------------------------
+# ---- entry point used by sims.simulate -------------------------------------------------------------------------------
 
 
 def _check_batch(algorithm: str, batch_size, k: int, p: int) -> int:

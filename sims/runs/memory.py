@@ -99,7 +99,7 @@ def simulate_bytes(*, k: int, p: int, runs: int, steps: int, n_record: int, algo
     if algorithm == "gd-fixed" and batch_size:
         total += 8.0 * threads * batch_size * (k * p + 1)
     elif algorithm == "sgd" and batch_size:
-        from sims.finite_sample import chunk_samples
+        from sims.engines.finite_sample import chunk_samples
 
         total += 8.0 * threads * chunk_samples(batch_size, k, p) * (k * p + 5 * k)
     return int(math.ceil(MARGIN * total))

@@ -1,4 +1,4 @@
-"""The papers' tables: ``liu2019``, ``du2018`` and ``two-phase`` (sweep configs in ``sims/configs/``).
+"""The papers' tables: ``liu2019``, ``du2018`` and ``two-phase`` (sweep configs in ``sims/studies/configs/``).
 
 Each table is a sweep plus a rendering (Markdown, LaTeX or CSV) and figures.  The papers' own numbers are not
 available to us; the tables report ours with Wilson 95% intervals and the settings in full.
@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sims import plots, sweep
-from sims.simulate import simulate
+from sims import plots
+from sims.runs.simulate import simulate
+from sims.studies import sweep
 
 TABLES: tuple[str, ...] = ("liu2019", "du2018", "two-phase")
 #: Tables computed in one shot by a comparison function (no chunked sweep, so no resume), see :func:`run_direct`.
@@ -28,7 +29,7 @@ def config(name: str) -> dict[str, Any]:
     """The packaged sweep file of a table."""
     if name not in TABLES:
         raise sweep.SweepError(f"table must be one of {', '.join(TABLES)}; got {name!r}")
-    text = resources.files("sims").joinpath("configs", f"{name}.toml").read_text()
+    text = resources.files("sims.studies").joinpath("configs", f"{name}.toml").read_text()
     import tomllib
 
     return tomllib.loads(text)
@@ -182,7 +183,7 @@ def two_phase_figure(spec_: sweep.SweepSpec, out: Path, *, k: int = 16, p: int =
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# One-shot tables (comparison functions of sims.distill, sims.laperm)
+# One-shot tables (comparison functions of sims.methods.distill, sims.methods.laperm)
 
 DIRECT_DEFAULTS: dict[str, dict[str, Any]] = {
     "distill": {"trials": 300, "seed": 0, "steps": 5000},
@@ -210,7 +211,7 @@ def run_direct(name: str, out: Path, *, trials: int | None = None, seed: int | N
     fingerprint = sweep.hashlib.sha256(payload).hexdigest()[:16]
     _check_direct_dir(out, fingerprint)
     if name == "distill":
-        from sims import distill
+        from sims.methods import distill
 
         summary = distill.compare(trials=settings["trials"], seed=settings["seed"], steps=settings["steps"])
         cols = ["method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious",
@@ -219,7 +220,7 @@ def run_direct(name: str, out: Path, *, trials: int | None = None, seed: int | N
                    "ResNet and the CNN: P(global) in % [Wilson 95%], same teachers and inits run by run")
         title = "Residual distillation: fading shortcut"
     elif name == "expand":
-        from sims import expansion
+        from sims.methods import expansion
 
         summary = expansion.compare(k=8, p=8, trials=settings["trials"], seed=settings["seed"],
                                     steps=settings["steps"], step_rule=settings["step_rule"], timing_runs=16,
@@ -231,7 +232,7 @@ def run_direct(name: str, out: Path, *, trials: int | None = None, seed: int | N
                    "depth 1 is the unexpanded network")
         title = "Deep linear expansions: P(global) by method, target, depth and rate"
     else:
-        from sims import laperm
+        from sims.methods import laperm
 
         summary = laperm.compare(trials=settings["trials"], seed=settings["seed"], steps=settings["steps"])
         cols = ["method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious",

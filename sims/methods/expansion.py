@@ -46,12 +46,12 @@ import numba
 import numpy as np
 
 import theory
-from sims import classify as _classify
-from sims import expansion_kernels as ek
 from sims.engines import driver
 from sims.engines import expansion as ex_engine
-from sims.samplers import Init
-from sims.schedules import Schedule
+from sims.engines import expansion_kernels as ek
+from sims.runs import classify as _classify
+from sims.runs.samplers import Init
+from sims.runs.schedules import Schedule
 from theory.validation import check_model
 
 TARGETS: tuple[str, ...] = ("w", "a", "both")
@@ -301,7 +301,7 @@ def contract(factors: Any, layout: Layout | None = None, *, w: Any = None, a: An
         ca = _product(factors["a"]) if factors.get("a") else (None if a is None else np.asarray(a, dtype=float))
         return cw, ca
     if layout is None:
-        raise ValueError("contract: a flat factor buffer needs its layout (sims.expansion.Layout)")
+        raise ValueError("contract: a flat factor buffer needs its layout (sims.methods.expansion.Layout)")
     buf = np.asarray(factors, dtype=float)
     batch = buf.ndim == 2
     buf2 = np.ascontiguousarray(np.atleast_2d(buf))
@@ -472,7 +472,7 @@ def train(expansion: Expansion, *, model: str, k: int, p: int, runs: int, steps:
           WS: np.ndarray, AS: np.ndarray, W0: np.ndarray, A0: np.ndarray):
     """Train the factors from the engine's validated arguments and draws (called by :func:`sims.simulate` after it
     drew the teachers ``WS, AS`` and the end-to-end init ``W0, A0`` from ``states``, which this continues)."""
-    _sim = importlib.import_module("sims.simulate")  # the module (``sims.simulate`` the attribute is the function)
+    _sim = importlib.import_module("sims.runs.simulate")  # the module (``sims.simulate`` the attribute is the function)
 
     if algorithm not in ("gd", "sgd"):
         raise ValueError(f"algorithm must be 'gd' or 'sgd' with an expansion; got {algorithm!r}")
@@ -606,8 +606,8 @@ def end_to_end_deviation(*, expansion: Expansion, model: str = "resnet", k: int 
     ``max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||`` of the run).  Plot-ready: one curve per (init, run)."""
     import pandas as pd
 
-    from sims import simulate as sim_fn
-    from sims.simulate import Tolerances
+    from sims.runs import simulate as sim_fn
+    from sims.runs.simulate import Tolerances
 
     if schedule is None:
         schedule = Schedule.constant(0.01, 0.01)
@@ -682,8 +682,8 @@ def _seconds_per_step(kw: dict[str, Any], expansion: Expansion | None, runs: int
     (no early stop), divided by ``runs * steps``, so per-call costs (draws, init, classification) cancel.  Timed
     with Gaussian factors and step sizes scaled by 1e-6 (the cost of a step depends on neither, and nothing
     diverges or stops); +Init pretraining is not counted; numba compiled beforehand."""
-    from sims import simulate as sim_fn
-    from sims.simulate import Tolerances
+    from sims.runs import simulate as sim_fn
+    from sims.runs.simulate import Tolerances
 
     tol = Tolerances(loss_tol=0.0, grad_tol=0.0, stop_trapped=False)
     last = kw["schedule"].segments[-1]
@@ -727,7 +727,8 @@ def compare(*, k: int = 8, p: int = 8, trials: int = 200, seed: int = 0, depths:
     end-to-end gain ``N s^(2 - 2/N)`` at its typical scale (``s = 1`` for ``w``, ``s = sqrt(k)``, the typical
     ``||a*||``, for ``a``), so that the contracted layer moves about as fast as without expansion.
 
-    Columns :data:`COMPARE_COLUMNS`: ``p_*`` outcome rates with Wilson 95% intervals (:func:`sims.sweep.wilson`),
+    Columns :data:`COMPARE_COLUMNS`: ``p_*`` outcome rates with Wilson 95% intervals
+    (:func:`sims.studies.sweep.wilson`),
     ``steps_to_tol_median`` the median of the steps to the loss level ``Tolerances().eps`` over the runs that reached
     it, ``seconds_per_step`` the wall time per run-step from fixed-length runs of ``timing_runs`` x ``timing_steps``
     and ``2 timing_steps`` steps (best of ``timing_repeats``, difference of the two, so per-call costs cancel; all
@@ -736,10 +737,10 @@ def compare(*, k: int = 8, p: int = 8, trials: int = 200, seed: int = 0, depths:
     """
     import pandas as pd
 
-    from sims import simulate as sim_fn
-    from sims.samplers import Teacher as _Teacher
-    from sims.schedules import optimal_eta_a
-    from sims.sweep import wilson
+    from sims.runs import simulate as sim_fn
+    from sims.runs.samplers import Teacher as _Teacher
+    from sims.runs.schedules import optimal_eta_a
+    from sims.studies.sweep import wilson
 
     if step_rule not in ("same", "matched"):
         raise ValueError(f"step_rule must be 'same' or 'matched'; got {step_rule!r}")

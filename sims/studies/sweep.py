@@ -1,7 +1,7 @@
 """Batch sweeps: a TOML spec, chunked execution (in-process or on Dask), atomic per-chunk persistence with
 resume, and the per-cell summary with Wilson intervals.
 
-A sweep file has four tables (see ``sims/configs/example.toml``)::
+A sweep file has four tables (see ``sims/studies/configs/example.toml``)::
 
     [sweep]    name, trials, seed, chunk            # chunk: runs per unit of work and per file
     [base]     model, k, p, steps, algorithm, batch_size, n_record, allow_unstable,
@@ -39,10 +39,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sims import classify, store
-from sims.samplers import Init, Teacher
-from sims.schedules import Schedule, Segment, optimal_eta_a
-from sims.simulate import Tolerances, simulate
+from sims.runs import classify
+from sims.runs.samplers import Init, Teacher
+from sims.runs.schedules import Schedule, Segment, optimal_eta_a
+from sims.runs.simulate import Tolerances, simulate
+from sims.studies import store
 
 SWEEP_KEYS = {"name": str, "trials": int, "seed": int, "chunk": int, "description": str}
 BASE_KEYS = ("model", "k", "p", "steps", "algorithm", "batch_size", "n_record", "allow_unstable", "teacher", "init",
@@ -505,7 +506,7 @@ def _to_parquet(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-#: Write ``data`` to a path atomically (see :func:`sims.store.atomic_write`).
+#: Write ``data`` to a path atomically (see :func:`sims.studies.store.atomic_write`).
 _atomic_write = store.atomic_write
 #: Bytes per row of the per-run table held in memory while a sweep's results are joined and written (measured:
 #: 180 with pandas' Arrow-backed strings, more with object strings; the join and the Parquet encoding hold it
@@ -560,11 +561,11 @@ def _existing_parent(path: Path) -> Path:
 def check_memory(spec: SweepSpec, *, workers: int | None = None, remote: bool = False) -> int:
     """Refuse (:class:`SweepError`) a sweep this machine has no memory for; return the estimate in bytes.
 
-    A chunk needs what :func:`sims.simulate` needs for ``chunk`` runs (:func:`sims.memory.simulate_bytes`); a
+    A chunk needs what :func:`sims.simulate` needs for ``chunk`` runs (:func:`sims.runs.memory.simulate_bytes`); a
     local Dask cluster runs ``workers`` chunks at once.  On a remote ``scheduler`` the workers' memory is theirs
     (each chunk is checked where it runs) and only the joined per-run table counts here.
     """
-    from sims.memory import available_bytes, format_size, simulate_bytes
+    from sims.runs.memory import available_bytes, format_size, simulate_bytes
 
     runs = min(spec.chunk, spec.trials)
     threads = 1 if workers else numba_threads()
@@ -631,7 +632,7 @@ def run_sweep(
     """Run (or resume) a sweep into ``out``; in-process by default, on Dask with ``workers`` or ``scheduler``.
 
     Before anything is written, the directory and the memory are checked (:func:`check_output_dir`,
-    :func:`check_memory`).  The directory is then locked for the whole run (:func:`sims.store.directory_lock`;
+    :func:`check_memory`).  The directory is then locked for the whole run (:func:`sims.studies.store.directory_lock`;
     ``wait``: seconds to wait for another sweep holding it, ``math.inf`` for as long as it takes).  On resume every
     chunk on disk is verified against the manifest; damaged ones are reported in one line through ``log``
     (default: standard error) and recomputed.  A failed write (disk full, permission denied) stops the sweep
@@ -671,7 +672,7 @@ def _expected_chunks(spec: SweepSpec) -> dict[str, tuple[tuple[int, int, int, in
 
 
 def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0) -> SweepOutcome:
-    from sims.simulate import FRAME_COLUMNS
+    from sims.runs.simulate import FRAME_COLUMNS
 
     resuming = check_output_dir(out, spec)  # again: another sweep may have written here before we got the lock
     chunk_dir = out / "chunks"
@@ -799,7 +800,7 @@ def cell_columns(spec: SweepSpec) -> dict[str, list[Any]]:
     numbers, strings or booleans that Parquet holds exactly (a list such as a rate window, an integer beyond 64
     bits) is stored as the values' JSON text, so every cell has one value of one type.
     """
-    from sims.simulate import FRAME_COLUMNS
+    from sims.runs.simulate import FRAME_COLUMNS
 
     out: dict[str, list[Any]] = {}
     for key in ("model", "k", "p") + tuple(k for k in spec.grid_keys if k not in ("model", "k", "p")):

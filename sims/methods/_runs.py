@@ -1,6 +1,7 @@
-"""Helpers shared by the reparameterization studies (:mod:`sims.distill`, :mod:`sims.laperm`): teacher and
+"""Helpers shared by the reparameterization studies (:mod:`sims.methods.distill`, :mod:`sims.methods.laperm`):
+teacher and
 initialization draws from the per-run streams (the same draws :func:`sims.simulate` makes), thread control and the
-reference loss.  Copied from the engine's conventions rather than hooked into :mod:`sims.simulate`."""
+reference loss.  Copied from the engine's conventions rather than hooked into :mod:`sims.runs.simulate`."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import numba
 import numpy as np
 
 import theory
-from sims import samplers
-from sims.rng import stream_states
-from sims.samplers import Init, Teacher
-from sims.simulate import _check_int
+from sims.engines.rng import stream_states
+from sims.runs import samplers
+from sims.runs.samplers import Init, Teacher
+from sims.runs.simulate import _check_int
 
 
 def check_threads(threads: Any) -> int | None:

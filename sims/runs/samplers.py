@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 from scipy import special
 
-from sims.rng import fill_normal, normal_pair, uniform
+from sims.engines.rng import fill_normal, normal_pair, uniform
 
 TEACHER_W = ("sphere", "cap", "angle")
 TEACHER_A = ("gaussian", "ones", "fixed")

@@ -52,13 +52,13 @@ import numpy as np
 from scipy import special
 
 import theory
-from sims import classify as _classify
-from sims._runs import angles, check_threads, draw_problem, loss_ref
 from sims.engines import driver
 from sims.engines import laperm as lp
-from sims.samplers import Init, Teacher
-from sims.schedules import Schedule, optimal_eta_a
-from sims.simulate import (
+from sims.methods._runs import angles, check_threads, draw_problem, loss_ref
+from sims.runs import classify as _classify
+from sims.runs.samplers import Init, Teacher
+from sims.runs.schedules import Schedule, optimal_eta_a
+from sims.runs.simulate import (
     SimulationResult,
     Tolerances,
     _check_int,
@@ -288,7 +288,7 @@ def du_constant(k: int) -> Schedule:
 
 def _row(res: SimulationResult, method: str, k: int, p: int, K: int | None, dist: str, inner: str,
          permute: str, base: SimulationResult) -> dict[str, Any]:
-    from sims.sweep import wilson
+    from sims.studies.sweep import wilson
 
     n = len(res)
     row: dict[str, Any] = {"method": method, "k": k, "p": p, "sync_every": K if K else 0, "init": dist,

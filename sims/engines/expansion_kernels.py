@@ -26,9 +26,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from sims import closed_forms as cf
+from sims.engines import closed_forms as cf
 from sims.engines.common import angle_from
-from sims.rng import fill_normal, fill_normal_zig, normal_pair
+from sims.engines.rng import fill_normal, fill_normal_zig, normal_pair
 from theory import closed_forms as _tcf
 
 MODE_GD, MODE_SGD = 0, 1

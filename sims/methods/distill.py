@@ -46,12 +46,12 @@ from typing import Any
 import numpy as np
 
 import theory
-from sims import classify as _classify
-from sims._runs import angles, check_threads, draw_problem, loss_ref
 from sims.engines import driver, gd
-from sims.samplers import Init, Teacher
-from sims.schedules import Schedule, optimal_eta_a
-from sims.simulate import (
+from sims.methods._runs import angles, check_threads, draw_problem, loss_ref
+from sims.runs import classify as _classify
+from sims.runs.samplers import Init, Teacher
+from sims.runs.schedules import Schedule, optimal_eta_a
+from sims.runs.simulate import (
     SimulationResult,
     Tolerances,
     _check_int,
@@ -307,7 +307,7 @@ def liu_two_stage(k: int) -> Schedule:
 
 def _row(res: SimulationResult, method: str, k: int, p: int, fade: Fade | None,
          paired: SimulationResult | None = None) -> dict[str, Any]:
-    from sims.sweep import wilson
+    from sims.studies.sweep import wilson
 
     n = len(res)
     row: dict[str, Any] = {"method": method, "k": k, "p": p, "fade": fade.kind if fade else "",

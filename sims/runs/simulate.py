@@ -12,12 +12,12 @@ import numba
 import numpy as np
 
 import theory
-from sims import classify as _classify
-from sims import memory, samplers
 from sims.engines import driver
-from sims.rng import stream_states
-from sims.samplers import Init, Teacher
-from sims.schedules import Schedule
+from sims.engines.rng import stream_states
+from sims.runs import classify as _classify
+from sims.runs import memory, samplers
+from sims.runs.samplers import Init, Teacher
+from sims.runs.schedules import Schedule
 from theory.validation import check_model
 
 ALGORITHMS: tuple[str, ...] = ("gd", "sgd", "gd-fixed")
@@ -71,7 +71,7 @@ class Tolerances:
 class SimulationResult:
     """Per-run arrays (first axis: run) and the settings that produced them.
 
-    ``outcome`` and ``stop_reason`` are string arrays (see :data:`sims.classify.OUTCOMES` and
+    ``outcome`` and ``stop_reason`` are string arrays (see :data:`sims.runs.classify.OUTCOMES` and
     :data:`sims.engines.driver.STOP_NAMES`).  ``steps_to_tol`` and ``slow_phase_end`` are ``-1`` where the event never
     happened.  ``trajectory`` has shape ``(runs, len(trajectory_steps), 4)`` with columns
     :data:`sims.engines.driver.TRAJ_FIELDS`; entries after a run's stop are NaN (use :meth:`trajectory_of`).
@@ -230,10 +230,10 @@ def simulate(
     ``(w0, a0)``, shared (1-D) or per run (2-D).
 
     ``expansion``: a :class:`sims.Expansion` trains a deep linear expansion of ``w`` and/or ``a`` instead (see
-    :mod:`sims.expansion`: same draws and result, with the contracted weights and the factors in ``extras``).
+    :mod:`sims.methods.expansion`: same draws and result, with the contracted weights and the factors in ``extras``).
     """
     if expansion is not None:
-        from sims import expansion as _expansion
+        from sims.methods import expansion as _expansion
 
         if _expansion.check(expansion).is_plain:  # depth 1 realizing the engine's init: the unexpanded network
             return _expansion.run_plain(simulate, locals())
@@ -292,7 +292,7 @@ def simulate(
         AS = np.repeat(a_star[None, :], runs, axis=0)
     if explicit is not None:  # the streams were still advanced by the draw, so noise does not depend on init
         W0, A0 = explicit
-    if expansion is not None:  # train the factors from the same draws (sims.expansion)
+    if expansion is not None:  # train the factors from the same draws (sims.methods.expansion)
         return _expansion.train(expansion, model=model, k=k, p=p, runs=runs, steps=steps, schedule=schedule,
                                 teacher=teacher, init=init, algorithm=algorithm, batch_size=batch_size, v=v, seed=seed,
                                 run_offset=run_offset, tolerances=tolerances, n_record=n_record,
@@ -337,14 +337,14 @@ def check_memory(*, k: int, p: int, runs: int, steps: int, n_record: int, algori
                  extra_per_run: int = 0, caller: str = "simulate") -> int:
     """Refuse (``ValueError``) a :func:`simulate` call the machine has no memory for; return the estimate in bytes.
 
-    The estimate is :func:`sims.memory.simulate_bytes`; the message names the sizes, the estimate, what is
+    The estimate is :func:`sims.runs.memory.simulate_bytes`; the message names the sizes, the estimate, what is
     available, how many runs per call would fit, and the remedy.  ``extra_per_run``: float64 numbers an engine
     holds per run beyond the plain network's (e.g. LaPerm's sorted values and optimizer moments).
     """
     threads = numba.get_num_threads() if threads is None else threads
     factors = extra_per_run
     if expansion is not None:
-        from sims.expansion import Layout
+        from sims.methods.expansion import Layout
 
         lay = Layout.of(expansion, p=p, k=k)
         factors += lay.group_size("w") + lay.group_size("a")
@@ -403,8 +403,7 @@ def _run_kernel(algorithm, model, draws, sched, steps, tol, rec, batch_size, thr
     """Run the engine of ``algorithm`` (:mod:`sims.engines`) on copies of the starting points;
     ``draws = (w~0, a0, w*, a*, saddle angles, streams)``."""
     WT0, A0, WS, AS, phi_s, states = draws
-    from sims import finite_sample
-    from sims.engines import gd, sgd
+    from sims.engines import finite_sample, gd, sgd
 
     R = WT0.shape[0]
     WT = np.ascontiguousarray(WT0.copy())
