@@ -17,6 +17,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from theory import closed_forms
+from theory.algebra import _margin_and_denominator, apply_m_inverse, m_eigenvalues, spurious_exists
 from theory.landscape import (
     effective_filter,
     population_gradient,
@@ -34,18 +35,12 @@ def arc_cosine(phi: float) -> float:
 
 def matrix_M(k: int) -> np.ndarray:
     """``M = 1 1^T + (pi - 1) I``: ``2 pi`` times the student's second-moment matrix."""
-    return np.ones((k, k)) + (math.pi - 1.0) * np.eye(k)
+    return np.ones((k, k)) + m_eigenvalues(k)[1] * np.eye(k)
 
 
 def matrix_N(phi: float, k: int) -> np.ndarray:
     """``N(phi) = 1 1^T + (g(phi) - 1) I``: ``2 pi`` times the student-teacher cross-moment matrix."""
     return np.ones((k, k)) + (arc_cosine(phi) - 1.0) * np.eye(k)
-
-
-def _m_inverse_times(x: np.ndarray) -> np.ndarray:
-    """``M^{-1} x`` by Sherman-Morrison: ``(x - (1.x)/(k + pi - 1) 1) / (pi - 1)``."""
-    k = x.size
-    return (x - x.sum() / (k + math.pi - 1.0)) / (math.pi - 1.0)
 
 
 def optimal_a(phi: float, a_star: Any) -> np.ndarray:
@@ -59,7 +54,7 @@ def optimal_a(phi: float, a_star: Any) -> np.ndarray:
         return np.zeros_like(a_star)
     b = a_star / m
     with np.errstate(over="ignore"):
-        out = m * _m_inverse_times(b.sum() + (arc_cosine(phi) - 1.0) * b)
+        out = m * apply_m_inverse(b.sum() + (arc_cosine(phi) - 1.0) * b)
     return finite_result(out, "optimal_a")
 
 
@@ -70,25 +65,9 @@ def alignment_at(phi: float, a_star: Any) -> float:
 
 
 def _spurious_margin(a_star: np.ndarray) -> tuple[float, float]:
-    """``(margin, denom)`` for the teacher rescaled to ``max |a*_i| = 1`` (both criteria are scale invariant).
-
-    ``margin = (k + pi - 1) Q - pi S^2 = (k - 1) Q - pi (S^2 - Q)`` with ``S^2 - Q = sum_i a_i (S - a_i)``: exactly
-    0 for ``k = 1`` (where ``S^2`` and ``Q`` may round differently) and free of overflow.  The spurious minimum
-    exists iff ``margin > 0``; ``denom = (k + pi - 1) Q - S^2 = (k + pi - 2) Q - (S^2 - Q) >= margin``.
-    """
-    m = float(np.max(np.abs(a_star)))
-    if m == 0.0:
-        return 0.0, 0.0
-    b = a_star / m
-    k, S, Q = b.size, float(b.sum()), float(b @ b)
-    cross = float(b @ (S - b))
-    return (k - 1.0) * Q - math.pi * cross, (k + math.pi - 2.0) * Q - cross
-
-
-def spurious_exists(a_star: Any) -> bool:
-    """Whether ``phi = pi`` is a spurious local minimum: ``(1.a*)^2 < ((k + pi - 1) / pi) ||a*||^2``."""
-    a_star = as_vector(a_star, "a_star")
-    return _spurious_margin(a_star)[0] > 0.0
+    """``(margin, denom)`` of :func:`theory.algebra._margin_and_denominator` for one teacher."""
+    margin, denom = _margin_and_denominator(a_star[None, :])
+    return float(margin[0]), float(denom[0])
 
 
 def spurious_point(a_star: Any) -> np.ndarray | None:
@@ -102,7 +81,9 @@ def spurious_point(a_star: Any) -> np.ndarray | None:
 def saddle_angle(a_star: Any) -> float | None:
     """The interior angle ``phi_s`` with ``a(phi_s) . a* = 0`` separating the basins, or None.
 
-    It exists iff the spurious minimum does; ``phi_s >= pi / 2`` always (equality iff ``1.a* = 0``).
+    It exists iff the spurious minimum does; ``phi_s >= pi / 2`` always (equality iff ``1.a* = 0``).  It is the
+    root of :func:`theory.saddle_equation`, solved here in ``delta = pi - phi`` with the cancellation-free
+    ``g(phi_s) = margin / denom`` (:func:`theory.saddle_angles` solves it for a batch by bisection).
     """
     a_star = as_vector(a_star, "a_star")
     margin, denom = _spurious_margin(a_star)

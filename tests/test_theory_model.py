@@ -1,0 +1,48 @@
+"""theory.Model: the model as a value, interchangeable with today's strings at every boundary."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import theory
+from theory import CNN, CNN_UNNORMALIZED, RESNET, Model
+
+
+def test_constants_and_names():
+    assert (RESNET.normalized, RESNET.shortcut) == (True, True)
+    assert (CNN.normalized, CNN.shortcut) == (True, False)
+    assert (CNN_UNNORMALIZED.normalized, CNN_UNNORMALIZED.shortcut) == (False, False)
+    assert tuple(m.name for m in (RESNET, CNN, CNN_UNNORMALIZED)) == theory.MODELS
+    assert str(CNN) == "cnn"
+
+
+@pytest.mark.parametrize("name", theory.MODELS)
+def test_of_strings_and_models(name):
+    m = Model.of(name)
+    assert m.name == name
+    assert Model.of(m) is m
+    assert Model.of(name) is m  # the constants: no allocation at the boundary
+    assert Model(m.normalized, m.shortcut) == m
+    assert hash(Model(m.normalized, m.shortcut)) == hash(m)
+    assert pickle.loads(pickle.dumps(m)) == m
+    assert len({m, Model.of(name)}) == 1
+
+
+@pytest.mark.parametrize("bad", ["RESNET", "mlp", None, ["resnet"], np.array(["resnet", "cnn"]), 3])
+def test_of_refuses(bad):
+    with pytest.raises(ValueError, match=r"^model must be one of 'resnet', 'cnn', 'cnn-unnormalized'; got"):
+        Model.of(bad)
+
+
+def test_fields_are_checked():
+    with pytest.raises(ValueError, match="unnormalized ResNet"):
+        Model(normalized=False, shortcut=True)
+    with pytest.raises(ValueError, match="^model.normalized must be True or False"):
+        Model(normalized=1, shortcut=False)
+    with pytest.raises(ValueError, match="^model.shortcut must be True or False"):
+        Model(normalized=True, shortcut="yes")
+    with pytest.raises(AttributeError):
+        RESNET.shortcut = False  # frozen
