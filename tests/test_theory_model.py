@@ -46,3 +46,18 @@ def test_fields_are_checked():
         Model(normalized=True, shortcut="yes")
     with pytest.raises(AttributeError):
         RESNET.shortcut = False  # frozen
+
+
+@pytest.mark.parametrize("name", theory.MODELS)
+def test_theory_functions_take_the_value_or_the_string(name):
+    rng = np.random.default_rng(3)
+    w, a, a_star = rng.standard_normal(3), rng.standard_normal(4), rng.standard_normal(4)
+    kw = {"w_star": np.eye(3)[0], "a_star": a_star}
+    m = Model.of(name)
+    assert theory.population_loss(w, a, model=m, **kw) == theory.population_loss(w, a, model=name, **kw)
+    np.testing.assert_array_equal(theory.population_hessian(w, a, model=m, **kw),
+                                  theory.population_hessian(w, a, model=name, **kw))
+    np.testing.assert_array_equal(theory.filter_at_angle(1.0, np.eye(3)[0], model=m),
+                                  theory.filter_at_angle(1.0, np.eye(3)[0], model=name))
+    assert theory.Landscape(np.eye(3)[0], a_star, model=m).model == name
+    assert theory.validation.check_model(m) == name

@@ -25,7 +25,8 @@ from theory.landscape import (
     tangent_basis,
     tangent_hessian,
 )
-from theory.validation import as_vector, check_model, finite_result, shortcut_vector, unit_teacher
+from theory.model import Model
+from theory.validation import as_vector, finite_result, shortcut_vector, unit_teacher
 
 
 def arc_cosine(phi: float) -> float:
@@ -113,13 +114,15 @@ def reduced_loss(phi: float, a_star: Any) -> float:
     return population_loss(w, optimal_a(phi, a_star), w_star=np.array([1.0, 0.0]), a_star=a_star, model="cnn")
 
 
-def filter_at_angle(phi: float, w_star: Any, *, model: str = "resnet", shortcut: Any = None, scale: float = 1.0):
+def filter_at_angle(
+    phi: float, w_star: Any, *, model: Model | str = "resnet", shortcut: Any = None, scale: float = 1.0
+) -> np.ndarray:
     """A student filter ``w`` whose effective filter has norm ``scale`` and angle ``phi`` to ``w*``.
 
     The rotation happens in the plane of ``w*`` and the shortcut (or of ``w*`` and a fixed coordinate axis
     when they are parallel); for ``p = 1`` only ``phi in {0, pi}`` exist.
     """
-    model = check_model(model)
+    model = Model.of(model)
     w_star = unit_teacher(w_star)
     p = w_star.size
     v = shortcut_vector(shortcut, p)
@@ -135,10 +138,10 @@ def filter_at_angle(phi: float, w_star: Any, *, model: str = "resnet", shortcut:
                 break
         perp /= np.linalg.norm(perp)
         wt = scale * (math.cos(phi) * w_star + math.sin(phi) * perp)
-    return wt - v if model == "resnet" else wt
+    return wt - v if model.shortcut else wt
 
 
-def global_minimum(w_star: Any, a_star: Any, *, model: str = "resnet", shortcut: Any = None):
+def global_minimum(w_star: Any, a_star: Any, *, model: Model | str = "resnet", shortcut: Any = None):
     """A global minimizer ``(w, a)`` (loss 0): ``w~ = w*``, ``a = a*``; for the ResNet ``w = w* - v``.
 
     Normalized models have a whole ray of them (``w~ = lambda w*``); this returns ``lambda = 1``.
@@ -146,7 +149,7 @@ def global_minimum(w_star: Any, a_star: Any, *, model: str = "resnet", shortcut:
     return filter_at_angle(0.0, w_star, model=model, shortcut=shortcut), as_vector(a_star, "a_star").copy()
 
 
-def spurious_minimum(w_star: Any, a_star: Any, *, model: str = "resnet", shortcut: Any = None):
+def spurious_minimum(w_star: Any, a_star: Any, *, model: Model | str = "resnet", shortcut: Any = None):
     """``(w, a)`` at the spurious point (``w~ = -w*``, ``a = a_sp``), or None when it does not exist."""
     a_sp = spurious_point(a_star)
     if a_sp is None:
@@ -154,7 +157,7 @@ def spurious_minimum(w_star: Any, a_star: Any, *, model: str = "resnet", shortcu
     return filter_at_angle(math.pi, w_star, model=model, shortcut=shortcut), a_sp
 
 
-def saddle_point(w_star: Any, a_star: Any, *, model: str = "resnet", shortcut: Any = None):
+def saddle_point(w_star: Any, a_star: Any, *, model: Model | str = "resnet", shortcut: Any = None):
     """``(w, a)`` at the interior saddle (angle ``phi_s``, ``a = a(phi_s)``), or None (no saddle, or p = 1)."""
     phi_s = saddle_angle(a_star)
     if phi_s is None or unit_teacher(w_star).size == 1:
@@ -181,7 +184,7 @@ def classify_stationary_point(
     *,
     w_star: Any,
     a_star: Any,
-    model: str = "resnet",
+    model: Model | str = "resnet",
     shortcut: Any = None,
     grad_tol: float = 1e-8,
     eig_tol: float = 1e-9,
@@ -235,7 +238,7 @@ def classify_stationary_point(
     return StationaryPoint(kind, gnorm, lam, int(zero.sum()))
 
 
-def effective_norm(w: Any, *, model: str = "resnet", shortcut: Any = None) -> float:
+def effective_norm(w: Any, *, model: Model | str = "resnet", shortcut: Any = None) -> float:
     """``||w~||``: ``||w + v||`` for the ResNet, ``||w||`` otherwise (sets the filter's effective step)."""
     w = as_vector(w, "w")
-    return float(np.linalg.norm(effective_filter(w, check_model(model), shortcut_vector(shortcut, w.size))))
+    return float(np.linalg.norm(effective_filter(w, Model.of(model), shortcut_vector(shortcut, w.size))))
