@@ -65,7 +65,8 @@ def cmd_landscape(args: argparse.Namespace) -> int:
     out = [
         f"teacher: k = {k}, p = {p}, 1.a* = {a_star.sum():.6g}, ||a*||^2 = {a_star @ a_star:.6g}",
         f"spurious point exists iff (1.a*)^2 < (k + pi - 1)/pi ||a*||^2: "
-        f"{a_star.sum() ** 2:.6g} < {(k + math.pi - 1) / math.pi * (a_star @ a_star):.6g} -> {spurious is not None}",
+        f"{a_star.sum() ** 2:.6g} < {theory.m_eigenvalues(k)[0] / math.pi * (a_star @ a_star):.6g} "
+        f"-> {spurious is not None}",
         "global minimum: phi = 0, a = a*, loss 0",
     ]
     if spurious is not None:

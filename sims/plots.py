@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+import theory  # noqa: E402
+
 #: Okabe & Ito (2008) colorblind-safe palette.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -123,7 +125,6 @@ def landscape(stem: str | Path, *, k: int = 4, ratios: tuple[float, ...] = (0.0,
     """Loss along the angle with ``a`` optimized, ``min_a L(phi, a)``, for teachers with ``||a*|| = 1`` and
     ``1.a* = ratio * sqrt((k + pi - 1)/pi)`` (the spurious point exists iff ``ratio < 1``); global, saddle and
     spurious points marked."""
-    import theory
 
     with plt.rc_context(STYLE):
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(7.6, 3.0))
@@ -159,7 +160,7 @@ def teacher_with_ratio(k: int, ratio: float) -> np.ndarray:
     perp = np.zeros(k)
     perp[0], perp[1] = 1.0, -1.0
     perp /= np.linalg.norm(perp)
-    s = ratio * np.sqrt((k + np.pi - 1.0) / np.pi)
+    s = ratio * np.sqrt(theory.m_eigenvalues(k)[0] / np.pi)
     along = min(s / np.sqrt(k), 1.0)  # component along 1/sqrt(k)
     return along * ones + np.sqrt(max(0.0, 1.0 - along**2)) * perp
 
@@ -168,7 +169,6 @@ def basins(stem: str | Path, *, k: int = 4, p: int = 4, model: str = "cnn", step
            eta_w: float = 0.25, eta_a: float | None = None) -> list[Path]:
     """Outcome of GD from a grid of starting points ``(phi_0, a_0 = t a*)`` in the ``(phi, a.a*)`` plane, with a
     few trajectories on top (teacher ``1.a* = 0``, ``||a*|| = 1``, so the spurious point exists)."""
-    import theory
     from sims.runs.schedules import Schedule, optimal_eta_a
     from sims.runs.simulate import simulate
 
@@ -223,7 +223,7 @@ def trajectories(stem: str | Path, *, k: int = 16, p: int = 16, runs: int = 12, 
         for ax, (label, model, sched) in zip(axes, setups, strict=True):
             res = simulate(model=model, k=k, p=p, runs=runs, steps=steps, schedule=sched, seed=4,
                            teacher=Teacher(require_spurious=True), n_record=200,
-                           init=Init(w="zero" if model == "resnet" else "sphere"))
+                           init=Init(w="zero" if theory.Model.of(model).shortcut else "sphere"))
             for r in range(runs):
                 tr = res.trajectory_of(r)
                 c = PALETTE[0] if res.outcome[r] == "global" else PALETTE[3]

@@ -225,3 +225,18 @@ def test_prescribed_warmup_without_guarantee_freezes_the_filter():
     capped = Schedule.prescribed_warmup(1.0, 0.5).resolve(3, runs=2, phi0=phi0, norm0=np.ones(2),
                                                           a0=np.zeros((2, 3)), a_star=a_star)
     np.testing.assert_array_equal(capped.warmup_steps, np.minimum(rs.warmup_steps, 3))
+
+
+def test_the_bounds_constants_come_from_the_theory():
+    """The warmup bound's G is an upper bound of max (pi - phi) sin(phi) within 3e-8 (kept at its historical value
+    for bit-identical results); the a-contraction uses the a-Hessian's eigenvalues."""
+    from sims.runs import schedules
+
+    assert theory.G_MAX <= schedules.G_BOUND <= theory.G_MAX * (1 + 3e-8)
+    for k in (1, 2, 7):
+        lam1, lam_perp = theory.a_hessian_eigenvalues(k)
+        eta = optimal_eta_a(k)
+        expected = abs(1 - eta * lam1) if k == 1 else max(abs(1 - eta * lam1), abs(1 - eta * lam_perp))
+        assert schedules._a_contraction(eta, k) == expected
+        if k > 1:  # the optimal step equalizes the two modes' contraction
+            assert abs(1 - eta * lam1) == pytest.approx(abs(1 - eta * lam_perp), rel=1e-14)

@@ -97,4 +97,4 @@ def saddle_kernel_value(k, Ss, Qs):
 
 def spurious_margin(k, Ss, Qs):
     """(k + pi - 1) Qs - pi Ss^2: > 0 iff the spurious point exists (unscaled)."""
-    return ((k + math.pi) - 1)*Qs - math.pi*Ss*Ss
+    return ((k + math.pi) - 1)*Qs - Ss*Ss*math.pi

@@ -227,7 +227,7 @@ def arranged() -> dict[str, sp.Expr | tuple[sp.Expr, ...]]:
         "loss_ref": _div(_u(sp.Add, _u(sp.Mul, Ss, Ss), _u(sp.Mul, pm1, Qs)), _u(sp.Mul, sp.Integer(4), sp.pi)),
         "optimal_alignment": _u(sp.Add, ss_kk, _div(_u(sp.Mul, _u(sp.Add, g, sp.Integer(-1)), _sub(Qs, ss_kk)), pm1)),
         "saddle_kernel_value": _sub(sp.Integer(1), _div(_u(sp.Mul, pm1, ss_kk), _sub(Qs, ss_kk))),
-        "spurious_margin": _sub(_u(sp.Mul, kk, Qs), _u(sp.Mul, sp.pi, _u(sp.Mul, Ss, Ss))),
+        "spurious_margin": _sub(_u(sp.Mul, kk, Qs), _u(sp.Mul, _u(sp.Mul, Ss, Ss), sp.pi)),
     }
     lam = a_hessian_eigenvalues()
     derived: dict[str, sp.Expr | tuple[sp.Expr, ...]] = {

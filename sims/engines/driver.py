@@ -17,8 +17,9 @@ driver owns everything else, for every engine alike:
   engine stops   e.g. ``stuck`` (expansion: the factors' gradient vanishes), ``sync_fixed`` (LaPerm);
   ``max_steps``  the step budget is spent;
   ``trapped``    provably in the spurious basin: ``phi > phi_saddle``, ``a.a* < 0``, the last (noise-free) segment,
-                 and ``||a - a(phi)|| ||a*|| < -a(phi).a*`` by the bound ``||a - a(phi)|| <= 2 pi ||grad_a||/(pi - 1)``
-                 (times the engine's ``trap_factor``) -- ``phi`` then grows toward ``pi``;
+                 and ``||a - a(phi)|| ||a*|| < -a(phi).a*`` by the bound ``||a - a(phi)|| <= ||grad_a|| / lambda_perp``
+                 (``lambda_perp = (pi - 1)/(2 pi)``, the ``a``-Hessian's smallest eigenvalue; times the engine's
+                 ``trap_factor``) -- ``phi`` then grows toward ``pi``;
 
 - the events: the end of the slow phase (first ``a.a* > 0``), the steps to ``eps * L_ref``, the rate levels (the
   last downward crossing of each of three loss levels), the log-spaced trajectory; and the final outputs.
@@ -64,6 +65,7 @@ from numba import njit
 from numba.extending import overload
 
 from sims.engines import closed_forms as cf
+from theory import closed_forms as _tcf
 
 #: Why a run stopped; codes index this tuple.
 STOP_NAMES: tuple[str, ...] = ("loss_tol", "grad_tol", "diverged", "max_steps", "trapped", "stuck", "sync_fixed")
@@ -265,11 +267,11 @@ def track_rate_levels(r, t, L, L_ref, rate_levels, rate_pts):
             rate_pts[r, 2 * lv + 1] = L
 
 
-@njit(inline="always")
-def optimal_alignment(g, k, Ss, Qs):
-    """``a(phi).a*`` with ``a(phi) = M^{-1} N(phi) a*`` the loss-minimizing second layer at angle ``phi``."""
-    kk = k + _PI - 1.0
-    return Ss * Ss / kk + (g - 1.0) * (Qs - Ss * Ss / kk) / (_PI - 1.0)
+#: ``a(phi).a*`` with ``a(phi) = M^{-1} N(phi) a*`` the loss-minimizing second layer at angle ``phi``, from
+#: ``g = g(phi)``, ``k``, ``1.a*``, ``||a*||^2`` (generated: :func:`theory.optimal_alignment`).
+optimal_alignment = njit(inline="always")(_tcf.optimal_alignment)
+#: ``pi - 1``: the eigenvalue of ``M = 2 pi x (the a-Hessian)`` orthogonal to ``1``, its smallest.
+_M_PERP = _tcf.m_eigenvalues(1)[1]
 
 
 @njit(inline="always")
@@ -311,7 +313,7 @@ def _stop_reason(obs, finite, where, tv, gate, tol, trap, extra, stops):
         # grad_a = M (a - a(phi)) / (2 pi) and M >= (pi - 1) I, so ||a - a(phi)|| <= 2 pi ||grad_a|| / (pi - 1)
         # and a.a* <= a(phi).a* + ||a - a(phi)|| ||a*|| < 0: phi keeps growing toward pi.
         g = cf.arc_cosine(phi, c, s)
-        if tf * 2.0 * _PI * math.sqrt(ga2) / (_PI - 1.0) * math.sqrt(Qs) < -optimal_alignment(g, k, Ss, Qs):
+        if tf * 2.0 * _PI * math.sqrt(ga2) / _M_PERP * math.sqrt(Qs) < -optimal_alignment(g, k, Ss, Qs):
             return STOP_TRAPPED
     return -1
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import theory
 from sims.engines import driver
 from theory import closed_forms
 
@@ -47,37 +48,21 @@ def _g(phi: np.ndarray) -> np.ndarray:
 
 def optimal_a_batch(phi: np.ndarray, a_star: np.ndarray) -> np.ndarray:
     """``a(phi) = M^{-1} N(phi) a*`` row by row (``phi``: (R,), ``a_star``: (R, k))."""
-    k = a_star.shape[1]
-    x = a_star.sum(axis=1, keepdims=True) + (_g(phi)[:, None] - 1.0) * a_star
-    return (x - x.sum(axis=1, keepdims=True) / (k + math.pi - 1.0)) / (math.pi - 1.0)
+    x = a_star.sum(axis=1, keepdims=True) + (_g(phi)[:, None] - 1.0) * a_star  # N(phi) a*
+    return theory.apply_m_inverse(x)
 
 
 def spurious_exists_batch(a_star: np.ndarray) -> np.ndarray:
-    """The theory's existence condition, row by row."""
-    k = a_star.shape[1]
-    return a_star.sum(axis=1) ** 2 < (k + math.pi - 1.0) / math.pi * np.einsum("ij,ij->i", a_star, a_star)
+    """The theory's existence condition, row by row (:func:`theory.spurious_exists`)."""
+    return theory.spurious_exists(np.atleast_2d(a_star))
 
 
 def saddle_angles_batch(a_star: np.ndarray) -> np.ndarray:
-    """Saddle angle ``phi_s`` per row (``-1`` where there is none), by bisection on ``g(phi_s) = g_s``.
+    """Saddle angle ``phi_s`` per row, ``-1`` where there is none (:func:`theory.saddle_angles`, by bisection).
 
-    Same equation as :func:`theory.saddle_angle`, vectorized over teachers; 64 halvings reach float64 resolution.
+    The engines take it as ``phi_saddle`` (``< 0``: no saddle, no ``trapped`` stop).
     """
-    k = a_star.shape[1]
-    ss = a_star.sum(axis=1) ** 2
-    qs = np.einsum("ij,ij->i", a_star, a_star)
-    exists = spurious_exists_batch(a_star)
-    kk = k + math.pi - 1.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        g_s = 1.0 - (math.pi - 1.0) * (ss / kk) / (qs - ss / kk)
-    lo = np.zeros(len(a_star))
-    hi = np.full(len(a_star), math.pi)
-    for _ in range(64):
-        mid = 0.5 * (lo + hi)
-        above = _g(mid) > g_s  # g decreases: the root lies to the right
-        lo = np.where(above, mid, lo)
-        hi = np.where(above, hi, mid)
-    return np.where(exists, 0.5 * (lo + hi), -1.0)
+    return theory.saddle_angles(np.atleast_2d(a_star), missing=-1.0)
 
 
 def classify(

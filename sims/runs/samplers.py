@@ -21,12 +21,16 @@ from numba import njit, prange
 from scipy import special
 
 from sims.engines.rng import fill_normal, normal_pair, uniform
+from theory import Model
+from theory import closed_forms as _tcf
 
 TEACHER_W = ("sphere", "cap", "angle")
 TEACHER_A = ("gaussian", "ones", "fixed")
 INIT_W = ("zero", "sphere", "gaussian")
 INIT_A = ("ball", "gaussian")
 _MAX_REDRAWS = 10_000
+#: ``(k + pi - 1) ||a*||^2 - pi (1.a*)^2``, > 0 iff the spurious point exists (generated; exactly 0 for k = 1).
+_spurious_margin = njit(cache=True)(_tcf.spurious_margin)
 #: Smallest ``Init.w_scale``: around 1e-160 the squares in ``||w0||`` underflow and some runs (not all) would
 #: start from a filter of norm 0.
 MIN_W_SCALE = 1e-100
@@ -71,14 +75,15 @@ class Init:
     a: str = "ball"
     a_radius: float | None = None  # default ||a*|| of the run's teacher
 
-    def validate(self, model: str) -> None:
+    def validate(self, model: Model | str) -> None:
         if self.w not in INIT_W:
             raise ValueError(f"init.w must be one of {INIT_W}; got {self.w!r}")
         if self.a not in INIT_A:
             raise ValueError(f"init.a must be one of {INIT_A}; got {self.a!r}")
-        if model != "resnet" and self.w == "zero":
+        model = Model.of(model)
+        if not model.shortcut and self.w == "zero":
             raise ValueError(
-                f"init.w = 'zero' is not allowed for model {model!r}: a CNN filter w0 = 0 has no direction "
+                f"init.w = 'zero' is not allowed for model {model.name!r}: a CNN filter w0 = 0 has no direction "
                 "(use 'sphere' or 'gaussian')"
             )
         if not (math.isfinite(self.w_scale) and self.w_scale >= MIN_W_SCALE):  # smaller: ||w0||^2 may underflow
@@ -130,7 +135,7 @@ def _draw(states, v, tw_code, ta_code, a_fixed, require_spurious, iw_code, w_sca
                 for j in range(k):
                     s += ast[j]
                     q += ast[j] * ast[j]
-                if s * s < (k + math.pi - 1.0) / math.pi * q:
+                if _spurious_margin(k, s, q) > 0.0:
                     break
                 tries += 1
                 if tries > _MAX_REDRAWS:

@@ -12,7 +12,7 @@ is no spurious point) and ``P_min = a(phi_max).a* > 0`` (``a(phi).a*`` decreases
 1. ``a`` contracts toward the moving target ``a(phi_t)`` at rate ``r_a = max |1 - eta_a lambda|`` over the
    ``a``-Hessian's eigenvalues ``(k + pi - 1)/(2 pi)`` and ``(pi - 1)/(2 pi)``.
 2. The filter step is orthogonal to ``w~`` and ``||w~|| >= n_0`` never shrinks, so one step turns ``phi`` by at
-   most ``eta_w G |a.a*| / (2 pi n_0^2)`` with ``G = max (pi - phi) sin(phi) = 1.8197...``; with
+   most ``eta_w G |a.a*| / (2 pi n_0^2)`` with ``G = max (pi - phi) sin(phi) = 1.8197...`` (:data:`G_BOUND`); with
    ``|a.a*| <= ||a*|| A`` (``A`` bounds ``||a_t||``) that is ``delta <= eta_w G ||a*|| A / (2 pi n_0^2)``.
 3. ``a(phi)`` moves by at most ``G ||a*|| / (pi - 1)`` per radian, so the tracking error obeys
    ``e_t <= r_a^t e_0 + D`` with ``D = G ||a*|| delta / ((pi - 1)(1 - r_a))``; ``eta_w^I`` is chosen so that
@@ -35,8 +35,10 @@ import numpy as np
 
 import theory
 
-#: ``max_{phi in [0, pi]} (pi - phi) sin(phi)``, attained where ``tan(phi) = pi - phi``.
-G_MAX = 1.8197057955
+#: The bound's ``G``: an upper bound of :data:`theory.G_MAX` ``= max_{phi in [0, pi]} (pi - phi) sin(phi)
+#: = 1.81970574116`` (tested).  It was typed as 1.8197057955 (3e-8 above the maximum, so the bound holds); the exact
+#: value would move ``eta_w^I`` in its last bits and with it every prescribed-warmup result, so it is kept.
+G_BOUND = 1.8197057955
 #: Shortest noise half-life of :meth:`Schedule.perturbed` (below about 1/1075 steps the decay factor
 #: ``0.5 ** (1 / half_life)`` underflows to 0).
 MIN_HALF_LIFE = 1e-3
@@ -215,14 +217,16 @@ class Schedule:
 
 def optimal_eta_a(k: int) -> float:
     """The step that contracts ``a`` fastest: ``2 / (lambda_max + lambda_min) = 4 pi / (k + 2 pi - 2)`` over the
-    ``a``-Hessian's eigenvalues; for ``k = 1`` the single eigenvalue ``1/2`` gives ``2``."""
+    ``a``-Hessian's eigenvalues (:func:`theory.a_hessian_eigenvalues`); for ``k = 1`` the single eigenvalue ``1/2``
+    gives ``2``."""
     if k == 1:
         return 2.0
     return 4.0 * math.pi / (k + 2.0 * math.pi - 2.0)
 
 
 def _a_contraction(eta_a: float, k: int) -> float:
-    lams = [(k + math.pi - 1.0) / (2.0 * math.pi)] + ([(math.pi - 1.0) / (2.0 * math.pi)] if k > 1 else [])
+    lam_ones, lam_perp = theory.a_hessian_eigenvalues(k)
+    lams = [lam_ones] + ([lam_perp] if k > 1 else [])  # lam_perp has multiplicity k - 1
     return max(abs(1.0 - eta_a * lam) for lam in lams)
 
 
@@ -234,6 +238,7 @@ def prescribed_warmup_steps(
     ``phi0``, ``norm0``: initial angle and ``||w~_0||`` (R,); ``a0``: (R, k); ``a_star``: (R, k) or (1, k).
     """
     R, k = a0.shape
+    pm1 = theory.m_eigenvalues(k)[1]  # pi - 1: M's eigenvalue orthogonal to 1, so ||M^{-1}|| = 1 / (pi - 1)
     eta_a = optimal_eta_a(k) if eta_a_warmup is None else eta_a_warmup
     r_a = _a_contraction(eta_a, k)
     if not r_a < 1.0:
@@ -257,12 +262,12 @@ def prescribed_warmup_steps(
             continue
         phi_max = 0.5 * (float(phi0[r]) + phi_s)
         p_min = theory.alignment_at(phi_max, ast)
-        delta_cap = p_min / 4.0 / nst * (math.pi - 1.0) * (1.0 - r_a) / (G_MAX * nst)  # D ||a*|| <= P_min / 4
-        A = abs(ast.sum()) * math.sqrt(k) / (math.pi - 1.0) + nst + e0 + p_min / (4.0 * nst)
+        delta_cap = p_min / 4.0 / nst * pm1 * (1.0 - r_a) / (G_BOUND * nst)  # D ||a*|| <= P_min / 4
+        A = abs(ast.sum()) * math.sqrt(k) / pm1 + nst + e0 + p_min / (4.0 * nst)
         t_plus = _steps_to_contract(2.0 * e0 * nst, p_min, r_a)
         if t_plus > 0:
             delta_cap = min(delta_cap, (phi_max - float(phi0[r])) / t_plus)
-        ew[r] = delta_cap * 2.0 * math.pi * norm0[r] ** 2 / (G_MAX * nst * A)
+        ew[r] = delta_cap * 2.0 * math.pi * norm0[r] ** 2 / (G_BOUND * nst * A)
         T1[r] = 2 * t_plus + 10
         ok[r] = True
     return T1, ew, ok

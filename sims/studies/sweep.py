@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import theory
 from sims.runs import classify
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule, Segment, optimal_eta_a
@@ -366,7 +367,7 @@ def fixed_teacher(seed: int, k: int, p: int, require_spurious: bool) -> tuple[np
     w /= np.linalg.norm(w)
     for _ in range(10_000):
         a = rng.standard_normal(k)
-        if not require_spurious or a.sum() ** 2 < (k + math.pi - 1.0) / math.pi * (a @ a):
+        if not require_spurious or theory.spurious_exists(a):
             return w, a
     raise SweepError(f"teacher.require_spurious: no teacher with a spurious point found for k = {k}")
 
