@@ -99,12 +99,8 @@ def _finish(eng, wsp, prob, r, rec, carry):
     return None
 
 
-driver.register(FrozenFilter, begin=_begin, observe=_observe, step=_step, traj_point=_traj_point, finish=_finish)
-
-
-@driver.entry_point()
-def frozen_run_range(lo, hi, eng, ws, prob, stops, out):
-    driver.drive(lo, hi, eng, ws, prob, stops, out)
+frozen_run_range = driver.register(FrozenFilter, begin=_begin, observe=_observe, step=_step, traj_point=_traj_point,
+                                   finish=_finish)
 
 
 def test_an_engine_written_in_this_file_runs_on_the_driver_and_matches_the_closed_form():

@@ -9,8 +9,7 @@ each, supplying only their state and their step.
 ``laperm``                train-by-reconnect: an inner optimizer synchronized to permutations of the initial values
 ========================  ==========================================================================================
 
-An engine module defines a ``NamedTuple`` record of its options and state arrays, registers its compiled hooks with
-:func:`sims.engines.driver.register`, provides ``workspace(eng, p, k)`` (the work arrays of one thread) and the
-compiled entry point ``run_range`` (three lines calling :func:`sims.engines.driver.drive`).
-:func:`sims.engines.driver.run_batch` runs an entry point over a batch on all threads.
+An engine module defines a ``NamedTuple`` record of its options and state arrays, its compiled hooks, and
+``workspace(eng, p, k)`` (the work arrays of one thread); ``run_range = driver.register(Record, ...hooks)`` gives its
+compiled entry point, which :func:`sims.engines.driver.run_batch` runs over a batch on all threads.
 """

@@ -24,26 +24,34 @@ driver owns everything else, for every engine alike:
 - the events: the end of the slow phase (first ``a.a* > 0``), the steps to ``eps * L_ref``, the rate levels (the
   last downward crossing of each of three loss levels), the log-spaced trajectory; and the final outputs.
 
-**How engines plug in.**  An engine is a ``NamedTuple`` class of its options and state arrays; the driver calls the
-generic hooks below (:func:`begin`, :func:`observe`, :func:`gates`, :func:`step`, ...) and numba resolves each, at
-compile time, to the function the engine registered for its class (:func:`register`, through
-``numba.extending.overload``), inlined at numba's IR level.  Each engine file defines its compiled entry point
-(``@entry_point(...)``, three lines that call :func:`drive`) and ``workspace(eng, p, k)``, the work arrays of one
-thread (allocated in Python, so engines that allocate nothing compile without reference counting).
+**How engines plug in.**  An engine is a ``NamedTuple`` class of its options and state arrays and a set of hooks
+(``numba.njit(inline="always")`` functions named as the stubs :func:`begin`, :func:`observe`, :func:`gates`,
+:func:`step`, ... below).  ``run_range = register(Record, begin=..., observe=..., ...)`` returns the engine's
+compiled entry point: the driver's loop (:func:`_template`, written once) as a new function object whose globals
+bind the stub names to the engine's hooks.  numba inlines the hooks into the loop at its IR level and caches the
+result per engine (the cache key holds the engine's record type, a hash of the engine's file and
+:data:`SOURCE_STAMP`).  An engine file also provides ``workspace(eng, p, k)``, the work arrays of one thread
+(allocated in Python, so engines that allocate nothing compile without reference counting).
 
-Why this design (measured when it was chosen):
+Why this design (measured on the 2-core machine when it was chosen):
 
-- passing the step as a function argument compiles but cannot be cached (numba refuses "dynamic globals"), so
-  every process would recompile every engine; dispatching on engine codes inside one function puts every engine in
-  one file.  Overload dispatch on the record's class caches per engine and keeps each engine in one file;
 - the hooks must be inlined at numba's IR level: compiled as separate functions and inlined by LLVM, they round
   differently (LLVM optimizes each before inlining), and population GD would no longer reproduce its hand-written
-  loop bit for bit (it does now: ``tests/regression/fixture_v1.npz``);
+  loop bit for bit (it does: ``tests/regression/fixture_v1.npz``);
+- the hooks must be inlined into the loop itself, once.  The first design resolved generic hooks through
+  ``numba.extending.overload`` and inlined a per-run function into a per-batch function into the entry point:
+  numba compiled each hook twice (to type it, then to inline it) and re-ran its untyped passes on the whole
+  inlined loop at every level, and the first call of population GD compiled in 18 s.  With the loop bound to the
+  hooks directly it compiles in 7.3 s (the hand-written loop of before the driver: 4.2 s; the engine now also
+  carries the fading shortcut and the overflow guard).  Every other engine compiles faster than its hand-written
+  loop did (SGD 9.7 s instead of 14.0 s, expansions 10.4 s instead of 18.8 s; the fading shortcut is population GD
+  and compiles nothing of its own);
+- a closure per engine would compile as fast but numba does not find a closure in its cache in the next process;
+  the template's function objects share the template's code, file and cache index, and their keys differ;
 - arrays carried through tuples cost reference counting in the loop (40% slower GD): the entry points compile with
   ``_nrt=False`` where they allocate nothing, and the state lives in the workspace;
-- cost, measured on the 2-core machine: population GD runs at 0.92-0.96 of the hand-written loop's speed (one
-  thread, best of 9 interleaved calls, p = k in 4..256), and its first call compiles in about 20 s instead of 7.6 s
-  (numba's type inference over the inlined hooks takes 9 s of it).  Making that cheaper is open work.
+- population GD runs at 0.92-0.96 of the hand-written loop's speed (one thread, best of 9 interleaved calls,
+  p = k in 4..256).
 
 Runs are independent: run ``r`` is advanced from start to stop by one thread, with its own random stream, so
 results do not depend on the thread count or on how runs are split.  :func:`run_batch` runs an engine's entry point
@@ -53,16 +61,16 @@ on ``numba.get_num_threads()`` Python threads taking chunks of runs in turn (the
 
 from __future__ import annotations
 
-import inspect
 import math
+import sys
 import threading
+import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numba
 import numpy as np
 from numba import njit
-from numba.extending import overload
 
 from sims.engines import closed_forms as cf
 from theory import closed_forms as _tcf
@@ -141,29 +149,33 @@ def make_outputs(R: int, m: int) -> Outputs:
 # ---------------------------------------------------------------------------------------------------------------
 # Hooks: generic functions that numba resolves to the registered engine's implementation at compile time.
 
-_HOOKS: dict[type, dict[str, Callable]] = {}
 HOOKS: tuple[str, ...] = ("begin", "observe", "gates", "note", "traj_point", "on_record", "extra_stop",
                           "trap_factor", "step", "finish")
 
 
-def register(record: type, **hooks: Callable) -> None:
-    """Register the compiled hooks of the engine whose state record is the ``NamedTuple`` class ``record``.
+def register(record: type, *, options: dict[str, Any] | None = None, **hooks: Callable) -> Callable:
+    """Register the engine whose state record is the ``NamedTuple`` class ``record`` and return its compiled entry
+    point ``run_range(lo, hi, eng, ws, prob, stops, out)`` (for :func:`run_batch`).
 
-    Required: ``begin, observe, step, finish``; the others default to the plain network's behaviour
-    (every state is the deployed network; no extra stop; ``trap_factor`` 1)."""
+    ``hooks``: ``numba.njit(inline="always")`` functions named as the stubs below; ``begin, observe, step, finish``
+    are required, the others default to the plain network's behaviour (every state is the deployed network; no
+    extra stop; ``trap_factor`` 1).  ``options``: numba options of the entry point (e.g. ``error_model="numpy"``,
+    ``_nrt=False`` where the engine allocates nothing).  The entry point is the driver's loop (:func:`_template`)
+    with the hooks bound in its globals, compiled once per engine and cached (module docstring)."""
     missing = {"begin", "observe", "step", "finish"} - set(hooks)
     unknown = set(hooks) - set(HOOKS)
     if missing or unknown:
         raise ValueError(f"engine {record.__name__}: missing hooks {sorted(missing)}, unknown hooks {sorted(unknown)}")
-    _HOOKS[record] = dict(_DEFAULTS, **hooks)
+    bound = dict(globals(), **dict(_DEFAULTS, **hooks))
+    loop = types.FunctionType(_template.__code__, bound, "run_range", _template.__defaults__, _template.__closure__)
+    loop.__qualname__ = _template.__qualname__  # the cache file of every engine is the template's
+    loop.__doc__ = f"Advance runs ``lo .. hi-1`` of engine {record.__name__} (compiled by the run driver)."
+    module_file = getattr(sys.modules.get(record.__module__), "__file__", None)
+    return entry_point(engine_file=module_file, **(options or {}))(loop)
 
 
-def _resolve(eng: Any, name: str) -> Callable | None:
-    hooks = _HOOKS.get(getattr(eng, "instance_class", None))
-    return None if hooks is None else hooks[name]
-
-
-# One stub and one overload per hook; the stubs are what the driver calls.
+# The hooks.  The driver's loop calls these names; an engine's entry point binds them to the engine's functions
+# (these stubs only document each hook's arguments and results).
 def begin(eng, wsp, prob, r, tr, tv):  # load run r's state -> carry (a tuple of scalars)
     raise NotImplementedError
 
@@ -202,23 +214,6 @@ def step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t):  # -> (carry, ok); ok Fal
 
 def finish(eng, wsp, prob, r, rec, carry):  # store the final state and engine outputs; pad after record rec
     raise NotImplementedError
-
-
-def _make_overload(stub: Callable, name: str) -> None:
-    """Declare ``stub``'s numba implementation: the Python function of the hook the engine registered under
-    ``name`` (inlined into the driver at numba's IR level, so the engine's step and the driver's loop are optimized
-    as one function)."""
-
-    def typer(*args):
-        fn = _resolve(args[0], name)
-        return None if fn is None else getattr(fn, "py_func", fn)
-
-    typer.__signature__ = inspect.signature(stub)  # numba matches the parameter names with the hook's
-    overload(stub, inline="always")(typer)
-
-
-for _name in HOOKS:
-    _make_overload(globals()[_name], _name)
 
 
 # Defaults for the optional hooks (the plain network).
@@ -318,100 +313,94 @@ def _stop_reason(obs, finite, where, tv, gate, tol, trap, extra, stops):
     return -1
 
 
-@njit(inline="always")
-def _run_one(eng, ws, prob, stops, out, r, last_noisy):
-    """Advance run ``r`` from start to stop (the loop of every engine)."""
-    tr = r if prob.WS.shape[0] > 1 else np.int64(0)
-    sr = r if prob.seg_end.shape[0] > 1 else np.int64(0)
-    nseg = prob.seg_end.shape[1]
-    m = prob.record_steps.shape[0]
-    ws2, Ss, Qs = teacher_invariants(prob.WS, prob.AS, tr)
-    tv = (ws2, Ss, Qs, prob.AS.shape[1])
-    carry = begin(eng, ws, prob, r, tr, tv)
-    phs = prob.phi_saddle[tr]
-    L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
-    if not L_ref > 0.0:
-        L_ref = 1.0
-    tol = (stops.loss_tol * L_ref, stops.grad_tol * stops.grad_tol * L_ref if stops.grad_tol >= 0.0 else -1.0,
-           stops.divergence * L_ref)
-    tol_eps = stops.eps_steps * L_ref
-    tf = trap_factor(eng)
-    seg = 0
-    rec = 0
-    out.slow_end[r] = -1
-    out.steps_tol[r] = -1
-    for f in range(6):
-        out.rate_pts[r, f] = -1.0
-    sigma_scale = 1.0
-    prev_phi = 0.0
-    prev_P = 0.0
-    t = 0
-    while True:
-        L, phi, c, s, P, g2, ga2, aux = observe(eng, ws, carry, tv)
-        gate = gates(eng, ws, carry, t)
-        net, deployed, grad_ok, rate_ok, trap_ok = gate
-        finite = math.isfinite(L) and math.isfinite(phi) and math.isfinite(P) and math.isfinite(g2)
-        if net and P > 0.0 and out.slow_end[r] < 0:
-            out.slow_end[r] = t
-        if net and deployed and L <= tol_eps and out.steps_tol[r] < 0:
-            out.steps_tol[r] = t
-        if rate_ok and net and deployed:
-            track_rate_levels(r, t, L, L_ref, prob.rate_levels, out.rate_pts)
-        note(eng, ws, carry, r, t, L, phi, P, finite)
-        while rec < m and prob.record_steps[rec] == t:
-            q0, q1, q2, q3 = traj_point(eng, ws, carry, L, phi, P)
-            out.traj[r, rec, 0] = q0
-            out.traj[r, rec, 1] = q1
-            out.traj[r, rec, 2] = q2
-            out.traj[r, rec, 3] = q3
-            on_record(eng, ws, r, rec)
-            rec += 1
-        while seg < nseg - 1 and t >= prob.seg_end[sr, seg]:
-            seg += 1
-        extra = extra_stop(eng, ws, carry, aux, t, seg, stops.max_steps, tol)
-        reason = _stop_reason((L, phi, c, s, P, g2, ga2), finite, (t, seg, nseg), tv, gate, tol,
-                              (phs, tf, last_noisy), extra, stops)
-        ok = True
-        if reason < 0:
-            ew = prob.eta_w[sr, seg]
-            ea = prob.eta_a[sr, seg]
-            sw = prob.noise_w[seg] * sigma_scale
-            sa = prob.noise_a[seg] * sigma_scale
-            carry, ok = step(eng, ws, carry, aux, tv, ew, ea, sw, sa, t)
-            if sw > 0.0 or sa > 0.0:
-                sigma_scale *= prob.noise_decay
-            if not ok:  # the step would leave the state non-finite: stop at this (finite) state
-                reason = STOP_DIVERGED
-        if reason >= 0:
-            out.stop_reason[r] = reason
-            out.stop_step[r] = t
-            if finite:
-                out.final[r, 0] = L
-                out.final[r, 1] = phi
-                out.final[r, 2] = P
-                out.final[r, 3] = math.sqrt(g2)
-            else:  # finite weights whose loss overflows: an infinite loss, the last finite angle and alignment
-                out.final[r, 0] = math.inf
-                out.final[r, 1] = prev_phi
-                out.final[r, 2] = prev_P
-                out.final[r, 3] = math.inf
-            break
-        prev_phi = phi
-        prev_P = P
-        t += 1
-    finish(eng, ws, prob, r, rec, carry)
-    for q in range(rec, m):
-        for f in range(4):
-            out.traj[r, q, f] = np.nan
-
-
-@njit(inline="always")
-def drive(lo, hi, eng, ws, prob, stops, out):
-    """Advance runs ``lo .. hi-1`` of the batch in the work space ``ws`` (called by each engine's entry point)."""
+def _template(lo, hi, eng, ws, prob, stops, out):
+    """The loop of every engine: advance runs ``lo .. hi-1`` of the batch in the work space ``ws``.  Never called
+    as it is: :func:`register` compiles it with an engine's hooks bound to the names ``begin``, ``observe``, ..."""
     nseg = prob.seg_end.shape[1]
     last_noisy = prob.noise_w[nseg - 1] > 0.0 or prob.noise_a[nseg - 1] > 0.0
-    for r in range(lo, hi):
-        _run_one(eng, ws, prob, stops, out, np.int64(r), last_noisy)
+    for r0 in range(lo, hi):
+        r = np.int64(r0)
+        tr = r if prob.WS.shape[0] > 1 else np.int64(0)
+        sr = r if prob.seg_end.shape[0] > 1 else np.int64(0)
+        m = prob.record_steps.shape[0]
+        ws2, Ss, Qs = teacher_invariants(prob.WS, prob.AS, tr)
+        tv = (ws2, Ss, Qs, prob.AS.shape[1])
+        carry = begin(eng, ws, prob, r, tr, tv)
+        phs = prob.phi_saddle[tr]
+        L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
+        if not L_ref > 0.0:
+            L_ref = 1.0
+        tol = (stops.loss_tol * L_ref, stops.grad_tol * stops.grad_tol * L_ref if stops.grad_tol >= 0.0 else -1.0,
+               stops.divergence * L_ref)
+        tol_eps = stops.eps_steps * L_ref
+        tf = trap_factor(eng)
+        seg = 0
+        rec = 0
+        out.slow_end[r] = -1
+        out.steps_tol[r] = -1
+        for f in range(6):
+            out.rate_pts[r, f] = -1.0
+        sigma_scale = 1.0
+        prev_phi = 0.0
+        prev_P = 0.0
+        t = 0
+        while True:
+            L, phi, c, s, P, g2, ga2, aux = observe(eng, ws, carry, tv)
+            gate = gates(eng, ws, carry, t)
+            net, deployed, grad_ok, rate_ok, trap_ok = gate
+            finite = math.isfinite(L) and math.isfinite(phi) and math.isfinite(P) and math.isfinite(g2)
+            if net and P > 0.0 and out.slow_end[r] < 0:
+                out.slow_end[r] = t
+            if net and deployed and L <= tol_eps and out.steps_tol[r] < 0:
+                out.steps_tol[r] = t
+            if rate_ok and net and deployed:
+                track_rate_levels(r, t, L, L_ref, prob.rate_levels, out.rate_pts)
+            note(eng, ws, carry, r, t, L, phi, P, finite)
+            while rec < m and prob.record_steps[rec] == t:
+                q0, q1, q2, q3 = traj_point(eng, ws, carry, L, phi, P)
+                out.traj[r, rec, 0] = q0
+                out.traj[r, rec, 1] = q1
+                out.traj[r, rec, 2] = q2
+                out.traj[r, rec, 3] = q3
+                on_record(eng, ws, r, rec)
+                rec += 1
+            while seg < nseg - 1 and t >= prob.seg_end[sr, seg]:
+                seg += 1
+            extra = extra_stop(eng, ws, carry, aux, t, seg, stops.max_steps, tol)
+            reason = _stop_reason((L, phi, c, s, P, g2, ga2), finite, (t, seg, nseg), tv, gate, tol,
+                                  (phs, tf, last_noisy), extra, stops)
+            ok = True
+            if reason < 0:
+                ew = prob.eta_w[sr, seg]
+                ea = prob.eta_a[sr, seg]
+                sw = prob.noise_w[seg] * sigma_scale
+                sa = prob.noise_a[seg] * sigma_scale
+                carry, ok = step(eng, ws, carry, aux, tv, ew, ea, sw, sa, t)
+                if sw > 0.0 or sa > 0.0:
+                    sigma_scale *= prob.noise_decay
+                if not ok:  # the step would leave the state non-finite: stop at this (finite) state
+                    reason = STOP_DIVERGED
+            if reason >= 0:
+                out.stop_reason[r] = reason
+                out.stop_step[r] = t
+                if finite:
+                    out.final[r, 0] = L
+                    out.final[r, 1] = phi
+                    out.final[r, 2] = P
+                    out.final[r, 3] = math.sqrt(g2)
+                else:  # finite weights whose loss overflows: an infinite loss, the last finite angle and alignment
+                    out.final[r, 0] = math.inf
+                    out.final[r, 1] = prev_phi
+                    out.final[r, 2] = prev_P
+                    out.final[r, 3] = math.inf
+                break
+            prev_phi = phi
+            prev_P = P
+            t += 1
+        finish(eng, ws, prob, r, rec, carry)
+        for q in range(rec, m):
+            for f in range(4):
+                out.traj[r, q, f] = np.nan
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -440,16 +429,17 @@ def _source_stamp() -> str:
 SOURCE_STAMP = _source_stamp()
 
 
-def entry_point(**options: Any) -> Callable:
-    """Compile an engine's entry point ``run_range(lo, hi, eng, ws, prob, stops, out)`` (its body calls
-    :func:`drive`): ``nogil``, cached with the engine's file, with :data:`FASTMATH` and the given numba
-    ``options`` (e.g. ``error_model="numpy"``, ``_nrt=False``: no reference counting where the engine allocates
-    nothing), and with :data:`SOURCE_STAMP` in its cache key."""
+def entry_point(engine_file: str | None = None, **options: Any) -> Callable:
+    """Compile an engine's entry point ``run_range(lo, hi, eng, ws, prob, stops, out)``: ``nogil``, cached, with
+    :data:`FASTMATH` and the given numba ``options``, and with :data:`SOURCE_STAMP` and a hash of ``engine_file``
+    (the engine's own source) in its cache key."""
     from numba.core.caching import FunctionCache
+
+    stamp = (SOURCE_STAMP, _file_hash(engine_file))
 
     class StampedCache(FunctionCache):
         def _index_key(self, sig, codegen):
-            return super()._index_key(sig, codegen) + (SOURCE_STAMP,)
+            return super()._index_key(sig, codegen) + stamp
 
     def decorate(py_func: Callable) -> Callable:
         disp = njit(nogil=True, cache=True, fastmath=FASTMATH, **options)(py_func)
@@ -457,6 +447,18 @@ def entry_point(**options: Any) -> Callable:
         return disp
 
     return decorate
+
+
+def _file_hash(path: str | None) -> str:
+    import hashlib
+
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()[:16]
+    except OSError:
+        return ""
 
 
 def run_batch(entry: Callable, workspace: Callable, eng: Any, prob: Problem, stops: Stops, out: Outputs,

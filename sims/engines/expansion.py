@@ -204,11 +204,7 @@ def _finish(eng, wsp, prob, r, rec, carry):
             eng.wrec[r, q, i] = np.nan
 
 
-driver.register(Expanded, begin=_begin, observe=_observe, gates=_gates, traj_point=_traj_point, on_record=_on_record,
-                extra_stop=_extra_stop, trap_factor=_trap_factor, step=_step, finish=_finish)
-
-
-@driver.entry_point(_nrt=False)
-def run_range(lo, hi, eng, ws, prob, stops, out):
-    """Advance runs ``lo .. hi-1`` (the compiled entry point; see :func:`sims.engines.driver.run_batch`)."""
-    driver.drive(lo, hi, eng, ws, prob, stops, out)
+#: The compiled entry point (see :func:`sims.engines.driver.run_batch`).
+run_range = driver.register(Expanded, options=dict(_nrt=False), begin=_begin, observe=_observe, gates=_gates,
+                            traj_point=_traj_point, on_record=_on_record, extra_stop=_extra_stop,
+                            trap_factor=_trap_factor, step=_step, finish=_finish)

@@ -254,11 +254,6 @@ def _finish(eng, wsp, prob, r, rec, carry):
     eng.sync_info[r, 2] = carry[6]
 
 
-driver.register(Reconnect, begin=_begin, observe=_observe, gates=_gates, note=_note, traj_point=_traj_point,
-                extra_stop=_extra_stop, step=_step, finish=_finish)
-
-
-@driver.entry_point()
-def run_range(lo, hi, eng, ws, prob, stops, out):
-    """Advance runs ``lo .. hi-1`` (the compiled entry point; see :func:`sims.engines.driver.run_batch`)."""
-    driver.drive(lo, hi, eng, ws, prob, stops, out)
+#: The compiled entry point (see :func:`sims.engines.driver.run_batch`).
+run_range = driver.register(Reconnect, begin=_begin, observe=_observe, gates=_gates, note=_note,
+                            traj_point=_traj_point, extra_stop=_extra_stop, step=_step, finish=_finish)

@@ -148,11 +148,6 @@ def _finish(eng, wsp, prob, r, rec, carry):
     prob.states[r, 3] = carry[12]
 
 
-driver.register(FiniteSample, begin=_begin, observe=_observe, gates=_gates, traj_point=_traj_point, step=_step,
-                finish=_finish)
-
-
-@driver.entry_point(error_model="numpy", _nrt=False)
-def run_range(lo, hi, eng, ws, prob, stops, out):
-    """Advance runs ``lo .. hi-1`` (the compiled entry point; see :func:`sims.engines.driver.run_batch`)."""
-    driver.drive(lo, hi, eng, ws, prob, stops, out)
+#: The compiled entry point (see :func:`sims.engines.driver.run_batch`).
+run_range = driver.register(FiniteSample, options=dict(error_model="numpy", _nrt=False), begin=_begin,
+                            observe=_observe, gates=_gates, traj_point=_traj_point, step=_step, finish=_finish)
