@@ -9,7 +9,7 @@ from sims.methods.distill import Fade, fold_shortcut, simulate_fading
 from sims.methods.expansion import Expansion, contract
 from sims.methods.laperm import LaPerm, simulate_laperm
 from sims.runs.classify import OUTCOMES
-from sims.runs.registry import Built, Call, Draws, EngineSpec, Finished, Setup, Start, engines, register_engine
+from sims.runs.registry import Built, Call, Draws, EngineSpec, Finished, Setup, Start, engine_names, register_engine
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule, Segment
 from sims.runs.simulate import SimulationResult, Tolerances, record_steps, simulate
@@ -33,7 +33,7 @@ __all__ = [
     "Teacher",
     "Tolerances",
     "contract",
-    "engines",
+    "engine_names",
     "fold_shortcut",
     "record_steps",
     "register_engine",

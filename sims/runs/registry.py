@@ -210,7 +210,7 @@ def register_engine(name: str, spec: EngineSpec, *, replace: bool = False) -> En
     return spec
 
 
-def engines() -> tuple[str, ...]:
+def engine_names() -> tuple[str, ...]:
     """The registered engine names."""
     return tuple(_BY_NAME)
 
@@ -220,12 +220,12 @@ def lookup(engine: Any) -> tuple[str, EngineSpec, Any]:
     if isinstance(engine, str):
         spec = _BY_NAME.get(engine)
         if spec is None:
-            raise ValueError(f"engine must be one of {engines()} or an engine's options object; got {engine!r}")
+            raise ValueError(f"engine must be one of {engine_names()} or an engine's options object; got {engine!r}")
         return engine, spec, spec.default_options(engine)
     name = _BY_OPTIONS.get(type(engine))
     if name is None:
         kinds = ", ".join(f"sims.{cls.__name__}" for cls in _BY_OPTIONS)
-        raise ValueError(f"engine must be a registered name {engines()} or an options object ({kinds}); "
+        raise ValueError(f"engine must be a registered name {engine_names()} or an options object ({kinds}); "
                          f"got {type(engine).__name__}")
     return name, _BY_NAME[name], engine
 
