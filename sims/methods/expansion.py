@@ -441,9 +441,9 @@ def initial_factors(expansion: Expansion, layout: Layout, *, model: str, W0: np.
         else:
             last = schedule.segments[-1]
             ew, ea = float(last.eta_w), float(last.eta_a)
-        ek.pretrain_nonlinear(F, w_off, w_dim, w_uoff, a_off, a_dim, a_uoff, Wp, Ap, v, WS, AS,
-                              model != "cnn-unnormalized", np.int64(expansion.pretrain_steps),
-                              np.int64(expansion.pretrain_batch), ew, ea, states, done)
+        ek.pretrain_nonlinear(F, layout.w_group, layout.a_group, Wp, Ap, v, WS, AS, model != "cnn-unnormalized",
+                              (np.int64(expansion.pretrain_steps), np.int64(expansion.pretrain_batch), ew, ea), states,
+                              done)
     cwv, cav = contract(F, layout, w=Wp, a=Ap)
     return F, np.ascontiguousarray(cwv), np.ascontiguousarray(cav), done
 
@@ -580,8 +580,8 @@ def end_to_end(*, model: str, w0: Any, a0: Any, w_star: Any, a_star: Any, schedu
         numba.set_num_threads(threads)
     try:
         ek.end_to_end_gd(W, A, v, WS, AS, model != "cnn-unnormalized", target in ("w", "both"),
-                         target in ("a", "both"), np.int64(depth), sched.seg_end, sched.eta_w, sched.eta_a,
-                         np.int64(steps), rec, wrec, lrec)
+                         target in ("a", "both"), np.int64(depth), (sched.seg_end, sched.eta_w, sched.eta_a),
+                         np.int64(steps), (rec, wrec, lrec))
     finally:
         numba.set_num_threads(old)
     return {"steps": rec, "w": wrec[:, :, :p], "a": wrec[:, :, p:], "loss": lrec}
