@@ -121,8 +121,10 @@ def test_fixed_point_functions_validate():
             fn([])
         with pytest.raises(ValueError, match="^a_star must be finite"):
             fn([1.0, np.nan])
-        with pytest.raises(ValueError, match="^a_star must be a 1-D array"):
-            fn([[1.0, -1.0]])
+        if fn is not theory.spurious_exists:  # it takes a batch (R, k) too
+            with pytest.raises(ValueError, match="^a_star must be a 1-D array"):
+                fn([[1.0, -1.0]])
+    np.testing.assert_array_equal(theory.spurious_exists([[1.0, -1.0], [1.0, 1.0]]), [True, False])
     with pytest.raises(ValueError, match="^phi must lie in"):
         theory.optimal_a(4.0, [1.0, -1.0])
     with pytest.raises(ValueError, match="^phi must be 0 or pi when p = 1"):

@@ -2,10 +2,24 @@
 
 Symbolic derivations (:mod:`theory.gaussian`, :mod:`theory.derivation`) are generated into numba-compatible
 scalar code (:mod:`theory.closed_forms`, by :mod:`theory.codegen`); :mod:`theory.landscape` assembles the loss,
-gradient and Hessian in ``(w, a)``; :mod:`theory.fixed_points` and :mod:`theory.step_sizes` answer the questions
-simulations ask.
+gradient and Hessian in ``(w, a)``; :mod:`theory.algebra` (the second layer's algebra: ``a``-Hessian,
+``L_ref``, spurious point, saddle), :mod:`theory.fixed_points` and :mod:`theory.step_sizes` answer the questions
+simulations ask; :class:`theory.Model` names the architecture.
 """
 
+from theory.algebra import (
+    G_MAX,
+    a_hessian_eigenvalues,
+    apply_m_inverse,
+    loss_ref,
+    m_eigenvalues,
+    optimal_alignment,
+    saddle_angles,
+    saddle_equation,
+    saddle_kernel_value,
+    spurious_exists,
+    spurious_margin,
+)
 from theory.fixed_points import (
     StationaryPoint,
     alignment_at,
@@ -19,7 +33,6 @@ from theory.fixed_points import (
     reduced_loss,
     saddle_angle,
     saddle_point,
-    spurious_exists,
     spurious_minimum,
     spurious_point,
 )
@@ -32,15 +45,23 @@ from theory.landscape import (
     tangent_basis,
     tangent_hessian,
 )
+from theory.model import CNN, CNN_UNNORMALIZED, RESNET, Model
 from theory.step_sizes import gd_linear_rate, global_minimum_rate, max_stable_eta_a
 from theory.validation import MODELS
 
 __all__ = [
+    "CNN",
+    "CNN_UNNORMALIZED",
+    "G_MAX",
     "MODELS",
+    "RESNET",
+    "Model",
     "Landscape",
     "StationaryPoint",
+    "a_hessian_eigenvalues",
     "alignment_at",
     "angle",
+    "apply_m_inverse",
     "arc_cosine",
     "classify_stationary_point",
     "filter_at_angle",
@@ -49,15 +70,22 @@ __all__ = [
     "global_minimum_rate",
     "matrix_M",
     "matrix_N",
+    "loss_ref",
+    "m_eigenvalues",
     "max_stable_eta_a",
     "optimal_a",
+    "optimal_alignment",
     "population_gradient",
     "population_hessian",
     "population_loss",
     "reduced_loss",
     "saddle_angle",
+    "saddle_angles",
+    "saddle_equation",
+    "saddle_kernel_value",
     "saddle_point",
     "spurious_exists",
+    "spurious_margin",
     "spurious_minimum",
     "spurious_point",
     "tangent_basis",

@@ -3,9 +3,15 @@
 Regenerate with ``python -m theory.codegen`` (sympy 1.14.0); a test fails if this file differs.
 Arguments: rho, phi, c, s, S, Q, P, Ss, Qs; ``c, s`` are cos and sin of ``phi`` computed robustly by the caller.
 ``rho`` is 1 for weight-normalized models and ``||w||`` for the unnormalized CNN.
+The second-layer functions (``m_eigenvalues`` on) are printed in the operation order of
+``theory.derivation.arranged``, proven equal to their derivation there.
 """
 
 import math
+
+#: max over phi in [0, pi] of (pi - phi) sin(phi), attained at PHI_G_MAX (tan(phi) = pi - phi).
+G_MAX = 1.8197057411596531
+PHI_G_MAX = 1.112834815479359
 
 
 def arc_cosine(phi, c, s):
@@ -56,3 +62,39 @@ def end_to_end(norm, N):
         norm**(2 - 2/N),
         N*norm**(2 - 2/N),
     )
+
+
+def m_eigenvalues(k):
+    """(k + pi - 1, pi - 1): eigenvalues of M = 1 1^T + (pi - 1) I along 1 and orthogonal."""
+    return (
+        (k + math.pi) - 1,
+        math.pi - 1,
+    )
+
+
+def a_hessian_eigenvalues(k):
+    """(lambda_1, lambda_perp) = eigenvalues of the a-Hessian M / (2 pi) (rho = 1)."""
+    return (
+        ((k + math.pi) - 1)/(2*math.pi),
+        (math.pi - 1)/(2*math.pi),
+    )
+
+
+def loss_ref(Ss, Qs):
+    """L_ref = E[f*^2] / 2, the loss of the zero network, from 1.a* and ||a*||^2."""
+    return (Ss*Ss + (math.pi - 1)*Qs)/(4*math.pi)
+
+
+def optimal_alignment(g, k, Ss, Qs):
+    """a(phi).a*, a(phi) = M^{-1} N(phi) a* optimal at angle phi, g = g(phi)."""
+    return (Ss*Ss)/((k + math.pi) - 1) + ((g - 1)*(Qs - (Ss*Ss)/((k + math.pi) - 1)))/(math.pi - 1)
+
+
+def saddle_kernel_value(k, Ss, Qs):
+    """g(phi_s): the kernel value where a(phi).a* = 0 (the saddle angle's)."""
+    return 1 - ((math.pi - 1)*((Ss*Ss)/((k + math.pi) - 1)))/(Qs - (Ss*Ss)/((k + math.pi) - 1))
+
+
+def spurious_margin(k, Ss, Qs):
+    """(k + pi - 1) Qs - pi Ss^2: > 0 iff the spurious point exists (unscaled)."""
+    return ((k + math.pi) - 1)*Qs - math.pi*Ss*Ss

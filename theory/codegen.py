@@ -8,6 +8,7 @@ does).  The generator is pinned to one sympy version because printing details di
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -32,11 +33,19 @@ def _print(expr: sp.Expr) -> str:
     )
 
 
-def _function(name: str, doc: str, exprs: tuple[sp.Expr, ...] | sp.Expr, args: str = _ARGS) -> str:
+def _print_arranged(expr: sp.Expr) -> str:
+    """Print an unevaluated expression in its own operation order (see :func:`theory.derivation.arranged`)."""
+    text = PythonCodePrinter({"fully_qualified_modules": True, "standard": "python3", "order": "none"}).doprint(expr)
+    return re.sub(r"/\(\(([^()]*)\)\)", r"/(\1)", text)  # a denominator product comes out doubly parenthesized
+
+
+def _function(
+    name: str, doc: str, exprs: tuple[sp.Expr, ...] | sp.Expr, args: str = _ARGS, printer=_print
+) -> str:
     body = (
-        _print(exprs)
+        printer(exprs)
         if isinstance(exprs, sp.Expr)
-        else "(\n" + "".join(f"        {_print(e)},\n" for e in exprs) + "    )"
+        else "(\n" + "".join(f"        {printer(e)},\n" for e in exprs) + "    )"
     )
     if isinstance(exprs, sp.Expr) and exprs.is_number:
         body = f"float({body})"
@@ -52,6 +61,8 @@ def source() -> str:
         f"Regenerate with ``{REGENERATE}`` (sympy {SYMPY_VERSION}); a test fails if this file differs.\n"
         f"Arguments: {_ARGS}; ``c, s`` are cos and sin of ``phi`` computed robustly by the caller.\n"
         f"``rho`` is 1 for weight-normalized models and ``||w||`` for the unnormalized CNN.\n"
+        "The second-layer functions (``m_eigenvalues`` on) are printed in the operation order of\n"
+        "``theory.derivation.arranged``, proven equal to their derivation there.\n"
         '"""\n\nimport math\n\n\n'
     )
     g = gaussian.arc_cosine_kernel().subs({sp.cos(gaussian.phi): derivation.c, sp.sin(gaussian.phi): derivation.s})
@@ -72,7 +83,23 @@ def source() -> str:
             ", ".join(str(a) for a in expansion.ARGUMENTS),
         ),
     ]
-    return header + "\n\n".join(functions)
+    arranged = derivation.arranged()
+    second_layer = [
+        ("m_eigenvalues", "k", "(k + pi - 1, pi - 1): eigenvalues of M = 1 1^T + (pi - 1) I along 1 and orthogonal."),
+        ("a_hessian_eigenvalues", "k", "(lambda_1, lambda_perp) = eigenvalues of the a-Hessian M / (2 pi) (rho = 1)."),
+        ("loss_ref", "Ss, Qs", "L_ref = E[f*^2] / 2, the loss of the zero network, from 1.a* and ||a*||^2."),
+        ("optimal_alignment", "g, k, Ss, Qs", "a(phi).a*, a(phi) = M^{-1} N(phi) a* optimal at angle phi, g = g(phi)."),
+        ("saddle_kernel_value", "k, Ss, Qs", "g(phi_s): the kernel value where a(phi).a* = 0 (the saddle angle's)."),
+        ("spurious_margin", "k, Ss, Qs", "(k + pi - 1) Qs - pi Ss^2: > 0 iff the spurious point exists (unscaled)."),
+    ]
+    functions += [_function(name, doc, arranged[name], args, _print_arranged) for name, args, doc in second_layer]
+    phi_g, g_max = derivation.g_max()
+    constants = (
+        "#: max over phi in [0, pi] of (pi - phi) sin(phi), attained at PHI_G_MAX (tan(phi) = pi - phi).\n"
+        f"G_MAX = {float(g_max)!r}\n"
+        f"PHI_G_MAX = {float(phi_g)!r}\n"
+    )
+    return header.removesuffix("\n") + constants + "\n\n" + "\n\n".join(functions)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from theory import closed_forms
+from theory.algebra import _margin_and_denominator, apply_m_inverse, m_eigenvalues, spurious_exists
 from theory.landscape import (
     effective_filter,
     population_gradient,
@@ -24,7 +25,8 @@ from theory.landscape import (
     tangent_basis,
     tangent_hessian,
 )
-from theory.validation import as_vector, check_model, finite_result, shortcut_vector, unit_teacher
+from theory.model import Model
+from theory.validation import as_vector, finite_result, shortcut_vector, unit_teacher
 
 
 def arc_cosine(phi: float) -> float:
@@ -34,18 +36,12 @@ def arc_cosine(phi: float) -> float:
 
 def matrix_M(k: int) -> np.ndarray:
     """``M = 1 1^T + (pi - 1) I``: ``2 pi`` times the student's second-moment matrix."""
-    return np.ones((k, k)) + (math.pi - 1.0) * np.eye(k)
+    return np.ones((k, k)) + m_eigenvalues(k)[1] * np.eye(k)
 
 
 def matrix_N(phi: float, k: int) -> np.ndarray:
     """``N(phi) = 1 1^T + (g(phi) - 1) I``: ``2 pi`` times the student-teacher cross-moment matrix."""
     return np.ones((k, k)) + (arc_cosine(phi) - 1.0) * np.eye(k)
-
-
-def _m_inverse_times(x: np.ndarray) -> np.ndarray:
-    """``M^{-1} x`` by Sherman-Morrison: ``(x - (1.x)/(k + pi - 1) 1) / (pi - 1)``."""
-    k = x.size
-    return (x - x.sum() / (k + math.pi - 1.0)) / (math.pi - 1.0)
 
 
 def optimal_a(phi: float, a_star: Any) -> np.ndarray:
@@ -59,7 +55,7 @@ def optimal_a(phi: float, a_star: Any) -> np.ndarray:
         return np.zeros_like(a_star)
     b = a_star / m
     with np.errstate(over="ignore"):
-        out = m * _m_inverse_times(b.sum() + (arc_cosine(phi) - 1.0) * b)
+        out = m * apply_m_inverse(b.sum() + (arc_cosine(phi) - 1.0) * b)
     return finite_result(out, "optimal_a")
 
 
@@ -70,25 +66,9 @@ def alignment_at(phi: float, a_star: Any) -> float:
 
 
 def _spurious_margin(a_star: np.ndarray) -> tuple[float, float]:
-    """``(margin, denom)`` for the teacher rescaled to ``max |a*_i| = 1`` (both criteria are scale invariant).
-
-    ``margin = (k + pi - 1) Q - pi S^2 = (k - 1) Q - pi (S^2 - Q)`` with ``S^2 - Q = sum_i a_i (S - a_i)``: exactly
-    0 for ``k = 1`` (where ``S^2`` and ``Q`` may round differently) and free of overflow.  The spurious minimum
-    exists iff ``margin > 0``; ``denom = (k + pi - 1) Q - S^2 = (k + pi - 2) Q - (S^2 - Q) >= margin``.
-    """
-    m = float(np.max(np.abs(a_star)))
-    if m == 0.0:
-        return 0.0, 0.0
-    b = a_star / m
-    k, S, Q = b.size, float(b.sum()), float(b @ b)
-    cross = float(b @ (S - b))
-    return (k - 1.0) * Q - math.pi * cross, (k + math.pi - 2.0) * Q - cross
-
-
-def spurious_exists(a_star: Any) -> bool:
-    """Whether ``phi = pi`` is a spurious local minimum: ``(1.a*)^2 < ((k + pi - 1) / pi) ||a*||^2``."""
-    a_star = as_vector(a_star, "a_star")
-    return _spurious_margin(a_star)[0] > 0.0
+    """``(margin, denom)`` of :func:`theory.algebra._margin_and_denominator` for one teacher."""
+    margin, denom = _margin_and_denominator(a_star[None, :])
+    return float(margin[0]), float(denom[0])
 
 
 def spurious_point(a_star: Any) -> np.ndarray | None:
@@ -102,7 +82,9 @@ def spurious_point(a_star: Any) -> np.ndarray | None:
 def saddle_angle(a_star: Any) -> float | None:
     """The interior angle ``phi_s`` with ``a(phi_s) . a* = 0`` separating the basins, or None.
 
-    It exists iff the spurious minimum does; ``phi_s >= pi / 2`` always (equality iff ``1.a* = 0``).
+    It exists iff the spurious minimum does; ``phi_s >= pi / 2`` always (equality iff ``1.a* = 0``).  It is the
+    root of :func:`theory.saddle_equation`, solved here in ``delta = pi - phi`` with the cancellation-free
+    ``g(phi_s) = margin / denom`` (:func:`theory.saddle_angles` solves it for a batch by bisection).
     """
     a_star = as_vector(a_star, "a_star")
     margin, denom = _spurious_margin(a_star)
@@ -132,13 +114,15 @@ def reduced_loss(phi: float, a_star: Any) -> float:
     return population_loss(w, optimal_a(phi, a_star), w_star=np.array([1.0, 0.0]), a_star=a_star, model="cnn")
 
 
-def filter_at_angle(phi: float, w_star: Any, *, model: str = "resnet", shortcut: Any = None, scale: float = 1.0):
+def filter_at_angle(
+    phi: float, w_star: Any, *, model: Model | str = "resnet", shortcut: Any = None, scale: float = 1.0
+) -> np.ndarray:
     """A student filter ``w`` whose effective filter has norm ``scale`` and angle ``phi`` to ``w*``.
 
     The rotation happens in the plane of ``w*`` and the shortcut (or of ``w*`` and a fixed coordinate axis
     when they are parallel); for ``p = 1`` only ``phi in {0, pi}`` exist.
     """
-    model = check_model(model)
+    model = Model.of(model)
     w_star = unit_teacher(w_star)
     p = w_star.size
     v = shortcut_vector(shortcut, p)
@@ -154,10 +138,10 @@ def filter_at_angle(phi: float, w_star: Any, *, model: str = "resnet", shortcut:
                 break
         perp /= np.linalg.norm(perp)
         wt = scale * (math.cos(phi) * w_star + math.sin(phi) * perp)
-    return wt - v if model == "resnet" else wt
+    return wt - v if model.shortcut else wt
 
 
-def global_minimum(w_star: Any, a_star: Any, *, model: str = "resnet", shortcut: Any = None):
+def global_minimum(w_star: Any, a_star: Any, *, model: Model | str = "resnet", shortcut: Any = None):
     """A global minimizer ``(w, a)`` (loss 0): ``w~ = w*``, ``a = a*``; for the ResNet ``w = w* - v``.
 
     Normalized models have a whole ray of them (``w~ = lambda w*``); this returns ``lambda = 1``.
@@ -165,7 +149,7 @@ def global_minimum(w_star: Any, a_star: Any, *, model: str = "resnet", shortcut:
     return filter_at_angle(0.0, w_star, model=model, shortcut=shortcut), as_vector(a_star, "a_star").copy()
 
 
-def spurious_minimum(w_star: Any, a_star: Any, *, model: str = "resnet", shortcut: Any = None):
+def spurious_minimum(w_star: Any, a_star: Any, *, model: Model | str = "resnet", shortcut: Any = None):
     """``(w, a)`` at the spurious point (``w~ = -w*``, ``a = a_sp``), or None when it does not exist."""
     a_sp = spurious_point(a_star)
     if a_sp is None:
@@ -173,7 +157,7 @@ def spurious_minimum(w_star: Any, a_star: Any, *, model: str = "resnet", shortcu
     return filter_at_angle(math.pi, w_star, model=model, shortcut=shortcut), a_sp
 
 
-def saddle_point(w_star: Any, a_star: Any, *, model: str = "resnet", shortcut: Any = None):
+def saddle_point(w_star: Any, a_star: Any, *, model: Model | str = "resnet", shortcut: Any = None):
     """``(w, a)`` at the interior saddle (angle ``phi_s``, ``a = a(phi_s)``), or None (no saddle, or p = 1)."""
     phi_s = saddle_angle(a_star)
     if phi_s is None or unit_teacher(w_star).size == 1:
@@ -200,7 +184,7 @@ def classify_stationary_point(
     *,
     w_star: Any,
     a_star: Any,
-    model: str = "resnet",
+    model: Model | str = "resnet",
     shortcut: Any = None,
     grad_tol: float = 1e-8,
     eig_tol: float = 1e-9,
@@ -254,7 +238,7 @@ def classify_stationary_point(
     return StationaryPoint(kind, gnorm, lam, int(zero.sum()))
 
 
-def effective_norm(w: Any, *, model: str = "resnet", shortcut: Any = None) -> float:
+def effective_norm(w: Any, *, model: Model | str = "resnet", shortcut: Any = None) -> float:
     """``||w~||``: ``||w + v||`` for the ResNet, ``||w||`` otherwise (sets the filter's effective step)."""
     w = as_vector(w, "w")
-    return float(np.linalg.norm(effective_filter(w, check_model(model), shortcut_vector(shortcut, w.size))))
+    return float(np.linalg.norm(effective_filter(w, Model.of(model), shortcut_vector(shortcut, w.size))))

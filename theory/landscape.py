@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from theory import closed_forms
+from theory.model import Model
 from theory.validation import (
     as_vector,
     check_model,
@@ -43,17 +44,18 @@ class Geometry:
     normalized: bool
 
 
-def effective_filter(w: np.ndarray, model: str, v: np.ndarray) -> np.ndarray:
-    """The filter the convolution actually uses: ``w + v`` for the ResNet, ``w`` for the CNNs."""
-    return w + v if model == "resnet" else w
+def effective_filter(w: np.ndarray, model: Model | str, v: np.ndarray) -> np.ndarray:
+    """The filter the convolution actually uses: ``w + v`` with the shortcut (ResNet), ``w`` without (CNNs)."""
+    return w + v if Model.of(model).shortcut else w
 
 
-def geometry(w: np.ndarray, w_star: np.ndarray, model: str, v: np.ndarray) -> Geometry:
+def geometry(w: np.ndarray, w_star: np.ndarray, model: Model | str, v: np.ndarray) -> Geometry:
     """Angle, norm and tangent vector of the effective filter; raises if its direction is undefined."""
+    model = Model.of(model)
     wt = effective_filter(w, model, v)
     n = norm(wt)
     if n == 0.0 or not np.isfinite(n):
-        what = "w + shortcut (the ResNet's effective filter)" if model == "resnet" else "w"
+        what = "w + shortcut (the ResNet's effective filter)" if model.shortcut else "w"
         raise ValueError(f"{what} must be nonzero and finite: the filter direction is undefined at 0")
     u = wt / n
     c_raw = float(np.dot(u, w_star))
@@ -62,11 +64,11 @@ def geometry(w: np.ndarray, w_star: np.ndarray, model: str, v: np.ndarray) -> Ge
     h = float(np.hypot(c_raw, s_raw))
     c, s = c_raw / h, s_raw / h
     phi = float(np.arctan2(s_raw, c_raw))
-    return Geometry(n, u, c, s, phi, t, n if model == "cnn-unnormalized" else 1.0, model != "cnn-unnormalized")
+    return Geometry(n, u, c, s, phi, t, 1.0 if model.normalized else n, model.normalized)
 
 
 def _inputs(w: Any, a: Any, w_star: Any, a_star: Any, model: Any, shortcut: Any, normalize: bool):
-    model = check_model(model)
+    model = Model.of(model)
     w_star = unit_teacher(w_star, normalize=normalize)
     w = as_vector(w, "w", length=w_star.size, length_of="w_star")
     a_star = as_vector(a_star, "a_star")
@@ -129,7 +131,14 @@ def _hessian(w, a, w_star, a_star, model, v) -> np.ndarray:
 
 
 def population_loss(
-    w: Any, a: Any, *, w_star: Any, a_star: Any, model: str = "resnet", shortcut: Any = None, normalize: bool = False
+    w: Any,
+    a: Any,
+    *,
+    w_star: Any,
+    a_star: Any,
+    model: Model | str = "resnet",
+    shortcut: Any = None,
+    normalize: bool = False,
 ) -> float:
     """Population loss ``1/2 E[(f(Z; w, a) - f(Z; w*, a*))^2]`` under Gaussian input, in closed form."""
     args = _inputs(w, a, w_star, a_star, model, shortcut, normalize)
@@ -138,7 +147,14 @@ def population_loss(
 
 
 def population_gradient(
-    w: Any, a: Any, *, w_star: Any, a_star: Any, model: str = "resnet", shortcut: Any = None, normalize: bool = False
+    w: Any,
+    a: Any,
+    *,
+    w_star: Any,
+    a_star: Any,
+    model: Model | str = "resnet",
+    shortcut: Any = None,
+    normalize: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(grad_w L, grad_a L)`` in closed form (chain rule through shortcut and normalization)."""
     args = _inputs(w, a, w_star, a_star, model, shortcut, normalize)
@@ -148,7 +164,14 @@ def population_gradient(
 
 
 def population_hessian(
-    w: Any, a: Any, *, w_star: Any, a_star: Any, model: str = "resnet", shortcut: Any = None, normalize: bool = False
+    w: Any,
+    a: Any,
+    *,
+    w_star: Any,
+    a_star: Any,
+    model: Model | str = "resnet",
+    shortcut: Any = None,
+    normalize: bool = False,
 ) -> np.ndarray:
     """Full ``(p+k) x (p+k)`` Hessian in ``(w, a)`` coordinates, ``w`` first."""
     args = _inputs(w, a, w_star, a_star, model, shortcut, normalize)
@@ -156,16 +179,16 @@ def population_hessian(
         return finite_result(_hessian(*args), "population_hessian")
 
 
-def tangent_basis(w: Any, k: int, *, model: str = "resnet", shortcut: Any = None) -> np.ndarray:
+def tangent_basis(w: Any, k: int, *, model: Model | str = "resnet", shortcut: Any = None) -> np.ndarray:
     """Orthonormal basis (columns) of the ``(w, a)`` directions that change the function.
 
     Normalized models are invariant to the scale of ``w~``, so the direction ``(u, 0)`` is flat and dropped;
     the unnormalized CNN keeps all ``p + k`` directions.
     """
-    model = check_model(model)
+    model = Model.of(model)
     w = as_vector(w, "w")
     p = w.size
-    if model == "cnn-unnormalized":
+    if not model.normalized:
         return np.eye(p + k)
     wt = effective_filter(w, model, shortcut_vector(shortcut, p))
     n = norm(wt)
@@ -178,7 +201,14 @@ def tangent_basis(w: Any, k: int, *, model: str = "resnet", shortcut: Any = None
 
 
 def tangent_hessian(
-    w: Any, a: Any, *, w_star: Any, a_star: Any, model: str = "resnet", shortcut: Any = None, normalize: bool = False
+    w: Any,
+    a: Any,
+    *,
+    w_star: Any,
+    a_star: Any,
+    model: Model | str = "resnet",
+    shortcut: Any = None,
+    normalize: bool = False,
 ) -> np.ndarray:
     """The Hessian restricted to the tangent space (``B^T H B`` with :func:`tangent_basis` ``B``)."""
     H = population_hessian(w, a, w_star=w_star, a_star=a_star, model=model, shortcut=shortcut, normalize=normalize)
@@ -186,9 +216,11 @@ def tangent_hessian(
     return B.T @ H @ B
 
 
-def angle(w: Any, *, w_star: Any, model: str = "resnet", shortcut: Any = None, normalize: bool = False) -> float:
+def angle(
+    w: Any, *, w_star: Any, model: Model | str = "resnet", shortcut: Any = None, normalize: bool = False
+) -> float:
     """The angle ``phi`` in ``[0, pi]`` between the effective filter and ``w*``."""
-    model = check_model(model)
+    model = Model.of(model)
     w_star = unit_teacher(w_star, normalize=normalize)
     w = as_vector(w, "w", length=w_star.size, length_of="w_star")
     return geometry(w, w_star, model, shortcut_vector(shortcut, w.size)).phi
@@ -198,12 +230,13 @@ def angle(w: Any, *, w_star: Any, model: str = "resnet", shortcut: Any = None, n
 class Landscape:
     """A teacher and a model: the loss surface with its closed forms and fixed points.
 
-    ``Landscape(w_star, a_star, model="resnet")`` validates once; its methods take ``(w, a)``.
+    ``Landscape(w_star, a_star, model="resnet")`` validates once; its methods take ``(w, a)``.  ``model`` may be a
+    :class:`theory.Model`; it is stored as its name.
     """
 
     w_star: np.ndarray
     a_star: np.ndarray
-    model: str = "resnet"
+    model: Model | str = "resnet"
     shortcut: np.ndarray | None = None
 
     def __post_init__(self) -> None:

@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from theory.algebra import m_eigenvalues
 from theory.landscape import population_hessian, tangent_basis
-from theory.validation import as_vector, check_model
+from theory.model import Model
+from theory.validation import as_vector
 
 
 def max_stable_eta_a(k: int, *, rho: float = 1.0) -> float:
@@ -24,7 +26,7 @@ def max_stable_eta_a(k: int, *, rho: float = 1.0) -> float:
         raise ValueError(f"k must be an integer >= 1; got {k!r}")
     if not (np.isfinite(rho) and rho > 0):
         raise ValueError(f"rho must be finite and > 0; got {rho!r}")
-    return 4.0 * math.pi / (rho**2 * (k + math.pi - 1.0))
+    return 4.0 * math.pi / (rho**2 * m_eigenvalues(k)[0])
 
 
 def _check_eta(eta: float, name: str) -> float:
@@ -44,9 +46,10 @@ def global_minimum_rate(
     eta_w, eta_a = _check_eta(eta_w, "eta_w"), _check_eta(eta_a, "eta_a")
     a_star = as_vector(a_star, "a_star")
     k = a_star.size
-    modes = [eta_a * (k + math.pi - 1.0) / (2 * math.pi)]
+    kk, pm1 = m_eigenvalues(k)  # the a-Hessian's eigenvalues are these over 2 pi
+    modes = [eta_a * kk / (2 * math.pi)]
     if k > 1:
-        modes.append(eta_a * (math.pi - 1.0) / (2 * math.pi))
+        modes.append(eta_a * pm1 / (2 * math.pi))
     if p > 1:
         modes.append(eta_w * (a_star @ a_star) / (2.0 * norm**2))
     return max(abs(1.0 - m) for m in modes)
@@ -60,7 +63,7 @@ def gd_linear_rate(
     eta_a: float,
     w_star: Any,
     a_star: Any,
-    model: str = "resnet",
+    model: Model | str = "resnet",
     shortcut: Any = None,
 ) -> float:
     """Spectral radius of the linearized GD map ``I - diag(eta_w, eta_a) H`` on the tangent space at ``(w, a)``.
@@ -69,7 +72,7 @@ def gd_linear_rate(
     square).  The tangent space is invariant under the map because ``H`` annihilates the flat direction.
     """
     eta_w, eta_a = _check_eta(eta_w, "eta_w"), _check_eta(eta_a, "eta_a")
-    model = check_model(model)
+    model = Model.of(model)
     H = population_hessian(w, a, w_star=w_star, a_star=a_star, model=model, shortcut=shortcut)
     p = np.asarray(w).size
     k = H.shape[0] - p

@@ -40,6 +40,11 @@ def norm(x: np.ndarray) -> float:
 
 
 def check_model(model: Any) -> str:
+    """The model's name: one of :data:`MODELS`, given as that string or as a :class:`theory.Model`."""
+    from theory.model import Model  # theory.model builds on this module
+
+    if isinstance(model, Model):
+        return model.name
     # isinstance first: `in` would compare arrays elementwise (ambiguous truth value, or a 1-element array passing).
     if not isinstance(model, str) or model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(repr(m) for m in MODELS)}; got {model!r}")
