@@ -83,14 +83,14 @@ def fold_shortcut(w: Any, a: Any, *, shortcut: Any = None) -> tuple[np.ndarray, 
 def network_output(Z: Any, w: Any, a: Any, *, model: str = "resnet", shortcut: Any = None) -> np.ndarray:
     """``f(Z; w, a) = sum_j a_j relu(u.Z_j)`` for inputs ``Z`` of shape ``(n, k, p)``; ``u`` is the normalized
     effective filter (``w + v`` for the ResNet, ``w`` for the CNN; ``w`` itself for ``"cnn-unnormalized"``)."""
-    model = theory.validation.check_model(model)
+    model = theory.Model.of(model)
     w = theory.validation.as_vector(w, "w")
     a = theory.validation.as_vector(a, "a")
     Z = np.asarray(Z, dtype=np.float64)
     if Z.ndim != 3 or Z.shape[1:] != (a.size, w.size):
         raise ValueError(f"Z must have shape (n, k, p) = (n, {a.size}, {w.size}); got {Z.shape}")
     wt = theory.landscape.effective_filter(w, model, theory.validation.shortcut_vector(shortcut, w.size))
-    u = wt if model == "cnn-unnormalized" else wt / np.linalg.norm(wt)
+    u = wt / np.linalg.norm(wt) if model.normalized else wt
     return np.maximum(Z @ u, 0.0) @ a
 
 
@@ -188,9 +188,9 @@ class FadeSpec(EngineSpec):
     options = Fade
 
     def validate(self, opts: Fade, call: Call) -> Call:
-        if call.model != "resnet":
+        if call.model != theory.RESNET:
             raise ValueError(f"model must be 'resnet' for the fading shortcut (it trains the ResNet and deploys the "
-                             f"CNN); got {call.model!r}")
+                             f"CNN); got {call.model.name!r}")
         if opts.steps > call.steps:
             raise ValueError(f"fade.steps = {opts.steps} must be <= steps = {call.steps}: the shortcut must be gone "
                              "(lambda = 0) before the step budget ends")
@@ -213,10 +213,10 @@ class FadeSpec(EngineSpec):
         lam_stop = np.where(out.stop_step < lam.size, lam[np.minimum(out.stop_step, lam.size - 1)], 0.0)
         w = setup.WT - lam_stop[:, None] * call.shortcut  # the deployed CNN's filter (lambda = 0 at the stop)
         extras = {"fade_end_loss": fade_end[:, 0].copy(), "fade_end_phi": fade_end[:, 1].copy()}
-        return Finished(setup.WT, setup.A, w, "cnn", extras)
+        return Finished(setup.WT, setup.A, w, theory.CNN, extras)
 
     def settings(self, opts: Fade, call: Call, base: dict[str, Any]) -> dict[str, Any]:
-        out = dict(model="cnn", trained_as="resnet-fading-shortcut")
+        out = dict(model=theory.CNN.name, trained_as="resnet-fading-shortcut")
         out.update((key, base[key]) for key in ("k", "p", "runs", "steps", "schedule"))
         out["fade"] = opts
         out.update((key, val) for key, val in base.items() if key not in out)

@@ -52,7 +52,7 @@ from sims.runs.registry import Built, Call, Draws, EngineSpec, Finished, Setup, 
 from sims.runs.samplers import Init
 from sims.runs.schedules import Schedule
 from sims.runs.simulate import Tolerances, simulate
-from theory.validation import check_model
+from theory import Model
 
 TARGETS: tuple[str, ...] = ("w", "a", "both")
 INITS: tuple[str, ...] = ("auto", "balanced", "gaussian", "zero-last", "zero", "plus-init")
@@ -360,17 +360,17 @@ def _filter_out(Z: np.ndarray, mats: list[np.ndarray] | None, w: np.ndarray | No
 
 
 def forward(Z: np.ndarray, *, w_factors: list[np.ndarray] | None = None, a_factors: list[np.ndarray] | None = None,
-            w: Any = None, a: Any = None, model: str = "resnet", shortcut: Any = None) -> np.ndarray:
+            w: Any = None, a: Any = None, model: Model | str = "resnet", shortcut: Any = None) -> np.ndarray:
     """``f(Z)`` for inputs ``Z`` (batch, k, p) of the expanded network: every patch goes through ``W_1, ..., W_N``
     in sequence (plus the shortcut ``v`` for the ResNet), the normalization, the ReLU, then the hidden vector goes
     through ``A_1, ..., A_N``.  Plain layers are given as ``w=`` / ``a=``.  The norm in the normalization is the
     effective filter's (population second moment of the pre-activation), computed from the factors."""
-    model = check_model(model)
+    model = Model.of(model)
     Z = np.asarray(Z, dtype=float)
     p = Z.shape[-1]
-    v = theory.validation.shortcut_vector(shortcut, p) if model == "resnet" else np.zeros(p)
+    v = theory.validation.shortcut_vector(shortcut, p) if model.shortcut else np.zeros(p)
     s = _filter_out(Z, w_factors, None if w is None else np.asarray(w, dtype=float), v)
-    if model != "cnn-unnormalized":
+    if model.normalized:
         # ||w~||^2 = E[(w~.z)^2]: apply the factors to the identity (the same sequence of products)
         wt = _filter_out(np.eye(p)[None], w_factors, None if w is None else np.asarray(w, dtype=float), v)[0]
         s = s / np.linalg.norm(wt)
@@ -386,7 +386,7 @@ def forward(Z: np.ndarray, *, w_factors: list[np.ndarray] | None = None, a_facto
 # ---- simulation --------------------------------------------------------------------------------------------------
 
 
-def _resolve_init(expansion: Expansion, model: str, group: str, e2e: np.ndarray) -> str:
+def _resolve_init(expansion: Expansion, model: Model, group: str, e2e: np.ndarray) -> str:
     """The factor init of ``group`` given the end-to-end targets ``e2e`` (R, m) of every run.  ``"auto"``: zero-last
     when every target is zero (the ResNet's ``w0 = 0``), balanced otherwise (a zero target among nonzero ones is
     then balanced to all-zero factors)."""
@@ -395,10 +395,11 @@ def _resolve_init(expansion: Expansion, model: str, group: str, e2e: np.ndarray)
     if init == "auto":
         init = "zero-last" if zero.all() else "balanced"
     if init == "plus-init":
-        init = "zero-last" if (group == "w" and model == "resnet") else "gaussian"
-    if group == "w" and model != "resnet":
+        init = "zero-last" if (group == "w" and model.shortcut) else "gaussian"
+    if group == "w" and not model.shortcut:
         if init in ("zero", "zero-last") or (init == "balanced" and zero.any()):
-            raise ValueError(f"expansion.init = {expansion.init!r} gives the {model} a zero filter w (no direction); "
+            raise ValueError(f"expansion.init = {expansion.init!r} gives the {model.name} a zero filter w (no "
+                             "direction); "
                              "use 'balanced', 'gaussian' or 'plus-init'")
     return init
 
@@ -407,12 +408,13 @@ _INIT_CODES = {"balanced": ek.INIT_BALANCED, "gaussian": ek.INIT_GAUSSIAN, "zero
                "zero": ek.INIT_ZERO}
 
 
-def initial_factors(expansion: Expansion, layout: Layout, *, model: str, W0: np.ndarray, A0: np.ndarray,
+def initial_factors(expansion: Expansion, layout: Layout, *, model: Model | str, W0: np.ndarray, A0: np.ndarray,
                     WS: np.ndarray, AS: np.ndarray, v: np.ndarray, states: np.ndarray, schedule: Schedule
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(F, W0c, A0c, pretrain_done)``: every run's factors and the contracted init (residual ``w``, ``a``),
     drawing from (and advancing) each run's stream ``states``.  ``W0, A0`` are the engine's draws (the balanced
     init's end-to-end targets, and the init of plain layers)."""
+    model = Model.of(model)
     R, p = W0.shape
     k = A0.shape[1]
     if expansion.w0 is not None:
@@ -441,7 +443,7 @@ def initial_factors(expansion: Expansion, layout: Layout, *, model: str, W0: np.
         else:
             last = schedule.segments[-1]
             ew, ea = float(last.eta_w), float(last.eta_a)
-        ek.pretrain_nonlinear(F, layout.w_group, layout.a_group, Wp, Ap, v, WS, AS, model != "cnn-unnormalized",
+        ek.pretrain_nonlinear(F, layout.w_group, layout.a_group, Wp, Ap, v, WS, AS, model.normalized,
                               (np.int64(expansion.pretrain_steps), np.int64(expansion.pretrain_batch), ew, ea), states,
                               done)
     cwv, cav = contract(F, layout, w=Wp, a=Ap)
@@ -483,7 +485,7 @@ class ExpansionSpec(EngineSpec):
         plain = self._plain(opts, call)
         if plain is not None:
             return plain.start(None, call, draws)
-        vk = call.shortcut if call.model == "resnet" else np.zeros(call.p)
+        vk = call.shortcut if call.model.shortcut else np.zeros(call.p)
         layout = Layout.of(opts, p=call.p, k=call.k)
         old = numba.get_num_threads()
         if call.threads is not None:
@@ -509,13 +511,14 @@ class ExpansionSpec(EngineSpec):
         layout, F, _, _, vk = setup.start.state
         p, k = call.p, call.k
         a_factored = opts.expands_a and opts.depth > 1
-        trap_factor = math.sqrt((k + math.pi - 1.0) / (math.pi - 1.0)) if a_factored else 1.0
+        m_ones, m_perp = theory.m_eigenvalues(k)  # sqrt(cond M): the a-dynamics is preconditioned
+        trap_factor = math.sqrt(m_ones / m_perp) if a_factored else 1.0
         w_off, w_dim, w_uoff = layout.w_group
         a_off, a_dim, a_uoff = layout.a_group
         mode = ex_engine.MODE_GD if call.algorithm == "gd" else ex_engine.MODE_SGD
         wrec = np.empty((call.runs, setup.rec.size if opts.record_weights else 0, p + k))
         eng = ex_engine.Expanded(int(mode), int(call.batch_size or 1), F, w_off, w_dim, w_uoff, a_off, a_dim, a_uoff,
-                                 setup.WT, setup.A, vk, call.model != "cnn-unnormalized", float(trap_factor), wrec,
+                                 setup.WT, setup.A, vk, call.model.normalized, float(trap_factor), wrec,
                                  np.empty(call.runs))
         return Built(ex_engine.run_range, ex_engine.workspace, eng, no_noise(setup.sched) and call.algorithm == "gd")
 
@@ -555,7 +558,7 @@ def end_to_end(*, model: str, w0: Any, a0: Any, w_star: Any, a_star: Any, schedu
     ``w0`` (residual filter for the ResNet), ``a0``, ``w_star``, ``a_star``: (R, p), (R, k), (1 or R, p), (1 or R, k).
     ``record``: steps to record (default: every step up to ``steps``).  Returns ``{"steps", "w", "a", "loss"}``
     with ``w`` (R, m, p), ``a`` (R, m, k), ``loss`` (R, m) (NaN after a non-finite state)."""
-    model = check_model(model)
+    model = Model.of(model)
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}; got {target!r}")
     depth = _int_field(depth, "depth", 1)
@@ -565,7 +568,7 @@ def end_to_end(*, model: str, w0: Any, a0: Any, w_star: Any, a_star: Any, schedu
     AS = np.ascontiguousarray(np.atleast_2d(np.asarray(a_star, dtype=float)))
     R, p = W.shape
     k = A.shape[1]
-    v = theory.validation.shortcut_vector(shortcut, p) if model == "resnet" else np.zeros(p)
+    v = theory.validation.shortcut_vector(shortcut, p) if model.shortcut else np.zeros(p)
     WT0 = W + v
     norm0 = np.linalg.norm(WT0, axis=1)
     wsr = np.broadcast_to(WS, WT0.shape)
@@ -579,7 +582,7 @@ def end_to_end(*, model: str, w0: Any, a0: Any, w_star: Any, a_star: Any, schedu
     if threads is not None:
         numba.set_num_threads(threads)
     try:
-        ek.end_to_end_gd(W, A, v, WS, AS, model != "cnn-unnormalized", target in ("w", "both"),
+        ek.end_to_end_gd(W, A, v, WS, AS, model.normalized, target in ("w", "both"),
                          target in ("a", "both"), np.int64(depth), (sched.seg_end, sched.eta_w, sched.eta_a),
                          np.int64(steps), (rec, wrec, lrec))
     finally:
@@ -742,7 +745,7 @@ def compare(*, k: int = 8, p: int = 8, trials: int = 200, seed: int = 0, depths:
     rows = []
     cache: dict[tuple, dict[str, Any]] = {}
     for model in models:
-        init_e2e = Init(w="zero" if model == "resnet" else "sphere", a="ball")
+        init_e2e = Init(w="zero" if Model.of(model).shortcut else "sphere", a="ball")
         for warmup in warmups:
             method = f"{model}-{'warmup' if warmup else 'no-warmup'}"
             for target in targets:

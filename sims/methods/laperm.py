@@ -194,12 +194,12 @@ class LaPermSpec(EngineSpec):
     def default_teacher(self, opts: LaPerm) -> Teacher:
         return Teacher(w="sphere")  # a permutation keeps 1.w: a teacher tied to the 1 direction would favour it
 
-    def default_init(self, opts: LaPerm, model: str) -> Init:
+    def default_init(self, opts: LaPerm, model: theory.Model) -> Init:
         return GAUSSIAN
 
     def validate(self, opts: LaPerm, call: Call) -> Call:
-        if call.model != "cnn":
-            raise ValueError(f"model must be 'cnn' for LaPerm (the weight-normalized CNN); got {call.model!r}")
+        if call.model != theory.CNN:
+            raise ValueError(f"model must be 'cnn' for LaPerm (the weight-normalized CNN); got {call.model.name!r}")
         if call.explicit is not None or call.init != GAUSSIAN:
             raise ValueError("init: LaPerm draws its initial values itself (choose their distribution with "
                              "LaPerm(dist=...))")
@@ -247,10 +247,10 @@ class LaPermSpec(EngineSpec):
                 "perm_optimal": match_best,
                 "perm_anti": w_ok["anti"] & a_ok["anti"] & ~match_best,
             }
-        return Finished(W, A, W, "cnn", extras)
+        return Finished(W, A, W, theory.CNN, extras)
 
     def settings(self, opts: LaPerm, call: Call, base: dict[str, Any]) -> dict[str, Any]:
-        out = dict(model="cnn", trained_as="laperm" if opts.K else "plain")
+        out = dict(model=theory.CNN.name, trained_as="laperm" if opts.K else "plain")
         out.update((key, base[key]) for key in ("k", "p", "runs", "steps", "schedule"))
         out.update(sync_every=opts.sync_every, inner=opts.inner, init=opts.dist, permute=opts.permute,
                    teacher=call.teacher, adam=opts.adam, algorithm=opts.inner, batch_size=None)

@@ -13,7 +13,7 @@ class GDSpec(EngineSpec):
     """Population GD with the closed-form gradients (:mod:`sims.engines.gd`)."""
 
     def build(self, opts: Any, call: Call, setup: Setup) -> Built:
-        eng = gd.plain(setup.WT, setup.A, call.model != "cnn-unnormalized")
+        eng = gd.plain(setup.WT, setup.A, call.model.normalized)
         return Built(gd.run_range, gd.workspace, eng, no_noise(setup.sched))
 
 
@@ -24,7 +24,7 @@ class FiniteSampleSpec(EngineSpec):
 
     def build(self, opts: Any, call: Call, setup: Setup) -> Built:
         eng = finite_sample.engine(call.algorithm, call.batch_size, setup.WT, setup.A, setup.draws.WS,
-                                   setup.draws.AS, call.model != "cnn-unnormalized")
+                                   setup.draws.AS, call.model.normalized)
         return Built(sgd.run_range, sgd.workspace, eng, False)
 
 

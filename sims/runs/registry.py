@@ -33,7 +33,7 @@ class Call(NamedTuple):
     explicit ``(w0, a0)`` arrays of ``init=(w0, a0)`` (``init`` is then the default sampler the streams still
     advance by)."""
 
-    model: str
+    model: theory.Model
     k: int
     p: int
     runs: int
@@ -110,7 +110,7 @@ class Finished(NamedTuple):
     WT: np.ndarray
     A: np.ndarray
     w: np.ndarray
-    model: str
+    model: theory.Model
     extras: dict[str, np.ndarray]
     theory_rate: bool = True
     stuck: np.ndarray | None = None
@@ -127,8 +127,9 @@ def check_stable(call: Call) -> None:
     eta = call.schedule.max_eta_a(call.k)
     if eta > limit and not call.allow_unstable:
         raise ValueError(
-            f"eta_a = {eta:g} exceeds the stability limit 4 pi / (k + pi - 1) = {limit:.6g} for "
-            f"k = {call.k}; GD on a diverges there. Pass allow_unstable=True to study divergence."
+            f"eta_a = {eta:g} exceeds the stability limit 2 / lambda_1 = {limit:.6g} for k = {call.k} (lambda_1 = "
+            f"{theory.a_hessian_eigenvalues(call.k)[0]:.6g}, the largest eigenvalue of the a-Hessian); GD on a "
+            "diverges there. Pass allow_unstable=True to study divergence."
         )
 
 
@@ -152,9 +153,9 @@ class EngineSpec:
     def default_teacher(self, opts: Any) -> Teacher:
         return Teacher()
 
-    def default_init(self, opts: Any, model: str) -> Init:
+    def default_init(self, opts: Any, model: theory.Model) -> Init:
         """The init sampler when ``init`` is not given: ``w0 = 0`` for the ResNet, a uniform unit ``w0`` else."""
-        return Init(w="zero" if model == "resnet" else "sphere")
+        return Init(w="zero" if model.shortcut else "sphere")
 
     def validate(self, opts: Any, call: Call) -> Call:
         """Check the options against the common arguments; return the call (possibly with fields replaced)."""
@@ -169,7 +170,7 @@ class EngineSpec:
 
     def start(self, opts: Any, call: Call, draws: Draws) -> Start:
         """The effective starting filter: ``w0 + v`` for the ResNet, ``w0`` for the CNNs."""
-        WT0 = draws.W0 + call.shortcut if call.model == "resnet" else draws.W0.copy()
+        WT0 = draws.W0 + call.shortcut if call.model.shortcut else draws.W0.copy()
         return Start(WT0, draws.A0, draws.W0, draws.A0)
 
     def build(self, opts: Any, call: Call, setup: Setup) -> Built:
@@ -178,7 +179,7 @@ class EngineSpec:
     def finish(self, opts: Any, call: Call, setup: Setup, built: Built, out: Any) -> Finished:
         """What was deployed, from the trained working copies ``setup.WT, setup.A`` (and the driver's outputs
         ``out``, :class:`sims.engines.driver.Outputs`): the ResNet's residual branch is reported as ``w``."""
-        w = setup.WT - call.shortcut if call.model == "resnet" else setup.WT
+        w = setup.WT - call.shortcut if call.model.shortcut else setup.WT
         return Finished(setup.WT, setup.A, w, call.model, {})
 
     def settings(self, opts: Any, call: Call, base: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from sims.runs import classify as _classify
 from sims.runs import memory, plain, registry, samplers  # noqa: F401 (plain registers the plain engines)
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule
-from theory.validation import check_model
+from theory import Model
 
 ALGORITHMS: tuple[str, ...] = ("gd", "sgd", "gd-fixed")
 #: A rate window spanning fewer steps than this does not count as a fit of the linear regime.
@@ -155,7 +155,7 @@ def _check_int(value: Any, name: str, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
-def _explicit_init(init: Any, runs: int, p: int, k: int, model: str) -> tuple[np.ndarray, np.ndarray]:
+def _explicit_init(init: Any, runs: int, p: int, k: int, model: Model) -> tuple[np.ndarray, np.ndarray]:
     """``init=(w0, a0)`` given as arrays: shapes ``(p,)``/``(k,)`` (shared) or ``(runs, p)``/``(runs, k)``."""
     try:
         w0, a0 = init
@@ -172,8 +172,8 @@ def _explicit_init(init: Any, runs: int, p: int, k: int, model: str) -> tuple[np
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"init {name} must be finite")
         out.append(np.ascontiguousarray(arr))
-    if model != "resnet" and np.any(np.linalg.norm(out[0], axis=1) == 0.0):
-        raise ValueError(f"init w0 = 0 is not allowed for model {model!r}: a CNN filter needs a direction")
+    if not model.shortcut and np.any(np.linalg.norm(out[0], axis=1) == 0.0):
+        raise ValueError(f"init w0 = 0 is not allowed for model {model.name!r}: a CNN filter needs a direction")
     return out[0], out[1]
 
 
@@ -198,7 +198,7 @@ def _settings_dict(**kw: Any) -> dict[str, Any]:
 
 def simulate(
     *,
-    model: str = "resnet",
+    model: Model | str = "resnet",
     k: int,
     p: int,
     runs: int,
@@ -276,7 +276,7 @@ def _validate_common(spec: registry.EngineSpec, opts: Any, *, model: Any, k: Any
                      threads: Any) -> registry.Call:
     """The common arguments checked (``ValueError`` naming the field) and defaulted (teacher, init, tolerances:
     the engine's defaults)."""
-    model = check_model(model)
+    model = Model.of(model)
     k = _check_int(k, "k", 1)
     p = _check_int(p, "p", 1)
     runs = _check_int(runs, "runs", 1)
@@ -296,7 +296,7 @@ def _validate_common(spec: registry.EngineSpec, opts: Any, *, model: Any, k: Any
         explicit = _explicit_init(init, runs, p, k, model)
         init = None
     init = spec.default_init(opts, model) if init is None else init
-    init.validate(model)
+    init.validate(model.name)
     if threads is not None:
         threads = _check_int(threads, "threads", 1, numba.config.NUMBA_NUM_THREADS)
     v = theory.validation.shortcut_vector(shortcut, p)
@@ -315,8 +315,7 @@ def angles(WT: np.ndarray, WS: np.ndarray) -> np.ndarray:
 def loss_ref(AS: np.ndarray) -> np.ndarray:
     """``L_ref = E[f*^2] / 2`` per run, the loss of the zero network (1 where it vanishes): loss levels are
     relative to it, so they mean the same at every ``k``."""
-    ref = (AS.sum(axis=1) ** 2 + (math.pi - 1.0) * np.einsum("ij,ij->i", AS, AS)) / (4.0 * math.pi)
-    return np.where(ref > 0, ref, 1.0)
+    return theory.loss_ref(AS, safe=True)
 
 
 def draw(call: registry.Call) -> registry.Draws:
@@ -356,7 +355,7 @@ def _resolve(call: registry.Call, draws: registry.Draws, start: registry.Start) 
         WT0, WS = start.WT0, draws.WS
         phi0 = np.arctan2(np.linalg.norm(WS - (np.einsum("ij,ij->i", WT0, WS) / norm0**2)[:, None] * WT0, axis=1),
                           np.einsum("ij,ij->i", WT0, WS) / norm0)
-    if call.schedule.prescribed and call.model == "cnn-unnormalized":
+    if call.schedule.prescribed and not call.model.normalized:
         raise ValueError("schedule: the prescribed warmup needs a weight-normalized model ('resnet' or 'cnn')")
     return call.schedule.resolve(call.steps, runs=call.runs, phi0=phi0, norm0=norm0, a0=start.A0, a_star=draws.AS)
 
@@ -381,7 +380,7 @@ def run_engine(spec: registry.EngineSpec, opts: Any, call: registry.Call) -> Sim
     stops = driver.make_stops(tol, call.steps, tol.stop_trapped and built.trapped)
     driver.run_batch(built.entry, built.workspace, built.eng, prob, stops, out, call.runs, call.threads)
     fin = spec.finish(opts, call, setup, built, out)
-    base = dict(model=call.model, k=call.k, p=call.p, runs=call.runs, steps=call.steps, schedule=call.schedule,
+    base = dict(model=call.model.name, k=call.k, p=call.p, runs=call.runs, steps=call.steps, schedule=call.schedule,
                 teacher=call.teacher, init=call.init, algorithm=call.algorithm, batch_size=call.batch_size,
                 shortcut=call.shortcut, seed=call.seed, run_offset=call.run_offset, tolerances=tol,
                 n_record=call.n_record, allow_unstable=call.allow_unstable)
@@ -419,7 +418,7 @@ def assemble_result(settings: dict[str, Any], call: registry.Call, setup: regist
     """Classify what the engine deployed, fit the rates and build the :class:`SimulationResult` (every engine)."""
     runs, draws, sched, tol = call.runs, setup.draws, setup.sched, call.tolerances
     lref = loss_ref(draws.AS)
-    scale = np.linalg.norm(fin.WT, axis=1) if fin.model == "cnn-unnormalized" else np.ones(runs)
+    scale = np.ones(runs) if fin.model.normalized else np.linalg.norm(fin.WT, axis=1)
     code = _classify.classify(final_loss=out.final[:, 0], final_phi=out.final[:, 1], a=fin.A, a_star=draws.AS,
                               scale=scale, stop_reason=out.stop_reason, loss_ref=lref, loss_tol=tol.loss_tol)
     if fin.stuck is not None:
@@ -497,7 +496,7 @@ def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
     last = sched.eta_w.shape[1] - 1
     sr = np.arange(R) if sched.eta_w.shape[0] > 1 else np.zeros(R, dtype=np.int64)
     ew, ea = sched.eta_w[sr, last], sched.eta_a[sr, last]
-    if model == "cnn-unnormalized":
+    if not model.normalized:
         share = np.full(R, np.nan)
         for r in np.flatnonzero(glob):
             rate, share[r] = _unnormalized_rate(WT[r], A[r], ew[r], ea[r], WS[r], AS[r])
@@ -509,8 +508,8 @@ def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
     k, p = A.shape[1], WT.shape[1]
     n = np.linalg.norm(WT, axis=1)
     qs = np.einsum("ij,ij->i", AS, AS)
-    lam = np.stack([qs / (2.0 * n**2), np.full(R, (k + math.pi - 1.0) / (2 * math.pi)),
-                    np.full(R, (math.pi - 1.0) / (2 * math.pi))], axis=1)
+    lam_ones, lam_perp = theory.a_hessian_eigenvalues(k)
+    lam = np.stack([qs / (2.0 * n**2), np.full(R, lam_ones), np.full(R, lam_perp)], axis=1)
     eta = np.stack([ew, ea, ea], axis=1)
     present = np.stack([np.full(R, p > 1), np.ones(R, bool), np.full(R, k > 1)], axis=1)
     factor = np.where(present, np.abs(1.0 - eta * lam), 0.0)
@@ -546,7 +545,7 @@ def _unnormalized_rate(w, a, eta_w, eta_a, w_star, a_star):
     p, k = w.size, a.size
     if not (eta_w > 0 and eta_a > 0):
         return 1.0, math.nan
-    H = theory.population_hessian(w, a, w_star=w_star, a_star=a_star, model="cnn-unnormalized")
+    H = theory.population_hessian(w, a, w_star=w_star, a_star=a_star, model=theory.CNN_UNNORMALIZED)
     dh = np.sqrt(np.concatenate([np.full(p, eta_w), np.full(k, eta_a)]))
     S = dh[:, None] * H * dh[None, :]
     e = np.concatenate([w, -a]) / dh
