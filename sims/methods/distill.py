@@ -226,24 +226,10 @@ class FadeSpec(EngineSpec):
 register_engine("fade", FadeSpec())
 
 
-def simulate_fading(
-    *,
-    k: int,
-    p: int,
-    runs: int,
-    steps: int,
-    schedule: Schedule,
-    fade: Fade,
-    teacher: Teacher | tuple[Any, Any] | None = None,
-    init: Init | None = None,
-    shortcut: Any = None,
-    seed: int = 0,
-    run_offset: int = 0,
-    tolerances: Tolerances | None = None,
-    n_record: int = 64,
-    allow_unstable: bool = False,
-    threads: int | None = None,
-) -> SimulationResult:
+def simulate_fading(*, k: int, p: int, runs: int, steps: int, schedule: Schedule, fade: Fade,
+                    teacher: Teacher | tuple[Any, Any] | None = None, init: Init | None = None, shortcut: Any = None,
+                    seed: int = 0, run_offset: int = 0, tolerances: Tolerances | None = None, n_record: int = 64,
+                    allow_unstable: bool = False, threads: int | None = None) -> SimulationResult:
     """Train ``runs`` networks with a fading shortcut (population GD) and return the deployed plain CNNs:
     ``sims.simulate(engine=fade, model="resnet", ...)``.
 

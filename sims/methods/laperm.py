@@ -262,26 +262,12 @@ GAUSSIAN = Init(w="gaussian", a="gaussian")
 register_engine("laperm", LaPermSpec())
 
 
-def simulate_laperm(
-    *,
-    k: int,
-    p: int,
-    runs: int,
-    steps: int,
-    schedule: Schedule,
-    sync_every: int | None,
-    inner: str = "gd",
-    init: str = "gaussian",
-    permute: str = "both",
-    teacher: Teacher | tuple[Any, Any] | None = None,
-    adam: tuple[float, float, float] = (0.9, 0.999, 1e-8),
-    seed: int = 0,
-    run_offset: int = 0,
-    tolerances: Tolerances | None = None,
-    n_record: int = 64,
-    allow_unstable: bool = False,
-    threads: int | None = None,
-) -> SimulationResult:
+def simulate_laperm(*, k: int, p: int, runs: int, steps: int, schedule: Schedule, sync_every: int | None,
+                    inner: str = "gd", init: str = "gaussian", permute: str = "both",
+                    teacher: Teacher | tuple[Any, Any] | None = None,
+                    adam: tuple[float, float, float] = (0.9, 0.999, 1e-8), seed: int = 0, run_offset: int = 0,
+                    tolerances: Tolerances | None = None, n_record: int = 64, allow_unstable: bool = False,
+                    threads: int | None = None) -> SimulationResult:
     """Train ``runs`` weight-normalized CNNs by LaPerm (module docstring) and return a :class:`SimulationResult`:
     ``sims.simulate(engine=LaPerm(sync_every, inner, init, permute, adam), model="cnn", ...)``.
 
