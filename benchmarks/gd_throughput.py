@@ -391,15 +391,15 @@ def engine_sgd_runner(prob: Problem, batch_size: int):
     def run(steps: int):
         rs = prob.schedule(steps).resolve(steps, runs=R)
         WT, A = prob.WT0.copy(), prob.A0.copy()
-        rec = np.zeros(1, dtype=np.int64)
-        final = np.empty((R, 4))
-        stop_step = np.empty(R, dtype=np.int64)
-        stop_reason = np.empty(R, dtype=np.int64)
-        finite_sample.run("sgd", batch_size, WT, A, prob.WS, prob.AS, np.full(R, -1.0), True, rs.seg_end, rs.eta_w,
-                          rs.eta_a, rs.noise_w, rs.noise_a, 1.0, stream_states(0, 0, R), steps, -1.0, -1.0, 0.0,
-                          math.inf, rec, np.empty((R, 1, 4)), final, stop_step, stop_reason,
-                          np.empty(R, dtype=np.int64), np.empty(R, dtype=np.int64), np.array([1e-4, 1e-6, 1e-9]),
-                          np.empty((R, 6)), **kw)
+        from sims.engines import driver
+
+        out = driver.make_outputs(R, 1)
+        pr = driver.Problem(prob.WS, prob.AS, np.full(R, -1.0), rs.seg_end, rs.eta_w, rs.eta_a, rs.noise_w,
+                            rs.noise_a, 1.0, stream_states(0, 0, R), np.zeros(1, dtype=np.int64),
+                            np.array([1e-4, 1e-6, 1e-9]))
+        finite_sample.run("sgd", batch_size, WT, A, pr, driver.Stops(steps, -1.0, -1.0, 0.0, math.inf, False), out,
+                          **kw)
+        stop_step = out.stop_step
         return int(stop_step.sum())
 
     # "full": every minibatch input Z is drawn (B k p normals per step), the same work as the NumPy peer.

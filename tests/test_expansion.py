@@ -481,7 +481,7 @@ def test_plus_init_step_is_the_gradient_of_the_nonlinear_counterpart(model, targ
     params0 = np.concatenate([F[0], W[0], A[0]])
     F1, W1, A1 = F.copy(), W.copy(), A.copy()
     done = np.zeros(1, dtype=np.int64)
-    ek.pretrain_nonlinear(F1, *layout.w_group, *layout.a_group, W1, A1, v, ws, ast, normalized, 1, batch, 1.0, 1.0,
+    ek.pretrain_nonlinear(F1, layout.w_group, layout.a_group, W1, A1, v, ws, ast, normalized, (1, batch, 1.0, 1.0),
                           states, done)
     assert done[0] == 1
     step = params0 - np.concatenate([F1[0], W1[0], A1[0]])

@@ -279,13 +279,11 @@ def _kernel(algorithm, batch_size, WT, A, steps, eta, states, *, sampler="full",
     """Call finite_sample.run directly (the states are ours, so the training set can be regenerated)."""
     R = WT.shape[0]
     rec = sims.record_steps(steps, 32) if rec is None else rec
-    out = {"traj": np.empty((R, rec.size, 4)), "final": np.empty((R, 4)), "stop_step": np.empty(R, np.int64),
-           "stop_reason": np.empty(R, np.int64), "slow_end": np.empty(R, np.int64),
-           "steps_tol": np.empty(R, np.int64), "rate_pts": np.empty((R, 6))}
-    fs.run(algorithm, batch_size, WT, A, W_STAR[None], A_STAR[None], np.array([-1.0]), normalized,
-           np.array([[steps]]), np.array([[eta]]), np.array([[eta]]), np.zeros(1), np.zeros(1), 1.0, states, steps,
-           1e-10, 1e-10, 1e-6, divergence, rec, out["traj"], out["final"], out["stop_step"], out["stop_reason"],
-           out["slow_end"], out["steps_tol"], np.array([1e-4, 1e-6, 1e-9]), out["rate_pts"], sampler=sampler)
+    out = driver.make_outputs(R, rec.size)
+    prob = driver.Problem(W_STAR[None], A_STAR[None], np.array([-1.0]), np.array([[steps]]), np.array([[eta]]),
+                          np.array([[eta]]), np.zeros(1), np.zeros(1), 1.0, states, rec, np.array([1e-4, 1e-6, 1e-9]))
+    stops = driver.Stops(steps, 1e-10, 1e-10, 1e-6, divergence, False)
+    fs.run(algorithm, batch_size, WT, A, prob, stops, out, normalized=normalized, sampler=sampler)
     return out
 
 
@@ -303,12 +301,12 @@ def test_gd_on_a_tiny_training_set_overfits():
     train0 = fs.training_loss(WT, A, W_STAR, A_STAR, normalized=True, batch_size=n, states=st0)
     out = _kernel("gd-fixed", n, WT, A, 20000, 0.2, st)
     train = fs.training_loss(WT, A, W_STAR, A_STAR, normalized=True, batch_size=n, states=st0)
-    pop = out["final"][:, 0]
+    pop = out.final[:, 0]
     fit = train < 1e-12 * L_ref
     assert fit.sum() >= R // 2, train / L_ref
     assert np.all(train <= train0 + 1e-12)
     assert np.all(pop[fit] > 0.3 * L_ref), pop / L_ref  # far from the global minimum (loss 0)
-    assert np.all(out["stop_reason"] == driver.STOP_MAX_STEPS)
+    assert np.all(out.stop_reason == driver.STOP_MAX_STEPS)
 
 
 def test_gd_fixed_training_loss_helper_matches_the_kernel_sample():
@@ -336,8 +334,8 @@ def test_projected_sgd_run_converges_like_full_sgd():
         WT = np.repeat(v[None], R, axis=0)
         A = np.zeros((R, K))
         res[sampler] = _kernel("sgd", 2048, WT, A, 1000, 0.2, stream_states(1, 0, R), sampler=sampler)
-    assert np.all(res["projected"]["stop_reason"] == driver.STOP_LOSS)
-    s_full, s_proj = res["full"]["stop_step"], res["projected"]["stop_step"]
+    assert np.all(res["projected"].stop_reason == driver.STOP_LOSS)
+    s_full, s_proj = res["full"].stop_step, res["projected"].stop_step
     assert abs(s_proj.mean() / s_full.mean() - 1) < 0.03, (s_full, s_proj)
 
 
@@ -353,15 +351,15 @@ def test_divergence_stops_without_nan():
         WT = np.repeat(_unit(np.ones(P))[None], R, axis=0)
         A = np.ones((R, K))
         out = _kernel("sgd", 8, WT, A, 100000, 5.0, stream_states(0, 0, R), divergence=divergence)
-        assert np.all(out["stop_reason"] == driver.STOP_DIVERGED)
-        assert np.all(np.isfinite(out["final"])) and np.all(np.isfinite(WT)) and np.all(np.isfinite(A))
-        assert np.all(np.isfinite(out["rate_pts"]))
+        assert np.all(out.stop_reason == driver.STOP_DIVERGED)
+        assert np.all(np.isfinite(out.final)) and np.all(np.isfinite(WT)) and np.all(np.isfinite(A))
+        assert np.all(np.isfinite(out.rate_pts))
         for r in range(R):
             rec = sims.record_steps(100000, 32)
-            done = rec <= out["stop_step"][r]
-            assert np.all(np.isfinite(out["traj"][r, done])) and np.all(np.isnan(out["traj"][r, ~done]))
+            done = rec <= out.stop_step[r]
+            assert np.all(np.isfinite(out.traj[r, done])) and np.all(np.isnan(out.traj[r, ~done]))
         if divergence > 1e200:
-            assert np.all(out["final"][:, 0] > 1e100)
+            assert np.all(out.final[:, 0] > 1e100)
 
 
 def test_sgd_never_stops_trapped_and_grad_tol_is_population():
@@ -437,8 +435,8 @@ def test_kernel_deterministic_across_threads(sampler):
         outs.append((WT, A, st, out))
     (W1, A1, s1, o1), (W2, A2, s2, o2) = outs
     assert np.array_equal(W1, W2) and np.array_equal(A1, A2) and np.array_equal(s1, s2)
-    for key in o1:
-        assert np.array_equal(o1[key], o2[key], equal_nan=True), key
+    for key, x1 in o1._asdict().items():
+        assert np.array_equal(x1, getattr(o2, key), equal_nan=True), key
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------

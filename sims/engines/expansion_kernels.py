@@ -291,13 +291,15 @@ def _precondition(x, g, depth, out):
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
-def end_to_end_gd(W, A, V, WS, AS, normalized, exp_w, exp_a, depth, seg_end, eta_w, eta_a, max_steps,
-                  record_steps, wrec, lrec):
+def end_to_end_gd(W, A, V, WS, AS, normalized, exp_w, exp_a, depth, sched, max_steps, record):
     """Euler steps of the end-to-end dynamics of balanced factorizations on the contracted weights: ``W`` (R, p)
     residual filter (``w~ = V + W``), ``A`` (R, k), updated in place.  An expanded group moves by ``-eta (c_perp
-    g_perp + c_par g_par)`` (:func:`theory.closed_forms.end_to_end`), a plain one by ``-eta g``.  Records ``(w, a)``
-    and the loss at ``record_steps`` into ``wrec`` (R, m, p + k) and ``lrec`` (R, m); stops early (NaN padding)
-    only on a non-finite state."""
+    g_perp + c_par g_par)`` (:func:`theory.closed_forms.end_to_end`), a plain one by ``-eta g``; ``sched =
+    (seg_end, eta_w, eta_a)`` as in a resolved schedule.  ``record = (record_steps, wrec, lrec)``: records
+    ``(w, a)`` and the loss at ``record_steps`` into ``wrec`` (R, m, p + k) and ``lrec`` (R, m); stops early (NaN
+    padding) only on a non-finite state."""
+    seg_end, eta_w, eta_a = sched
+    record_steps, wrec, lrec = record
     R, p = W.shape
     k = A.shape[1]
     nseg = seg_end.shape[1]
@@ -452,11 +454,15 @@ def mlp_backward(F, off, dim, uoff, x, xo, pre, dout, delta, G, dx, want_dx):
 
 
 @njit(parallel=True, cache=True, fastmath=_FM)
-def pretrain_nonlinear(F, w_off, w_dim, w_uoff, a_off, a_dim, a_uoff, W, A, V, WS, AS, normalized, steps, batch,
-                       eta_w, eta_a, states, done):
-    """``steps`` SGD steps of the nonlinear counterpart on every run (factors ``F``, plain residual filter ``W`` and
-    plain ``A`` in place; a plain layer is trained too).  A step whose loss or gradient is not finite is not
-    applied and ends the run's pretraining; ``done[r]`` is the number of steps applied."""
+def pretrain_nonlinear(F, w_group, a_group, W, A, V, WS, AS, normalized, sgd, states, done):
+    """SGD steps of the nonlinear counterpart on every run (factors ``F``, plain residual filter ``W`` and
+    plain ``A`` in place; a plain layer is trained too); ``w_group``, ``a_group``: ``(off, dim, uoff)`` of the
+    groups (:class:`sims.methods.expansion.Layout`); ``sgd = (steps, batch, eta_w, eta_a)``.  A step whose loss or
+    gradient is not finite is not applied and ends the run's pretraining; ``done[r]`` is the number of steps
+    applied."""
+    w_off, w_dim, w_uoff = w_group
+    a_off, a_dim, a_uoff = a_group
+    steps, batch, eta_w, eta_a = sgd
     R, p = W.shape
     k = A.shape[1]
     size = F.shape[1]
@@ -474,20 +480,9 @@ def pretrain_nonlinear(F, w_off, w_dim, w_uoff, a_off, a_dim, a_uoff, W, A, V, W
         st = states[r]
         nw = w_uoff[-1] + w_dim[-1] if ew_exp else 0
         na = a_uoff[-1] + a_dim[-1] if ea_exp else 0
-        pre_w = np.empty(nw)
-        del_w = np.empty(nw)
-        pre_a = np.empty(na)
-        del_a = np.empty(na)
-        Zb = np.empty(batch * k * p)
-        sb = np.empty(batch * k)
-        gy = np.empty(batch * k)
-        fsb = np.empty(batch)
-        xk = np.empty(k)
-        dx = np.empty(k)
-        G = np.empty(size)
-        gW = np.empty(p)
-        gA = np.empty(k)
-        wt = np.empty(p)
+        pre_w, del_w, pre_a, del_a = np.empty(nw), np.empty(nw), np.empty(na), np.empty(na)
+        Zb, sb, gy, fsb = np.empty(batch * k * p), np.empty(batch * k), np.empty(batch * k), np.empty(batch)
+        xk, dx, G, gW, gA, wt = np.empty(k), np.empty(k), np.empty(size), np.empty(p), np.empty(k), np.empty(p)
         done[r] = 0
         for t in range(steps):
             fill_normal_zig(st, Zb)

@@ -131,10 +131,13 @@ def _scale(x, c):
 
 
 @njit(cache=True, fastmath=_FM)
-def _sgd_gradient(s0, s1, s2, s3, n_batch, chunk, wu, ws, a, ast, zb, h, hs, cv, fb, fsb, gu, ga):
+def _sgd_gradient(st, n_batch, chunk, wu, ws, a, ast, zb, blk, gu, ga):
     """Minibatch gradient ``(gu, ga)`` (wrt ``wu`` and ``a``, mean over the batch) of ``n_batch`` fresh inputs
-    drawn from the stream ``(s0..s3)`` in blocks of ``chunk`` samples; returns ``(loss, s0, s1, s2, s3)`` with
-    ``loss`` the minibatch loss ``0.5 mean_b (f - f*)^2``."""
+    drawn from the stream ``st = (s0, s1, s2, s3)`` in blocks of ``chunk`` samples into ``zb``, with the block work
+    vectors ``blk = (h, hs, cv, fb, fsb)``; returns ``(loss, st)`` with ``loss`` the minibatch loss
+    ``0.5 mean_b (f - f*)^2`` and ``st`` the advanced stream."""
+    s0, s1, s2, s3 = st
+    h, hs, cv, fb, fsb = blk
     k = a.shape[0]
     p = wu.shape[0]
     _zero(gu)
@@ -160,11 +163,11 @@ def _sgd_gradient(s0, s1, s2, s3, n_batch, chunk, wu, ws, a, ast, zb, h, hs, cv,
     inv = 1.0 / n_batch
     _scale(gu, inv)
     _scale(ga, inv)
-    return 0.5 * lsum * inv, s0, s1, s2, s3
+    return 0.5 * lsum * inv, (s0, s1, s2, s3)
 
 
 @njit(cache=True, fastmath=_FM)
-def _projected_gradient(s0, s1, s2, s3, n_batch, chunk, wu, ws, a, ast, e2, xi, h, hs, cv, fb, fsb, gu, ga):
+def _projected_gradient(st, n_batch, chunk, wu, ws, a, ast, e2, xi, blk, gu, ga):
     """Same law as :func:`_sgd_gradient`, sampled through the 2-D projection (``sampler="projected"``).
 
     ``f`` and ``f*`` see an input patch only through ``x1 = e1.Z_bj`` and ``x2 = e2.Z_bj``, with ``e1 = u`` and
@@ -172,7 +175,9 @@ def _projected_gradient(s0, s1, s2, s3, n_batch, chunk, wu, ws, a, ast, e2, xi, 
     i.i.d. N(0, 1).  Given them, the rest ``(I - E E^T) Z_bj`` is an independent N(0, I - E E^T), so
     ``sum_{b,j} c_bj Z_bj = sum c_bj (x1 e1 + x2 e2) + ||c|| (I - E E^T) xi`` with one ``xi ~ N(0, I_p)``:
     the minibatch gradient has exactly the law of the full sampler's, from ``2 B k + p`` normals instead of
-    ``B k p``."""
+    ``B k p``.  ``e2, xi``: work vectors (p,); the other arguments as :func:`_sgd_gradient`'s."""
+    s0, s1, s2, s3 = st
+    h, hs, cv, fb, fsb = blk
     k = a.shape[0]
     p = wu.shape[0]
     nu2 = 0.0
@@ -263,7 +268,7 @@ def _projected_gradient(s0, s1, s2, s3, n_batch, chunk, wu, ws, a, ast, e2, xi, 
     inv = 1.0 / n_batch
     _scale(gu, inv)
     _scale(ga, inv)
-    return 0.5 * lsum * inv, s0, s1, s2, s3
+    return 0.5 * lsum * inv, (s0, s1, s2, s3)
 
 
 @njit(cache=True, fastmath=_FM)
@@ -413,19 +418,14 @@ def engine(algorithm: str, batch_size: Any, WT: np.ndarray, A: np.ndarray, WS: n
     return FiniteSample(WT, A, bool(normalized), int(mode), int(batch_size), int(chunk))
 
 
-def run(algorithm, batch_size, WT, A, WS, AS, phi_s, normalized, seg_end, eta_w, eta_a, noise_w, noise_a,
-        noise_decay, states, max_steps, loss_tol, grad_tol, eps_steps, divergence_loss, record_steps, traj, final,
-        stop_step, stop_reason, slow_end, steps_tol, rate_levels, rate_pts, *, sampler: str = "full") -> None:
-    """Run ``"sgd"`` or ``"gd-fixed"`` on every row of ``WT, A`` (in place), filling the output arrays as
-    :func:`sims.simulate` does, from raw arrays (for tests and benchmarks that hold their own streams)."""
+def run(algorithm: str, batch_size: Any, WT: np.ndarray, A: np.ndarray, prob: Any, stops: Any, out: Any, *,
+        normalized: bool = True, sampler: str = "full") -> None:
+    """Run ``"sgd"`` or ``"gd-fixed"`` on every row of ``WT, A`` (in place) with the driver's records
+    ``prob, stops, out`` (:class:`sims.engines.driver.Problem`, ``Stops``, ``Outputs``), filling ``out`` as
+    :func:`sims.simulate` does (for tests and benchmarks that hold their own streams)."""
     from sims.engines import driver, sgd
 
-    eng = engine(algorithm, batch_size, WT, A, WS, AS, normalized, sampler=sampler)
-    prob = driver.Problem(WS, AS, phi_s, seg_end, eta_w, eta_a, noise_w, noise_a, float(noise_decay), states,
-                          record_steps, rate_levels)
-    stops = driver.Stops(int(max_steps), float(loss_tol), float(grad_tol), float(eps_steps), float(divergence_loss),
-                         False)
-    out = driver.Outputs(traj, final, stop_step, stop_reason, slow_end, steps_tol, rate_pts)
+    eng = engine(algorithm, batch_size, WT, A, prob.WS, prob.AS, normalized, sampler=sampler)
     driver.run_batch(sgd.run_range, sgd.workspace, eng, prob, stops, out, WT.shape[0])
 
 
@@ -460,14 +460,14 @@ def _minibatch_gradients(mode, WT, A, WS, AS, normalized, batch_size, chunk, sta
         fsb = np.empty(chunk)
         a = A[r]
         nw = _filter_direction(WT[r], normalized, wu)
+        st = (s0, s1, s2, s3)
         if mode == SGD_PROJECTED:
-            LE[r], s0, s1, s2, s3 = _projected_gradient(s0, s1, s2, s3, batch_size, chunk, wu, ws, a, ast, e2, xi,
-                                                        h, hs, cv, fb, fsb, gu, GA[r])
+            LE[r], st = _projected_gradient(st, batch_size, chunk, wu, ws, a, ast, e2, xi, (h, hs, cv, fb, fsb), gu,
+                                            GA[r])
         else:
-            LE[r], s0, s1, s2, s3 = _sgd_gradient(s0, s1, s2, s3, batch_size, chunk, wu, ws, a, ast, zb, h, hs, cv,
-                                                  fb, fsb, gu, GA[r])
+            LE[r], st = _sgd_gradient(st, batch_size, chunk, wu, ws, a, ast, zb, (h, hs, cv, fb, fsb), gu, GA[r])
         _filter_gradient(gu, wu, nw, normalized, GW[r])
-        states[r, 0], states[r, 1], states[r, 2], states[r, 3] = s0, s1, s2, s3
+        states[r, 0], states[r, 1], states[r, 2], states[r, 3] = st
 
 
 def minibatch_gradient(WT, A, WS, AS, *, normalized: bool, batch_size: int, states: np.ndarray,

@@ -90,11 +90,11 @@ def _gradient(eng, wsp, w, a, ws, ast, s0, s1, s2, s3):
     if eng.mode == GD_FIXED:
         fs._fixed_gradient(eng.chunk, X, FS, wu, a, h, cv, fb, gu, ga)
     elif eng.mode == SGD_PROJECTED:
-        _, s0, s1, s2, s3 = fs._projected_gradient(s0, s1, s2, s3, eng.batch_size, eng.chunk, wu, ws, a, ast, e2,
-                                                   xi, h, hs, cv, fb, fsb, gu, ga)
+        _, (s0, s1, s2, s3) = fs._projected_gradient((s0, s1, s2, s3), eng.batch_size, eng.chunk, wu, ws, a, ast,
+                                                     e2, xi, (h, hs, cv, fb, fsb), gu, ga)
     else:
-        _, s0, s1, s2, s3 = fs._sgd_gradient(s0, s1, s2, s3, eng.batch_size, eng.chunk, wu, ws, a, ast, zb, h, hs,
-                                             cv, fb, fsb, gu, ga)
+        _, (s0, s1, s2, s3) = fs._sgd_gradient((s0, s1, s2, s3), eng.batch_size, eng.chunk, wu, ws, a, ast, zb,
+                                               (h, hs, cv, fb, fsb), gu, ga)
     fs._filter_gradient(gu, wu, nw, eng.normalized, gw)
     return s0, s1, s2, s3
 
