@@ -10,6 +10,7 @@ import pytest
 from numba import njit
 
 import sims
+import theory
 from sims import Schedule
 from sims.engines import driver
 
@@ -57,7 +58,8 @@ def test_every_engine_reports_divergence_alike(divergence):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# A new engine in one file: GD on ``a`` alone, the filter frozen (a linear map with a closed-form solution).
+# A new engine in one file and one registration: GD on ``a`` alone, the filter frozen (a linear map with a
+# closed-form solution): its compiled record and hooks, its Python spec, and register_engine.
 
 class FrozenFilter(NamedTuple):
     WT: np.ndarray  # (R, p) the frozen effective filters
@@ -107,6 +109,14 @@ def frozen_run_range(lo, hi, eng, ws, prob, stops, out):
     driver.drive(lo, hi, eng, ws, prob, stops, out)
 
 
+class FrozenSpec(sims.EngineSpec):  # the Python side: every other hook is the plain network's
+    def build(self, opts, call, setup):  # trains the pipeline's working copies; the trapped bound is not its own
+        return sims.Built(frozen_run_range, lambda eng, p, k: (), FrozenFilter(setup.WT, setup.A), False)
+
+
+sims.register_engine("frozen-filter", FrozenSpec())
+
+
 def test_an_engine_written_in_this_file_runs_on_the_driver_and_matches_the_closed_form():
     """The ``a``-dynamics at a frozen filter is linear: ``a <- a - eta (M a - N(phi) a*) / (2 pi)`` with
     ``M = (pi - 1) I + 1 1^T``, ``N = (g(phi) - 1) I + 1 1^T``; the engine above must follow it."""
@@ -134,3 +144,55 @@ def test_an_engine_written_in_this_file_runs_on_the_driver_and_matches_the_close
         assert out.final[r, 0] == pytest.approx(sims.engines.closed_forms.loss(1.0, phi, math.cos(phi), math.sin(phi),
                                                                        a.sum(), a @ a, a @ AS[r], AS[r].sum(),
                                                                        AS[r] @ AS[r]), rel=1e-10)
+
+
+def test_the_engine_registered_in_this_file_runs_through_simulate_to_the_theory_optimum():
+    """Through ``sims.simulate(engine="frozen-filter")``: the filter never moves, and GD on ``a`` stops at the
+    minimizer ``a(phi) = M^-1 N(phi) a*`` of the loss at that angle (``theory.optimal_a``).  It stops on the
+    gradient, ``||g|| <= grad_tol sqrt(L_ref)``; the Hessian in ``a`` is ``M / (2 pi)``, whose smallest eigenvalue
+    is ``(pi - 1) / (2 pi) > 0.34``, so ``||a - a(phi)|| <= 3 grad_tol sqrt(L_ref)``.  The recorded loss is the
+    closed form at the final state (``theory.population_loss``, to rounding)."""
+    k, p, eta = 6, 5, 1.0  # eta below the stability limit 4 pi / (k + pi - 1) = 1.54
+    tol = sims.Tolerances(grad_tol=1e-10)
+    res = sims.simulate(engine="frozen-filter", model="cnn", k=k, p=p, runs=8, steps=400, seed=3,
+                        schedule=Schedule.constant(0.0, eta), tolerances=tol)
+    assert res.settings["engine"] == "frozen-filter"
+    assert np.all(res.stop_reason == "grad_tol") and np.all(res.steps < 400)
+    np.testing.assert_array_equal(res.w, res.w0)
+    for r in range(len(res)):
+        w, a, ws, ast = res.w[r], res.a[r], res.w_star[r], res.a_star[r]
+        phi = math.acos(np.clip(w @ ws / np.linalg.norm(w), -1.0, 1.0))
+        assert res.final_phi[r] == pytest.approx(phi, abs=1e-12)
+        a_opt = theory.optimal_a(phi, ast)
+        assert np.linalg.norm(a - a_opt) <= 3 * tol.grad_tol * math.sqrt(res.loss_ref[r])
+        L = theory.population_loss(w, a, w_star=ws, a_star=ast, model="cnn")
+        assert abs(L - res.final_loss[r]) <= 1e-12 * res.loss_ref[r]
+
+
+def test_engines_are_selected_by_name_or_options_and_the_aliases_are_the_pipeline():
+    kw = dict(k=4, p=4, runs=4, steps=60, schedule=Schedule.constant(0.3, 0.9), seed=2, n_record=8)
+    fade = sims.Fade("linear", 30)
+    by_opts, alias = sims.simulate(engine=fade, model="resnet", **kw), sims.simulate_fading(fade=fade, **kw)
+    lp = sims.LaPerm(sync_every=5, dist="uniform")
+    by_lp = sims.simulate(engine=lp, model="cnn", **kw)
+    lp_alias = sims.simulate_laperm(sync_every=5, init="uniform", **kw)
+    ex = sims.Expansion(depth=2)
+    by_ex, ex_alias = sims.simulate(engine=ex, **kw), sims.simulate(expansion=ex, **kw)
+    for a, b in ((by_opts, alias), (by_lp, lp_alias), (by_ex, ex_alias)):
+        assert a.settings == b.settings
+        for name in ("w", "a", "final_loss", "steps", "trajectory"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert by_lp.settings["init"] == "uniform" and by_opts.settings["model"] == "cnn"
+    assert {"gd", "sgd", "gd-fixed", "expansion", "fade", "laperm", "frozen-filter"} <= set(sims.engine_names())
+    with pytest.raises(ValueError, match=r"^engine must be one of .* got 'nope'"):
+        sims.simulate(engine="nope", **kw)
+    with pytest.raises(ValueError, match=r"^engine 'fade' needs its options: pass engine=sims\.Fade"):
+        sims.simulate(engine="fade", **kw)
+    with pytest.raises(ValueError, match=r"^model must be 'cnn' for LaPerm"):
+        sims.simulate(engine=lp, **kw)
+    with pytest.raises(ValueError, match=r"^init: LaPerm draws its initial values itself"):
+        sims.simulate(engine=lp, model="cnn", init=sims.Init(w="sphere"), **kw)
+    with pytest.raises(ValueError, match=r"^pass the engine once"):
+        sims.simulate(engine=fade, expansion=ex, **kw)
+    with pytest.raises(ValueError, match=r"already registered"):
+        sims.register_engine("laperm", FrozenSpec())

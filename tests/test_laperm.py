@@ -37,7 +37,7 @@ def _kw(**over):
         ({"sync_every": True}, r"^sync_every \(K\) must be an integer >= 1"),
         ({"inner": "sgd"}, r"^inner must be one of \('gd', 'adam'\)"),
         ({"inner": None}, r"^inner must be one of"),
-        ({"init": "laplace"}, r"^init must be one of \('gaussian', 'uniform'\)"),
+        ({"init": "laplace"}, r"^dist must be one of \('gaussian', 'uniform'\)"),
         ({"permute": "neither"}, r"^permute must be one of"),
         ({"adam": (1.0, 0.999, 1e-8)}, r"^adam must be \(beta1, beta2, eps\) with"),
         ({"adam": (0.9, 0.999)}, r"^adam must be \(beta1, beta2, eps\)"),

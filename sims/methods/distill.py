@@ -46,22 +46,12 @@ from typing import Any
 import numpy as np
 
 import theory
-from sims.engines import driver, gd
-from sims.methods._runs import angles, check_threads, draw_problem, loss_ref
-from sims.runs import classify as _classify
+from sims.engines import gd
+from sims.engines.driver import Outputs
+from sims.runs.registry import Built, Call, Draws, EngineSpec, Finished, Setup, Start, no_noise, register_engine
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule, optimal_eta_a
-from sims.runs.simulate import (
-    SimulationResult,
-    Tolerances,
-    _check_int,
-    _rates,
-    _settings_dict,
-    assemble_result,
-    check_memory,
-    record_steps,
-    simulate,
-)
+from sims.runs.simulate import SimulationResult, Tolerances, _check_int, angles, simulate
 
 FADE_KINDS: tuple[str, ...] = ("linear", "cosine", "step", "custom")
 
@@ -190,17 +180,50 @@ def _check_fade_values(values: Any) -> np.ndarray:
     return vals
 
 
-# ---- kernel -----------------------------------------------------------------------------------------------------
-# ---- entry point ------------------------------------------------------------------------------------------------
-def _check_schedule(schedule: Any, k: int, allow_unstable: bool) -> None:
-    if not isinstance(schedule, Schedule):
-        raise ValueError(f"schedule must be a sims.Schedule; got {type(schedule).__name__}")
-    limit = theory.max_stable_eta_a(k)
-    if schedule.max_eta_a(k) > limit and not allow_unstable:
-        raise ValueError(
-            f"eta_a = {schedule.max_eta_a(k):g} exceeds the stability limit 4 pi / (k + pi - 1) = {limit:.6g} for "
-            f"k = {k}; GD on a diverges there. Pass allow_unstable=True to study divergence."
-        )
+# ---- the engine: the ResNet with a schedule for the shortcut weight ---------------------------------------------
+class FadeSpec(EngineSpec):
+    """Population GD of the ResNet whose shortcut weight follows a :class:`Fade` (:mod:`sims.engines.gd`'s moving
+    shortcut); deployed, classified and reported as the plain CNN (module docstring)."""
+
+    options = Fade
+
+    def validate(self, opts: Fade, call: Call) -> Call:
+        if call.model != "resnet":
+            raise ValueError(f"model must be 'resnet' for the fading shortcut (it trains the ResNet and deploys the "
+                             f"CNN); got {call.model!r}")
+        if opts.steps > call.steps:
+            raise ValueError(f"fade.steps = {opts.steps} must be <= steps = {call.steps}: the shortcut must be gone "
+                             "(lambda = 0) before the step budget ends")
+        return super().validate(opts, call)
+
+    def start(self, opts: Fade, call: Call, draws: Draws) -> Start:
+        WT0 = draws.W0 + opts.lambdas()[0] * call.shortcut
+        return Start(WT0, draws.A0, draws.W0, draws.A0, phi0=angles(WT0, draws.WS))
+
+    def build(self, opts: Fade, call: Call, setup: Setup) -> Built:
+        lam = opts.lambdas()
+        zero = np.flatnonzero(lam == 0.0)
+        fade_end = np.full((call.runs, 2), np.nan)
+        eng = gd.PopulationGD(setup.WT, setup.A, True, lam, call.shortcut, int(zero[0]) if zero.size else lam.size - 1,
+                              fade_end)
+        return Built(gd.run_range, gd.workspace, eng, no_noise(setup.sched))
+
+    def finish(self, opts: Fade, call: Call, setup: Setup, built: Built, out: Outputs) -> Finished:
+        lam, fade_end = built.eng.lam, built.eng.fade_end
+        lam_stop = np.where(out.stop_step < lam.size, lam[np.minimum(out.stop_step, lam.size - 1)], 0.0)
+        w = setup.WT - lam_stop[:, None] * call.shortcut  # the deployed CNN's filter (lambda = 0 at the stop)
+        extras = {"fade_end_loss": fade_end[:, 0].copy(), "fade_end_phi": fade_end[:, 1].copy()}
+        return Finished(setup.WT, setup.A, w, "cnn", extras)
+
+    def settings(self, opts: Fade, call: Call, base: dict[str, Any]) -> dict[str, Any]:
+        out = dict(model="cnn", trained_as="resnet-fading-shortcut")
+        out.update((key, base[key]) for key in ("k", "p", "runs", "steps", "schedule"))
+        out["fade"] = opts
+        out.update((key, val) for key, val in base.items() if key not in out)
+        return out
+
+
+register_engine("fade", FadeSpec())
 
 
 def simulate_fading(
@@ -221,7 +244,8 @@ def simulate_fading(
     allow_unstable: bool = False,
     threads: int | None = None,
 ) -> SimulationResult:
-    """Train ``runs`` networks with a fading shortcut (population GD) and return the deployed plain CNNs.
+    """Train ``runs`` networks with a fading shortcut (population GD) and return the deployed plain CNNs:
+    ``sims.simulate(engine=fade, model="resnet", ...)``.
 
     Arguments as :func:`sims.simulate` with ``model="resnet"`` (default init ``w0 = 0``, the network starts at the
     shortcut), plus ``fade`` (a :class:`Fade` with ``fade.steps <= steps``).  Run ``r`` draws teacher and init
@@ -230,71 +254,11 @@ def simulate_fading(
     deployed CNN filter (``lambda = 0``), ``result.w0`` the ResNet's initial ``w``; the outcome classifies the plain
     CNN ``(w, a)`` against the theory's fixed points.
     """
-    teacher = Teacher() if teacher is None else teacher
-    tolerances = Tolerances() if tolerances is None else tolerances
-    k = _check_int(k, "k", 1)
-    p = _check_int(p, "p", 1)
-    runs = _check_int(runs, "runs", 1)
-    steps = _check_int(steps, "steps", 0)
-    run_offset = _check_int(run_offset, "run_offset", 0)
-    _check_int(seed, "seed", 0)
-    n_record = _check_int(n_record, "n_record", 2, 100_000)
     if not isinstance(fade, Fade):
         raise ValueError(f"fade must be a sims.Fade; got {type(fade).__name__}")
-    if fade.steps > steps:
-        raise ValueError(f"fade.steps = {fade.steps} must be <= steps = {steps}: the shortcut must be gone (lambda = "
-                         "0) before the step budget ends")
-    if not isinstance(tolerances, Tolerances):
-        raise ValueError(f"tolerances must be a sims.Tolerances; got {type(tolerances).__name__}")
-    _check_schedule(schedule, k, allow_unstable)
-    init = Init(w="zero") if init is None else init
-    if not isinstance(init, Init):
-        raise ValueError(f"init must be a sims.Init; got {type(init).__name__}")
-    init.validate("resnet")
-    threads = check_threads(threads)
-    v = theory.validation.shortcut_vector(shortcut, p)
-    check_memory(k=k, p=p, runs=runs, steps=steps, n_record=n_record, threads=threads, caller="simulate_fading")
-
-    states, WS, AS, W0, A0 = draw_problem(k=k, p=p, runs=runs, teacher=teacher, init=init, v=v, seed=seed,
-                                          run_offset=run_offset)
-    lam = fade.lambdas()
-    WT0 = W0 + lam[0] * v
-    norm0 = np.linalg.norm(WT0, axis=1)
-    if np.any(norm0 == 0.0):
-        raise ValueError("init gives a zero effective filter (w0 + shortcut = 0): the direction is undefined")
-    phi0 = angles(WT0, WS)
-    sched = schedule.resolve(steps, runs=runs, phi0=phi0, norm0=norm0, a0=A0, a_star=AS)
-
-    rec = record_steps(steps, n_record)
-    phi_s = _classify.saddle_angles_batch(AS)
-    WT = np.ascontiguousarray(WT0.copy())
-    A = np.ascontiguousarray(A0.copy())
-    fade_end = np.full((runs, 2), np.nan)
-    zero = np.flatnonzero(lam == 0.0)
-    eng = gd.PopulationGD(WT, A, True, lam, v, int(zero[0]) if zero.size else lam.size - 1, fade_end)
-    no_noise = not (sched.noise_w.any() or sched.noise_a.any())
-    out = driver.make_outputs(runs, rec.size)
-    driver.run_batch(gd.run_range, gd.workspace, eng,
-                     driver.make_problem(WS, AS, phi_s, sched, states, rec, tolerances.rate_window),
-                     driver.make_stops(tolerances, steps, tolerances.stop_trapped and no_noise), out, runs, threads)
-    final, stop_step, stop_reason = out.final, out.stop_step, out.stop_reason
-
-    lref = loss_ref(AS)
-    code = _classify.classify(final_loss=final[:, 0], final_phi=final[:, 1], a=A, a_star=AS, scale=np.ones(runs),
-                              stop_reason=stop_reason, loss_ref=lref, loss_tol=tolerances.loss_tol)
-    fitted, linear, predicted = _rates(out.rate_pts, code, "cnn", WT, A, WS, AS, sched, tolerances.linear_rtol)
-    lam_stop = np.where(stop_step < lam.size, lam[np.minimum(stop_step, lam.size - 1)], 0.0)
-    W = WT - lam_stop[:, None] * v
-    settings = _settings_dict(model="cnn", trained_as="resnet-fading-shortcut", k=k, p=p, runs=runs, steps=steps,
-                              schedule=schedule, fade=fade, teacher=teacher, init=init, algorithm="gd",
-                              batch_size=None, shortcut=v, seed=seed, run_offset=run_offset, tolerances=tolerances,
-                              n_record=n_record, allow_unstable=allow_unstable)
-    return assemble_result(settings=settings, run_offset=run_offset, code=code, stop_names=driver.STOP_NAMES,
-                           stop_reason=stop_reason, stop_step=stop_step, final=final, steps_tol=out.steps_tol,
-                           slow_end=out.slow_end, fitted=fitted, theory_rate=predicted, linear=linear, w=W, a=A,
-                           w0=W0, a0=A0, w_star=WS, a_star=AS, loss_ref=lref, rec=rec, traj=out.traj, sched=sched,
-                           schedule=schedule,
-                           extras={"fade_end_loss": fade_end[:, 0].copy(), "fade_end_phi": fade_end[:, 1].copy()})
+    return simulate(engine=fade, model="resnet", k=k, p=p, runs=runs, steps=steps, schedule=schedule,
+                    teacher=teacher, init=init, shortcut=shortcut, seed=seed, run_offset=run_offset,
+                    tolerances=tolerances, n_record=n_record, allow_unstable=allow_unstable, threads=threads)
 
 
 # ---- comparison -------------------------------------------------------------------------------------------------

@@ -35,11 +35,9 @@ plain engine, so its results are bit-identical to ``sims.simulate`` without expa
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numba
@@ -49,9 +47,11 @@ import theory
 from sims.engines import driver
 from sims.engines import expansion as ex_engine
 from sims.engines import expansion_kernels as ek
-from sims.runs import classify as _classify
+from sims.runs import registry
+from sims.runs.registry import Built, Call, Draws, EngineSpec, Finished, Setup, Start, no_noise, register_engine
 from sims.runs.samplers import Init
 from sims.runs.schedules import Schedule
+from sims.runs.simulate import Tolerances, simulate
 from theory.validation import check_model
 
 TARGETS: tuple[str, ...] = ("w", "a", "both")
@@ -455,96 +455,91 @@ def check(expansion: Any) -> Expansion:
     return expansion
 
 
-def run_plain(simulate_fn, call: dict[str, Any]):
-    """Depth 1 realizing the engine's init is the unexpanded network: run ``simulate_fn`` (``sims.simulate``) on the
-    same arguments without the expansion (bit-identical results) and record the expansion in the settings."""
-    params = inspect.signature(simulate_fn).parameters
-    args = {name: value for name, value in call.items() if name in params}
-    expansion = args.pop("expansion")
-    res = simulate_fn(**args)
-    res.settings["expansion"] = {"type": "Expansion", **asdict(expansion)}
-    return res
+class ExpansionSpec(EngineSpec):
+    """GD or SGD on the factors of a deep linear expansion (:mod:`sims.engines.expansion`; module docstring).
+    Depth 1 realizing the engine's init (:attr:`Expansion.is_plain`) is the unexpanded network: it runs on the
+    plain engine of ``algorithm`` (bit-identical to ``sims.simulate`` without expansion) and records the
+    expansion in the settings."""
+
+    options = Expansion
+    algorithms = ("gd", "sgd")
+
+    @staticmethod
+    def _plain(opts: Expansion, call: Call) -> EngineSpec | None:
+        return registry.lookup(call.algorithm)[1] if opts.is_plain else None
+
+    def validate(self, opts: Expansion, call: Call) -> Call:
+        plain = self._plain(opts, call)
+        if plain is not None:
+            return plain.validate(None, call)
+        if call.algorithm not in self.algorithms:
+            raise ValueError(f"algorithm must be 'gd' or 'sgd' with an expansion; got {call.algorithm!r}")
+        return super().validate(opts, call)
+
+    def extra_per_run(self, opts: Expansion, call: Call) -> int:
+        return Layout.of(opts, p=call.p, k=call.k).size
+
+    def start(self, opts: Expansion, call: Call, draws: Draws) -> Start:
+        plain = self._plain(opts, call)
+        if plain is not None:
+            return plain.start(None, call, draws)
+        vk = call.shortcut if call.model == "resnet" else np.zeros(call.p)
+        layout = Layout.of(opts, p=call.p, k=call.k)
+        old = numba.get_num_threads()
+        if call.threads is not None:
+            numba.set_num_threads(call.threads)
+        try:
+            F, W0c, A0c, pre_done = initial_factors(opts, layout, model=call.model, W0=draws.W0, A0=draws.A0,
+                                                    WS=draws.WS, AS=draws.AS, v=vk, states=draws.states,
+                                                    schedule=call.schedule)
+        finally:
+            numba.set_num_threads(old)
+        WT0 = W0c + vk
+        if not (np.all(np.isfinite(WT0)) and np.all(np.isfinite(A0c))):
+            raise ValueError("the expanded init is not finite (the +Init pretraining diverged: lower pretrain_eta)")
+        if np.any(np.linalg.norm(WT0, axis=1) == 0.0):
+            raise ValueError("the expanded init gives a zero effective filter (w0 + shortcut = 0): the direction is "
+                             "undefined")
+        return Start(WT0, A0c, W0c, A0c, state=(layout, F, F.copy(), pre_done, vk))
+
+    def build(self, opts: Expansion, call: Call, setup: Setup) -> Built:
+        plain = self._plain(opts, call)
+        if plain is not None:
+            return plain.build(None, call, setup)
+        layout, F, _, _, vk = setup.start.state
+        p, k = call.p, call.k
+        a_factored = opts.expands_a and opts.depth > 1
+        trap_factor = math.sqrt((k + math.pi - 1.0) / (math.pi - 1.0)) if a_factored else 1.0
+        w_off, w_dim, w_uoff = layout.w_group
+        a_off, a_dim, a_uoff = layout.a_group
+        mode = ex_engine.MODE_GD if call.algorithm == "gd" else ex_engine.MODE_SGD
+        wrec = np.empty((call.runs, setup.rec.size if opts.record_weights else 0, p + k))
+        eng = ex_engine.Expanded(int(mode), int(call.batch_size or 1), F, w_off, w_dim, w_uoff, a_off, a_dim, a_uoff,
+                                 setup.WT, setup.A, vk, call.model != "cnn-unnormalized", float(trap_factor), wrec,
+                                 np.empty(call.runs))
+        return Built(ex_engine.run_range, ex_engine.workspace, eng, no_noise(setup.sched) and call.algorithm == "gd")
+
+    def finish(self, opts: Expansion, call: Call, setup: Setup, built: Built, out: Any) -> Finished:
+        plain = self._plain(opts, call)
+        if plain is not None:
+            return plain.finish(None, call, setup, built, out)
+        _, F, F0, pre_done, vk = setup.start.state
+        p, eng = call.p, built.eng
+        extras = {"factors": F, "factors0": F0, "factor_grad_norm": eng.fgrad, "pretrain_steps": pre_done}
+        if opts.record_weights:
+            extras["w_traj"] = eng.wrec[:, :, :p].copy()
+            extras["a_traj"] = eng.wrec[:, :, p:].copy()
+        return Finished(setup.WT, setup.A, setup.WT - vk, call.model, extras, theory_rate=False,
+                        stuck=out.stop_reason == driver.STOP_STUCK)
+
+    def settings(self, opts: Expansion, call: Call, base: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base, expansion=opts)
+        if not opts.is_plain:
+            out["factor_table"] = Layout.of(opts, p=call.p, k=call.k).table.tolist()
+        return out
 
 
-def train(expansion: Expansion, *, model: str, k: int, p: int, runs: int, steps: int, schedule: Schedule,
-          teacher: Any, init: Init, algorithm: str, batch_size: int | None, v: np.ndarray, seed: int, run_offset: int,
-          tolerances: Any, n_record: int, allow_unstable: bool, threads: int | None, states: np.ndarray,
-          WS: np.ndarray, AS: np.ndarray, W0: np.ndarray, A0: np.ndarray):
-    """Train the factors from the engine's validated arguments and draws (called by :func:`sims.simulate` after it
-    drew the teachers ``WS, AS`` and the end-to-end init ``W0, A0`` from ``states``, which this continues)."""
-    _sim = importlib.import_module("sims.runs.simulate")  # the module (``sims.simulate`` the attribute is the function)
-
-    if algorithm not in ("gd", "sgd"):
-        raise ValueError(f"algorithm must be 'gd' or 'sgd' with an expansion; got {algorithm!r}")
-    vk = v if model == "resnet" else np.zeros(p)
-    layout = Layout.of(expansion, p=p, k=k)
-    old = numba.get_num_threads()
-    if threads is not None:
-        numba.set_num_threads(threads)
-    try:
-        F, W0c, A0c, pre_done = initial_factors(expansion, layout, model=model, W0=W0, A0=A0, WS=WS, AS=AS, v=vk,
-                                                states=states, schedule=schedule)
-    finally:
-        numba.set_num_threads(old)
-    F0 = F.copy()
-    WT0 = W0c + vk
-    if not (np.all(np.isfinite(WT0)) and np.all(np.isfinite(A0c))):
-        raise ValueError("the expanded init is not finite (the +Init pretraining diverged: lower pretrain_eta)")
-    norm0 = np.linalg.norm(WT0, axis=1)
-    if np.any(norm0 == 0.0):
-        raise ValueError("the expanded init gives a zero effective filter (w0 + shortcut = 0): the direction is "
-                         "undefined")
-    phi0 = np.arctan2(np.linalg.norm(WS - (np.einsum("ij,ij->i", WT0, WS) / norm0**2)[:, None] * WT0, axis=1),
-                      np.einsum("ij,ij->i", WT0, WS) / norm0)
-    if schedule.prescribed and model == "cnn-unnormalized":
-        raise ValueError("schedule: the prescribed warmup needs a weight-normalized model ('resnet' or 'cnn')")
-    sched = schedule.resolve(steps, runs=runs, phi0=phi0, norm0=norm0, a0=A0c, a_star=AS)
-
-    rec = _sim.record_steps(steps, n_record)
-    phi_s = _classify.saddle_angles_batch(AS)
-    WT = np.ascontiguousarray(WT0.copy())
-    A = np.ascontiguousarray(A0c.copy())
-    wrec = np.empty((runs, rec.size if expansion.record_weights else 0, p + k))
-    fgrad = np.empty(runs)
-    normalized = model != "cnn-unnormalized"
-    no_noise = not (sched.noise_w.any() or sched.noise_a.any())
-    a_factored = expansion.expands_a and expansion.depth > 1
-    trap_factor = math.sqrt((k + math.pi - 1.0) / (math.pi - 1.0)) if a_factored else 1.0
-    w_off, w_dim, w_uoff = layout.w_group
-    a_off, a_dim, a_uoff = layout.a_group
-    mode = ex_engine.MODE_GD if algorithm == "gd" else ex_engine.MODE_SGD
-    eng = ex_engine.Expanded(int(mode), int(batch_size or 1), F, w_off, w_dim, w_uoff, a_off, a_dim, a_uoff, WT, A,
-                             vk, bool(normalized), float(trap_factor), wrec, fgrad)
-    out = driver.make_outputs(runs, rec.size)
-    driver.run_batch(ex_engine.run_range, ex_engine.workspace, eng,
-                     driver.make_problem(WS, AS, phi_s, sched, states, rec, tolerances.rate_window),
-                     driver.make_stops(tolerances, steps, tolerances.stop_trapped and no_noise and algorithm == "gd"),
-                     out, runs, threads)
-    traj, final, stop_step, stop_reason = out.traj, out.final, out.stop_step, out.stop_reason
-    slow_end, steps_tol, rate_pts = out.slow_end, out.steps_tol, out.rate_pts
-
-    loss_ref = (AS.sum(axis=1) ** 2 + (math.pi - 1.0) * np.einsum("ij,ij->i", AS, AS)) / (4.0 * math.pi)
-    loss_ref = np.where(loss_ref > 0, loss_ref, 1.0)
-    scale = np.linalg.norm(WT, axis=1) if model == "cnn-unnormalized" else np.ones(runs)
-    code = _classify.classify(final_loss=final[:, 0], final_phi=final[:, 1], a=A, a_star=AS, scale=scale,
-                              stop_reason=stop_reason, loss_ref=loss_ref, loss_tol=tolerances.loss_tol)
-    stuck = stop_reason == driver.STOP_STUCK
-    code = np.where(stuck & (code != _classify.SPURIOUS), _classify.SADDLE, code)
-    fitted, linear = _sim.fitted_rates(rate_pts, code, sched, tolerances.linear_rtol)
-    settings = _sim._settings_dict(model=model, k=k, p=p, runs=runs, steps=steps, schedule=schedule,
-                                   teacher=teacher, init=init, algorithm=algorithm, batch_size=batch_size,
-                                   shortcut=v, seed=seed, run_offset=run_offset, tolerances=tolerances,
-                                   n_record=n_record, allow_unstable=allow_unstable, expansion=expansion)
-    settings["factor_table"] = layout.table.tolist()
-    extras = {"factors": F, "factors0": F0, "factor_grad_norm": fgrad, "pretrain_steps": pre_done}
-    if expansion.record_weights:
-        extras["w_traj"] = wrec[:, :, :p].copy()
-        extras["a_traj"] = wrec[:, :, p:].copy()
-    return _sim.assemble_result(settings=settings, run_offset=run_offset, code=code, stop_names=STOP_NAMES,
-                                stop_reason=stop_reason, stop_step=stop_step, final=final, steps_tol=steps_tol,
-                                slow_end=slow_end, fitted=fitted, theory_rate=np.full(runs, np.nan), linear=linear,
-                                w=WT - vk, a=A, w0=W0c, a0=A0c, w_star=WS, a_star=AS, loss_ref=loss_ref, rec=rec,
-                                traj=traj, sched=sched, schedule=schedule, extras=extras)
+register_engine("expansion", ExpansionSpec())
 
 
 # ---- the end-to-end dynamics and where it holds ---------------------------------------------------------------
@@ -606,14 +601,11 @@ def end_to_end_deviation(*, expansion: Expansion, model: str = "resnet", k: int 
     ``max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||`` of the run).  Plot-ready: one curve per (init, run)."""
     import pandas as pd
 
-    from sims.runs import simulate as sim_fn
-    from sims.runs.simulate import Tolerances
-
     if schedule is None:
         schedule = Schedule.constant(0.01, 0.01)
     tol = Tolerances(loss_tol=0.0, grad_tol=0.0, stop_trapped=False)
     ex = replace(check(expansion), record_weights=True)
-    res = sim_fn(expansion=ex, model=model, k=k, p=p, runs=runs, steps=steps, schedule=schedule, teacher=teacher,
+    res = simulate(expansion=ex, model=model, k=k, p=p, runs=runs, steps=steps, schedule=schedule, teacher=teacher,
                  init=init, seed=seed, n_record=n_record, shortcut=shortcut, tolerances=tol)
     e2e = end_to_end(model=model, w0=res.w0, a0=res.a0, w_star=res.w_star, a_star=res.a_star, schedule=schedule,
                      steps=steps, target=ex.target, depth=ex.depth, shortcut=shortcut, record=res.trajectory_steps)
@@ -682,22 +674,19 @@ def _seconds_per_step(kw: dict[str, Any], expansion: Expansion | None, runs: int
     (no early stop), divided by ``runs * steps``, so per-call costs (draws, init, classification) cancel.  Timed
     with Gaussian factors and step sizes scaled by 1e-6 (the cost of a step depends on neither, and nothing
     diverges or stops); +Init pretraining is not counted; numba compiled beforehand."""
-    from sims.runs import simulate as sim_fn
-    from sims.runs.simulate import Tolerances
-
     tol = Tolerances(loss_tol=0.0, grad_tol=0.0, stop_trapped=False)
     last = kw["schedule"].segments[-1]
     if expansion is not None and not expansion.is_plain:
         expansion = replace(expansion, init="gaussian", scale=1.0)
     args = dict(kw, runs=runs, tolerances=tol, n_record=2,
                 schedule=Schedule.constant(1e-6 * last.eta_w, 1e-6 * last.eta_a))
-    sim_fn(**dict(args, runs=min(runs, 2), steps=2), expansion=expansion)  # compile / load the cache
+    simulate(**dict(args, runs=min(runs, 2), steps=2), expansion=expansion)  # compile / load the cache
 
     def best(n: int) -> float:
         out = math.inf
         for _ in range(repeats):
             t0 = time.perf_counter()
-            res = sim_fn(**args, steps=n, expansion=expansion)
+            res = simulate(**args, steps=n, expansion=expansion)
             out = min(out, time.perf_counter() - t0)
         if not np.all(res.steps == n):
             raise RuntimeError(f"timing run stopped early ({sorted(set(res.stop_reason))})")
@@ -737,7 +726,6 @@ def compare(*, k: int = 8, p: int = 8, trials: int = 200, seed: int = 0, depths:
     """
     import pandas as pd
 
-    from sims.runs import simulate as sim_fn
     from sims.runs.samplers import Teacher as _Teacher
     from sims.runs.schedules import optimal_eta_a
     from sims.studies.sweep import wilson
@@ -773,7 +761,7 @@ def compare(*, k: int = 8, p: int = 8, trials: int = 200, seed: int = 0, depths:
                         key = (model, warmup) if ex.is_plain else (model, warmup, target, depth, rate)
                         if key not in cache:
                             t0 = time.perf_counter()
-                            res = sim_fn(**kw, runs=trials, steps=steps, n_record=2, expansion=ex)
+                            res = simulate(**kw, runs=trials, steps=steps, n_record=2, expansion=ex)
                             sps = _seconds_per_step(kw, ex, timing_runs, timing_steps, timing_repeats)
                             cache[key] = {"res": res, "sps": sps}
                             if progress:

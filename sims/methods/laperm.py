@@ -46,6 +46,7 @@ synchronizations, those that changed the weights, and the step of the last chang
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,20 +55,11 @@ from scipy import special
 import theory
 from sims.engines import driver
 from sims.engines import laperm as lp
-from sims.methods._runs import angles, check_threads, draw_problem, loss_ref
 from sims.runs import classify as _classify
+from sims.runs.registry import Built, Call, Draws, EngineSpec, Finished, Setup, Start, check_stable, register_engine
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule, optimal_eta_a
-from sims.runs.simulate import (
-    SimulationResult,
-    Tolerances,
-    _check_int,
-    _rates,
-    _settings_dict,
-    assemble_result,
-    check_memory,
-    record_steps,
-)
+from sims.runs.simulate import SimulationResult, Tolerances, _check_int, angles, simulate
 
 INNER: tuple[str, ...] = ("gd", "adam")
 INIT_DISTS: tuple[str, ...] = ("gaussian", "uniform")
@@ -145,7 +137,6 @@ def permutation_optimum(w0: Any, a0: Any, w_star: Any, a_star: Any, *, permute: 
     return {"oracle_loss": best, "w_best": w_best, "a_best": a_best, "w_anti": cand_w[True], "a_anti": cand_a[True]}
 
 
-# ---- entry point ------------------------------------------------------------------------------------------------
 def _check_adam(adam: Any) -> tuple[float, float, float]:
     try:
         b1, b2, eps = (float(x) for x in adam)
@@ -154,6 +145,121 @@ def _check_adam(adam: Any) -> tuple[float, float, float]:
     if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0 and math.isfinite(eps) and eps > 0.0):
         raise ValueError(f"adam must be (beta1, beta2, eps) with 0 <= beta1, beta2 < 1 and eps > 0; got {adam!r}")
     return b1, b2, eps
+
+
+# ---- the engine ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LaPerm:
+    """Options of train-by-reconnect (module docstring): ``sims.simulate(engine=sims.LaPerm(...), model="cnn")``.
+
+    ``sync_every``: the synchronization period ``K >= 1`` in inner steps (``None``: no synchronization, the plain
+    inner optimizer); ``inner``: ``"gd"`` (population GD, step sizes from the schedule) or ``"adam"`` (the
+    schedule's ``eta_w``/``eta_a`` are Adam's learning rates; ``adam = (beta1, beta2, eps)``); ``dist``: the
+    distribution of the initial values, ``"gaussian"`` or ``"uniform"`` (``simulate_laperm``'s ``init``);
+    ``permute``: the layers synchronized, ``"both"`` (LaPerm as specified), ``"w"`` or ``"a"`` (the other layer
+    trains freely).
+    """
+
+    sync_every: int | None
+    inner: str = "gd"
+    dist: str = "gaussian"
+    permute: str = "both"
+    adam: tuple[float, float, float] = (0.9, 0.999, 1e-8)
+
+    def __post_init__(self) -> None:
+        if self.sync_every is not None:
+            object.__setattr__(self, "sync_every", _check_int(self.sync_every, "sync_every (K)", 1))
+        if not isinstance(self.inner, str) or self.inner not in INNER:
+            raise ValueError(f"inner must be one of {INNER} (the inner optimizer); got {self.inner!r}")
+        if not isinstance(self.dist, str) or self.dist not in INIT_DISTS:
+            raise ValueError(f"dist must be one of {INIT_DISTS} (the distribution of the initial values, "
+                             f"simulate_laperm's init); got {self.dist!r}")
+        if not isinstance(self.permute, str) or self.permute not in PERMUTE:
+            raise ValueError(f"permute must be one of {PERMUTE} (the layers whose values are permuted); "
+                             f"got {self.permute!r}")
+        object.__setattr__(self, "adam", _check_adam(self.adam))
+
+    @property
+    def K(self) -> int:
+        """The synchronization period, 0 for none."""
+        return 0 if self.sync_every is None else self.sync_every
+
+
+class LaPermSpec(EngineSpec):
+    """LaPerm on the weight-normalized CNN (:mod:`sims.engines.laperm`); the initial values are drawn as
+    ``Init(w="gaussian", a="gaussian")`` (then mapped to ``dist``), the default teacher is isotropic."""
+
+    options = LaPerm
+
+    def default_teacher(self, opts: LaPerm) -> Teacher:
+        return Teacher(w="sphere")  # a permutation keeps 1.w: a teacher tied to the 1 direction would favour it
+
+    def default_init(self, opts: LaPerm, model: str) -> Init:
+        return GAUSSIAN
+
+    def validate(self, opts: LaPerm, call: Call) -> Call:
+        if call.model != "cnn":
+            raise ValueError(f"model must be 'cnn' for LaPerm (the weight-normalized CNN); got {call.model!r}")
+        if call.explicit is not None or call.init != GAUSSIAN:
+            raise ValueError("init: LaPerm draws its initial values itself (choose their distribution with "
+                             "LaPerm(dist=...))")
+        if call.algorithm != "gd":
+            raise ValueError(f"algorithm must be 'gd' for LaPerm (choose the inner optimizer with LaPerm(inner=...)); "
+                             f"got {call.algorithm!r}")
+        if any(s.noise_w > 0 or s.noise_a > 0 for s in call.schedule.segments):
+            raise ValueError("schedule: perturbation noise is not supported by simulate_laperm (noise_w = noise_a = 0)")
+        if opts.inner == "gd":
+            check_stable(call)
+        return call
+
+    def extra_per_run(self, opts: LaPerm, call: Call) -> int:
+        return 4 * (call.k + call.p)  # sorted values and the inner optimizer's moments
+
+    def start(self, opts: LaPerm, call: Call, draws: Draws) -> Start:
+        W0, A0 = _initial_values(opts.dist, draws.W0, draws.A0, draws.AS)
+        return Start(W0, A0, W0, A0, phi0=angles(W0, draws.WS))
+
+    def build(self, opts: LaPerm, call: Call, setup: Setup) -> Built:
+        W0 = setup.start.w0
+        WV = np.ascontiguousarray(np.sort(W0, axis=1))
+        AV = np.ascontiguousarray(np.sort(setup.start.a0, axis=1))
+        b1, b2, eps = opts.adam
+        eng = lp.Reconnect(setup.WT, setup.A, WV, AV, int(opts.K), opts.permute != "a", opts.permute != "w",
+                           INNER.index(opts.inner), float(b1), float(b2), float(eps), int(call.steps),
+                           np.empty((call.runs, 3), dtype=np.int64))
+        return Built(lp.run_range, lp.workspace, eng, opts.inner == "gd")
+
+    def finish(self, opts: LaPerm, call: Call, setup: Setup, built: Built, out: Any) -> Finished:
+        W, A = setup.WT, setup.A
+        extras: dict[str, np.ndarray] = {}
+        if opts.K > 0:
+            draws, permute, sync_info = setup.draws, opts.permute, built.eng.sync_info
+            opt = permutation_optimum(setup.start.w0, setup.start.a0, draws.WS, draws.AS, permute=permute)
+            free = np.ones(call.runs, dtype=bool)  # a layer that is not permuted matches any arrangement
+            w_ok = {key: np.all(W == opt[f"w_{key}"], axis=1) if permute != "a" else free for key in ("best", "anti")}
+            a_ok = {key: np.all(A == opt[f"a_{key}"], axis=1) if permute != "w" else free for key in ("best", "anti")}
+            match_best = w_ok["best"] & a_ok["best"]
+            extras = {
+                "syncs": sync_info[:, 0].copy(),
+                "sync_changes": sync_info[:, 1].copy(),
+                "last_change_step": sync_info[:, 2].copy(),
+                "oracle_loss": opt["oracle_loss"],
+                "perm_optimal": match_best,
+                "perm_anti": w_ok["anti"] & a_ok["anti"] & ~match_best,
+            }
+        return Finished(W, A, W, "cnn", extras)
+
+    def settings(self, opts: LaPerm, call: Call, base: dict[str, Any]) -> dict[str, Any]:
+        out = dict(model="cnn", trained_as="laperm" if opts.K else "plain")
+        out.update((key, base[key]) for key in ("k", "p", "runs", "steps", "schedule"))
+        out.update(sync_every=opts.sync_every, inner=opts.inner, init=opts.dist, permute=opts.permute,
+                   teacher=call.teacher, adam=opts.adam, algorithm=opts.inner, batch_size=None)
+        out.update((key, base[key]) for key in ("seed", "run_offset", "tolerances", "n_record", "allow_unstable"))
+        return out
+
+
+GAUSSIAN = Init(w="gaussian", a="gaussian")
+register_engine("laperm", LaPermSpec())
 
 
 def simulate_laperm(
@@ -176,13 +282,11 @@ def simulate_laperm(
     allow_unstable: bool = False,
     threads: int | None = None,
 ) -> SimulationResult:
-    """Train ``runs`` weight-normalized CNNs by LaPerm (module docstring) and return a :class:`SimulationResult`.
+    """Train ``runs`` weight-normalized CNNs by LaPerm (module docstring) and return a :class:`SimulationResult`:
+    ``sims.simulate(engine=LaPerm(sync_every, inner, init, permute, adam), model="cnn", ...)``.
 
-    ``sync_every``: the synchronization period ``K >= 1`` in inner steps (``None``: no synchronization, the plain
-    inner optimizer); ``inner``: ``"gd"`` (population GD, step sizes from ``schedule``) or ``"adam"`` (the schedule's
-    ``eta_w``/``eta_a`` are Adam's learning rates; ``adam = (beta1, beta2, eps)``); ``init``: the distribution of the
-    initial values, ``"gaussian"`` or ``"uniform"``; ``permute``: the layers synchronized, ``"both"`` (LaPerm as
-    specified), ``"w"`` or ``"a"`` (the other layer trains freely); ``teacher`` defaults to ``Teacher(w="sphere")``
+    ``sync_every``, ``inner``, ``permute``, ``adam``: as :class:`LaPerm`; ``init``: the distribution of the initial
+    values (:attr:`LaPerm.dist`); ``teacher`` defaults to ``Teacher(w="sphere")``
     (isotropic: a permutation keeps ``1.w``, so a teacher tied to the ``1`` direction would favour permutations).
     Run ``r`` draws its teacher and Gaussian initial values exactly as ``sims.simulate(model="cnn",
     init=Init(w="gaussian", a="gaussian"))`` with the same seed; results are bit-identical for any thread count and
@@ -190,94 +294,10 @@ def simulate_laperm(
     ``result.w``/``result.a`` are the synchronized weights (a permutation of ``result.w0``/``result.a0``) and are
     classified against the theory's fixed points; ``result.extras`` holds the permutation-level results.
     """
-    teacher = Teacher(w="sphere") if teacher is None else teacher
-    tolerances = Tolerances() if tolerances is None else tolerances
-    k = _check_int(k, "k", 1)
-    p = _check_int(p, "p", 1)
-    runs = _check_int(runs, "runs", 1)
-    steps = _check_int(steps, "steps", 0)
-    run_offset = _check_int(run_offset, "run_offset", 0)
-    _check_int(seed, "seed", 0)
-    n_record = _check_int(n_record, "n_record", 2, 100_000)
-    K = 0 if sync_every is None else _check_int(sync_every, "sync_every (K)", 1)
-    if not isinstance(inner, str) or inner not in INNER:
-        raise ValueError(f"inner must be one of {INNER} (the inner optimizer); got {inner!r}")
-    if not isinstance(init, str) or init not in INIT_DISTS:
-        raise ValueError(f"init must be one of {INIT_DISTS} (the distribution of the initial values); got {init!r}")
-    if not isinstance(permute, str) or permute not in PERMUTE:
-        raise ValueError(f"permute must be one of {PERMUTE} (the layers whose values are permuted); got {permute!r}")
-    b1, b2, eps = _check_adam(adam)
-    if not isinstance(tolerances, Tolerances):
-        raise ValueError(f"tolerances must be a sims.Tolerances; got {type(tolerances).__name__}")
-    if not isinstance(schedule, Schedule):
-        raise ValueError(f"schedule must be a sims.Schedule; got {type(schedule).__name__}")
-    if any(s.noise_w > 0 or s.noise_a > 0 for s in schedule.segments):
-        raise ValueError("schedule: perturbation noise is not supported by simulate_laperm (noise_w = noise_a = 0)")
-    limit = theory.max_stable_eta_a(k)
-    if inner == "gd" and schedule.max_eta_a(k) > limit and not allow_unstable:
-        raise ValueError(
-            f"eta_a = {schedule.max_eta_a(k):g} exceeds the stability limit 4 pi / (k + pi - 1) = {limit:.6g} for "
-            f"k = {k}; GD on a diverges there. Pass allow_unstable=True to study divergence."
-        )
-    threads = check_threads(threads)
-    v = theory.validation.shortcut_vector(None, p)
-    check_memory(k=k, p=p, runs=runs, steps=steps, n_record=n_record, threads=threads, extra_per_run=4 * (k + p),
-                 caller="simulate_laperm")
-
-    states, WS, AS, Wg, Ag = draw_problem(k=k, p=p, runs=runs, teacher=teacher, init=Init(w="gaussian", a="gaussian"),
-                                          v=v, seed=seed, run_offset=run_offset)
-    W0, A0 = _initial_values(init, Wg, Ag, AS)
-    norm0 = np.linalg.norm(W0, axis=1)
-    phi0 = angles(W0, WS)
-    sched = schedule.resolve(steps, runs=runs, phi0=phi0, norm0=norm0, a0=A0, a_star=AS)
-
-    rec = record_steps(steps, n_record)
-    phi_s = _classify.saddle_angles_batch(AS)
-    W = np.ascontiguousarray(W0.copy())
-    A = np.ascontiguousarray(A0.copy())
-    WV = np.ascontiguousarray(np.sort(W0, axis=1))
-    AV = np.ascontiguousarray(np.sort(A0, axis=1))
-    sync_info = np.empty((runs, 3), dtype=np.int64)
-    eng = lp.Reconnect(W, A, WV, AV, int(K), permute != "a", permute != "w", INNER.index(inner), float(b1), float(b2),
-                       float(eps), int(steps), sync_info)
-    out = driver.make_outputs(runs, rec.size)
-    driver.run_batch(lp.run_range, lp.workspace, eng, driver.make_problem(WS, AS, phi_s, sched, states, rec,
-                                                                          tolerances.rate_window),
-                     driver.make_stops(tolerances, steps, tolerances.stop_trapped and inner == "gd"), out, runs,
-                     threads)
-    traj, final, stop_step, stop_reason = out.traj, out.final, out.stop_step, out.stop_reason
-    slow_end, steps_tol, rate_pts = out.slow_end, out.steps_tol, out.rate_pts
-
-    lref = loss_ref(AS)
-    code = _classify.classify(final_loss=final[:, 0], final_phi=final[:, 1], a=A, a_star=AS, scale=np.ones(runs),
-                              stop_reason=stop_reason, loss_ref=lref, loss_tol=tolerances.loss_tol)
-    fitted, linear, predicted = _rates(rate_pts, code, "cnn", W, A, WS, AS, sched, tolerances.linear_rtol)
-    extras: dict[str, np.ndarray] = {}
-    if K > 0:
-        opt = permutation_optimum(W0, A0, WS, AS, permute=permute)
-        free = np.ones(runs, dtype=bool)  # a layer that is not permuted matches any arrangement
-        w_ok = {key: np.all(W == opt[f"w_{key}"], axis=1) if permute != "a" else free for key in ("best", "anti")}
-        a_ok = {key: np.all(A == opt[f"a_{key}"], axis=1) if permute != "w" else free for key in ("best", "anti")}
-        match_best = w_ok["best"] & a_ok["best"]
-        match_anti = w_ok["anti"] & a_ok["anti"] & ~match_best
-        extras = {
-            "syncs": sync_info[:, 0].copy(),
-            "sync_changes": sync_info[:, 1].copy(),
-            "last_change_step": sync_info[:, 2].copy(),
-            "oracle_loss": opt["oracle_loss"],
-            "perm_optimal": match_best,
-            "perm_anti": match_anti,
-        }
-    settings = _settings_dict(model="cnn", trained_as="laperm" if K else "plain", k=k, p=p, runs=runs, steps=steps,
-                              schedule=schedule, sync_every=sync_every, inner=inner, init=init, permute=permute,
-                              teacher=teacher,
-                              adam=(b1, b2, eps), algorithm=inner, batch_size=None, seed=seed, run_offset=run_offset,
-                              tolerances=tolerances, n_record=n_record, allow_unstable=allow_unstable)
-    return assemble_result(settings=settings, run_offset=run_offset, code=code, stop_names=STOP_NAMES,
-                           stop_reason=stop_reason, stop_step=stop_step, final=final, steps_tol=steps_tol,
-                           slow_end=slow_end, fitted=fitted, theory_rate=predicted, linear=linear, w=W, a=A,
-                           w0=W0, a0=A0, w_star=WS, a_star=AS, loss_ref=lref, rec=rec, traj=traj, sched=sched,
-                           schedule=schedule, extras=extras)
+    opts = LaPerm(sync_every=sync_every, inner=inner, dist=init, permute=permute, adam=adam)
+    return simulate(engine=opts, model="cnn", k=k, p=p, runs=runs, steps=steps, schedule=schedule, teacher=teacher,
+                    seed=seed, run_offset=run_offset, tolerances=tolerances, n_record=n_record,
+                    allow_unstable=allow_unstable, threads=threads)
 
 
 # ---- comparison -------------------------------------------------------------------------------------------------

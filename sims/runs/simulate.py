@@ -15,7 +15,7 @@ import theory
 from sims.engines import driver
 from sims.engines.rng import stream_states
 from sims.runs import classify as _classify
-from sims.runs import memory, samplers
+from sims.runs import memory, plain, registry, samplers  # noqa: F401 (plain registers the plain engines)
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule
 from theory.validation import check_model
@@ -215,6 +215,7 @@ def simulate(
     n_record: int = 64,
     allow_unstable: bool = False,
     threads: int | None = None,
+    engine: Any = None,
     expansion: Any = None,
 ) -> SimulationResult:
     """Train ``runs`` independent networks and return a :class:`SimulationResult`.
@@ -229,53 +230,103 @@ def simulate(
     ResNet, a uniform unit ``w0`` for the CNNs, ``a0`` uniform in the ball of radius ``||a*||``) or explicit arrays
     ``(w0, a0)``, shared (1-D) or per run (2-D).
 
-    ``expansion``: a :class:`sims.Expansion` trains a deep linear expansion of ``w`` and/or ``a`` instead (see
-    :mod:`sims.methods.expansion`: same draws and result, with the contracted weights and the factors in ``extras``).
+    ``engine``: which engine trains (:mod:`sims.runs.registry`): None (the plain network's engine of
+    ``algorithm``), a registered name, or an engine's options object: :class:`sims.Expansion` (a deep linear
+    expansion of ``w`` and/or ``a``, :mod:`sims.methods.expansion`), :class:`sims.Fade` (the ResNet whose
+    shortcut weight fades to 0, :mod:`sims.methods.distill`), :class:`sims.LaPerm` (train-by-reconnect of the CNN,
+    :mod:`sims.methods.laperm`).  Every engine draws the same teachers and inits from the same seed, so engines are
+    paired run by run.  ``expansion=X`` is an alias of ``engine=X``.
     """
-    if expansion is not None:
-        from sims.methods import expansion as _expansion
+    name, spec, opts = _select(engine, expansion, algorithm)
+    if isinstance(engine, str) and engine in ALGORITHMS:
+        algorithm = engine
+    call = _validate_common(spec, opts, model=model, k=k, p=p, runs=runs, steps=steps, schedule=schedule,
+                            teacher=teacher, init=init, algorithm=algorithm, batch_size=batch_size, shortcut=shortcut,
+                            seed=seed, run_offset=run_offset, tolerances=tolerances, n_record=n_record,
+                            allow_unstable=bool(allow_unstable), threads=threads)
+    call = spec.validate(opts, call)
+    res = run_engine(spec, opts, call)
+    if isinstance(engine, str) and engine not in ALGORITHMS:
+        res.settings["engine"] = name
+    return res
 
-        if _expansion.check(expansion).is_plain:  # depth 1 realizing the engine's init: the unexpanded network
-            return _expansion.run_plain(simulate, locals())
-    teacher = Teacher() if teacher is None else teacher
-    tolerances = Tolerances() if tolerances is None else tolerances
+
+def _select(engine: Any, expansion: Any, algorithm: Any) -> tuple[str, registry.EngineSpec, Any]:
+    """``(name, spec, options)`` of the engine a call selects (``expansion=`` is an alias of ``engine=``)."""
+    if expansion is not None:
+        if engine is not None:
+            raise ValueError("pass the engine once: engine= or its alias expansion=, not both")
+        if not registry.selects(expansion, "expansion"):
+            raise ValueError(f"expansion must be a sims.Expansion; got {type(expansion).__name__}")
+        engine = expansion
+    if isinstance(engine, str) and engine in ALGORITHMS:  # the plain engine of an algorithm, by name
+        if algorithm not in ("gd", engine):
+            raise ValueError(f"engine = {engine!r} contradicts algorithm = {algorithm!r}")
+        return registry.lookup(engine)
+    if engine is None:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
+        return registry.lookup(algorithm)
+    return registry.lookup(engine)
+
+
+def _validate_common(spec: registry.EngineSpec, opts: Any, *, model: Any, k: Any, p: Any, runs: Any, steps: Any,
+                     schedule: Any, teacher: Any, init: Any, algorithm: Any, batch_size: Any, shortcut: Any,
+                     seed: Any, run_offset: Any, tolerances: Any, n_record: Any, allow_unstable: bool,
+                     threads: Any) -> registry.Call:
+    """The common arguments checked (``ValueError`` naming the field) and defaulted (teacher, init, tolerances:
+    the engine's defaults)."""
     model = check_model(model)
     k = _check_int(k, "k", 1)
     p = _check_int(p, "p", 1)
     runs = _check_int(runs, "runs", 1)
     steps = _check_int(steps, "steps", 0)
     run_offset = _check_int(run_offset, "run_offset", 0)
-    _check_int(seed, "seed", 0)
+    seed = _check_int(seed, "seed", 0)
     n_record = _check_int(n_record, "n_record", 2, 100_000)  # step 0 and the last step at least
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
     if algorithm != "gd":
         batch_size = _check_int(batch_size, "batch_size", 1)
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be a sims.Schedule; got {type(schedule).__name__}")
-    limit = theory.max_stable_eta_a(k)
-    if schedule.max_eta_a(k) > limit and not allow_unstable:
-        raise ValueError(
-            f"eta_a = {schedule.max_eta_a(k):g} exceeds the stability limit 4 pi / (k + pi - 1) = {limit:.6g} for "
-            f"k = {k}; GD on a diverges there. Pass allow_unstable=True to study divergence."
-        )
+    tolerances = Tolerances() if tolerances is None else tolerances
+    if not isinstance(tolerances, Tolerances):
+        raise ValueError(f"tolerances must be a sims.Tolerances; got {type(tolerances).__name__}")
     explicit = None
-    if init is None:
-        init = Init(w="zero" if model == "resnet" else "sphere")
-    elif not isinstance(init, Init):
+    if init is not None and not isinstance(init, Init):
         explicit = _explicit_init(init, runs, p, k, model)
-        init = Init(w="zero" if model == "resnet" else "sphere")
+        init = None
+    init = spec.default_init(opts, model) if init is None else init
     init.validate(model)
     if threads is not None:
         threads = _check_int(threads, "threads", 1, numba.config.NUMBA_NUM_THREADS)
     v = theory.validation.shortcut_vector(shortcut, p)
-    check_memory(k=k, p=p, runs=runs, steps=steps, n_record=n_record, algorithm=algorithm, batch_size=batch_size,
-                 threads=threads, expansion=expansion)
+    return registry.Call(model, k, p, runs, steps, schedule, spec.default_teacher(opts) if teacher is None else teacher,
+                         init, explicit, algorithm, batch_size, v, seed, run_offset, tolerances, n_record,
+                         allow_unstable, threads)
 
-    states = stream_states(seed, run_offset, run_offset + runs)
+
+def angles(WT: np.ndarray, WS: np.ndarray) -> np.ndarray:
+    """Angle between each row of ``WT`` (nonzero) and the unit rows of ``WS`` (atan2 form, exact at 0 and pi)."""
+    n = np.linalg.norm(WT, axis=1)
+    c = np.einsum("ij,ij->i", WT, WS) / n
+    return np.arctan2(np.linalg.norm(WS - (c / n)[:, None] * WT, axis=1), c)
+
+
+def loss_ref(AS: np.ndarray) -> np.ndarray:
+    """``L_ref = E[f*^2] / 2`` per run, the loss of the zero network (1 where it vanishes): loss levels are
+    relative to it, so they mean the same at every ``k``."""
+    ref = (AS.sum(axis=1) ** 2 + (math.pi - 1.0) * np.einsum("ij,ij->i", AS, AS)) / (4.0 * math.pi)
+    return np.where(ref > 0, ref, 1.0)
+
+
+def draw(call: registry.Call) -> registry.Draws:
+    """Every run's teacher and init from its own stream (``SeedSequence(seed, spawn_key=(r,))``), the same draws
+    for every engine (so engines run with one seed are paired run by run); the streams are advanced past them."""
+    states = stream_states(call.seed, call.run_offset, call.run_offset + call.runs)
+    p, k, teacher = call.p, call.k, call.teacher
     if isinstance(teacher, Teacher):
         teacher.validate(k)
-        WS, AS, W0, A0 = samplers.draw(states, p=p, k=k, teacher=teacher, init=init, shortcut=v)
+        WS, AS, W0, A0 = samplers.draw(states, p=p, k=k, teacher=teacher, init=call.init, shortcut=call.shortcut)
     else:
         try:
             w_star, a_star = teacher
@@ -287,69 +338,69 @@ def simulate(
             raise ValueError(f"teacher (w_star, a_star) must have lengths (p, k) = ({p}, {k}); "
                              f"got ({w_star.size}, {a_star.size})")
         dummy = Teacher(a="fixed", a_value=tuple(a_star))
-        _, _, W0, A0 = samplers.draw(states, p=p, k=k, teacher=dummy, init=init, shortcut=v)
-        WS = np.repeat(w_star[None, :], runs, axis=0)
-        AS = np.repeat(a_star[None, :], runs, axis=0)
-    if explicit is not None:  # the streams were still advanced by the draw, so noise does not depend on init
-        W0, A0 = explicit
-    if expansion is not None:  # train the factors from the same draws (sims.methods.expansion)
-        return _expansion.train(expansion, model=model, k=k, p=p, runs=runs, steps=steps, schedule=schedule,
-                                teacher=teacher, init=init, algorithm=algorithm, batch_size=batch_size, v=v, seed=seed,
-                                run_offset=run_offset, tolerances=tolerances, n_record=n_record,
-                                allow_unstable=allow_unstable, threads=threads, states=states, WS=WS, AS=AS, W0=W0,
-                                A0=A0)
-    WT0 = W0 + v if model == "resnet" else W0.copy()
-    norm0 = np.linalg.norm(WT0, axis=1)
+        _, _, W0, A0 = samplers.draw(states, p=p, k=k, teacher=dummy, init=call.init, shortcut=call.shortcut)
+        WS = np.repeat(w_star[None, :], call.runs, axis=0)
+        AS = np.repeat(a_star[None, :], call.runs, axis=0)
+    if call.explicit is not None:  # the streams were still advanced by the draw, so noise does not depend on init
+        W0, A0 = call.explicit
+    return registry.Draws(states, WS, AS, W0, A0)
+
+
+def _resolve(call: registry.Call, draws: registry.Draws, start: registry.Start) -> Any:
+    """The schedule resolved at the engine's starting point (the prescribed warmup needs its angle and norm)."""
+    norm0 = np.linalg.norm(start.WT0, axis=1)
     if np.any(norm0 == 0.0):
         raise ValueError("init gives a zero effective filter (w0 + shortcut = 0): the direction is undefined")
-    phi0 = np.arctan2(np.linalg.norm(WS - (np.einsum("ij,ij->i", WT0, WS) / norm0**2)[:, None] * WT0, axis=1),
-                      np.einsum("ij,ij->i", WT0, WS) / norm0)
-    if schedule.prescribed and model == "cnn-unnormalized":
+    phi0 = start.phi0
+    if phi0 is None:
+        WT0, WS = start.WT0, draws.WS
+        phi0 = np.arctan2(np.linalg.norm(WS - (np.einsum("ij,ij->i", WT0, WS) / norm0**2)[:, None] * WT0, axis=1),
+                          np.einsum("ij,ij->i", WT0, WS) / norm0)
+    if call.schedule.prescribed and call.model == "cnn-unnormalized":
         raise ValueError("schedule: the prescribed warmup needs a weight-normalized model ('resnet' or 'cnn')")
-    sched = schedule.resolve(steps, runs=runs, phi0=phi0, norm0=norm0, a0=A0, a_star=AS)
+    return call.schedule.resolve(call.steps, runs=call.runs, phi0=phi0, norm0=norm0, a0=start.A0, a_star=draws.AS)
 
-    rec = record_steps(steps, n_record)
-    phi_s = _classify.saddle_angles_batch(AS)
-    out = _run_kernel(algorithm, model, (WT0, A0, WS, AS, phi_s, states), sched, steps, tolerances, rec, batch_size,
-                      threads)
-    WT, A, traj, final, stop_step, stop_reason, slow_end, steps_tol, rate_pts = out
 
-    loss_ref = (AS.sum(axis=1) ** 2 + (math.pi - 1.0) * np.einsum("ij,ij->i", AS, AS)) / (4.0 * math.pi)
-    loss_ref = np.where(loss_ref > 0, loss_ref, 1.0)
-    scale = np.linalg.norm(WT, axis=1) if model == "cnn-unnormalized" else np.ones(runs)
-    code = _classify.classify(final_loss=final[:, 0], final_phi=final[:, 1], a=A, a_star=AS, scale=scale,
-                              stop_reason=stop_reason, loss_ref=loss_ref, loss_tol=tolerances.loss_tol)
-    fitted, linear, predicted = _rates(rate_pts, code, model, WT, A, WS, AS, sched, tolerances.linear_rtol)
-    W = WT - v if model == "resnet" else WT
-    settings = _settings_dict(model=model, k=k, p=p, runs=runs, steps=steps, schedule=schedule, teacher=teacher,
-                              init=init, algorithm=algorithm, batch_size=batch_size, shortcut=v, seed=seed,
-                              run_offset=run_offset, tolerances=tolerances, n_record=n_record,
-                              allow_unstable=allow_unstable)
-    return assemble_result(settings=settings, run_offset=run_offset, code=code, stop_names=driver.STOP_NAMES,
-                           stop_reason=stop_reason, stop_step=stop_step, final=final, steps_tol=steps_tol,
-                           slow_end=slow_end, fitted=fitted, theory_rate=predicted, linear=linear, w=W, a=A, w0=W0,
-                           a0=A0, w_star=WS, a_star=AS, loss_ref=loss_ref, rec=rec, traj=traj, sched=sched,
-                           schedule=schedule)
+def run_engine(spec: registry.EngineSpec, opts: Any, call: registry.Call) -> SimulationResult:
+    """The pipeline after validation: memory check, draws, the engine's start, schedule, build, run on the driver,
+    the engine's finish, classification, rates and the result."""
+    check_memory(k=call.k, p=call.p, runs=call.runs, steps=call.steps, n_record=call.n_record,
+                 algorithm=call.algorithm, batch_size=call.batch_size, threads=call.threads,
+                 extra_per_run=spec.extra_per_run(opts, call))
+    draws = draw(call)
+    start = spec.start(opts, call, draws)
+    sched = _resolve(call, draws, start)
+    rec = record_steps(call.steps, call.n_record)
+    setup = registry.Setup(draws, start, sched, rec, np.ascontiguousarray(start.WT0.copy()),
+                           np.ascontiguousarray(start.A0.copy()))
+    built = spec.build(opts, call, setup)
+    tol = call.tolerances
+    out = driver.make_outputs(call.runs, rec.size)
+    prob = driver.make_problem(draws.WS, draws.AS, _classify.saddle_angles_batch(draws.AS), sched, draws.states, rec,
+                               tol.rate_window)
+    stops = driver.make_stops(tol, call.steps, tol.stop_trapped and built.trapped)
+    driver.run_batch(built.entry, built.workspace, built.eng, prob, stops, out, call.runs, call.threads)
+    fin = spec.finish(opts, call, setup, built, out)
+    base = dict(model=call.model, k=call.k, p=call.p, runs=call.runs, steps=call.steps, schedule=call.schedule,
+                teacher=call.teacher, init=call.init, algorithm=call.algorithm, batch_size=call.batch_size,
+                shortcut=call.shortcut, seed=call.seed, run_offset=call.run_offset, tolerances=tol,
+                n_record=call.n_record, allow_unstable=call.allow_unstable)
+    return assemble_result(_settings_dict(**spec.settings(opts, call, base)), call, setup, out, fin)
 
 
 def check_memory(*, k: int, p: int, runs: int, steps: int, n_record: int, algorithm: str = "gd",
-                 batch_size: int | None = None, threads: int | None = None, expansion: Any = None,
-                 extra_per_run: int = 0, caller: str = "simulate") -> int:
+                 batch_size: int | None = None, threads: int | None = None, extra_per_run: int = 0,
+                 caller: str = "simulate") -> int:
     """Refuse (``ValueError``) a :func:`simulate` call the machine has no memory for; return the estimate in bytes.
 
     The estimate is :func:`sims.runs.memory.simulate_bytes`; the message names the sizes, the estimate, what is
     available, how many runs per call would fit, and the remedy.  ``extra_per_run``: float64 numbers an engine
-    holds per run beyond the plain network's (e.g. LaPerm's sorted values and optimizer moments).
+    holds per run beyond the plain network's (e.g. LaPerm's sorted values and optimizer moments, an expansion's
+    factors; :meth:`sims.runs.registry.EngineSpec.extra_per_run`).
     """
     threads = numba.get_num_threads() if threads is None else threads
-    factors = extra_per_run
-    if expansion is not None:
-        from sims.methods.expansion import Layout
-
-        lay = Layout.of(expansion, p=p, k=k)
-        factors += lay.group_size("w") + lay.group_size("a")
     sizes = dict(k=k, p=p, steps=steps, n_record=n_record, algorithm=algorithm, batch_size=batch_size,
-                 threads=threads, factors=factors)
+                 threads=threads, factors=extra_per_run)
     need = memory.simulate_bytes(runs=runs, **sizes)
     free = memory.available_bytes()
     if need > free:
@@ -363,63 +414,51 @@ def check_memory(*, k: int, p: int, runs: int, steps: int, n_record: int, algori
     return need
 
 
-def assemble_result(*, settings, run_offset, code, stop_names, stop_reason, stop_step, final, steps_tol, slow_end,
-                    fitted, theory_rate, linear, w, a, w0, a0, w_star, a_star, loss_ref, rec, traj, sched, schedule,
-                    extras=None) -> SimulationResult:
-    """A :class:`SimulationResult` from a kernel's outputs (shared by every engine: plain, expansion, fading,
-    LaPerm); ``stop_names`` maps the kernel's stop codes to names."""
-    runs = len(code)
+def assemble_result(settings: dict[str, Any], call: registry.Call, setup: registry.Setup, out: driver.Outputs,
+                    fin: registry.Finished) -> SimulationResult:
+    """Classify what the engine deployed, fit the rates and build the :class:`SimulationResult` (every engine)."""
+    runs, draws, sched, tol = call.runs, setup.draws, setup.sched, call.tolerances
+    lref = loss_ref(draws.AS)
+    scale = np.linalg.norm(fin.WT, axis=1) if fin.model == "cnn-unnormalized" else np.ones(runs)
+    code = _classify.classify(final_loss=out.final[:, 0], final_phi=out.final[:, 1], a=fin.A, a_star=draws.AS,
+                              scale=scale, stop_reason=out.stop_reason, loss_ref=lref, loss_tol=tol.loss_tol)
+    if fin.stuck is not None:
+        code = np.where(fin.stuck & (code != _classify.SPURIOUS), _classify.SADDLE, code)
+    if fin.theory_rate:
+        fitted, linear, predicted = _rates(out.rate_pts, code, fin.model, fin.WT, fin.A, draws.WS, draws.AS, sched,
+                                           tol.linear_rtol)
+    else:
+        fitted, linear = fitted_rates(out.rate_pts, code, sched, tol.linear_rtol)
+        predicted = np.full(runs, np.nan)
     return SimulationResult(
         settings=settings,
-        run_index=np.arange(run_offset, run_offset + runs, dtype=np.int64),
+        run_index=np.arange(call.run_offset, call.run_offset + runs, dtype=np.int64),
         outcome=np.array(_classify.OUTCOMES, dtype=object)[code].astype(str),
-        stop_reason=np.array(stop_names, dtype=object)[stop_reason].astype(str),
-        steps=stop_step,
-        final_loss=final[:, 0],
-        final_phi=final[:, 1],
-        final_alignment=final[:, 2],
-        final_grad_norm=final[:, 3],
-        steps_to_tol=steps_tol,
-        slow_phase_end=slow_end,
+        stop_reason=np.array(driver.STOP_NAMES, dtype=object)[out.stop_reason].astype(str),
+        steps=out.stop_step,
+        final_loss=out.final[:, 0],
+        final_phi=out.final[:, 1],
+        final_alignment=out.final[:, 2],
+        final_grad_norm=out.final[:, 3],
+        steps_to_tol=out.steps_tol,
+        slow_phase_end=out.slow_end,
         fitted_rate=fitted,
-        theory_rate=theory_rate,
+        theory_rate=predicted,
         linear_regime=linear,
-        w=w,
-        a=a,
-        w0=w0,
-        a0=a0,
-        w_star=w_star,
-        a_star=a_star,
-        loss_ref=loss_ref,
-        trajectory_steps=rec,
-        trajectory=traj,
-        warmup_steps=sched.warmup_steps if sched.warmup_steps is not None else np.full(runs, schedule.stage_one_steps),
+        w=fin.w,
+        a=fin.A,
+        w0=setup.start.w0,
+        a0=setup.start.a0,
+        w_star=draws.WS,
+        a_star=draws.AS,
+        loss_ref=lref,
+        trajectory_steps=setup.rec,
+        trajectory=out.traj,
+        warmup_steps=sched.warmup_steps if sched.warmup_steps is not None
+        else np.full(runs, call.schedule.stage_one_steps),
         warmup_eta_w=sched.warmup_eta_w if sched.warmup_eta_w is not None else np.full(runs, sched.eta_w[0, 0]),
-        extras={} if extras is None else extras,
+        extras=fin.extras,
     )
-
-
-def _run_kernel(algorithm, model, draws, sched, steps, tol, rec, batch_size, threads):
-    """Run the engine of ``algorithm`` (:mod:`sims.engines`) on copies of the starting points;
-    ``draws = (w~0, a0, w*, a*, saddle angles, streams)``."""
-    WT0, A0, WS, AS, phi_s, states = draws
-    from sims.engines import finite_sample, gd, sgd
-
-    R = WT0.shape[0]
-    WT = np.ascontiguousarray(WT0.copy())
-    A = np.ascontiguousarray(A0.copy())
-    out = driver.make_outputs(R, rec.size)
-    normalized = model != "cnn-unnormalized"
-    prob = driver.make_problem(WS, AS, phi_s, sched, states, rec, tol.rate_window)
-    if algorithm == "gd":
-        no_noise = not (sched.noise_w.any() or sched.noise_a.any())
-        stops = driver.make_stops(tol, steps, tol.stop_trapped and no_noise)
-        eng, engine = gd.plain(WT, A, normalized), gd
-    else:
-        stops = driver.make_stops(tol, steps, False)
-        eng, engine = finite_sample.engine(algorithm, batch_size, WT, A, WS, AS, normalized), sgd
-    driver.run_batch(engine.run_range, engine.workspace, eng, prob, stops, out, R, threads)
-    return WT, A, out.traj, out.final, out.stop_step, out.stop_reason, out.slow_end, out.steps_tol, out.rate_pts
 
 
 def _rates(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
