@@ -39,15 +39,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sims.methods.distill import FADE_KINDS, Fade, simulate_fading
+from sims.methods.distill import FADE_KINDS, Fade
 from sims.methods.expansion import INITS as EXPANSION_INITS
 from sims.methods.expansion import TARGETS as EXPANSION_TARGETS
 from sims.methods.expansion import Expansion
 from sims.methods.laperm import INIT_DISTS as LAPERM_INITS
 from sims.methods.laperm import INNER as LAPERM_INNER
 from sims.methods.laperm import PERMUTE as LAPERM_PERMUTE
-from sims.methods.laperm import simulate_laperm
+from sims.methods.laperm import LaPerm
 from sims.runs import classify
+from sims.runs.registry import engine_names
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule, Segment, optimal_eta_a
 from sims.runs.simulate import FRAME_COLUMNS, Tolerances, simulate
@@ -488,14 +489,13 @@ def _checked_kwargs(params: dict[str, Any], where: str) -> tuple[dict[str, Any],
         kw["schedule"] = matched_schedule(kw["schedule"], engine, kw["k"], where)
     kw["teacher"] = _teacher_from(params["teacher"], kw["k"], kw["p"], where)
     init = params.get("init", {})
-    if isinstance(engine, LaPermOptions):
-        _check_engine_base(params, kw, "laperm", "cnn", where)
-    elif isinstance(engine, Fade):
-        _check_engine_base(params, kw, "fade", "resnet", where)
+    if isinstance(engine, LaPerm) and init not in (None, {}):
+        raise SweepError(f"{where}: engine.kind = 'laperm' draws its own initial values (engine.dist = 'gaussian' or "
+                         f"'uniform'): leave init empty; got init = {init!r}")
     if isinstance(init, dict) and "w" not in init:
         init = dict(init, w="zero" if kw["model"] == "resnet" else "sphere")
-    kw["init"] = _dataclass_from(Init, init, "init", where)
-    if kw["model"] == "resnet" and kw["p"] == 1 and kw["init"].w == "sphere":  # the dry run draws run 0 only
+    kw["init"] = None if isinstance(engine, LaPerm) else _dataclass_from(Init, init, "init", where)
+    if kw["model"] == "resnet" and kw["p"] == 1 and kw["init"] is not None and kw["init"].w == "sphere":
         raise SweepError(f"{where}: init.w = 'sphere' cannot start the ResNet at p = 1: w0 = -v (no direction) in "
                          "about half the runs; use init.w = 'zero' or 'gaussian', or p >= 2")
     kw["tolerances"] = _dataclass_from(Tolerances, params.get("tolerances", {}), "tolerances", where)
@@ -510,42 +510,18 @@ def _checked_kwargs(params: dict[str, Any], where: str) -> tuple[dict[str, Any],
     return kw, tuple(run_frame(res, engine).columns)
 
 
-def _check_engine_base(params: dict[str, Any], kw: dict[str, Any], kind: str, model: str, where: str) -> None:
-    """The base fields an engine that trains one model only accepts."""
-    if kw["model"] != model:
-        raise SweepError(f"{where}: engine.kind = {kind!r} trains the {model} only: set model = {model!r}; "
-                         f"got {kw['model']!r}")
-    if kw["algorithm"] != "gd" or params.get("batch_size") is not None:
-        raise SweepError(f"{where}: engine.kind = {kind!r} runs population GD only: set algorithm = 'gd' and no "
-                         f"batch_size; got algorithm = {kw['algorithm']!r}")
-    if kind == "laperm" and params.get("init") not in (None, {}):
-        raise SweepError(f"{where}: engine.kind = 'laperm' draws its own initial values (engine.init = 'gaussian' or "
-                         f"'uniform'): leave init empty; got init = {params['init']!r}")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Engines
 
 
-@dataclass(frozen=True)
-class LaPermOptions:
-    """The options of :func:`sims.simulate_laperm` a sweep cell selects with ``engine = { kind = "laperm", ... }``:
-    the synchronization period ``K`` (0: no synchronization, the plain inner optimizer), the inner optimizer, the
-    distribution of the initial values, the layers permuted and Adam's ``(beta1, beta2, eps)``."""
-
-    K: int = 10
-    inner: str = "gd"
-    init: str = "gaussian"
-    permute: str = "both"
-    adam: tuple[float, float, float] = (0.9, 0.999, 1e-8)
-
-
+#: Engine kinds with options in a sweep file; any other registered engine name (:func:`sims.engine_names`, e.g. one
+#: registered by :func:`sims.register_engine`) is selected by ``engine = { kind = NAME }`` alone.
 ENGINE_KINDS: tuple[str, ...] = ("fade", "laperm", "expansion")
 STEP_RULES: tuple[str, ...] = ("same", "matched")
 #: The keys of each engine kind's table (besides ``kind``): the fields of its options object.
 ENGINE_KEYS: dict[str, tuple[str, ...]] = {
     "fade": ("schedule", "steps", "values"),
-    "laperm": ("K", "inner", "init", "permute", "adam"),
+    "laperm": ("K", "inner", "dist", "permute", "adam"),
     "expansion": ("target", "depth", "rate", "init", "scale", "pretrain_steps", "pretrain_batch", "pretrain_eta",
                   "step_rule"),
 }
@@ -576,18 +552,27 @@ def _engine_numbers(table: dict[str, Any], key: str, n: int | None, what: str, w
 
 
 def make_engine(table: Any, where: str = "base") -> tuple[Any, str | None]:
-    """The options object of a cell's ``engine`` table and its step rule: ``(None, None)`` without one (plain GD
-    or SGD, :func:`sims.simulate`); a :class:`sims.Fade` (``kind = "fade"``: ``schedule`` = the fade's kind,
-    ``steps`` = ``T_fade``, ``values`` for a custom fade), a :class:`LaPermOptions` (``kind = "laperm"``) or a
-    :class:`sims.Expansion` (``kind = "expansion"``, plus the sweep's ``step_rule``, see
-    :func:`matched_schedule`)."""
+    """The ``engine=`` of :func:`sims.simulate` a cell's ``engine`` table selects, and its step rule.
+
+    ``(None, None)`` without one (the plain network, ``algorithm`` decides); a :class:`sims.Fade` for
+    ``kind = "fade"`` (``schedule``: the fade's kind, ``steps``: ``T_fade``, ``values``: a custom fade's table);
+    a :class:`sims.LaPerm` for ``kind = "laperm"`` (``K``: the synchronization period, 0 for none, i.e. the plain
+    inner optimizer; ``inner``, ``dist``, ``permute``, ``adam``); a :class:`sims.Expansion` for
+    ``kind = "expansion"`` (its fields, plus the sweep's ``step_rule``, see :func:`matched_schedule`); any other
+    registered engine name as that name (no options).
+    """
     if table is None:
         return None, None
     if not isinstance(table, dict):
         raise SweepError(f"{where}: engine must be a table with a 'kind'; got {table!r}")
     kind = table.get("kind")
-    if not isinstance(kind, str) or kind not in ENGINE_KINDS:
-        raise SweepError(f"{where}: engine.kind must be one of {', '.join(ENGINE_KINDS)}; got {kind!r}")
+    others = tuple(n for n in engine_names() if n not in ENGINE_KINDS)
+    if not isinstance(kind, str) or kind not in ENGINE_KINDS + others:
+        raise SweepError(f"{where}: engine.kind must be one of {', '.join(ENGINE_KINDS + others)} (registered "
+                         f"engines); got {kind!r}")
+    if kind not in ENGINE_KINDS:
+        _unknown(table, ("kind",), f"{where}: engine (kind {kind!r}, an engine without options)")
+        return kind, None
     _unknown(table, ("kind",) + ENGINE_KEYS[kind], f"{where}: engine (kind {kind!r})")
     try:
         if kind == "fade":
@@ -611,12 +596,11 @@ def make_engine(table: Any, where: str = "base") -> tuple[Any, str | None]:
             if adam is not None and not (0.0 <= adam[0] < 1.0 and 0.0 <= adam[1] < 1.0 and adam[2] > 0.0):
                 raise SweepError(f"{where}: engine.adam must be three numbers [beta1, beta2, eps] with 0 <= beta1, "
                                  f"beta2 < 1 and eps > 0; got {table['adam']!r}")
-            return LaPermOptions(
-                K=_engine_int(table, "K", 0, SCALAR_LIMITS["steps"][1], 10, where),
-                inner=_choice(table, "inner", LAPERM_INNER, "gd", where),
-                init=_choice(table, "init", LAPERM_INITS, "gaussian", where),
-                permute=_choice(table, "permute", LAPERM_PERMUTE, "both", where),
-                adam=adam if adam is not None else LaPermOptions.adam), None
+            K = _engine_int(table, "K", 0, SCALAR_LIMITS["steps"][1], 10, where)
+            return LaPerm(sync_every=K or None, inner=_choice(table, "inner", LAPERM_INNER, "gd", where),
+                          dist=_choice(table, "dist", LAPERM_INITS, "gaussian", where),
+                          permute=_choice(table, "permute", LAPERM_PERMUTE, "both", where),
+                          adam=adam if adam is not None else LaPerm.adam), None
         step_rule = _choice(table, "step_rule", STEP_RULES, "same", where)
         scale = table.get("scale")
         if scale is not None and not (_float(scale) is not None and math.isfinite(_float(scale)) and scale > 0):
@@ -665,24 +649,10 @@ def matched_schedule(schedule: Schedule, expansion: Expansion, k: int, where: st
 
 
 def _simulate_cell(kw: dict[str, Any], *, runs: int, seed: int, run_offset: int = 0, threads: int | None = None):
-    """Run one cell's simulation (keyword arguments from :func:`simulation_kwargs`) with the engine it selects:
-    :func:`sims.simulate` (no engine, or an :class:`sims.Expansion`), :func:`sims.simulate_fading` (a
-    :class:`sims.Fade`) or :func:`sims.simulate_laperm` (a :class:`LaPermOptions`).  Every engine draws run ``r``'s
-    teacher and init from the same stream, so the cells of a sweep are paired run by run."""
-    kw = dict(kw)
-    engine = kw.pop("engine", None)
-    common = dict(runs=runs, seed=seed, run_offset=run_offset, threads=threads)
-    if engine is None:
-        return simulate(**kw, **common)
-    if isinstance(engine, Expansion):
-        return simulate(**kw, **common, expansion=engine)
-    for key in ("model", "algorithm", "batch_size"):  # checked by _check_engine_base
-        kw.pop(key, None)
-    if isinstance(engine, Fade):
-        return simulate_fading(**kw, **common, fade=engine)
-    kw.pop("init")
-    return simulate_laperm(**kw, **common, sync_every=engine.K or None, inner=engine.inner, init=engine.init,
-                           permute=engine.permute, adam=engine.adam)
+    """Run one cell (keyword arguments from :func:`simulation_kwargs`, ``engine`` included) by :func:`sims.simulate`.
+    Every engine draws run ``r``'s teacher and init from the same stream, so the cells of a sweep are paired run by
+    run."""
+    return simulate(**kw, runs=runs, seed=seed, run_offset=run_offset, threads=threads)
 
 
 def run_frame(res: Any, engine: Any) -> pd.DataFrame:
@@ -733,7 +703,7 @@ def simulation_kwargs_fast(params: dict[str, Any]) -> dict[str, Any]:
     if step_rule == "matched":
         kw["schedule"] = matched_schedule(kw["schedule"], kw["engine"], k)
     kw["teacher"] = _teacher_from(params["teacher"], params["k"], params["p"], "cell")
-    kw["init"] = _dataclass_from(Init, init, "init", "cell")
+    kw["init"] = None if isinstance(kw["engine"], LaPerm) else _dataclass_from(Init, init, "init", "cell")
     kw["tolerances"] = _dataclass_from(Tolerances, params.get("tolerances") or {}, "tolerances", "cell")
     return kw
 

@@ -246,7 +246,7 @@ def distill_rows(summary: pd.DataFrame, runs: pd.DataFrame, spec_: sweep.SweepSp
 
 def _laperm_options(spec_: sweep.SweepSpec, cell: int) -> dict[str, Any]:
     engine = spec_.cells[cell].params.get("engine") or {}
-    return {"K": engine.get("K", 10), "init": engine.get("init", "gaussian"), "inner": engine.get("inner", "gd"),
+    return {"K": engine.get("K", 10), "init": engine.get("dist", "gaussian"), "inner": engine.get("inner", "gd"),
             "permute": engine.get("permute", "both")}
 
 
@@ -300,7 +300,8 @@ def expand_rows(summary: pd.DataFrame, runs: pd.DataFrame, spec_: sweep.SweepSpe
         engine = cell.params.get("engine") or {}
         kw = sweep.simulation_kwargs_fast(cell.params)
         last = kw["schedule"].segments[-1]
-        row.update(model=cell.params["model"], target=engine.get("target", "w"), depth=engine.get("depth", 2),
+        row.update(model=cell.params["model"], warmup=len(kw["schedule"].segments) > 1,
+                   target=engine.get("target", "w"), depth=engine.get("depth", 2),
                    rate=engine.get("rate", 1), init=engine.get("init", "auto"),
                    step_rule=engine.get("step_rule", "same"), eta_w=last.eta_w, eta_a=last.eta_a)
         rows.append(row)
