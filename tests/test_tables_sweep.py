@@ -162,3 +162,14 @@ def test_a_table_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert cli(*args, "--chunk", "240", "--out", str(clean)).returncode == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "runs.parquet"), pd.read_parquet(clean / "runs.parquet"))
     assert (out / "table.csv").read_text() == (clean / "table.csv").read_text()
+
+
+@pytest.mark.slow
+def test_a_table_on_a_dask_cluster_equals_the_in_process_run(tmp_path):
+    """The engines' extras reach the run table from Dask workers too (the workers register the engines when they
+    import sims)."""
+    spec = tables.spec("laperm", trials=6, steps=200, chunk=4)
+    local = sweep.run_sweep(spec, tmp_path / "local", quiet=True)
+    dask = sweep.run_sweep(spec, tmp_path / "dask", workers=2, quiet=True)
+    pd.testing.assert_frame_equal(local.runs, dask.runs)
+    assert local.runs["perm_optimal"].notna().sum() == 12 * 6  # the 12 LaPerm cells; the 4 plain-GD cells have none
