@@ -5,13 +5,18 @@ A sweep file has four tables (see ``sims/studies/configs/example.toml``)::
 
     [sweep]    name, trials, seed, chunk            # chunk: runs per unit of work and per file
     [base]     model, k, p, steps, algorithm, batch_size, n_record, allow_unstable,
-               teacher = {...}, init = {...}, schedule = {...}, tolerances = {...}
-    [grid]     any base field (dotted for nested ones, e.g. "schedule.eta_w") -> list of values
+               teacher = {...}, init = {...}, schedule = {...}, tolerances = {...}, engine = {...}
+    [grid]     any base field (dotted for nested ones, e.g. "schedule.eta_w") -> list of values;
+               "f1,f2" -> list of [v1, v2] points (the fields vary together)
     [methods.LABEL]  overrides of base fields; every method is crossed with the whole grid
 
+``engine`` selects the engine of :func:`sims.simulate` (:func:`make_engine`): ``kind = "fade"``, ``"laperm"``,
+``"expansion"`` with their options, or any registered engine's name; without it the plain network runs.
+
 Every grid cell runs ``trials`` runs numbered ``0 .. trials-1`` with the sweep's seed, so all methods of a
-``(k, p)`` cell see the same teachers (common random numbers).  Results do not depend on how the runs are
-chunked or where the chunks run.
+``(k, p)`` cell see the same teachers (common random numbers), and every engine draws them (and the init) the same
+way, so the cells are paired run by run.  Results do not depend on how the runs are chunked or where the chunks
+run.
 """
 
 from __future__ import annotations
