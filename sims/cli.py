@@ -121,51 +121,17 @@ def _run(name: str, spec: sweep.SweepSpec, args: argparse.Namespace, table: str 
     else:
         text, figs = tables.render(outcome.summary.round(6), args.format), []
     print(text)
-    files = ["summary.csv", "summary.parquet", "runs.parquet", "metadata.json"] + [f.name for f in figs]
+    files = ["summary.csv", "summary.parquet", "runs.parquet", "metadata.json"] + (["table.csv"] if table else []) \
+        + [f.name for f in figs]
     print(f"{name}: {len(spec.cells)} cells x {spec.trials} runs in {outcome.seconds:.1f} s "
           f"({outcome.resumed_chunks} chunks resumed); wrote {out}/: {', '.join(files)}", file=sys.stderr)
     return 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    """Run one of the papers' tables (a packaged sweep), print it and write its directory and figures."""
-    if args.name in tables.DIRECT_TABLES:
-        return _run_direct(args)
+    """Run one of the tables (a packaged sweep), print it and write its directory and figures."""
     spec = tables.spec(args.name, **_overrides(args))
     return _run(args.name, spec, args, args.name)
-
-
-def _run_direct(args: argparse.Namespace) -> int:
-    """One-shot tables: no chunks, so --chunk, --workers and --scheduler do not apply; --set takes steps only."""
-    import time
-
-    for flag in ("chunk", "workers", "scheduler", "wait"):
-        if getattr(args, flag) not in (None, 0.0):
-            raise CLIError(f"--{flag} does not apply to table {args.name} (it runs in one process, in one shot)")
-    over = _overrides(args)
-    steps = over.pop("steps", None)
-    step_rule = over.pop("step_rule", None) if args.name == "expand" else None
-    extra = sorted(set(over) - {"trials", "seed"})
-    if extra:
-        accepted = "steps=N and step_rule=same|matched" if args.name == "expand" else "steps=N"
-        raise CLIError(f"--set {extra[0]} is not supported by table {args.name}; it accepts --set {accepted} only")
-    if step_rule is not None and step_rule not in ("same", "matched"):
-        raise CLIError(f"step_rule must be 'same' or 'matched'; got {step_rule!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise CLIError(f"steps must be an integer >= 1; got {steps!r}")
-    out = Path(args.out) if args.out else Path("runs") / args.name
-    t0 = time.perf_counter()
-    try:
-        text, figs, _ = tables.run_direct(args.name, out, trials=over.get("trials"), seed=over.get("seed"),
-                                          steps=steps, step_rule=step_rule, fmt=args.format)
-    except ValueError as exc:
-        if isinstance(exc, sweep.SweepError):
-            raise
-        raise CLIError(str(exc)) from None
-    print(text)
-    files = ["summary.csv", "summary.parquet", "table.csv", "metadata.json"] + [f.name for f in figs]
-    print(f"{args.name}: done in {time.perf_counter() - t0:.1f} s; wrote {out}/: {', '.join(files)}", file=sys.stderr)
-    return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -205,10 +171,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
         elif name == "trajectories":
             written += plots.trajectories(out / "trajectories")
         elif name == "expansions":
-            from sims.methods import expansion
-
-            rows = expansion.compare(k=8, p=8, trials=min(args.trials, 100), seed=0, steps=20000, step_rule="matched",
-                                     rates=(1, 2), timing_repeats=1)
+            with tempfile.TemporaryDirectory() as tmp:
+                spec = tables.spec("expand", trials=min(args.trials, 100))
+                outcome = sweep.run_sweep(spec, Path(tmp) / "expand", quiet=True)
+                rows = tables.expand_rows(outcome.summary, outcome.runs, spec)
             written += plots.expansions(rows, out / "expansions")
             written += plots.end_to_end(out / "end_to_end")
         else:
@@ -243,9 +209,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="shallowres", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    tb = sub.add_parser("table", help="reproduce a table: " + ", ".join(tables.TABLES + tables.DIRECT_TABLES))
-    tb.add_argument("name", choices=tables.TABLES + tables.DIRECT_TABLES)
-    _sweep_options(tb, default_trials="1000")
+    tb = sub.add_parser("table", help="reproduce a table: " + ", ".join(tables.TABLES))
+    tb.add_argument("name", choices=tables.TABLES)
+    _sweep_options(tb, default_trials="the table's")
     tb.set_defaults(func=cmd_table)
     sw = sub.add_parser("sweep", help="run a sweep file (TOML)")
     sw.add_argument("config", help="path of the sweep file")

@@ -67,6 +67,8 @@ def test_unknown_key_lists_the_valid_ones(tmp_path):
         (["--set", "schedule.eta_a_rel=3.0"], "exceeds the stability limit"),
         (["--trials", "0"], "--trials must be an integer in [1, 1000000000]; got 0"),
         (["--set", "nonsense"], "--set takes FIELD=VALUE"),
+        (["--set", 'engine={kind="expansion", depth=0}'], "engine.depth must be an integer in [1, 64]; got 0"),
+        (["--set", 'engine={kind="fade", steps=5000}'], "fade.steps = 5000 must be <= steps = 2000"),
     ],
 )
 def test_out_of_range_values_name_the_field(tmp_path, args, needle):

@@ -190,9 +190,9 @@ def check_chunk(path: Path, expected: dict, record: ChunkRecord | None, columns:
     return None
 
 
-def verify_chunks(out: Path, expected: dict[str, dict], columns: tuple[str, ...]) -> tuple[list[str], dict[str, str],
-                                                                                           list[int]]:
-    """Check every chunk of a sweep directory against the manifest.
+def verify_chunks(out: Path, expected: dict[str, dict], columns: tuple[str, ...] | dict[str, tuple[str, ...]]
+                  ) -> tuple[list[str], dict[str, str], list[int]]:
+    """Check every chunk of a sweep directory against the manifest (``columns``: of every chunk, or per chunk name).
 
     Returns the names that prove themselves, the damaged ones with the reason (files that exist, or that the
     manifest records, but cannot be trusted; chunks simply not computed yet are in neither), and the numbers of
@@ -202,7 +202,8 @@ def verify_chunks(out: Path, expected: dict[str, dict], columns: tuple[str, ...]
     good: list[str] = []
     damaged: dict[str, str] = {}
     for name, ident in expected.items():
-        reason = check_chunk(out / "chunks" / name, ident, records.get(name), columns)
+        cols = columns[name] if isinstance(columns, dict) else columns
+        reason = check_chunk(out / "chunks" / name, ident, records.get(name), cols)
         if reason is None:
             good.append(name)
         elif reason != "missing":

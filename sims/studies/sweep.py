@@ -5,13 +5,18 @@ A sweep file has four tables (see ``sims/studies/configs/example.toml``)::
 
     [sweep]    name, trials, seed, chunk            # chunk: runs per unit of work and per file
     [base]     model, k, p, steps, algorithm, batch_size, n_record, allow_unstable,
-               teacher = {...}, init = {...}, schedule = {...}, tolerances = {...}
-    [grid]     any base field (dotted for nested ones, e.g. "schedule.eta_w") -> list of values
+               teacher = {...}, init = {...}, schedule = {...}, tolerances = {...}, engine = {...}
+    [grid]     any base field (dotted for nested ones, e.g. "schedule.eta_w") -> list of values;
+               "f1,f2" -> list of [v1, v2] points (the fields vary together)
     [methods.LABEL]  overrides of base fields; every method is crossed with the whole grid
 
+``engine`` selects the engine of :func:`sims.simulate` (:func:`make_engine`): ``kind = "fade"``, ``"laperm"``,
+``"expansion"`` with their options, or any registered engine's name; without it the plain network runs.
+
 Every grid cell runs ``trials`` runs numbered ``0 .. trials-1`` with the sweep's seed, so all methods of a
-``(k, p)`` cell see the same teachers (common random numbers).  Results do not depend on how the runs are
-chunked or where the chunks run.
+``(k, p)`` cell see the same teachers (common random numbers), and every engine draws them (and the init) the same
+way, so the cells are paired run by run.  Results do not depend on how the runs are chunked or where the chunks
+run.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +45,24 @@ import numpy as np
 import pandas as pd
 
 import theory
+from sims.methods.distill import FADE_KINDS, Fade
+from sims.methods.expansion import INITS as EXPANSION_INITS
+from sims.methods.expansion import TARGETS as EXPANSION_TARGETS
+from sims.methods.expansion import Expansion
+from sims.methods.laperm import INIT_DISTS as LAPERM_INITS
+from sims.methods.laperm import INNER as LAPERM_INNER
+from sims.methods.laperm import PERMUTE as LAPERM_PERMUTE
+from sims.methods.laperm import LaPerm
 from sims.runs import classify
+from sims.runs.registry import engine_names
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule, Segment, optimal_eta_a
-from sims.runs.simulate import Tolerances, simulate
+from sims.runs.simulate import FRAME_COLUMNS, Tolerances, simulate
 from sims.studies import store
 
 SWEEP_KEYS = {"name": str, "trials": int, "seed": int, "chunk": int, "description": str}
 BASE_KEYS = ("model", "k", "p", "steps", "algorithm", "batch_size", "n_record", "allow_unstable", "teacher", "init",
-             "schedule", "tolerances")
+             "schedule", "tolerances", "engine")
 SCALAR_LIMITS = {"k": (1, 4096), "p": (1, 4096), "steps": (0, 10**9), "batch_size": (1, 10**6),
                  "n_record": (2, 100_000), "trials": (1, 10**9), "seed": (0, 2**63 - 1), "chunk": (1, 10**7)}
 SCHEDULE_KINDS = ("constant", "two-stage", "layerwise", "piecewise", "perturbed", "prescribed-warmup")
@@ -86,6 +100,9 @@ class Cell:
     index: int
     method: str
     params: dict[str, Any]
+    #: Columns of the cell's per-run table: :data:`sims.runs.simulate.FRAME_COLUMNS`, and for a cell with an
+    #: ``engine`` also ``loss_ref`` and the engine's per-run ``extras`` (found by the dry run of :func:`build_spec`).
+    columns: tuple[str, ...] = FRAME_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -174,7 +191,7 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, val in over.items():
-        if isinstance(val, dict) and isinstance(out.get(key), dict) and key != "schedule":
+        if isinstance(val, dict) and isinstance(out.get(key), dict) and key not in ("schedule", "engine"):
             out[key] = _merge(out[key], val)
         else:
             out[key] = copy.deepcopy(val)
@@ -241,10 +258,25 @@ def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) 
             _set_dotted({}, key, None)  # validates the head of the key
             field_overrides[key] = val
     grid = raw.get("grid", {})
+    axes: list[tuple[tuple[str, ...], list[list[Any]]]] = []  # (field names, one list of values per point)
     for key, vals in grid.items():
-        _set_dotted({}, key, None)  # validates the head of the key
+        names = tuple(key.split(","))
+        for n in names:
+            _set_dotted({}, n, None)  # validates the head of the key
         if not isinstance(vals, list) or not vals:
             raise SweepError(f"grid.{_show(key)} must be a non-empty list of values; got {vals!r}")
+        if len(names) == 1:
+            axes.append((names, [[v] for v in vals]))
+            continue
+        for v in vals:  # a zipped axis: "k,p" = [[4, 4], [16, 16]] varies the fields together
+            if not isinstance(v, list) or len(v) != len(names):
+                raise SweepError(f"grid.{_show(key)} must list [{', '.join(_show(n) for n in names)}] points of "
+                                 f"{len(names)} values each; got {v!r}")
+        axes.append((names, vals))
+    grid_keys = tuple(n for names, _ in axes for n in names)
+    if len(set(grid_keys)) < len(grid_keys):
+        dup = next(n for n in grid_keys if grid_keys.count(n) > 1)
+        raise SweepError(f"grid: field {_show(dup)} is varied by more than one grid key")
     methods = raw.get("methods", {}) or {"default": {}}
     for label, over in methods.items():
         if not isinstance(over, dict):
@@ -262,19 +294,19 @@ def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) 
     chunk = _bounded_int(sweep.get("chunk", 1000), "sweep.chunk")
     base = _merge(DEFAULT_BASE, base)
     cells = []
-    grid_keys = tuple(grid)
     for label, over in methods.items():
-        for combo in itertools.product(*grid.values()):
+        for combo in itertools.product(*(vals for _, vals in axes)):
             params = _merge(base, over)
-            for key, val in zip(grid_keys, combo, strict=True):
-                _set_dotted(params, key, val)
+            for (names, _), point in zip(axes, combo, strict=True):
+                for key, val in zip(names, point, strict=True):
+                    _set_dotted(params, key, val)
             for key, val in field_overrides.items():  # command-line overrides win over methods and grid
                 _set_dotted(params, key, val)
             cells.append(Cell(len(cells), label, params))
-    spec = SweepSpec(str(name), trials, seed, chunk, tuple(cells), grid_keys, raw)
-    for c in spec.cells:
-        simulation_kwargs(c.params, where=f"cell {c.index} (method {c.method!r})")
-    return spec
+    # Every cell is validated by a one-run dry run, which also gives its per-run columns.
+    cells = [Cell(c.index, c.method, c.params, _checked_kwargs(c.params, f"cell {c.index} (method {c.method!r})")[1])
+             for c in cells]
+    return SweepSpec(str(name), trials, seed, chunk, tuple(cells), grid_keys, raw)
 
 
 def _bounded_int(value: Any, name: str) -> int:
@@ -437,7 +469,15 @@ def _dataclass_from(cls, table: Any, name: str, where: str):
 
 
 def simulation_kwargs(params: dict[str, Any], *, where: str = "base") -> dict[str, Any]:
-    """Keyword arguments of :func:`sims.simulate` for one cell, validated (ranges name the field)."""
+    """Keyword arguments of :func:`_simulate_cell` for one cell (those of :func:`sims.simulate` plus ``engine``),
+    validated by a one-run dry run (ranges name the field)."""
+    kw, _ = _checked_kwargs(params, where)
+    return kw
+
+
+def _checked_kwargs(params: dict[str, Any], where: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The cell's keyword arguments and its per-run columns, from a one-run dry run that checks everything the
+    simulation checks (models, stability, samplers, stages <= steps, the engine's options)."""
     _unknown(params, BASE_KEYS, where)
     kw: dict[str, Any] = {}
     for key in ("k", "p", "steps", "n_record"):
@@ -449,22 +489,192 @@ def simulation_kwargs(params: dict[str, Any], *, where: str = "base") -> dict[st
     kw["allow_unstable"] = params.get("allow_unstable", False)
     if not isinstance(kw["allow_unstable"], bool):
         raise SweepError(f"{where}: allow_unstable must be true or false; got {kw['allow_unstable']!r}")
+    engine, step_rule = make_engine(params.get("engine"), where)
     kw["schedule"] = make_schedule(params["schedule"], kw["k"], where)
+    if step_rule == "matched":
+        kw["schedule"] = matched_schedule(kw["schedule"], engine, kw["k"], where)
     kw["teacher"] = _teacher_from(params["teacher"], kw["k"], kw["p"], where)
     init = params.get("init", {})
+    if isinstance(engine, LaPerm) and init not in (None, {}):
+        raise SweepError(f"{where}: engine.kind = 'laperm' draws its own initial values (engine.dist = 'gaussian' or "
+                         f"'uniform'): leave init empty; got init = {init!r}")
     if isinstance(init, dict) and "w" not in init:
         init = dict(init, w="zero" if kw["model"] == "resnet" else "sphere")
-    kw["init"] = _dataclass_from(Init, init, "init", where)
-    if kw["model"] == "resnet" and kw["p"] == 1 and kw["init"].w == "sphere":  # the dry run draws run 0 only
+    kw["init"] = None if isinstance(engine, LaPerm) else _dataclass_from(Init, init, "init", where)
+    if kw["model"] == "resnet" and kw["p"] == 1 and kw["init"] is not None and kw["init"].w == "sphere":
         raise SweepError(f"{where}: init.w = 'sphere' cannot start the ResNet at p = 1: w0 = -v (no direction) in "
                          "about half the runs; use init.w = 'zero' or 'gaussian', or p >= 2")
     kw["tolerances"] = _dataclass_from(Tolerances, params.get("tolerances", {}), "tolerances", where)
+    kw["engine"] = engine
     staged = sum(s.steps for s in kw["schedule"].segments[:-1])  # every stage but the last, which fills the budget
-    try:  # a one-run dry run checks everything simulate checks (models, stability, samplers, stages <= steps)
-        simulate(runs=1, seed=0, **dict(kw, steps=min(kw["steps"], max(1, staged))))
+    if isinstance(engine, Fade):
+        staged = max(staged, engine.steps)  # the fade must be over within the dry run's budget too
+    try:
+        res = _simulate_cell(dict(kw, steps=min(kw["steps"], max(1, staged))), runs=1, seed=0)
     except ValueError as exc:
         raise SweepError(f"{where}: {exc}") from None
-    return kw
+    return kw, tuple(run_frame(res, engine).columns)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Engines
+
+
+#: Engine kinds with options in a sweep file; any other registered engine name (:func:`sims.engine_names`, e.g. one
+#: registered by :func:`sims.register_engine`) is selected by ``engine = { kind = NAME }`` alone.
+ENGINE_KINDS: tuple[str, ...] = ("fade", "laperm", "expansion")
+STEP_RULES: tuple[str, ...] = ("same", "matched")
+#: The keys of each engine kind's table (besides ``kind``): the fields of its options object.
+ENGINE_KEYS: dict[str, tuple[str, ...]] = {
+    "fade": ("schedule", "steps", "values"),
+    "laperm": ("K", "inner", "dist", "permute", "adam"),
+    "expansion": ("target", "depth", "rate", "init", "scale", "pretrain_steps", "pretrain_batch", "pretrain_eta",
+                  "step_rule"),
+}
+
+
+def _choice(table: dict[str, Any], key: str, choices: tuple[str, ...], default: str, where: str) -> str:
+    val = table.get(key, default)
+    if not isinstance(val, str) or val not in choices:
+        raise SweepError(f"{where}: engine.{key} must be one of {', '.join(choices)}; got {val!r}")
+    return val
+
+
+def _engine_int(table: dict[str, Any], key: str, lo: int, hi: int, default: int, where: str) -> int:
+    val = table.get(key, default)
+    if isinstance(val, bool) or not isinstance(val, int) or not lo <= val <= hi:
+        raise SweepError(f"{where}: engine.{key} must be an integer in [{lo}, {hi}]; got {val!r}")
+    return val
+
+
+def _engine_numbers(table: dict[str, Any], key: str, n: int | None, what: str, where: str) -> tuple[float, ...] | None:
+    val = table.get(key)
+    if val is None:
+        return None
+    nums = [_float(x) for x in val] if isinstance(val, list) else [None]
+    if None in nums or (n is not None and len(nums) != n) or not all(math.isfinite(x) for x in nums):
+        raise SweepError(f"{where}: engine.{key} must be {what}; got {val!r}")
+    return tuple(nums)
+
+
+def make_engine(table: Any, where: str = "base") -> tuple[Any, str | None]:
+    """The ``engine=`` of :func:`sims.simulate` a cell's ``engine`` table selects, and its step rule.
+
+    ``(None, None)`` without one (the plain network, ``algorithm`` decides); a :class:`sims.Fade` for
+    ``kind = "fade"`` (``schedule``: the fade's kind, ``steps``: ``T_fade``, ``values``: a custom fade's table);
+    a :class:`sims.LaPerm` for ``kind = "laperm"`` (``K``: the synchronization period, 0 for none, i.e. the plain
+    inner optimizer; ``inner``, ``dist``, ``permute``, ``adam``); a :class:`sims.Expansion` for
+    ``kind = "expansion"`` (its fields, plus the sweep's ``step_rule``, see :func:`matched_schedule`); any other
+    registered engine name as that name (no options).
+    """
+    if table is None:
+        return None, None
+    if not isinstance(table, dict):
+        raise SweepError(f"{where}: engine must be a table with a 'kind'; got {table!r}")
+    kind = table.get("kind")
+    others = tuple(n for n in engine_names() if n not in ENGINE_KINDS)
+    if not isinstance(kind, str) or kind not in ENGINE_KINDS + others:
+        raise SweepError(f"{where}: engine.kind must be one of {', '.join(ENGINE_KINDS + others)} (registered "
+                         f"engines); got {kind!r}")
+    if kind not in ENGINE_KINDS:
+        _unknown(table, ("kind",), f"{where}: engine (kind {kind!r}, an engine without options)")
+        return kind, None
+    _unknown(table, ("kind",) + ENGINE_KEYS[kind], f"{where}: engine (kind {kind!r})")
+    try:
+        if kind == "fade":
+            fade_kind = _choice(table, "schedule", FADE_KINDS, "linear", where)
+            if fade_kind == "custom":
+                values = _engine_numbers(table, "values", None, "a list of numbers 1 = lambda_0 >= ... >= "
+                                         "lambda_T = 0", where)
+                if "steps" in table:
+                    raise SweepError(f"{where}: engine.steps is len(engine.values) - 1 for a custom fade; leave it "
+                                     "out")
+                return Fade.custom(values), None
+            if "values" in table:
+                raise SweepError(f"{where}: engine.values is only for engine.schedule = 'custom'")
+            if "steps" not in table:
+                raise SweepError(f"{where}: engine.steps (T_fade, the step at which the shortcut weight reaches 0) is "
+                                 "required")
+            return Fade(fade_kind, _engine_int(table, "steps", 1, SCALAR_LIMITS["steps"][1], 1, where)), None
+        if kind == "laperm":
+            adam = _engine_numbers(table, "adam", 3, "three numbers [beta1, beta2, eps] with 0 <= beta1, beta2 < 1 "
+                                   "and eps > 0", where)
+            if adam is not None and not (0.0 <= adam[0] < 1.0 and 0.0 <= adam[1] < 1.0 and adam[2] > 0.0):
+                raise SweepError(f"{where}: engine.adam must be three numbers [beta1, beta2, eps] with 0 <= beta1, "
+                                 f"beta2 < 1 and eps > 0; got {table['adam']!r}")
+            K = _engine_int(table, "K", 0, SCALAR_LIMITS["steps"][1], 10, where)
+            return LaPerm(sync_every=K or None, inner=_choice(table, "inner", LAPERM_INNER, "gd", where),
+                          dist=_choice(table, "dist", LAPERM_INITS, "gaussian", where),
+                          permute=_choice(table, "permute", LAPERM_PERMUTE, "both", where),
+                          adam=adam if adam is not None else LaPerm.adam), None
+        step_rule = _choice(table, "step_rule", STEP_RULES, "same", where)
+        scale = table.get("scale")
+        if scale is not None and not (_float(scale) is not None and math.isfinite(_float(scale)) and scale > 0):
+            raise SweepError(f"{where}: engine.scale must be a finite number > 0; got {scale!r}")
+        ex = Expansion(target=_choice(table, "target", EXPANSION_TARGETS, "w", where),
+                       depth=_engine_int(table, "depth", 1, 64, 2, where),
+                       rate=_engine_int(table, "rate", 1, 1024, 1, where),
+                       init=_choice(table, "init", EXPANSION_INITS, "auto", where),
+                       scale=None if scale is None else float(scale),
+                       pretrain_steps=_engine_int(table, "pretrain_steps", 0, SCALAR_LIMITS["steps"][1], 300, where),
+                       pretrain_batch=_engine_int(table, "pretrain_batch", 1, SCALAR_LIMITS["batch_size"][1], 32,
+                                                  where),
+                       pretrain_eta=_engine_numbers(table, "pretrain_eta", 2, "two finite numbers [eta_w, eta_a] "
+                                                    ">= 0", where))
+        return ex, step_rule
+    except SweepError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise SweepError(f"{where}: engine: {exc}") from None
+
+
+def matched_schedule(schedule: Schedule, expansion: Expansion, k: int, where: str = "base") -> Schedule:
+    """The step rule ``"matched"`` of an expansion: an expanded layer's step is divided by its end-to-end gain
+    ``N s^(2 - 2/N)`` at its typical scale (``s = 1`` for ``w``, ``s = sqrt(k)`` for ``a``: ``N`` and
+    ``N k^(1 - 1/N)``), so that the contracted layer moves about as fast as without expansion.  The last
+    segment's step is divided by the gain and every earlier segment keeps its ratio to the last one (so a warmup
+    stays the same fraction of the final step).  Depth 1 and layers not expanded keep their steps."""
+    if schedule.prescribed:
+        raise SweepError(f"{where}: engine.step_rule = 'matched' needs a schedule without the prescribed warmup "
+                         "(its stage-I step is computed per run)")
+    N = expansion.depth
+    if N == 1:
+        return schedule
+    gain_w = float(N) if expansion.expands_w else 1.0
+    gain_a = N * float(k) ** (1.0 - 1.0 / N) if expansion.expands_a else 1.0
+    last = schedule.segments[-1]
+
+    def scaled(eta: float, last_eta: float, gain: float) -> float:
+        if gain == 1.0 or eta == 0.0:
+            return eta
+        return eta / gain if last_eta == 0.0 else (eta / last_eta) * (last_eta / gain)
+
+    segs = tuple(replace(seg, eta_w=scaled(seg.eta_w, last.eta_w, gain_w), eta_a=scaled(seg.eta_a, last.eta_a, gain_a))
+                 for seg in schedule.segments)
+    return replace(schedule, segments=segs)
+
+
+def _simulate_cell(kw: dict[str, Any], *, runs: int, seed: int, run_offset: int = 0, threads: int | None = None):
+    """Run one cell (keyword arguments from :func:`simulation_kwargs`, ``engine`` included) by :func:`sims.simulate`.
+    Every engine draws run ``r``'s teacher and init from the same stream, so the cells of a sweep are paired run by
+    run."""
+    return simulate(**kw, runs=runs, seed=seed, run_offset=run_offset, threads=threads)
+
+
+def run_frame(res: Any, engine: Any) -> pd.DataFrame:
+    """The per-run table of a result: :data:`sims.runs.simulate.FRAME_COLUMNS`; with an ``engine`` also
+    ``loss_ref`` and every per-run scalar of ``res.extras`` (one value per run; a name taken by another column
+    gets the prefix ``extras.``), which the tables summarize from the persisted chunks."""
+    df = res.to_frame()
+    if engine is None:
+        return df
+    df["loss_ref"] = res.loss_ref
+    taken = set(df.columns) | {"cell", "method", "model", "k", "p"}
+    for key, val in res.extras.items():
+        val = np.asarray(val)
+        if val.ndim == 1 and len(val) == len(res) and val.dtype.kind in "biuf":
+            df[f"extras.{key}" if key in taken else key] = val
+    return df
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -480,8 +690,8 @@ def run_chunk(params: dict[str, Any], seed: int, first: int, runs: int, threads:
     """Simulate one chunk and return its per-run table as Parquet bytes (what a Dask worker sends back), with
     ``identity`` (fingerprint, cell, chunk, first run, runs) in the file's metadata."""
     kw = simulation_kwargs_fast(params)
-    res = simulate(runs=runs, seed=seed, run_offset=first, threads=threads, **kw)
-    return store.chunk_bytes(res.to_frame(), identity or {})
+    res = _simulate_cell(kw, runs=runs, seed=seed, run_offset=first, threads=threads)
+    return store.chunk_bytes(run_frame(res, kw["engine"]), identity or {})
 
 
 def simulation_kwargs_fast(params: dict[str, Any]) -> dict[str, Any]:
@@ -495,8 +705,11 @@ def simulation_kwargs_fast(params: dict[str, Any]) -> dict[str, Any]:
         kw["batch_size"] = params["batch_size"]
     kw["allow_unstable"] = bool(params.get("allow_unstable", False))
     kw["schedule"] = make_schedule(params["schedule"], k)
+    kw["engine"], step_rule = make_engine(params.get("engine"))
+    if step_rule == "matched":
+        kw["schedule"] = matched_schedule(kw["schedule"], kw["engine"], k)
     kw["teacher"] = _teacher_from(params["teacher"], params["k"], params["p"], "cell")
-    kw["init"] = _dataclass_from(Init, init, "init", "cell")
+    kw["init"] = None if isinstance(kw["engine"], LaPerm) else _dataclass_from(Init, init, "init", "cell")
     kw["tolerances"] = _dataclass_from(Tolerances, params.get("tolerances") or {}, "tolerances", "cell")
     return kw
 
@@ -673,8 +886,6 @@ def _expected_chunks(spec: SweepSpec) -> dict[str, tuple[tuple[int, int, int, in
 
 
 def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0) -> SweepOutcome:
-    from sims.runs.simulate import FRAME_COLUMNS
-
     resuming = check_output_dir(out, spec)  # again: another sweep may have written here before we got the lock
     chunk_dir = out / "chunks"
     try:
@@ -690,7 +901,8 @@ def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0) -> S
              "cells": [{"index": c.index, "method": c.method, "params": c.params} for c in spec.cells],
              "source": spec.raw}, indent=1, default=str).encode())
     expected = _expected_chunks(spec)
-    good, damaged, bad_lines = store.verify_chunks(out, {n: e[1] for n, e in expected.items()}, FRAME_COLUMNS)
+    columns = {n: spec.cells[e[0][0]].columns for n, e in expected.items()}
+    good, damaged, bad_lines = store.verify_chunks(out, {n: e[1] for n, e in expected.items()}, columns)
     report = store.damage_report(damaged, bad_lines)
     if report:
         log(report)
@@ -801,8 +1013,6 @@ def cell_columns(spec: SweepSpec) -> dict[str, list[Any]]:
     numbers, strings or booleans that Parquet holds exactly (a list such as a rate window, an integer beyond 64
     bits) is stored as the values' JSON text, so every cell has one value of one type.
     """
-    from sims.runs.simulate import FRAME_COLUMNS
-
     out: dict[str, list[Any]] = {}
     for key in ("model", "k", "p") + tuple(k for k in spec.grid_keys if k not in ("model", "k", "p")):
         values = [_param(c.params, key) for c in spec.cells]

@@ -1,7 +1,10 @@
-"""The papers' tables: ``liu2019``, ``du2018`` and ``two-phase`` (sweep configs in ``sims/studies/configs/``).
+"""The tables: the papers' ``liu2019``, ``du2018`` and ``two-phase``, and the methods' ``distill`` (fading
+shortcut), ``laperm`` (train-by-reconnect) and ``expand`` (deep linear expansions); one sweep config each in
+``sims/studies/configs/``.
 
-Each table is a sweep plus a rendering (Markdown, LaTeX or CSV) and figures.  The papers' own numbers are not
-available to us; the tables report ours with Wilson 95% intervals and the settings in full.
+Each table is a sweep (chunked, resumable, on Dask if asked) plus a rendering (Markdown, LaTeX or CSV) and figures,
+computed from the persisted per-run table only.  The papers' own numbers are not available to us; the tables
+report ours with Wilson 95% intervals and the settings in full.
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ from sims import plots
 from sims.runs.simulate import simulate
 from sims.studies import sweep
 
-TABLES: tuple[str, ...] = ("liu2019", "du2018", "two-phase")
-#: Tables computed in one shot by a comparison function (no chunked sweep, so no resume), see :func:`run_direct`.
-DIRECT_TABLES: tuple[str, ...] = ("distill", "laperm", "expand")
+TABLES: tuple[str, ...] = ("liu2019", "du2018", "two-phase", "distill", "laperm", "expand")
 FORMATS: tuple[str, ...] = ("markdown", "latex", "csv")
 RESTARTS: tuple[int, ...] = (1, 2, 4, 8)
 
@@ -141,9 +142,24 @@ def _num(x: float, fmt: str = ".0f") -> str:
 
 def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: str = "markdown"
          ) -> tuple[str, list[Path]]:
-    """Render a finished table sweep and write its figures into the sweep directory."""
+    """Render a finished table sweep and write its figures into the sweep directory (``distill``, ``laperm`` and
+    ``expand`` also rewrite ``summary.csv``/``summary.parquet`` with their table's columns added)."""
     summary, runs, out = outcome.summary, outcome.runs, outcome.out
-    if name == "liu2019":
+    if name in METHOD_TABLES:
+        rows = METHOD_TABLES[name](summary, runs, spec_)
+        sweep._atomic_write(out / "summary.parquet", sweep._to_parquet(rows))
+        sweep._atomic_write(out / "summary.csv", rows.to_csv(index=False).encode())
+        frame = display_frame(rows, METHOD_COLUMNS[name])
+        if name == "expand":
+            rules = sorted({str(sweep._param(c.params, "engine.step_rule") or "same") for c in spec_.cells})
+            caption = ("Deep linear expansions (product of N factors, ExpandNets rate r) of w, a or both, GD on the "
+                       f"factors, k = p = 8, step rule {', '.join(rules)}: P(global) in % [Wilson 95%]; depth 1 is "
+                       "the unexpanded network")
+            figs = plots.expansions(rows, out / "expansions")
+        else:
+            caption = CAPTIONS[name]
+            figs = plots.success_rates(rows, out / "success_rates", title=TITLES[name])
+    elif name == "liu2019":
         frame = liu2019_frame(summary)
         caption = ("P(global minimum) in % [Wilson 95%], GD on the population loss; teachers with v.w* >= 0 and a "
                    f"spurious point; {int(summary['trials'].iloc[0])} trials per cell")
@@ -183,100 +199,142 @@ def two_phase_figure(spec_: sweep.SweepSpec, out: Path, *, k: int = 16, p: int =
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# One-shot tables (comparison functions of sims.methods.distill, sims.methods.laperm)
+# The methods' tables: distill, laperm, expand (summaries from the per-run table, extras included)
 
-DIRECT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "distill": {"trials": 300, "seed": 0, "steps": 5000},
-    "laperm": {"trials": 300, "seed": 0, "steps": 5000},
-    "expand": {"trials": 200, "seed": 0, "steps": 20000, "step_rule": "matched"},
+
+def _order(summary: pd.DataFrame) -> pd.DataFrame:
+    """Rows by grid cell ``(k, p)`` first, then in the config's method order (the comparison tables' layout)."""
+    methods = {m: i for i, m in enumerate(dict.fromkeys(summary["method"]))}
+    key = summary["method"].map(methods)
+    return summary.assign(_m=key).sort_values(["k", "p", "_m", "cell"], kind="stable").drop(columns="_m") \
+        .reset_index(drop=True)
+
+
+def _rate_with_interval(row: dict[str, Any], name: str, hits: np.ndarray) -> None:
+    n = len(hits)
+    s = int(np.sum(hits))
+    lo, hi = sweep.wilson(s, n)
+    row[f"p_{name}"], row[f"p_{name}_lo"], row[f"p_{name}_hi"] = s / n, float(lo), float(hi)
+
+
+def _column(g: pd.DataFrame, name: str) -> np.ndarray | None:
+    """A per-run extras column of one cell, or None if the cell's engine does not produce it."""
+    if name not in g or g[name].isna().all():
+        return None
+    return g[name].to_numpy()
+
+
+def distill_rows(summary: pd.DataFrame, runs: pd.DataFrame, spec_: sweep.SweepSpec) -> pd.DataFrame:
+    """The ``distill`` table's rows: the sweep summary plus ``p_same_outcome_as_resnet`` (the fraction of runs whose
+    outcome equals that of the run with the same number in the ``resnet`` method's cell of the same ``(k, p)``:
+    the same teacher and init; NaN for cells of another model, e.g. the CNN) and ``fade_end_loss_rel_median``
+    (median loss / L_ref when the shortcut is gone, over the runs that got there; NaN without a fade)."""
+    rows = []
+    for _, s in summary.iterrows():
+        row = s.to_dict()
+        g = runs[runs["cell"] == s["cell"]].sort_values("run")
+        ref = runs[(runs["method"] == "resnet") & (runs["k"] == s["k"]) & (runs["p"] == s["p"])].sort_values("run")
+        paired = spec_.cells[int(s["cell"])].params["model"] == "resnet" and len(ref) == len(g)
+        row["p_same_outcome_as_resnet"] = float(np.mean(g["outcome"].to_numpy() == ref["outcome"].to_numpy())) \
+            if paired else math.nan
+        fade_end = _column(g, "fade_end_loss")
+        row["fade_end_loss_rel_median"] = float(np.nanmedian(fade_end / g["loss_ref"].to_numpy())) \
+            if fade_end is not None and not np.isnan(fade_end.astype(float)).all() else math.nan
+        rows.append(row)
+    return _order(pd.DataFrame(rows))
+
+
+def _laperm_options(spec_: sweep.SweepSpec, cell: int) -> dict[str, Any]:
+    engine = spec_.cells[cell].params.get("engine") or {}
+    return {"K": engine.get("K", 10), "init": engine.get("dist", "gaussian"), "inner": engine.get("inner", "gd"),
+            "permute": engine.get("permute", "both")}
+
+
+def laperm_rows(summary: pd.DataFrame, runs: pd.DataFrame, spec_: sweep.SweepSpec) -> pd.DataFrame:
+    """The ``laperm`` table's rows: the sweep summary plus ``sync_every``, ``init``, ``inner``, ``permute``,
+    ``final_loss_median``, ``final_loss_rel_median`` (loss / L_ref), and for LaPerm cells (``K >= 1``)
+    ``p_perm_optimal``/``p_perm_anti`` with Wilson intervals, ``oracle_loss_rel_median`` (the best permutation),
+    ``last_change_median`` and ``p_perm_optimal_if_plain_global``/``..._spurious``: the fraction reaching the best
+    permutation among the runs whose plain-optimizer twin (the cell of the same ``(k, p)``, initial values and
+    inner optimizer with ``K = 0``, same run number) ended at the global minimum / the spurious point."""
+    rows = []
+    for _, s in summary.iterrows():
+        row = s.to_dict()
+        cell = int(s["cell"])
+        opts = _laperm_options(spec_, cell)
+        row.update(sync_every=opts["K"], init=opts["init"], inner=opts["inner"],
+                   permute=opts["permute"] if opts["K"] else "")
+        g = runs[runs["cell"] == cell].sort_values("run")
+        rel = g["final_loss"].to_numpy() / g["loss_ref"].to_numpy()
+        row["final_loss_median"] = float(np.median(g["final_loss"]))
+        row["final_loss_rel_median"] = float(np.median(rel))
+        optimal = _column(g, "perm_optimal")
+        if opts["K"] and optimal is not None:
+            optimal = optimal.astype(bool)
+            _rate_with_interval(row, "perm_optimal", optimal)
+            _rate_with_interval(row, "perm_anti", g["perm_anti"].to_numpy().astype(bool))
+            row["oracle_loss_rel_median"] = float(np.median(g["oracle_loss"].to_numpy() / g["loss_ref"].to_numpy()))
+            row["last_change_median"] = float(np.median(g["last_change_step"].to_numpy().astype(float)))
+            base = [c.index for c in spec_.cells if (c.params["k"], c.params["p"]) == (s["k"], s["p"])
+                    and {**_laperm_options(spec_, c.index), "permute": opts["permute"]} == dict(opts, K=0)]
+            twin = runs[runs["cell"] == base[0]].sort_values("run")["outcome"].to_numpy() if base else None
+            for name in ("global", "spurious"):
+                sel = twin == name if twin is not None and len(twin) == len(g) else np.zeros(len(g), bool)
+                row[f"p_perm_optimal_if_plain_{name}"] = float(np.mean(optimal[sel])) if sel.any() else math.nan
+        else:
+            for name in ("perm_optimal", "perm_anti"):
+                row[f"p_{name}"] = row[f"p_{name}_lo"] = row[f"p_{name}_hi"] = math.nan
+            row["oracle_loss_rel_median"] = row["last_change_median"] = math.nan
+            row["p_perm_optimal_if_plain_global"] = row["p_perm_optimal_if_plain_spurious"] = math.nan
+        rows.append(row)
+    return _order(pd.DataFrame(rows))
+
+
+def expand_rows(summary: pd.DataFrame, runs: pd.DataFrame, spec_: sweep.SweepSpec) -> pd.DataFrame:
+    """The ``expand`` table's rows: the sweep summary with each cell's expansion ``target``, ``depth``, ``rate``,
+    ``init``, step rule and final step sizes ``eta_w``/``eta_a`` (after the step rule), in the config's order."""
+    rows = []
+    for _, s in summary.iterrows():
+        row = s.to_dict()
+        cell = spec_.cells[int(s["cell"])]
+        engine = cell.params.get("engine") or {}
+        kw = sweep.simulation_kwargs_fast(cell.params)
+        last = kw["schedule"].segments[-1]
+        row.update(model=cell.params["model"], warmup=len(kw["schedule"].segments) > 1,
+                   target=engine.get("target", "w"), depth=engine.get("depth", 2),
+                   rate=engine.get("rate", 1), init=engine.get("init", "auto"),
+                   step_rule=engine.get("step_rule", "same"), eta_w=last.eta_w, eta_a=last.eta_a)
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("cell", kind="stable").reset_index(drop=True)
+
+
+#: Row builders of the methods' tables (summary, runs, spec -> rows).
+METHOD_TABLES = {"distill": distill_rows, "laperm": laperm_rows, "expand": expand_rows}
+#: The columns each shows (``P(global) %`` replaces ``p_global`` and its interval).
+METHOD_COLUMNS: dict[str, tuple[str, ...]] = {
+    "distill": ("method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious",
+                "p_same_outcome_as_resnet", "steps_to_tol_median", "fade_end_loss_rel_median"),
+    "laperm": ("method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious",
+               "p_perm_optimal", "final_loss_rel_median", "oracle_loss_rel_median"),
+    "expand": ("method", "target", "depth", "rate", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious",
+               "p_diverged", "steps_to_tol_median"),
 }
+CAPTIONS = {
+    "distill": ("Fading shortcut (train with a shortcut whose weight decays to 0, deploy a plain CNN) against the "
+                "ResNet and the CNN: P(global) in % [Wilson 95%], same teachers and inits run by run"),
+    "laperm": ("LaPerm (train by permuting the initial values, sync every K steps) against plain GD: P(global) "
+               "in % [Wilson 95%], P(best permutation), final and best-permutation loss / L_ref"),
+}
+TITLES = {"distill": "Residual distillation: fading shortcut", "laperm": "Train-by-reconnect (LaPerm) against GD"}
 
 
-def run_direct(name: str, out: Path, *, trials: int | None = None, seed: int | None = None,
-               steps: int | None = None, step_rule: str | None = None, fmt: str = "markdown"
-               ) -> tuple[str, list[Path], pd.DataFrame]:
-    """Run a one-shot table, write ``summary.csv/.parquet``, ``table.csv``, ``metadata.json`` and the figure into
-    ``out`` (refusing a directory that holds another configuration), and return the rendered table."""
-    import json
-
-    if name not in DIRECT_TABLES:
-        raise sweep.SweepError(f"table must be one of {', '.join(TABLES + DIRECT_TABLES)}; got {name!r}")
-    settings = dict(DIRECT_DEFAULTS[name])
-    if step_rule is not None and name != "expand":
-        raise sweep.SweepError(f"step_rule applies to table expand only, not {name}")
-    for key, val in (("trials", trials), ("seed", seed), ("steps", steps), ("step_rule", step_rule)):
-        if val is not None:
-            settings[key] = val
-    payload = json.dumps({"table": name, **settings}, sort_keys=True).encode()
-    fingerprint = sweep.hashlib.sha256(payload).hexdigest()[:16]
-    _check_direct_dir(out, fingerprint)
-    if name == "distill":
-        from sims.methods import distill
-
-        summary = distill.compare(trials=settings["trials"], seed=settings["seed"], steps=settings["steps"])
-        cols = ["method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious",
-                "p_same_outcome_as_resnet", "steps_to_tol_median", "fade_end_loss_rel_median"]
-        caption = ("Fading shortcut (train with a shortcut whose weight decays to 0, deploy a plain CNN) against the "
-                   "ResNet and the CNN: P(global) in % [Wilson 95%], same teachers and inits run by run")
-        title = "Residual distillation: fading shortcut"
-    elif name == "expand":
-        from sims.methods import expansion
-
-        summary = expansion.compare(k=8, p=8, trials=settings["trials"], seed=settings["seed"],
-                                    steps=settings["steps"], step_rule=settings["step_rule"], timing_runs=16,
-                                    timing_steps=2000, timing_repeats=2)
-        cols = ["method", "target", "depth", "rate", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi",
-                "p_spurious", "p_diverged", "steps_to_tol_median", "seconds_per_step"]
-        caption = ("Deep linear expansions (product of N factors, ExpandNets rate r) of w, a or both, GD on the "
-                   f"factors, k = p = 8, step rule {settings['step_rule']!r}: P(global) in % [Wilson 95%]; "
-                   "depth 1 is the unexpanded network")
-        title = "Deep linear expansions: P(global) by method, target, depth and rate"
-    else:
-        from sims.methods import laperm
-
-        summary = laperm.compare(trials=settings["trials"], seed=settings["seed"], steps=settings["steps"])
-        cols = ["method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious",
-                "p_perm_optimal", "final_loss_rel_median", "oracle_loss_rel_median"]
-        caption = ("LaPerm (train by permuting the initial values, sync every K steps) against plain GD: P(global) "
-                   "in % [Wilson 95%], P(best permutation), final and best-permutation loss / L_ref")
-        title = "Train-by-reconnect (LaPerm) against GD"
-    frame = summary[[c for c in cols if c in summary.columns]].copy()
-    frame.insert(4, "P(global) %", [_pct(r.p_global, r.p_global_lo, r.p_global_hi) for r in summary.itertuples()])
+def display_frame(rows: pd.DataFrame, cols: tuple[str, ...]) -> pd.DataFrame:
+    """The shown table: ``cols`` of ``rows`` with ``P(global) %`` [Wilson 95%] after the fourth column, numbers
+    formatted (steps to 0 decimals, rates and losses to 3)."""
+    frame = rows[[c for c in cols if c in rows.columns]].copy()
+    frame.insert(4, "P(global) %", [_pct(r.p_global, r.p_global_lo, r.p_global_hi) for r in rows.itertuples()])
     frame = frame.drop(columns=["p_global", "p_global_lo", "p_global_hi"])
     for c in frame.columns:
         if frame[c].dtype.kind == "f":
-            fmt_c = ".2e" if c == "seconds_per_step" else (".0f" if "steps" in c else ".3f")
-            frame[c] = frame[c].map(lambda x, f=fmt_c: _num(x, f))
-    out.mkdir(parents=True, exist_ok=True)
-    sweep._atomic_write(out / "config.json", json.dumps({"fingerprint": fingerprint, "table": name, **settings},
-                                                        indent=1).encode())
-    sweep._atomic_write(out / "summary.parquet", sweep._to_parquet(summary))
-    sweep._atomic_write(out / "summary.csv", summary.to_csv(index=False).encode())
-    sweep._atomic_write(out / "table.csv", frame.to_csv(index=False).encode())
-    meta = {"table": name, **settings, "fingerprint": fingerprint, "git_commit": sweep._git_commit()}
-    sweep._atomic_write(out / "metadata.json", json.dumps(meta, indent=1, default=str).encode())
-    if name == "expand":
-        figs = plots.expansions(summary, out / "expansions")
-    else:
-        figs = plots.success_rates(summary, out / "success_rates", title=title)
-    return render(frame, fmt, caption=caption), figs, summary
-
-
-def _check_direct_dir(out: Path, fingerprint: str) -> None:
-    import json
-
-    cfg = out / "config.json"
-    if cfg.exists():
-        try:
-            old = json.loads(cfg.read_text()).get("fingerprint")
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if old != fingerprint:
-            raise sweep.SweepError(f"output directory {str(out)!r} holds a different configuration; use another --out")
-        sweep._check_writable(out, out)
-        return
-    if out.exists() and not out.is_dir():
-        raise sweep.SweepError(f"output path {str(out)!r} exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        raise sweep.SweepError(f"output directory {str(out)!r} is not empty and holds no table; use another --out")
-    sweep._check_writable(out if out.exists() else sweep._existing_parent(out), out)
+            frame[c] = frame[c].map(lambda x, f=(".0f" if "steps" in c else ".3f"): _num(x, f))
+    return frame
