@@ -271,7 +271,7 @@ def test_compare_table():
         assert col in df.columns
     assert (df["trials"] == 40).all() and (df["k"] == 4).all() and (df["p"] == 4).all()
     assert ((df["p_global_lo"] <= df["p_global"]) & (df["p_global"] <= df["p_global_hi"])).all()
-    lo, hi = sims.studies.sweep.wilson(int(round(df["p_global"].iloc[1] * 40)), 40)
+    lo, hi = sims.runs.classify.wilson(int(round(df["p_global"].iloc[1] * 40)), 40)
     assert df["p_global_lo"].iloc[1] == pytest.approx(lo) and df["p_global_hi"].iloc[1] == pytest.approx(hi)
     assert df["p_same_outcome_as_resnet"].iloc[0] == 1.0
     with pytest.raises(ValueError, match=r"^fades must hold sims\.Fade"):

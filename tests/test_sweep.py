@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sims.runs import classify
 from sims.studies import sweep, tables
 
 SMALL = """
@@ -132,7 +133,7 @@ def test_another_configuration_in_the_same_directory_is_refused(tmp_path):
 
 def test_wilson_interval_matches_the_textbook_values():
     # Wilson (1927) 95% interval for 0/10 is [0, 0.2775]; for 10/10 [0.7225, 1]; for 50/100 [0.4038, 0.5962].
-    lo, hi = sweep.wilson(np.array([0, 10, 50]), np.array([10, 10, 100]))
+    lo, hi = classify.wilson(np.array([0, 10, 50]), np.array([10, 10, 100]))
     np.testing.assert_allclose(lo, [0.0, 0.72246, 0.40383], atol=1e-5)
     np.testing.assert_allclose(hi, [0.27754, 1.0, 0.59617], atol=1e-5)
 

@@ -257,7 +257,7 @@ def liu_two_stage(k: int) -> Schedule:
 
 def _row(res: SimulationResult, method: str, k: int, p: int, fade: Fade | None,
          paired: SimulationResult | None = None) -> dict[str, Any]:
-    from sims.studies.sweep import wilson
+    from sims.runs.classify import wilson
 
     n = len(res)
     row: dict[str, Any] = {"method": method, "k": k, "p": p, "fade": fade.kind if fade else "",

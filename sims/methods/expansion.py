@@ -720,7 +720,7 @@ def compare(*, k: int = 8, p: int = 8, trials: int = 200, seed: int = 0, depths:
     ``||a*||``, for ``a``), so that the contracted layer moves about as fast as without expansion.
 
     Columns :data:`COMPARE_COLUMNS`: ``p_*`` outcome rates with Wilson 95% intervals
-    (:func:`sims.studies.sweep.wilson`),
+    (:func:`sims.runs.classify.wilson`),
     ``steps_to_tol_median`` the median of the steps to the loss level ``Tolerances().eps`` over the runs that reached
     it, ``seconds_per_step`` the wall time per run-step from fixed-length runs of ``timing_runs`` x ``timing_steps``
     and ``2 timing_steps`` steps (best of ``timing_repeats``, difference of the two, so per-call costs cancel; all
@@ -729,9 +729,9 @@ def compare(*, k: int = 8, p: int = 8, trials: int = 200, seed: int = 0, depths:
     """
     import pandas as pd
 
+    from sims.runs.classify import wilson
     from sims.runs.samplers import Teacher as _Teacher
     from sims.runs.schedules import optimal_eta_a
-    from sims.studies.sweep import wilson
 
     if step_rule not in ("same", "matched"):
         raise ValueError(f"step_rule must be 'same' or 'matched'; got {step_rule!r}")

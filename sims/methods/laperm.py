@@ -294,7 +294,7 @@ def du_constant(k: int) -> Schedule:
 
 def _row(res: SimulationResult, method: str, k: int, p: int, K: int | None, dist: str, inner: str,
          permute: str, base: SimulationResult) -> dict[str, Any]:
-    from sims.studies.sweep import wilson
+    from sims.runs.classify import wilson
 
     n = len(res)
     row: dict[str, Any] = {"method": method, "k": k, "p": p, "sync_every": K if K else 0, "init": dist,

@@ -108,3 +108,16 @@ def _classify(final_loss, final_phi, a, a_star, scale, stop_reason, loss_ref, lo
     out[glob] = GLOBAL
     out[stop_reason == driver.STOP_DIVERGED] = DIVERGED
     return out
+
+
+def wilson(successes: np.ndarray | int, n: np.ndarray | int, z: float = 1.959963984540054):
+    """Wilson score interval (95% by default) for a binomial proportion: ``(lo, hi)``."""
+    s = np.asarray(successes, dtype=float)
+    n = np.asarray(n, dtype=float)
+    phat = s / n
+    denom = 1.0 + z**2 / n
+    centre = (phat + z**2 / (2 * n)) / denom
+    half = z * np.sqrt(phat * (1 - phat) / n + z**2 / (4 * n**2)) / denom
+    lo = np.where(s == 0, 0.0, np.clip(centre - half, 0.0, 1.0))  # exact ends (no 1e-19 from rounding)
+    hi = np.where(s == n, 1.0, np.clip(centre + half, 0.0, 1.0))
+    return lo, hi

@@ -1027,19 +1027,6 @@ def cell_columns(spec: SweepSpec) -> dict[str, list[Any]]:
     return out
 
 
-def wilson(successes: np.ndarray | int, n: np.ndarray | int, z: float = 1.959963984540054):
-    """Wilson score interval (95% by default) for a binomial proportion: ``(lo, hi)``."""
-    s = np.asarray(successes, dtype=float)
-    n = np.asarray(n, dtype=float)
-    phat = s / n
-    denom = 1.0 + z**2 / n
-    centre = (phat + z**2 / (2 * n)) / denom
-    half = z * np.sqrt(phat * (1 - phat) / n + z**2 / (4 * n**2)) / denom
-    lo = np.where(s == 0, 0.0, np.clip(centre - half, 0.0, 1.0))  # exact ends (no 1e-19 from rounding)
-    hi = np.where(s == n, 1.0, np.clip(centre + half, 0.0, 1.0))
-    return lo, hi
-
-
 def summarize_runs(runs: pd.DataFrame, spec: SweepSpec | None = None) -> pd.DataFrame:
     """One row per grid cell: outcome rates with Wilson 95% intervals, steps to tolerance, slow phase, rates."""
     rows = []
@@ -1050,7 +1037,7 @@ def summarize_runs(runs: pd.DataFrame, spec: SweepSpec | None = None) -> pd.Data
         row["trials"] = n
         for name in classify.OUTCOMES:
             s = int((g["outcome"] == name).sum())
-            lo, hi = wilson(s, n)
+            lo, hi = classify.wilson(s, n)
             row[f"p_{name}"] = s / n
             row[f"p_{name}_lo"] = float(lo)
             row[f"p_{name}_hi"] = float(hi)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from sims import plots
+from sims.runs import classify
 from sims.runs.simulate import simulate
 from sims.studies import sweep
 
@@ -95,7 +96,7 @@ def restart_rows(runs: pd.DataFrame, restarts: tuple[int, ...] = RESTARTS) -> pd
         for m in restarts:
             n = len(ok) // m
             groups = ok[: n * m].reshape(n, m).any(axis=1)
-            lo, hi = sweep.wilson(groups.sum(), n)
+            lo, hi = classify.wilson(groups.sum(), n)
             rows.append({"k": int(k), "p": int(p), "m": m, "groups": n, "q": q, "observed": groups.mean(),
                          "observed_lo": float(lo), "observed_hi": float(hi), "predicted": 1 - (1 - q) ** m})
     return pd.DataFrame(rows)
@@ -213,7 +214,7 @@ def _order(summary: pd.DataFrame) -> pd.DataFrame:
 def _rate_with_interval(row: dict[str, Any], name: str, hits: np.ndarray) -> None:
     n = len(hits)
     s = int(np.sum(hits))
-    lo, hi = sweep.wilson(s, n)
+    lo, hi = classify.wilson(s, n)
     row[f"p_{name}"], row[f"p_{name}_lo"], row[f"p_{name}_hi"] = s / n, float(lo), float(hi)
 
 
