@@ -109,8 +109,12 @@ def _unit_orthogonal(st, v, out):
 
 
 @njit(parallel=True, cache=True)
-def _draw(states, v, tw_code, ta_code, a_fixed, require_spurious, iw_code, w_scale, ia_code, a_radius,
-          U_cap, E_perp, AS, W0, A0, fail):
+def _draw(states, v, codes, values, out):
+    """Each run's draws from its stream: ``codes = (teacher.w, teacher.a, init.w, init.a, require_spurious)``,
+    ``values = (fixed a*, init.w_scale, init.a_radius or -1)``, ``out = (U_cap, E_perp, AS, W0, A0, fail)``."""
+    tw_code, ta_code, iw_code, ia_code, require_spurious = codes
+    a_fixed, w_scale, a_radius = values
+    U_cap, E_perp, AS, W0, A0, fail = out
     R, p = W0.shape
     k = A0.shape[1]
     for r in prange(R):
@@ -196,9 +200,10 @@ def draw(
     A0 = np.empty((R, k))
     fail = np.zeros(R, dtype=np.bool_)
     a_fixed = np.asarray(teacher.a_value if teacher.a == "fixed" else np.zeros(k), dtype=np.float64)
-    _draw(states, shortcut, TEACHER_W.index(teacher.w), TEACHER_A.index(teacher.a), a_fixed,
-          teacher.require_spurious, INIT_W.index(init.w), init.w_scale, INIT_A.index(init.a),
-          -1.0 if init.a_radius is None else init.a_radius, U_cap, E_perp, AS, W0, A0, fail)
+    codes = (TEACHER_W.index(teacher.w), TEACHER_A.index(teacher.a), INIT_W.index(init.w), INIT_A.index(init.a),
+             bool(teacher.require_spurious))
+    values = (a_fixed, float(init.w_scale), -1.0 if init.a_radius is None else float(init.a_radius))
+    _draw(states, shortcut, codes, values, (U_cap, E_perp, AS, W0, A0, fail))
     if fail.any():
         raise ValueError(f"teacher.require_spurious: no Gaussian a* with a spurious point in {_MAX_REDRAWS} draws")
     # Teacher filter from the cap's marginal: t = v.w*, w* = t v + sqrt(1 - t^2) e_perp.
