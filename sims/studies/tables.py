@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import theory
 from sims import plots
 from sims.runs import classify
 from sims.runs.simulate import simulate
@@ -235,7 +236,7 @@ def distill_rows(summary: pd.DataFrame, runs: pd.DataFrame, spec_: sweep.SweepSp
         row = s.to_dict()
         g = runs[runs["cell"] == s["cell"]].sort_values("run")
         ref = runs[(runs["method"] == "resnet") & (runs["k"] == s["k"]) & (runs["p"] == s["p"])].sort_values("run")
-        paired = spec_.cells[int(s["cell"])].params["model"] == "resnet" and len(ref) == len(g)
+        paired = theory.Model.of(spec_.cells[int(s["cell"])].params["model"]).shortcut and len(ref) == len(g)
         row["p_same_outcome_as_resnet"] = float(np.mean(g["outcome"].to_numpy() == ref["outcome"].to_numpy())) \
             if paired else math.nan
         fade_end = _column(g, "fade_end_loss")
