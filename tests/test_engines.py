@@ -192,3 +192,25 @@ def test_engines_are_selected_by_name_or_options_and_the_aliases_are_the_pipelin
         sims.simulate(engine=fade, expansion=ex, **kw)
     with pytest.raises(ValueError, match=r"already registered"):
         sims.register_engine("laperm", FrozenSpec())
+
+
+def test_a_process_that_cannot_import_this_file_still_loads_the_cached_engines(tmp_path):
+    """Each engine has its own cache index: the frozen-filter engine of this file (compiled above, into the same
+    cache) must not make the built-in engines' cache unreadable for a process that cannot import this file (seen:
+    every notebook failed with ``No module named 'test_engines'`` when all engines shared one index)."""
+    import os
+    import subprocess
+    import sys
+
+    kw = dict(model="cnn", k=3, p=3, runs=2, steps=5, schedule=Schedule.constant(0.1, 0.3))
+    sims.simulate(engine="frozen-filter", **kw)
+    sims.simulate(**kw)
+    code = ("import sims; from sims import Schedule; "
+            "r = sims.simulate(model='cnn', k=3, p=3, runs=2, steps=5, schedule=Schedule.constant(0.1, 0.3)); "
+            "print(sorted(set(r.stop_reason)))")
+    here = os.path.dirname(os.path.abspath(__file__))  # not importable in the child, like in a notebook
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p and os.path.abspath(p) != here))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "max_steps" in proc.stdout

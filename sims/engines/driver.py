@@ -47,7 +47,8 @@ Why this design (measured on the 2-core machine when it was chosen):
   loop did (SGD 9.7 s instead of 14.0 s, expansions 10.4 s instead of 18.8 s; the fading shortcut is population GD
   and compiles nothing of its own);
 - a closure per engine would compile as fast but numba does not find a closure in its cache in the next process;
-  the template's function objects share the template's code, file and cache index, and their keys differ;
+  the template's function objects share the template's code and file, and each has its own cache index (named
+  after the engine's record);
 - arrays carried through tuples cost reference counting in the loop (40% slower GD): the entry points compile with
   ``_nrt=False`` where they allocate nothing, and the state lives in the workspace;
 - population GD runs at 0.92-0.96 of the hand-written loop's speed (one thread, best of 9 interleaved calls,
@@ -168,7 +169,10 @@ def register(record: type, *, options: dict[str, Any] | None = None, **hooks: Ca
         raise ValueError(f"engine {record.__name__}: missing hooks {sorted(missing)}, unknown hooks {sorted(unknown)}")
     bound = dict(globals(), **dict(_DEFAULTS, **hooks))
     loop = types.FunctionType(_template.__code__, bound, "run_range", _template.__defaults__, _template.__closure__)
-    loop.__qualname__ = _template.__qualname__  # the cache file of every engine is the template's
+    # One cache index per engine (numba names it after the function): an index shared by all engines would hold
+    # the signatures of every engine, and a process that cannot import one of them (an engine defined in a test
+    # file) could not read the index at all.
+    loop.__qualname__ = f"run_range_{record.__module__.replace('.', '_')}_{record.__qualname__}"
     loop.__doc__ = f"Advance runs ``lo .. hi-1`` of engine {record.__name__} (compiled by the run driver)."
     module_file = getattr(sys.modules.get(record.__module__), "__file__", None)
     return entry_point(engine_file=module_file, **(options or {}))(loop)
