@@ -19,7 +19,7 @@ from sims import Schedule, Teacher
 from sims.engines import driver
 from sims.runs import classify as clf
 
-TOL = clf.Tolerances()
+TOL = clf.Neighborhoods()
 LOSS_TOL = sims.Tolerances().loss_tol
 
 # Teachers with a spurious point (one with 1.a* = 0, so phi_s = pi/2 exactly) and without (a* = 1, a large mean).

@@ -33,8 +33,9 @@ GLOBAL, SPURIOUS, SADDLE, NOT_CONVERGED, DIVERGED = range(5)
 
 
 @dataclass(frozen=True)
-class Tolerances:
-    """Tolerances of the classification (see the module docstring); all documented in the README."""
+class Neighborhoods:
+    """How close to a fixed point counts as at it (see the module docstring; all documented in the README).  Not
+    :class:`sims.Tolerances`, the stopping rules."""
 
     angle_tol: float = 1e-3
     a_rtol: float = 1e-3
@@ -75,12 +76,12 @@ def classify(
     stop_reason: np.ndarray,
     loss_ref: np.ndarray,
     loss_tol: float,
-    tol: Tolerances | None = None,
+    tol: Neighborhoods | None = None,
 ) -> np.ndarray:
     """Outcome code per run (indices into :data:`OUTCOMES`)."""
     with np.errstate(over="ignore", invalid="ignore"):  # diverged runs may hold inf; they are labelled below
         return _classify(final_loss, final_phi, a, a_star, scale, stop_reason, loss_ref, loss_tol,
-                         Tolerances() if tol is None else tol)
+                         Neighborhoods() if tol is None else tol)
 
 
 def _classify(final_loss, final_phi, a, a_star, scale, stop_reason, loss_ref, loss_tol, tol):
