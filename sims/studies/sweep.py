@@ -482,6 +482,10 @@ def _checked_kwargs(params: dict[str, Any], where: str) -> tuple[dict[str, Any],
     kw: dict[str, Any] = {}
     for key in ("k", "p", "steps", "n_record"):
         kw[key] = _bounded_int(params[key], key)
+    try:
+        model = theory.Model.of(params["model"])
+    except ValueError as exc:
+        raise SweepError(f"{where}: {exc}") from None
     kw["model"] = params["model"]
     kw["algorithm"] = params["algorithm"]
     if params.get("batch_size") is not None:
@@ -499,9 +503,9 @@ def _checked_kwargs(params: dict[str, Any], where: str) -> tuple[dict[str, Any],
         raise SweepError(f"{where}: engine.kind = 'laperm' draws its own initial values (engine.dist = 'gaussian' or "
                          f"'uniform'): leave init empty; got init = {init!r}")
     if isinstance(init, dict) and "w" not in init:
-        init = dict(init, w="zero" if theory.Model.of(kw["model"]).shortcut else "sphere")
+        init = dict(init, w="zero" if model.shortcut else "sphere")
     kw["init"] = None if isinstance(engine, LaPerm) else _dataclass_from(Init, init, "init", where)
-    if theory.Model.of(kw["model"]).shortcut and kw["p"] == 1 and kw["init"] is not None and kw["init"].w == "sphere":
+    if model.shortcut and kw["p"] == 1 and kw["init"] is not None and kw["init"].w == "sphere":
         raise SweepError(f"{where}: init.w = 'sphere' cannot start the ResNet at p = 1: w0 = -v (no direction) in "
                          "about half the runs; use init.w = 'zero' or 'gaussian', or p >= 2")
     kw["tolerances"] = _dataclass_from(Tolerances, params.get("tolerances", {}), "tolerances", where)
