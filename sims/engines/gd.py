@@ -63,6 +63,11 @@ class PopulationGD(NamedTuple):
     fade_end: np.ndarray  # (R, 2) out: loss and phi at t_deployed (shape (0, 2) without lam)
 
 
+class FadingGD(PopulationGD):
+    """Population GD with a shortcut whose weight follows ``lam`` (the fading shortcut of residual distillation):
+    the same record, its own compiled engine (:data:`run_range_fading`), so plain GD carries none of its code."""
+
+
 def plain(WT: np.ndarray, A: np.ndarray, normalized: bool) -> PopulationGD:
     """The engine record of plain population GD (no moving shortcut)."""
     return PopulationGD(WT, A, bool(normalized), np.empty(0), np.zeros(WT.shape[1]), 0, np.empty((0, 2)))
@@ -137,76 +142,85 @@ def _traj_point(eng, wsp, carry, L, phi, P):
     return L, phi, P, distance(a, ast)
 
 
-@njit(inline="always")
-def _step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t):
-    w, ws, a, ast = run_views(wsp[0], eng.WT.shape[1], eng.A.shape[1])
-    st = wsp[1]
-    ww, wws, S, Q, P, inv_nws = carry
-    inv_n, L_rho, L_c, L_S, L_Q, L_P = aux
-    ws2, Ss, Qs, k = tv
-    p = w.shape[0]
-    # w~ <- alpha w~ + beta w*, a <- ca a + cp a* + c1, fused with the next invariants.
-    alpha = 1.0 + ew * (L_c * (wws * inv_n) * (inv_n * inv_n))
-    if not eng.normalized:
-        alpha -= ew * L_rho * inv_n
-    beta = -ew * L_c * inv_n
-    ca = 1.0 - 2.0 * ea * L_Q
-    cp = -ea * L_P
-    c1 = -ea * L_S
-    nl = eng.lam.shape[0]
-    dl = (eng.lam[t + 1] if t + 1 < nl else 0.0) - (eng.lam[t] if t < nl else 0.0)
-    # Refuse a step that would overflow.  With coefficients below 1e10 and norms below 1e200 the next norms stay
-    # below 1e300 (no check needed); otherwise the next ||w~||^2 and ||a||^2 are taken in closed form.
-    if not (abs(alpha) < 1e10 and abs(beta) < 1e10 and abs(ca) < 1e10 and abs(cp) < 1e10 and abs(c1) < 1e10
-            and ww < 1e200 and Q < 1e200 and Qs + k < 1e200):
-        ww_next = alpha * alpha * ww + 2.0 * alpha * beta * wws + beta * beta * ws2
-        if dl != 0.0:  # with the shortcut's move, a bound: (|alpha| ||w~|| + |beta| ||w*|| + |dl| ||v||)^2
-            ww_next = (abs(alpha) * math.sqrt(ww) + abs(beta) * math.sqrt(ws2) + abs(dl)) ** 2
-        Q_next = (ca * ca * Q + cp * cp * Qs + k * c1 * c1 + 2.0 * ca * cp * P + 2.0 * ca * c1 * S
-                  + 2.0 * cp * c1 * Ss)
-        if not (ww_next < BIG and Q_next < BIG):
-            return carry, False
-    z0 = 0.0
-    z1 = 0.0
-    ww = 0.0
-    wws = 0.0
-    S = 0.0
-    Q = 0.0
-    P = 0.0
-    if nl > 0:
-        v = wsp[0][2 * p + 2 * k:3 * p + 2 * k]
-        ww, wws = _filter_step_moving(w, ws, v, alpha, beta, dl, sw, sw > 0.0 or sa > 0.0, st)
-    elif sw > 0.0 or sa > 0.0:
-        for i in range(p):
-            if i % 2 == 0:
-                z0, z1 = normal_pair(st)
-            x = alpha * w[i] + beta * ws[i] + sw * (z0 if i % 2 == 0 else z1)
-            w[i] = x
-            ww += x * x
-            wws += x * ws[i]
-    else:
-        for i in range(p):
-            x = alpha * w[i] + beta * ws[i]
-            w[i] = x
-            ww += x * x
-            wws += x * ws[i]
-    if sw > 0.0 or sa > 0.0:
-        for j in range(k):
-            if j % 2 == 0:
-                z0, z1 = normal_pair(st)
-            y = ca * a[j] + cp * ast[j] + c1 + sa * (z0 if j % 2 == 0 else z1)
-            a[j] = y
-            S += y
-            Q += y * y
-            P += y * ast[j]
-    else:
-        for j in range(k):
-            y = ca * a[j] + cp * ast[j] + c1
-            a[j] = y
-            S += y
-            Q += y * y
-            P += y * ast[j]
-    return (ww, wws, S, Q, P, inv_nws), True
+def _make_step(moving: bool):
+    """The GD step; ``moving``: the shortcut's weight follows ``eng.lam`` (the fading shortcut).  A constant of the
+    closure, so numba drops the moving shortcut's code from plain GD at compile time (its first call compiles in
+    less time, and fading runs compile their own engine only when used)."""
+
+    @njit(inline="always")
+    def step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t):
+        w, ws, a, ast = run_views(wsp[0], eng.WT.shape[1], eng.A.shape[1])
+        st = wsp[1]
+        ww, wws, S, Q, P, inv_nws = carry
+        inv_n, L_rho, L_c, L_S, L_Q, L_P = aux
+        ws2, Ss, Qs, k = tv
+        p = w.shape[0]
+        # w~ <- alpha w~ + beta w*, a <- ca a + cp a* + c1, fused with the next invariants.
+        alpha = 1.0 + ew * (L_c * (wws * inv_n) * (inv_n * inv_n))
+        if not eng.normalized:
+            alpha -= ew * L_rho * inv_n
+        beta = -ew * L_c * inv_n
+        ca = 1.0 - 2.0 * ea * L_Q
+        cp = -ea * L_P
+        c1 = -ea * L_S
+        dl = 0.0
+        if moving:
+            nl = eng.lam.shape[0]
+            dl = (eng.lam[t + 1] if t + 1 < nl else 0.0) - (eng.lam[t] if t < nl else 0.0)
+        # Refuse a step that would overflow.  With coefficients below 1e10 and norms below 1e200 the next norms stay
+        # below 1e300 (no check needed); otherwise the next ||w~||^2 and ||a||^2 are taken in closed form.
+        if not (abs(alpha) < 1e10 and abs(beta) < 1e10 and abs(ca) < 1e10 and abs(cp) < 1e10 and abs(c1) < 1e10
+                and ww < 1e200 and Q < 1e200 and Qs + k < 1e200):
+            ww_next = alpha * alpha * ww + 2.0 * alpha * beta * wws + beta * beta * ws2
+            if dl != 0.0:  # with the shortcut's move, a bound: (|alpha| ||w~|| + |beta| ||w*|| + |dl| ||v||)^2
+                ww_next = (abs(alpha) * math.sqrt(ww) + abs(beta) * math.sqrt(ws2) + abs(dl)) ** 2
+            Q_next = (ca * ca * Q + cp * cp * Qs + k * c1 * c1 + 2.0 * ca * cp * P + 2.0 * ca * c1 * S
+                      + 2.0 * cp * c1 * Ss)
+            if not (ww_next < BIG and Q_next < BIG):
+                return carry, False
+        z0 = 0.0
+        z1 = 0.0
+        ww = 0.0
+        wws = 0.0
+        S = 0.0
+        Q = 0.0
+        P = 0.0
+        if moving:
+            v = wsp[0][2 * p + 2 * k:3 * p + 2 * k]
+            ww, wws = _filter_step_moving(w, ws, v, alpha, beta, dl, sw, sw > 0.0 or sa > 0.0, st)
+        elif sw > 0.0 or sa > 0.0:
+            for i in range(p):
+                if i % 2 == 0:
+                    z0, z1 = normal_pair(st)
+                x = alpha * w[i] + beta * ws[i] + sw * (z0 if i % 2 == 0 else z1)
+                w[i] = x
+                ww += x * x
+                wws += x * ws[i]
+        else:
+            for i in range(p):
+                x = alpha * w[i] + beta * ws[i]
+                w[i] = x
+                ww += x * x
+                wws += x * ws[i]
+        if sw > 0.0 or sa > 0.0:
+            for j in range(k):
+                if j % 2 == 0:
+                    z0, z1 = normal_pair(st)
+                y = ca * a[j] + cp * ast[j] + c1 + sa * (z0 if j % 2 == 0 else z1)
+                a[j] = y
+                S += y
+                Q += y * y
+                P += y * ast[j]
+        else:
+            for j in range(k):
+                y = ca * a[j] + cp * ast[j] + c1
+                a[j] = y
+                S += y
+                Q += y * y
+                P += y * ast[j]
+        return (ww, wws, S, Q, P, inv_nws), True
+
+    return step
 
 
 @njit(inline="always")
@@ -242,7 +256,10 @@ def _finish(eng, wsp, prob, r, rec, carry):
         prob.states[r, f] = st[f]
 
 
-#: The compiled entry point (see :func:`sims.engines.driver.run_batch`).
-run_range = driver.register(PopulationGD, options=dict(error_model="numpy", _nrt=False), begin=_begin,
-                            observe=_observe, gates=_gates, note=_note, traj_point=_traj_point, step=_step,
-                            finish=_finish)
+_HOOKS = dict(begin=_begin, observe=_observe, gates=_gates, note=_note, traj_point=_traj_point, finish=_finish)
+#: The compiled entry points (see :func:`sims.engines.driver.run_batch`): plain population GD, and population GD
+#: with the fading shortcut (a :class:`FadingGD` record).
+run_range = driver.register(PopulationGD, options=dict(error_model="numpy", _nrt=False), step=_make_step(False),
+                            **_HOOKS)
+run_range_fading = driver.register(FadingGD, options=dict(error_model="numpy", _nrt=False), step=_make_step(True),
+                                   **_HOOKS)

@@ -204,9 +204,9 @@ class FadeSpec(EngineSpec):
         lam = opts.lambdas()
         zero = np.flatnonzero(lam == 0.0)
         fade_end = np.full((call.runs, 2), np.nan)
-        eng = gd.PopulationGD(setup.WT, setup.A, True, lam, call.shortcut, int(zero[0]) if zero.size else lam.size - 1,
-                              fade_end)
-        return Built(gd.run_range, gd.workspace, eng, no_noise(setup.sched))
+        eng = gd.FadingGD(setup.WT, setup.A, True, lam, call.shortcut, int(zero[0]) if zero.size else lam.size - 1,
+                          fade_end)
+        return Built(gd.run_range_fading, gd.workspace, eng, no_noise(setup.sched))
 
     def finish(self, opts: Fade, call: Call, setup: Setup, built: Built, out: Outputs) -> Finished:
         lam, fade_end = built.eng.lam, built.eng.fade_end
