@@ -125,13 +125,18 @@ def _observe(eng, wsp, carry, tv):
 
 @njit(inline="always")
 def _gates(eng, wsp, carry, t):
-    deployed = t >= eng.t_deployed
-    return True, deployed, True, True, eng.normalized  # the trapped bound holds for the normalized models
+    return True, True, True, True, eng.normalized  # the trapped bound holds for the normalized models
 
 
 @njit(inline="always")
-def _note(eng, wsp, carry, r, t, L, phi, P, finite):
-    if eng.fade_end.shape[0] > 0 and t == eng.t_deployed:
+def _gates_fading(eng, wsp, carry, t):
+    deployed = t >= eng.t_deployed  # the deployed network (lambda = 0) from t_deployed on
+    return True, deployed, True, True, eng.normalized
+
+
+@njit(inline="always")
+def _note_fading(eng, wsp, carry, r, t, L, phi, P, finite):
+    if t == eng.t_deployed:
         eng.fade_end[r, 0] = L
         eng.fade_end[r, 1] = phi
 
@@ -256,10 +261,10 @@ def _finish(eng, wsp, prob, r, rec, carry):
         prob.states[r, f] = st[f]
 
 
-_HOOKS = dict(begin=_begin, observe=_observe, gates=_gates, note=_note, traj_point=_traj_point, finish=_finish)
+_HOOKS = dict(begin=_begin, observe=_observe, traj_point=_traj_point, finish=_finish)
 #: The compiled entry points (see :func:`sims.engines.driver.run_batch`): plain population GD, and population GD
 #: with the fading shortcut (a :class:`FadingGD` record).
 run_range = driver.register(PopulationGD, options=dict(error_model="numpy", _nrt=False), step=_make_step(False),
-                            **_HOOKS)
+                            gates=_gates, **_HOOKS)
 run_range_fading = driver.register(FadingGD, options=dict(error_model="numpy", _nrt=False), step=_make_step(True),
-                                   **_HOOKS)
+                                   gates=_gates_fading, note=_note_fading, **_HOOKS)
