@@ -255,15 +255,28 @@ _DEFAULTS: dict[str, Callable] = {"gates": _gates_always, "note": _note_nothing,
 
 
 @njit(inline="always")
-def track_rate_levels(r, t, L, L_ref, rate_levels, rate_pts):
-    """Keep, per level ``rate_levels[lv] * L_ref``, the step and loss of the last downward crossing (a rise above
-    the level forgets it): the points :func:`sims.runs.simulate.fitted_rates` measures the linear rate between."""
-    for lv in range(3):
-        if L > rate_levels[lv] * L_ref:
-            rate_pts[r, 2 * lv] = -1.0
-        elif rate_pts[r, 2 * lv] < 0.0:
-            rate_pts[r, 2 * lv] = t
-            rate_pts[r, 2 * lv + 1] = L
+def track_rate_levels(t, L, levels, pts):
+    """Keep, per loss level ``levels[lv]`` (``rate_levels[lv] * L_ref``), the step and loss of the last downward
+    crossing (a rise above the level forgets it): the points :func:`sims.runs.simulate.fitted_rates` measures the
+    linear rate between.  ``pts = (t_hi, L_hi, t_mid, L_mid, t_lo, L_lo)``, ``-1`` where there is none; returns
+    the updated points (kept in registers during a run, stored when it stops)."""
+    t0, L0, t1, L1, t2, L2 = pts
+    if L > levels[0]:
+        t0 = -1.0
+    elif t0 < 0.0:
+        t0 = float(t)
+        L0 = L
+    if L > levels[1]:
+        t1 = -1.0
+    elif t1 < 0.0:
+        t1 = float(t)
+        L1 = L
+    if L > levels[2]:
+        t2 = -1.0
+    elif t2 < 0.0:
+        t2 = float(t)
+        L2 = L
+    return t0, L0, t1, L1, t2, L2
 
 
 #: ``a(phi).a*`` with ``a(phi) = M^{-1} N(phi) a*`` the loss-minimizing second layer at angle ``phi``, from
@@ -340,10 +353,11 @@ def _template(lo, hi, eng, ws, prob, stops, out):
         tf = trap_factor(eng)
         seg = 0
         rec = 0
-        out.slow_end[r] = -1
-        out.steps_tol[r] = -1
-        for f in range(6):
-            out.rate_pts[r, f] = -1.0
+        # The events of the run are kept in registers and stored when it stops.
+        slow_end = -1
+        steps_tol = -1
+        levels = (prob.rate_levels[0] * L_ref, prob.rate_levels[1] * L_ref, prob.rate_levels[2] * L_ref)
+        pts = (-1.0, -1.0, -1.0, -1.0, -1.0, -1.0)
         sigma_scale = 1.0
         prev_phi = 0.0
         prev_P = 0.0
@@ -353,12 +367,12 @@ def _template(lo, hi, eng, ws, prob, stops, out):
             gate = gates(eng, ws, carry, t)
             net, deployed, grad_ok, rate_ok, trap_ok = gate
             finite = math.isfinite(L) and math.isfinite(phi) and math.isfinite(P) and math.isfinite(g2)
-            if net and P > 0.0 and out.slow_end[r] < 0:
-                out.slow_end[r] = t
-            if net and deployed and L <= tol_eps and out.steps_tol[r] < 0:
-                out.steps_tol[r] = t
+            if net and P > 0.0 and slow_end < 0:
+                slow_end = t
+            if net and deployed and L <= tol_eps and steps_tol < 0:
+                steps_tol = t
             if rate_ok and net and deployed:
-                track_rate_levels(r, t, L, L_ref, prob.rate_levels, out.rate_pts)
+                pts = track_rate_levels(t, L, levels, pts)
             note(eng, ws, carry, r, t, L, phi, P, finite)
             while rec < m and prob.record_steps[rec] == t:
                 q0, q1, q2, q3 = traj_point(eng, ws, carry, L, phi, P)
@@ -387,6 +401,10 @@ def _template(lo, hi, eng, ws, prob, stops, out):
             if reason >= 0:
                 out.stop_reason[r] = reason
                 out.stop_step[r] = t
+                out.slow_end[r] = slow_end
+                out.steps_tol[r] = steps_tol
+                for f in range(6):
+                    out.rate_pts[r, f] = pts[f]
                 if finite:
                     out.final[r, 0] = L
                     out.final[r, 1] = phi
