@@ -19,7 +19,14 @@ from numba import njit
 
 from sims.engines import driver
 from sims.engines import expansion_kernels as ek
-from sims.engines.common import angle_from, copy_into, distance, invariants, population_terms
+from sims.engines.common import (
+    angle_from,
+    copy_into,
+    distance,
+    invariants,
+    population_terms,
+    unshared_empty,
+)
 from sims.engines.rng import normal_pair
 
 MODE_GD, MODE_SGD = ek.MODE_GD, ek.MODE_SGD
@@ -50,9 +57,8 @@ def workspace(eng: Expanded, p: int, k: int) -> tuple[np.ndarray, ...]:
     """One thread's chains, contracted gradients, SGD buffers and the undo copy of the factors."""
     nu_w = int(eng.w_uoff[-1] + eng.w_dim[-1]) if eng.w_off.shape[0] else 0
     nu_a = int(eng.a_uoff[-1] + eng.a_dim[-1]) if eng.a_off.shape[0] else 0
-    return (np.empty(nu_w), np.empty(nu_w), np.empty(nu_w), np.empty(nu_a), np.empty(nu_a), np.empty(nu_a),
-            np.empty(p), np.empty(k), np.empty(k * p if eng.mode == MODE_SGD else 0), np.empty(k),
-            np.empty(eng.F.shape[1]), np.empty(p), np.empty(k))
+    sizes = (nu_w, nu_w, nu_w, nu_a, nu_a, nu_a, p, k, k * p if eng.mode == MODE_SGD else 0, k, eng.F.shape[1], p, k)
+    return tuple(unshared_empty(n) for n in sizes)
 
 
 @njit(inline="always")

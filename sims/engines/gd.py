@@ -37,6 +37,7 @@ from sims.engines.common import (
     run_block,
     run_views,
     store_run,
+    unshared_empty,
 )
 from sims.engines.rng import normal_pair
 
@@ -77,10 +78,10 @@ def workspace(eng: PopulationGD, p: int, k: int) -> tuple[np.ndarray, ...]:
     """Work vectors of one thread: ``(w~, w*, a, a*)`` at fixed offsets in one block (see
     :func:`sims.engines.common.run_workspace`) and the run's random stream (copied in and out)."""
     if eng.lam.shape[0] == 0:
-        return run_block(p, k), np.empty(4, dtype=np.uint64)
-    block = np.empty(3 * p + 2 * k)  # with a moving shortcut, v too: its loop then reads and writes one block
+        return run_block(p, k), unshared_empty(4, dtype=np.uint64)
+    block = unshared_empty(3 * p + 2 * k)  # with a moving shortcut, v too: its loop then reads and writes one block
     block[2 * p + 2 * k:] = eng.V
-    return block, np.empty(4, dtype=np.uint64)
+    return block, unshared_empty(4, dtype=np.uint64)
 
 
 @njit(inline="always")

@@ -35,6 +35,7 @@ from sims.engines.common import (
     run_block,
     run_views,
     store_run,
+    unshared_empty,
 )
 
 INNER_GD, INNER_ADAM = 0, 1
@@ -61,10 +62,10 @@ class Reconnect(NamedTuple):
 def workspace(eng: Reconnect, p: int, k: int) -> tuple[np.ndarray, ...]:
     """``(w, w*, a, a*)`` in one block, the last synchronized ``(w, a)``, Adam's moments, the undo copy, and the
     last synchronized network's ``(loss, phi, a.a*, ||a - a*||)``."""
-    vec = np.empty(4 * p + 4 * k)
+    vec = unshared_empty(4 * p + 4 * k)
     ps = tuple(vec[i * p:(i + 1) * p] for i in range(4))  # pw, mw, vw, w_prev
     ks = tuple(vec[4 * p + j * k:4 * p + (j + 1) * k] for j in range(4))  # pa, ma, va, a_prev
-    return (run_block(p, k),) + ps + ks + (np.empty(4),)
+    return (run_block(p, k),) + ps + ks + (unshared_empty(4),)
 
 
 @njit(inline="always")

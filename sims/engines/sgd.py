@@ -20,7 +20,14 @@ from numba import njit
 
 from sims.engines import driver
 from sims.engines import finite_sample as fs
-from sims.engines.common import angle_from, copy_into, distance, invariants, population_terms
+from sims.engines.common import (
+    angle_from,
+    copy_into,
+    distance,
+    invariants,
+    population_terms,
+    unshared_empty,
+)
 from sims.engines.rng import zig_normal
 
 SGD_FULL, SGD_PROJECTED, GD_FIXED = fs.SGD_FULL, fs.SGD_PROJECTED, fs.GD_FIXED
@@ -41,11 +48,11 @@ def workspace(eng: FiniteSample, p: int, k: int) -> tuple[np.ndarray, ...]:
     """One thread's work space: ``O(chunk k p)`` for SGD; the run's own training set for GD_FIXED."""
     kp, chunk = k * p, eng.chunk
     fixed = eng.mode == GD_FIXED
-    vec = np.empty(7 * p + 2 * k)  # wu, gu, gw, e2, xi, w_prev (p) and ga, a_prev (k), as views of one block
+    vec = unshared_empty(7 * p + 2 * k)  # wu, gu, gw, e2, xi, w_prev (p) and ga, a_prev (k), as views of one block
     views = tuple(vec[i * p:(i + 1) * p] for i in range(6)) + (vec[6 * p:6 * p + k], vec[6 * p + k:6 * p + 2 * k])
-    blocks = (np.empty(chunk * kp if eng.mode == SGD_FULL else 0), np.empty(chunk * k), np.empty(chunk * k),
-              np.empty(chunk * k), np.empty(chunk), np.empty(chunk))
-    return views + blocks + (np.empty(eng.batch_size * kp if fixed else 0), np.empty(eng.batch_size if fixed else 0))
+    sizes = (chunk * kp if eng.mode == SGD_FULL else 0, chunk * k, chunk * k, chunk * k, chunk, chunk,
+             eng.batch_size * kp if fixed else 0, eng.batch_size if fixed else 0)
+    return views + tuple(unshared_empty(n) for n in sizes)
 
 
 @njit(inline="always")
