@@ -51,8 +51,9 @@ Why this design (measured on the 2-core machine when it was chosen):
   after the engine's record);
 - arrays carried through tuples cost reference counting in the loop (40% slower GD): the entry points compile with
   ``_nrt=False`` where they allocate nothing, and the state lives in the workspace;
-- population GD runs at 0.92-0.96 of the hand-written loop's speed (one thread, best of 9 interleaved calls,
-  p = k in 4..256).
+- speed against the hand-written loops (2 threads, benchmarks/gd_throughput.py, interleaved pairs of runs):
+  population GD 0.94-0.99x, SGD 0.96-0.97x.  Threads' work arrays must not share cache lines
+  (:func:`sims.engines.common.unshared_empty`): with numpy's adjacent small arrays two threads ran at 0.87x.
 
 Runs are independent: run ``r`` is advanced from start to stop by one thread, with its own random stream, so
 results do not depend on the thread count or on how runs are split.  :func:`run_batch` runs an engine's entry point
