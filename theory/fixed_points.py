@@ -178,18 +178,9 @@ class StationaryPoint:
     degenerate: int  # eigenvalues within tolerance of 0, settled by probing the loss
 
 
-def classify_stationary_point(
-    w: Any,
-    a: Any,
-    *,
-    w_star: Any,
-    a_star: Any,
-    model: Model | str = "resnet",
-    shortcut: Any = None,
-    grad_tol: float = 1e-8,
-    eig_tol: float = 1e-9,
-    probe: float = 1e-2,
-) -> StationaryPoint:
+def classify_stationary_point(w: Any, a: Any, *, w_star: Any, a_star: Any, model: Model | str = "resnet",
+                              shortcut: Any = None, grad_tol: float = 1e-8, eig_tol: float = 1e-9,
+                              probe: float = 1e-2) -> StationaryPoint:
     """Classify ``(w, a)`` as minimum, saddle or maximum from the tangent-space Hessian spectrum.
 
     Zero eigenvalues (within ``eig_tol``) are settled by the loss along those eigenvectors at distance

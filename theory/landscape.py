@@ -130,32 +130,16 @@ def _hessian(w, a, w_star, a_star, model, v) -> np.ndarray:
     return H
 
 
-def population_loss(
-    w: Any,
-    a: Any,
-    *,
-    w_star: Any,
-    a_star: Any,
-    model: Model | str = "resnet",
-    shortcut: Any = None,
-    normalize: bool = False,
-) -> float:
+def population_loss(w: Any, a: Any, *, w_star: Any, a_star: Any, model: Model | str = "resnet", shortcut: Any = None,
+                    normalize: bool = False) -> float:
     """Population loss ``1/2 E[(f(Z; w, a) - f(Z; w*, a*))^2]`` under Gaussian input, in closed form."""
     args = _inputs(w, a, w_star, a_star, model, shortcut, normalize)
     with float_guard("population_loss"):
         return finite_result(_loss(*args), "population_loss")
 
 
-def population_gradient(
-    w: Any,
-    a: Any,
-    *,
-    w_star: Any,
-    a_star: Any,
-    model: Model | str = "resnet",
-    shortcut: Any = None,
-    normalize: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
+def population_gradient(w: Any, a: Any, *, w_star: Any, a_star: Any, model: Model | str = "resnet",
+                        shortcut: Any = None, normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(grad_w L, grad_a L)`` in closed form (chain rule through shortcut and normalization)."""
     args = _inputs(w, a, w_star, a_star, model, shortcut, normalize)
     with float_guard("population_gradient"):
@@ -163,16 +147,8 @@ def population_gradient(
         return finite_result(grad_w, "population_gradient"), finite_result(grad_a, "population_gradient")
 
 
-def population_hessian(
-    w: Any,
-    a: Any,
-    *,
-    w_star: Any,
-    a_star: Any,
-    model: Model | str = "resnet",
-    shortcut: Any = None,
-    normalize: bool = False,
-) -> np.ndarray:
+def population_hessian(w: Any, a: Any, *, w_star: Any, a_star: Any, model: Model | str = "resnet", shortcut: Any = None,
+                       normalize: bool = False) -> np.ndarray:
     """Full ``(p+k) x (p+k)`` Hessian in ``(w, a)`` coordinates, ``w`` first."""
     args = _inputs(w, a, w_star, a_star, model, shortcut, normalize)
     with float_guard("population_hessian"):
@@ -200,16 +176,8 @@ def tangent_basis(w: Any, k: int, *, model: Model | str = "resnet", shortcut: An
     return q[:, 1 : p + k]
 
 
-def tangent_hessian(
-    w: Any,
-    a: Any,
-    *,
-    w_star: Any,
-    a_star: Any,
-    model: Model | str = "resnet",
-    shortcut: Any = None,
-    normalize: bool = False,
-) -> np.ndarray:
+def tangent_hessian(w: Any, a: Any, *, w_star: Any, a_star: Any, model: Model | str = "resnet", shortcut: Any = None,
+                    normalize: bool = False) -> np.ndarray:
     """The Hessian restricted to the tangent space (``B^T H B`` with :func:`tangent_basis` ``B``)."""
     H = population_hessian(w, a, w_star=w_star, a_star=a_star, model=model, shortcut=shortcut, normalize=normalize)
     B = tangent_basis(w, len(np.atleast_1d(a)), model=model, shortcut=shortcut)

@@ -55,17 +55,8 @@ def global_minimum_rate(
     return max(abs(1.0 - m) for m in modes)
 
 
-def gd_linear_rate(
-    w: Any,
-    a: Any,
-    *,
-    eta_w: float,
-    eta_a: float,
-    w_star: Any,
-    a_star: Any,
-    model: Model | str = "resnet",
-    shortcut: Any = None,
-) -> float:
+def gd_linear_rate(w: Any, a: Any, *, eta_w: float, eta_a: float, w_star: Any, a_star: Any,
+                   model: Model | str = "resnet", shortcut: Any = None) -> float:
     """Spectral radius of the linearized GD map ``I - diag(eta_w, eta_a) H`` on the tangent space at ``(w, a)``.
 
     At a minimum this is the asymptotic per-step contraction of the distance (the loss contracts by its

@@ -19,14 +19,7 @@ from numba import njit
 
 from sims.engines import driver
 from sims.engines import expansion_kernels as ek
-from sims.engines.common import (
-    angle_from,
-    copy_into,
-    distance,
-    invariants,
-    population_terms,
-    unshared_empty,
-)
+from sims.engines.common import angle_from, copy_into, distance, invariants, population_terms, unshared_empty
 from sims.engines.rng import normal_pair
 
 MODE_GD, MODE_SGD = ek.MODE_GD, ek.MODE_SGD

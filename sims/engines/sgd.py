@@ -20,14 +20,7 @@ from numba import njit
 
 from sims.engines import driver
 from sims.engines import finite_sample as fs
-from sims.engines.common import (
-    angle_from,
-    copy_into,
-    distance,
-    invariants,
-    population_terms,
-    unshared_empty,
-)
+from sims.engines.common import angle_from, copy_into, distance, invariants, population_terms, unshared_empty
 from sims.engines.rng import zig_normal
 
 SGD_FULL, SGD_PROJECTED, GD_FIXED = fs.SGD_FULL, fs.SGD_PROJECTED, fs.GD_FIXED
