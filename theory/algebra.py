@@ -145,9 +145,13 @@ def saddle_kernel_value(a_star: Any) -> Any:
     (possibly ``<= 0``, ``inf`` or NaN for ``a*`` parallel to ``1`` or zero), for the caller to mask.
     """
     A, single = _rows(a_star)
+    return _out(_saddle_g(A), single)
+
+
+def _saddle_g(A: np.ndarray) -> np.ndarray:
+    """:func:`saddle_kernel_value` of the checked rows ``A`` (R, k)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = _cf.saddle_kernel_value(A.shape[1], A.sum(axis=1), np.einsum("ij,ij->i", A, A))
-    return _out(out, single)
+        return _cf.saddle_kernel_value(A.shape[1], A.sum(axis=1), np.einsum("ij,ij->i", A, A))
 
 
 def saddle_equation(phi: Any, k: int, S_star: Any, Q_star: Any) -> Any:
@@ -173,8 +177,8 @@ def saddle_angles(a_star: Any, *, missing: float = math.nan) -> Any:
     with a root finder near ``pi``; the two agree to ~1e-15.
     """
     A, single = _rows(a_star)
-    g_s = saddle_kernel_value(A)
-    exists = spurious_exists(A)
+    exists = _margin_and_denominator(A)[0] > 0.0
+    g_s = _saddle_g(A)
     lo = np.zeros(len(A))
     hi = np.full(len(A), math.pi)
     for _ in range(64):

@@ -149,7 +149,7 @@ def make_outputs(R: int, m: int) -> Outputs:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Hooks: generic functions that numba resolves to the registered engine's implementation at compile time.
+# Hooks and registration: an engine binds its hook functions to the driver's loop.
 
 HOOKS: tuple[str, ...] = ("begin", "observe", "gates", "note", "traj_point", "on_record", "extra_stop",
                           "trap_factor", "step", "finish")

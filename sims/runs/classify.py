@@ -77,14 +77,16 @@ def classify(
     loss_ref: np.ndarray,
     loss_tol: float,
     tol: Neighborhoods | None = None,
+    phi_s: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Outcome code per run (indices into :data:`OUTCOMES`)."""
+    """Outcome code per run (indices into :data:`OUTCOMES`).  ``phi_s``: the teachers' saddle angles
+    (:func:`saddle_angles_batch`, ``-1`` where there is no spurious point), if the caller has them already."""
     with np.errstate(over="ignore", invalid="ignore"):  # diverged runs may hold inf; they are labelled below
         return _classify(final_loss, final_phi, a, a_star, scale, stop_reason, loss_ref, loss_tol,
-                         Neighborhoods() if tol is None else tol)
+                         Neighborhoods() if tol is None else tol, phi_s)
 
 
-def _classify(final_loss, final_phi, a, a_star, scale, stop_reason, loss_ref, loss_tol, tol):
+def _classify(final_loss, final_phi, a, a_star, scale, stop_reason, loss_ref, loss_tol, tol, phi_s):
     R = a.shape[0]
     ast = np.broadcast_to(a_star, a.shape)
     fa = a * scale[:, None]  # the function depends on rho * a
@@ -93,17 +95,19 @@ def _classify(final_loss, final_phi, a, a_star, scale, stop_reason, loss_ref, lo
     out = np.full(R, NOT_CONVERGED, dtype=np.int8)
     near_global = (final_phi <= tol.angle_tol) & (np.linalg.norm(fa - ast, axis=1) <= tol.a_rtol * ref)
     glob = (final_loss <= loss_tol * loss_ref) | near_global
-    exists = spurious_exists_batch(ast)
+    if phi_s is None:
+        phi_s = saddle_angles_batch(ast)
+    exists = phi_s >= 0.0  # the saddle angle exists exactly where the spurious point does
     a_pi = optimal_a_batch(np.full(R, math.pi), ast)
+    d_pi = np.linalg.norm(fa - a_pi, axis=1)
     at_pi = (math.pi - final_phi) <= tol.spurious_angle_tol
-    near_sp = at_pi & (np.linalg.norm(fa - a_pi, axis=1) <= tol.spurious_a_rtol * ref)
+    near_sp = at_pi & (d_pi <= tol.spurious_a_rtol * ref)
     spur = exists & ((stop_reason == driver.STOP_TRAPPED) | near_sp)
-    phi_s = saddle_angles_batch(ast)
     a_s = optimal_a_batch(np.where(phi_s >= 0, phi_s, 0.0), ast)
     near_saddle = exists & (np.abs(final_phi - phi_s) <= tol.angle_tol)
     near_saddle &= np.linalg.norm(fa - a_s, axis=1) <= tol.a_rtol * ref
     pi_saddle = ~exists & ((math.pi - final_phi) <= tol.angle_tol)
-    pi_saddle &= np.linalg.norm(fa - a_pi, axis=1) <= tol.a_rtol * ref
+    pi_saddle &= d_pi <= tol.a_rtol * ref
     out[near_saddle | pi_saddle] = SADDLE
     out[spur] = SPURIOUS
     out[glob] = GLOBAL

@@ -376,7 +376,7 @@ def run_engine(spec: registry.EngineSpec, opts: Any, call: registry.Call) -> Sim
     tol = call.tolerances
     out = driver.make_outputs(call.runs, rec.size)
     prob = driver.make_problem(draws.WS, draws.AS, _classify.saddle_angles_batch(draws.AS), sched, draws.states, rec,
-                               tol.rate_window)
+                               tol.rate_window)  # the saddle angles serve the trapped stop and the classification
     stops = driver.make_stops(tol, call.steps, tol.stop_trapped and built.trapped)
     driver.run_batch(built.entry, built.workspace, built.eng, prob, stops, out, call.runs, call.threads)
     fin = spec.finish(opts, call, setup, built, out)
@@ -384,7 +384,8 @@ def run_engine(spec: registry.EngineSpec, opts: Any, call: registry.Call) -> Sim
                 teacher=call.teacher, init=call.init, algorithm=call.algorithm, batch_size=call.batch_size,
                 shortcut=call.shortcut, seed=call.seed, run_offset=call.run_offset, tolerances=tol,
                 n_record=call.n_record, allow_unstable=call.allow_unstable)
-    return assemble_result(_settings_dict(**spec.settings(opts, call, base)), call, setup, out, fin)
+    return assemble_result(_settings_dict(**spec.settings(opts, call, base)), call, setup, out, fin,
+                           phi_s=prob.phi_saddle)
 
 
 def check_memory(*, k: int, p: int, runs: int, steps: int, n_record: int, algorithm: str = "gd",
@@ -414,13 +415,15 @@ def check_memory(*, k: int, p: int, runs: int, steps: int, n_record: int, algori
 
 
 def assemble_result(settings: dict[str, Any], call: registry.Call, setup: registry.Setup, out: driver.Outputs,
-                    fin: registry.Finished) -> SimulationResult:
-    """Classify what the engine deployed, fit the rates and build the :class:`SimulationResult` (every engine)."""
+                    fin: registry.Finished, *, phi_s: np.ndarray | None = None) -> SimulationResult:
+    """Classify what the engine deployed, fit the rates and build the :class:`SimulationResult` (every engine);
+    ``phi_s``: the teachers' saddle angles the engine ran with (computed here if not given)."""
     runs, draws, sched, tol = call.runs, setup.draws, setup.sched, call.tolerances
     lref = loss_ref(draws.AS)
     scale = np.ones(runs) if fin.model.normalized else np.linalg.norm(fin.WT, axis=1)
     code = _classify.classify(final_loss=out.final[:, 0], final_phi=out.final[:, 1], a=fin.A, a_star=draws.AS,
-                              scale=scale, stop_reason=out.stop_reason, loss_ref=lref, loss_tol=tol.loss_tol)
+                              scale=scale, stop_reason=out.stop_reason, loss_ref=lref, loss_tol=tol.loss_tol,
+                              phi_s=phi_s)
     if fin.stuck is not None:
         code = np.where(fin.stuck & (code != _classify.SPURIOUS), _classify.SADDLE, code)
     if fin.theory_rate:
