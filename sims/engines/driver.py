@@ -67,7 +67,8 @@ import math
 import sys
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import numba
@@ -482,6 +483,19 @@ def _file_hash(path: str | None) -> str:
             return hashlib.sha256(fh.read()).hexdigest()[:16]
     except OSError:
         return ""
+
+
+@contextmanager
+def numba_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with numba's thread count set to ``threads`` (unchanged if None), and restore it after (for the
+    ``prange`` kernels outside the driver, e.g. an expansion's pretraining)."""
+    old = numba.get_num_threads()
+    if threads is not None:
+        numba.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
 
 
 def run_batch(entry: Callable, workspace: Callable, eng: Any, prob: Problem, stops: Stops, out: Outputs,

@@ -51,14 +51,12 @@ from sims.runs import registry
 from sims.runs.registry import Built, Call, Draws, EngineSpec, Finished, Setup, Start, no_noise, register_engine
 from sims.runs.samplers import Init
 from sims.runs.schedules import Schedule
-from sims.runs.simulate import Tolerances, simulate
+from sims.runs.simulate import Tolerances, angles, simulate
 from theory import Model
 
 TARGETS: tuple[str, ...] = ("w", "a", "both")
 INITS: tuple[str, ...] = ("auto", "balanced", "gaussian", "zero-last", "zero", "plus-init")
 ENGINES: tuple[str, ...] = ("auto", "factored")
-#: ``stop_reason`` names of expanded runs (the engine's plus ``"stuck"``).
-STOP_NAMES: tuple[str, ...] = driver.STOP_NAMES
 _DEFAULT_SCALE = {"gaussian": 0.1, "zero-last": 1.0, "plus-init": 1.0}
 
 
@@ -487,15 +485,10 @@ class ExpansionSpec(EngineSpec):
             return plain.start(None, call, draws)
         vk = call.shortcut if call.model.shortcut else np.zeros(call.p)
         layout = Layout.of(opts, p=call.p, k=call.k)
-        old = numba.get_num_threads()
-        if call.threads is not None:
-            numba.set_num_threads(call.threads)
-        try:
+        with driver.numba_threads(call.threads):
             F, W0c, A0c, pre_done = initial_factors(opts, layout, model=call.model, W0=draws.W0, A0=draws.A0,
                                                     WS=draws.WS, AS=draws.AS, v=vk, states=draws.states,
                                                     schedule=call.schedule)
-        finally:
-            numba.set_num_threads(old)
         WT0 = W0c + vk
         if not (np.all(np.isfinite(WT0)) and np.all(np.isfinite(A0c))):
             raise ValueError("the expanded init is not finite (the +Init pretraining diverged: lower pretrain_eta)")
@@ -571,22 +564,15 @@ def end_to_end(*, model: str, w0: Any, a0: Any, w_star: Any, a_star: Any, schedu
     v = theory.validation.shortcut_vector(shortcut, p) if model.shortcut else np.zeros(p)
     WT0 = W + v
     norm0 = np.linalg.norm(WT0, axis=1)
-    wsr = np.broadcast_to(WS, WT0.shape)
-    cosang = np.einsum("ij,ij->i", WT0, wsr) / norm0
-    phi0 = np.arctan2(np.linalg.norm(wsr - (cosang / norm0)[:, None] * WT0, axis=1), cosang)
+    phi0 = angles(WT0, np.broadcast_to(WS, WT0.shape))
     sched = schedule.resolve(int(steps), runs=R, phi0=phi0, norm0=norm0, a0=A, a_star=AS)
     rec = np.arange(int(steps) + 1, dtype=np.int64) if record is None else np.asarray(record, dtype=np.int64)
     wrec = np.empty((R, rec.size, p + k))
     lrec = np.empty((R, rec.size))
-    old = numba.get_num_threads()
-    if threads is not None:
-        numba.set_num_threads(threads)
-    try:
+    with driver.numba_threads(threads):
         ek.end_to_end_gd(W, A, v, WS, AS, model.normalized, target in ("w", "both"),
                          target in ("a", "both"), np.int64(depth), (sched.seg_end, sched.eta_w, sched.eta_a),
                          np.int64(steps), (rec, wrec, lrec))
-    finally:
-        numba.set_num_threads(old)
     return {"steps": rec, "w": wrec[:, :, :p], "a": wrec[:, :, p:], "loss": lrec}
 
 

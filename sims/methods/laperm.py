@@ -53,7 +53,6 @@ import numpy as np
 from scipy import special
 
 import theory
-from sims.engines import driver
 from sims.engines import laperm as lp
 from sims.runs import classify as _classify
 from sims.runs.registry import Built, Call, Draws, EngineSpec, Finished, Setup, Start, check_stable, register_engine
@@ -64,11 +63,6 @@ from sims.runs.simulate import SimulationResult, Tolerances, _check_int, angles,
 INNER: tuple[str, ...] = ("gd", "adam")
 INIT_DISTS: tuple[str, ...] = ("gaussian", "uniform")
 PERMUTE: tuple[str, ...] = ("both", "w", "a")
-#: Stop reason of a run whose synchronization reproduced the previous synchronized weights (GD inner optimizer).
-STOP_NAMES: tuple[str, ...] = driver.STOP_NAMES
-_INNER_GD, _INNER_ADAM = 0, 1
-_PI = math.pi
-_FM = {"reassoc", "contract", "arcp"}
 
 
 # ---- initial values ---------------------------------------------------------------------------------------------

@@ -389,8 +389,7 @@ def run_engine(spec: registry.EngineSpec, opts: Any, call: registry.Call) -> Sim
 
 
 def check_memory(*, k: int, p: int, runs: int, steps: int, n_record: int, algorithm: str = "gd",
-                 batch_size: int | None = None, threads: int | None = None, extra_per_run: int = 0,
-                 caller: str = "simulate") -> int:
+                 batch_size: int | None = None, threads: int | None = None, extra_per_run: int = 0) -> int:
     """Refuse (``ValueError``) a :func:`simulate` call the machine has no memory for; return the estimate in bytes.
 
     The estimate is :func:`sims.runs.memory.simulate_bytes`; the message names the sizes, the estimate, what is
@@ -407,7 +406,7 @@ def check_memory(*, k: int, p: int, runs: int, steps: int, n_record: int, algori
         fixed = memory.simulate_bytes(runs=0, **sizes)
         per_run = max(memory.simulate_bytes(runs=1, **sizes) - fixed, 1)
         fit = max((free - fixed) // per_run, 0)
-        memory.require(need, what=f"{caller}(k={k}, p={p}, runs={runs}, n_record={n_record}, algorithm={algorithm!r}"
+        memory.require(need, what=f"simulate(k={k}, p={p}, runs={runs}, n_record={n_record}, algorithm={algorithm!r}"
                        + (f", batch_size={batch_size}" if batch_size else "") + ")",
                        remedy=f"use fewer runs per call (about {fit} fit) and join the results "
                        "(SimulationResult.concat), or run a sweep, whose chunks bound the memory")
