@@ -302,10 +302,9 @@ def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) 
                     _set_dotted(params, key, val)
             for key, val in field_overrides.items():  # command-line overrides win over methods and grid
                 _set_dotted(params, key, val)
-            cells.append(Cell(len(cells), label, params))
-    # Every cell is validated by a one-run dry run, which also gives its per-run columns.
-    cells = [Cell(c.index, c.method, c.params, _checked_kwargs(c.params, f"cell {c.index} (method {c.method!r})")[1])
-             for c in cells]
+            # Every cell is validated by a one-run dry run, which also gives its per-run columns.
+            where = f"cell {len(cells)} (method {label!r})"
+            cells.append(Cell(len(cells), label, params, _checked_kwargs(params, where)[1]))
     return SweepSpec(str(name), trials, seed, chunk, tuple(cells), grid_keys, raw)
 
 
@@ -724,8 +723,6 @@ def _to_parquet(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-#: Write ``data`` to a path atomically (see :func:`sims.studies.store.atomic_write`).
-_atomic_write = store.atomic_write
 #: Bytes per row of the per-run table held in memory while a sweep's results are joined and written (measured:
 #: 180 with pandas' Arrow-backed strings, more with object strings; the join and the Parquet encoding hold it
 #: twice or more).
@@ -1031,6 +1028,15 @@ def cell_columns(spec: SweepSpec) -> dict[str, list[Any]]:
     return out
 
 
+def rate_with_interval(row: dict[str, Any], name: str, hits: np.ndarray) -> None:
+    """Set ``row["p_NAME"]`` to the fraction of true ``hits`` and ``p_NAME_lo``/``p_NAME_hi`` to its Wilson 95%
+    interval."""
+    n = len(hits)
+    s = int(np.sum(hits))
+    lo, hi = classify.wilson(s, n)
+    row[f"p_{name}"], row[f"p_{name}_lo"], row[f"p_{name}_hi"] = s / n, float(lo), float(hi)
+
+
 def summarize_runs(runs: pd.DataFrame, spec: SweepSpec | None = None) -> pd.DataFrame:
     """One row per grid cell: outcome rates with Wilson 95% intervals, steps to tolerance, slow phase, rates."""
     rows = []
@@ -1040,11 +1046,7 @@ def summarize_runs(runs: pd.DataFrame, spec: SweepSpec | None = None) -> pd.Data
         n = len(g)
         row["trials"] = n
         for name in classify.OUTCOMES:
-            s = int((g["outcome"] == name).sum())
-            lo, hi = classify.wilson(s, n)
-            row[f"p_{name}"] = s / n
-            row[f"p_{name}_lo"] = float(lo)
-            row[f"p_{name}_hi"] = float(hi)
+            rate_with_interval(row, name, (g["outcome"] == name).to_numpy())
         reached = g.loc[g["steps_to_tol"] >= 0, "steps_to_tol"]
         row["steps_to_tol_median"] = float(reached.median()) if len(reached) else math.nan
         row["steps_to_tol_q1"] = float(reached.quantile(0.25)) if len(reached) else math.nan

@@ -21,7 +21,7 @@ import theory
 from sims import plots
 from sims.runs import classify
 from sims.runs.simulate import simulate
-from sims.studies import sweep
+from sims.studies import store, sweep
 
 TABLES: tuple[str, ...] = ("liu2019", "du2018", "two-phase", "distill", "laperm", "expand")
 FORMATS: tuple[str, ...] = ("markdown", "latex", "csv")
@@ -149,8 +149,8 @@ def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: st
     summary, runs, out = outcome.summary, outcome.runs, outcome.out
     if name in METHOD_TABLES:
         rows = METHOD_TABLES[name](summary, runs, spec_)
-        sweep._atomic_write(out / "summary.parquet", sweep._to_parquet(rows))
-        sweep._atomic_write(out / "summary.csv", rows.to_csv(index=False).encode())
+        store.atomic_write(out / "summary.parquet", sweep._to_parquet(rows))
+        store.atomic_write(out / "summary.csv", rows.to_csv(index=False).encode())
         frame = display_frame(rows, METHOD_COLUMNS[name])
         if name == "expand":
             rules = sorted({str(sweep._param(c.params, "engine.step_rule") or "same") for c in spec_.cells})
@@ -212,13 +212,6 @@ def _order(summary: pd.DataFrame) -> pd.DataFrame:
         .reset_index(drop=True)
 
 
-def _rate_with_interval(row: dict[str, Any], name: str, hits: np.ndarray) -> None:
-    n = len(hits)
-    s = int(np.sum(hits))
-    lo, hi = classify.wilson(s, n)
-    row[f"p_{name}"], row[f"p_{name}_lo"], row[f"p_{name}_hi"] = s / n, float(lo), float(hi)
-
-
 def _column(g: pd.DataFrame, name: str) -> np.ndarray | None:
     """A per-run extras column of one cell, or None if the cell's engine does not produce it."""
     if name not in g or g[name].isna().all():
@@ -241,7 +234,7 @@ def distill_rows(summary: pd.DataFrame, runs: pd.DataFrame, spec_: sweep.SweepSp
             if paired else math.nan
         fade_end = _column(g, "fade_end_loss")
         row["fade_end_loss_rel_median"] = float(np.nanmedian(fade_end / g["loss_ref"].to_numpy())) \
-            if fade_end is not None and not np.isnan(fade_end.astype(float)).all() else math.nan
+            if fade_end is not None else math.nan
         rows.append(row)
     return _order(pd.DataFrame(rows))
 
@@ -273,8 +266,8 @@ def laperm_rows(summary: pd.DataFrame, runs: pd.DataFrame, spec_: sweep.SweepSpe
         optimal = _column(g, "perm_optimal")
         if opts["K"] and optimal is not None:
             optimal = optimal.astype(bool)
-            _rate_with_interval(row, "perm_optimal", optimal)
-            _rate_with_interval(row, "perm_anti", g["perm_anti"].to_numpy().astype(bool))
+            sweep.rate_with_interval(row, "perm_optimal", optimal)
+            sweep.rate_with_interval(row, "perm_anti", g["perm_anti"].to_numpy().astype(bool))
             row["oracle_loss_rel_median"] = float(np.median(g["oracle_loss"].to_numpy() / g["loss_ref"].to_numpy()))
             row["last_change_median"] = float(np.median(g["last_change_step"].to_numpy().astype(float)))
             base = [c.index for c in spec_.cells if (c.params["k"], c.params["p"]) == (s["k"], s["p"])
