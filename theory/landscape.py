@@ -44,14 +44,14 @@ class Geometry:
     normalized: bool
 
 
-def effective_filter(w: np.ndarray, model: Model | str, v: np.ndarray) -> np.ndarray:
-    """The filter the convolution actually uses: ``w + v`` with the shortcut (ResNet), ``w`` without (CNNs)."""
-    return w + v if Model.of(model).shortcut else w
+def effective_filter(w: np.ndarray, model: Model, v: np.ndarray) -> np.ndarray:
+    """The filter the convolution actually uses: ``w + v`` with the shortcut (ResNet), ``w`` without (CNNs).
+    (``model`` is a :class:`Model`: the public functions convert names at their entry.)"""
+    return w + v if model.shortcut else w
 
 
-def geometry(w: np.ndarray, w_star: np.ndarray, model: Model | str, v: np.ndarray) -> Geometry:
+def geometry(w: np.ndarray, w_star: np.ndarray, model: Model, v: np.ndarray) -> Geometry:
     """Angle, norm and tangent vector of the effective filter; raises if its direction is undefined."""
-    model = Model.of(model)
     wt = effective_filter(w, model, v)
     n = norm(wt)
     if n == 0.0 or not np.isfinite(n):

@@ -14,3 +14,5 @@ arc_cosine = njit(cache=True)(_cf.arc_cosine)
 loss = njit(cache=True)(_cf.loss)
 gradient = njit(cache=True)(_cf.gradient)
 hessian = njit(cache=True)(_cf.hessian)
+#: ``(k + pi - 1) ||a*||^2 - pi (1.a*)^2`` from ``k, 1.a*, ||a*||^2``: > 0 iff the spurious point exists.
+spurious_margin = njit(cache=True)(_cf.spurious_margin)

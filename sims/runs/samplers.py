@@ -20,17 +20,15 @@ import numpy as np
 from numba import njit, prange
 from scipy import special
 
+from sims.engines import closed_forms as cf
 from sims.engines.rng import fill_normal, normal_pair, uniform
 from theory import Model
-from theory import closed_forms as _tcf
 
 TEACHER_W = ("sphere", "cap", "angle")
 TEACHER_A = ("gaussian", "ones", "fixed")
 INIT_W = ("zero", "sphere", "gaussian")
 INIT_A = ("ball", "gaussian")
 _MAX_REDRAWS = 10_000
-#: ``(k + pi - 1) ||a*||^2 - pi (1.a*)^2``, > 0 iff the spurious point exists (generated; exactly 0 for k = 1).
-_spurious_margin = njit(cache=True)(_tcf.spurious_margin)
 #: Smallest ``Init.w_scale``: around 1e-160 the squares in ``||w0||`` underflow and some runs (not all) would
 #: start from a filter of norm 0.
 MIN_W_SCALE = 1e-100
@@ -139,7 +137,7 @@ def _draw(states, v, codes, values, out):
                 for j in range(k):
                     s += ast[j]
                     q += ast[j] * ast[j]
-                if _spurious_margin(k, s, q) > 0.0:
+                if cf.spurious_margin(k, s, q) > 0.0:  # the spurious point exists (exactly 0 for k = 1)
                     break
                 tries += 1
                 if tries > _MAX_REDRAWS:
