@@ -98,3 +98,37 @@ def saddle_kernel_value(k, Ss, Qs):
 def spurious_margin(k, Ss, Qs):
     """(k + pi - 1) Qs - pi Ss^2: > 0 iff the spurious point exists (unscaled)."""
     return ((k + math.pi) - 1)*Qs - Ss*Ss*math.pi
+
+
+def deviation_loss(rho, phi, c, s, omc, Ds, Dp, Dq, Ss, Qs):
+    """Population loss L in the deviations of b = rho a from a* (theory.order_parameters); omc = 1 - cos(phi)."""
+    return (1/4)*(Dq*(-1 + math.pi) + Ds**2 + (2*Dp + 2*Qs)*(c*phi + math.pi*omc - s))/math.pi
+
+
+def deviation_gradient(rho, phi, c, s, omc, Ds, Dp, Dq, Ss, Qs):
+    """(L_rho, L_c, L_S, L_Q, L_Pa = 2 L_Q + L_P) in the deviations (theory.order_parameters)."""
+    return (
+        (1/2)*(Ds*(Ds + Ss) + (-1 + math.pi)*(Dp + Dq) + (Dp + Qs)*(c*phi + math.pi*omc - s))/(math.pi*rho),
+        (1/2)*(Dp + Qs)*(phi - math.pi)/math.pi,
+        (1/2)*Ds*rho/math.pi,
+        (1/4)*rho**2*(-1 + math.pi)/math.pi,
+        (1/2)*rho*(c*phi + math.pi*omc - s + (-1 + math.pi)*(rho - 1))/math.pi,
+    )
+
+
+def gram_deviations(x, y, z, Q0, S0, P0, k, Ss, Qs):
+    """(Ds, Dp, Dq) = (1.d, d.a*, ||d||^2) of d = x a0 + y 1 + z a*, from the Gram matrix of (a0, 1, a*) (theory.order_parameters)."""
+    return (
+        S0*x + Ss*z + k*y,
+        P0*x + Qs*z + Ss*y,
+        2*P0*x*z + Q0*x**2 + Qs*z**2 + 2*S0*x*y + 2*Ss*y*z + k*y**2,
+    )
+
+
+def scaled_deviations(rho, Ds, Dp, Dq, Ss, Qs):
+    """(Ds, Dp, Dq) of b = rho a from those of a (theory.order_parameters)."""
+    return (
+        Ds*rho + Ss*(rho - 1),
+        Dp*rho + Qs*(rho - 1),
+        2*Dp*rho*(rho - 1) + Dq*rho**2 + Qs*(rho - 1)**2,
+    )

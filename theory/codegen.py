@@ -15,7 +15,7 @@ from pathlib import Path
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from theory import derivation, expansion, gaussian
+from theory import derivation, expansion, gaussian, order_parameters
 
 #: The sympy release the committed module was generated with (pinned in pyproject.toml too).
 SYMPY_VERSION = "1.14.0"
@@ -93,6 +93,19 @@ def source() -> str:
         ("spurious_margin", "k, Ss, Qs", "(k + pi - 1) Qs - pi Ss^2: > 0 iff the spurious point exists (unscaled)."),
     ]
     functions += [_function(name, doc, arranged[name], args, _print_arranged) for name, args, doc in second_layer]
+    dev_args = ", ".join(str(a) for a in order_parameters.DEVIATION_ARGUMENTS)
+    functions += [
+        _function("deviation_loss", "Population loss L in the deviations of b = rho a from a* "
+                  "(theory.order_parameters); omc = 1 - cos(phi).", order_parameters.deviation_loss(), dev_args),
+        _function("deviation_gradient", "(L_rho, L_c, L_S, L_Q, L_Pa = 2 L_Q + L_P) in the deviations "
+                  "(theory.order_parameters).", order_parameters.deviation_gradient(), dev_args),
+        _function("gram_deviations", "(Ds, Dp, Dq) = (1.d, d.a*, ||d||^2) of d = x a0 + y 1 + z a*, from the Gram "
+                  "matrix of (a0, 1, a*) (theory.order_parameters).", order_parameters.gram_deviations(),
+                  ", ".join(str(a) for a in order_parameters.GRAM_ARGUMENTS)),
+        _function("scaled_deviations", "(Ds, Dp, Dq) of b = rho a from those of a (theory.order_parameters).",
+                  order_parameters.scaled_deviations(),
+                  ", ".join(str(a) for a in order_parameters.SCALE_ARGUMENTS)),
+    ]
     phi_g, g_max = derivation.g_max()
     constants = (
         "#: max over phi in [0, pi] of (pi - phi) sin(phi), attained at PHI_G_MAX (tan(phi) = pi - phi).\n"
