@@ -16,3 +16,8 @@ gradient = njit(cache=True)(_cf.gradient)
 hessian = njit(cache=True)(_cf.hessian)
 #: ``(k + pi - 1) ||a*||^2 - pi (1.a*)^2`` from ``k, 1.a*, ||a*||^2``: > 0 iff the spurious point exists.
 spurious_margin = njit(cache=True)(_cf.spurious_margin)
+#: The order-parameter forms of :mod:`theory.order_parameters` (the reduced engine, :mod:`sims.engines.reduced`).
+deviation_loss = njit(cache=True)(_cf.deviation_loss)
+deviation_gradient = njit(cache=True)(_cf.deviation_gradient)
+gram_deviations = njit(cache=True)(_cf.gram_deviations)
+scaled_deviations = njit(cache=True)(_cf.scaled_deviations)

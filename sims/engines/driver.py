@@ -152,7 +152,7 @@ def make_outputs(R: int, m: int) -> Outputs:
 # ---------------------------------------------------------------------------------------------------------------
 # Hooks and registration: an engine binds its hook functions to the driver's loop.
 
-HOOKS: tuple[str, ...] = ("begin", "observe", "gates", "note", "traj_point", "on_record", "extra_stop",
+HOOKS: tuple[str, ...] = ("teacher", "begin", "observe", "gates", "note", "traj_point", "on_record", "extra_stop",
                           "trap_factor", "step", "finish")
 
 
@@ -161,8 +161,8 @@ def register(record: type, *, options: dict[str, Any] | None = None, **hooks: Ca
     point ``run_range(lo, hi, eng, ws, prob, stops, out)`` (for :func:`run_batch`).
 
     ``hooks``: ``numba.njit(inline="always")`` functions named as the stubs below; ``begin, observe, step, finish``
-    are required, the others default to the plain network's behaviour (every state is the deployed network; no
-    extra stop; ``trap_factor`` 1).  ``options``: numba options of the entry point (e.g. ``error_model="numpy"``,
+    are required, the others default to the plain network's behaviour (the teacher's invariants from its vectors
+    ``prob.WS, prob.AS``; every state is the deployed network; no extra stop; ``trap_factor`` 1).  ``options``: numba options of the entry point (e.g. ``error_model="numpy"``,
     ``_nrt=False`` where the engine allocates nothing).  The entry point is the driver's loop (:func:`_template`)
     with the hooks bound in its globals, compiled once per engine and cached (module docstring)."""
     missing = {"begin", "observe", "step", "finish"} - set(hooks)
@@ -182,6 +182,10 @@ def register(record: type, *, options: dict[str, Any] | None = None, **hooks: Ca
 
 # The hooks.  The driver's loop calls these names; an engine's entry point binds them to the engine's functions
 # (these stubs only document each hook's arguments and results).
+def teacher(eng, prob, tr):  # -> (||w*||^2, 1.a*, ||a*||^2, k) of teacher tr
+    raise NotImplementedError
+
+
 def begin(eng, wsp, prob, r, tr, tv):  # load run r's state -> carry (a tuple of scalars)
     raise NotImplementedError
 
@@ -224,6 +228,12 @@ def finish(eng, wsp, prob, r, rec, carry):  # store the final state and engine o
 
 # Defaults for the optional hooks (the plain network).
 @njit(inline="always")
+def _teacher_vectors(eng, prob, tr):
+    ws2, Ss, Qs = teacher_invariants(prob.WS, prob.AS, tr)
+    return ws2, Ss, Qs, prob.AS.shape[1]
+
+
+@njit(inline="always")
 def _gates_always(eng, wsp, carry, t):
     return True, True, True, True, True
 
@@ -248,7 +258,7 @@ def _trap_factor_one(eng):
     return 1.0
 
 
-_DEFAULTS: dict[str, Callable] = {"gates": _gates_always, "note": _note_nothing, "on_record": _on_record_nothing,
+_DEFAULTS: dict[str, Callable] = {"teacher": _teacher_vectors, "gates": _gates_always, "note": _note_nothing, "on_record": _on_record_nothing,
                                   "extra_stop": _no_extra_stop, "trap_factor": _trap_factor_one}
 
 
@@ -342,8 +352,8 @@ def _template(lo, hi, eng, ws, prob, stops, out):
         tr = r if prob.WS.shape[0] > 1 else np.int64(0)
         sr = r if prob.seg_end.shape[0] > 1 else np.int64(0)
         m = prob.record_steps.shape[0]
-        ws2, Ss, Qs = teacher_invariants(prob.WS, prob.AS, tr)
-        tv = (ws2, Ss, Qs, prob.AS.shape[1])
+        tv = teacher(eng, prob, tr)
+        ws2, Ss, Qs, _ = tv
         carry = begin(eng, ws, prob, r, tr, tv)
         phs = prob.phi_saddle[tr]
         L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)

@@ -91,13 +91,15 @@ class Setup(NamedTuple):
 
 class Built(NamedTuple):
     """An engine ready to run: its compiled entry point and workspace function (:func:`sims.engines.driver.
-    run_batch`), its record, and whether the ``trapped`` stop may apply (it does only if ``tolerances.stop_trapped``
-    too; the bound holds for noise-free population GD)."""
+    run_batch`), its record, whether the ``trapped`` stop may apply (it does only if ``tolerances.stop_trapped``
+    too; the bound holds for noise-free population GD), and anything the engine's ``finish`` needs besides
+    (``extra``; e.g. the vectors the order-parameter engine's coordinates refer to)."""
 
     entry: Callable
     workspace: Callable
     eng: Any
     trapped: bool
+    extra: Any = None
 
 
 class Finished(NamedTuple):
