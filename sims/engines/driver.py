@@ -162,8 +162,9 @@ def register(record: type, *, options: dict[str, Any] | None = None, **hooks: Ca
 
     ``hooks``: ``numba.njit(inline="always")`` functions named as the stubs below; ``begin, observe, step, finish``
     are required, the others default to the plain network's behaviour (the teacher's invariants from its vectors
-    ``prob.WS, prob.AS``; every state is the deployed network; no extra stop; ``trap_factor`` 1).  ``options``: numba options of the entry point (e.g. ``error_model="numpy"``,
-    ``_nrt=False`` where the engine allocates nothing).  The entry point is the driver's loop (:func:`_template`)
+    ``prob.WS, prob.AS``; every state is the deployed network; no extra stop; ``trap_factor`` 1).  ``options``:
+    numba options of the entry point (e.g. ``error_model="numpy"``, ``_nrt=False`` where the engine allocates
+    nothing).  The entry point is the driver's loop (:func:`_template`)
     with the hooks bound in its globals, compiled once per engine and cached (module docstring)."""
     missing = {"begin", "observe", "step", "finish"} - set(hooks)
     unknown = set(hooks) - set(HOOKS)
@@ -258,8 +259,9 @@ def _trap_factor_one(eng):
     return 1.0
 
 
-_DEFAULTS: dict[str, Callable] = {"teacher": _teacher_vectors, "gates": _gates_always, "note": _note_nothing, "on_record": _on_record_nothing,
-                                  "extra_stop": _no_extra_stop, "trap_factor": _trap_factor_one}
+_DEFAULTS: dict[str, Callable] = {"teacher": _teacher_vectors, "gates": _gates_always, "note": _note_nothing,
+                                  "on_record": _on_record_nothing, "extra_stop": _no_extra_stop,
+                                  "trap_factor": _trap_factor_one}
 
 
 # ---------------------------------------------------------------------------------------------------------------
