@@ -26,7 +26,7 @@ class Basis(NamedTuple):
 
     WS: np.ndarray  # (R, p)
     E1: np.ndarray  # (R, p)
-    E2: np.ndarray  # (R, p) zero unless a moving shortcut leaves the plane
+    E2: np.ndarray | None  # (R, p) with a moving shortcut (what of v lies outside span{w*, w~0}), else None
     A0: np.ndarray  # (R, k)
     AS: np.ndarray  # (R, k)
 
@@ -40,7 +40,8 @@ def reduced_coordinates(WT0: np.ndarray, WS: np.ndarray, A0: np.ndarray, AS: np.
     and ``e2`` spans what of ``v`` lies outside ``span{w*, w~0}``)."""
     R = WT0.shape[0]
     u = np.einsum("ij,ij->i", WT0, WS)
-    E1 = WT0 - u[:, None] * WS
+    E1 = u[:, None] * WS
+    np.subtract(WT0, E1, out=E1)
     r1 = np.linalg.norm(E1, axis=1)
     _normalize(E1, r1)
     start = np.zeros((R, 6))
@@ -54,7 +55,7 @@ def reduced_coordinates(WT0: np.ndarray, WS: np.ndarray, A0: np.ndarray, AS: np.
     consts[:, 2] = np.einsum("ij,ij->i", A0, AS)
     consts[:, 3] = AS.sum(axis=1)
     consts[:, 4] = np.einsum("ij,ij->i", AS, AS)
-    E2 = np.zeros_like(E1)
+    E2 = None
     if V is not None:
         consts[:, 5] = WS @ V
         consts[:, 6] = E1 @ V
@@ -72,11 +73,23 @@ def _normalize(E: np.ndarray, norms: np.ndarray) -> None:
     E[~nz] = 0.0
 
 
-def rebuild(state: np.ndarray, basis: Basis) -> tuple[np.ndarray, np.ndarray]:
-    """The vectors ``(w~, a)`` of reduced runs from their coordinates ``state`` (rows ``u, r1, r2, x, y, z``)."""
-    WT = state[:, 0:1] * basis.WS + state[:, 1:2] * basis.E1 + state[:, 2:3] * basis.E2
-    A = state[:, 3:4] * basis.A0 + state[:, 4:5] + (1.0 + state[:, 5:6]) * basis.AS
+def rebuild(state: np.ndarray, basis: Basis, WT: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The vectors ``(w~, a)`` of reduced runs from their coordinates ``state`` (rows ``u, r1, r2, x, y, z``),
+    written into ``WT, A`` (no temporaries of their size: the memory check counts no more)."""
+    np.multiply(state[:, 0:1], basis.WS, out=WT)
+    _axpy(WT, state[:, 1], basis.E1)
+    if basis.E2 is not None:
+        _axpy(WT, state[:, 2], basis.E2)
+    np.multiply(state[:, 3:4], basis.A0, out=A)
+    A += state[:, 4:5]
+    _axpy(A, 1.0 + state[:, 5], basis.AS)
     return WT, A
+
+
+def _axpy(Y: np.ndarray, coef: np.ndarray, X: np.ndarray, rows: int = 4096) -> None:
+    """``Y += coef[:, None] * X`` in blocks of rows (a temporary of at most ``rows`` rows)."""
+    for lo in range(0, Y.shape[0], rows):
+        Y[lo:lo + rows] += coef[lo:lo + rows, None] * X[lo:lo + rows]
 
 
 class ReducedSpec(EngineSpec):
@@ -99,7 +112,7 @@ class ReducedSpec(EngineSpec):
 
     def finish(self, opts: Any, call: Call, setup: Setup, built: Built, out: Any) -> Finished:
         """The vectors rebuilt from the final coordinates (:func:`rebuild`)."""
-        WT, A = rebuild(built.eng.out, built.extra)
+        WT, A = rebuild(built.eng.out, built.extra, setup.WT, setup.A)
         w = WT - call.shortcut if call.model.shortcut else WT
         return Finished(WT, A, w, call.model, {})
 
