@@ -369,3 +369,25 @@ def test_the_saddle_angle_separates_the_basins(model, eta_w):
         assert set(res.outcome) == {expect}, (d, res.outcome)
         trapped = _from(model, start, schedule, steps=100_000)
         np.testing.assert_array_equal(trapped.outcome, res.outcome)
+
+
+def test_compiled_saddle_angles_are_theory_saddle_angle_bit_for_bit():
+    # sims.engines.closed_forms.saddle_angles_brent runs scipy's brentq iteration compiled; the prescribed warmup
+    # depends on its last bits.  Random teachers, teachers on the edge of the spurious point's existence (root near
+    # pi, series branch), 1.a* = 0, no saddle (a* parallel to 1, k = 1, zero).
+    from sims.engines.closed_forms import saddle_angles_brent
+
+    rng = np.random.default_rng(5)
+    for k in (1, 2, 3, 5, 16, 128):
+        A = rng.standard_normal((400, k)) * 10.0 ** rng.uniform(-5, 5, (400, 1))
+        if k > 1:
+            B = A[:100] - A[:100].mean(axis=1, keepdims=True)
+            kk = k + math.pi - 1
+            c = np.sqrt(kk * np.sum(B * B, axis=1) / (math.pi * k * k - kk * k))
+            c *= 1 - 10.0 ** rng.uniform(-15, -1, 100)
+            A[:100] = B + c[:, None]
+            A[100] -= A[100].mean()
+            A[101] = 1.0
+        A[102] = 0.0
+        want = np.array([-1.0 if (phi := theory.saddle_angle(a)) is None else phi for a in A])
+        np.testing.assert_array_equal(saddle_angles_brent(A, missing=-1.0), want)

@@ -211,6 +211,31 @@ def test_stream_states_are_the_spawned_children_of_the_seed(seed):
     assert len({tuple(row) for row in st}) == 12
 
 
+def _seed_sequence_states(seed, runs):
+    return np.array([np.random.SeedSequence(seed, spawn_key=(int(r),)).generate_state(4, np.uint64) for r in runs],
+                    dtype=np.uint64).reshape(-1, 4)
+
+
+def test_stream_states_match_seed_sequence_bit_for_bit_on_random_seeds_and_runs():
+    # The vectorized hash mixing against numpy's SeedSequence itself: seeds of 0 to 200 bits (1 to 7 uint32 words,
+    # so with and without the zero padding to the pool size) and run indices up to 2**40 (one or two words).
+    rng = np.random.default_rng(20240611)
+    for _ in range(400):
+        seed = int(rng.integers(0, 2**62)) >> int(rng.integers(0, 62)) if rng.random() < 0.5 else \
+            int.from_bytes(rng.bytes(25), "little") >> int(rng.integers(0, 200))
+        runs = rng.integers(0, 2**40, size=3, endpoint=True) >> rng.integers(0, 40, size=3)
+        got = np.concatenate([stream_states(seed, int(r), int(r) + 1) for r in runs])
+        np.testing.assert_array_equal(got, _seed_sequence_states(seed, runs), err_msg=f"seed {seed}, runs {runs}")
+
+
+@pytest.mark.parametrize("seed", [0, 2**32 - 1, 2**32, 2**63, 2**64, 2**128 + 7, 3**100])
+@pytest.mark.parametrize("start", [0, 2**32 - 5, 2**40 - 5, 2**64 - 5])
+def test_stream_states_match_seed_sequence_across_word_boundaries(seed, start):
+    # Blocks that cross a run index's change from one to two words (2**32) and, at 2**64, to the SeedSequence path.
+    np.testing.assert_array_equal(stream_states(seed, start, start + 10),
+                                  _seed_sequence_states(seed, range(start, start + 10)))
+
+
 def test_stream_states_reject_bad_seed():
     with pytest.raises(ValueError, match=r"^seed must be an integer >= 0"):
         stream_states(-1, 0, 3)

@@ -15,7 +15,7 @@ import pytest
 import sims
 import theory
 from sims import Schedule, Segment, Teacher
-from sims.runs.schedules import optimal_eta_a, prescribed_warmup_steps
+from sims.runs.schedules import G_BOUND, _steps_to_contract, optimal_eta_a, prescribed_warmup_steps
 
 K, P = 5, 6
 ETA_A = 0.5 * theory.max_stable_eta_a(K)
@@ -165,6 +165,68 @@ def test_prescribed_warmup_resolves_positive_finite_stage_one(k, p):
     assert ok.all()
     np.testing.assert_array_equal(T1, res.warmup_steps)
     np.testing.assert_allclose(ew, res.warmup_eta_w, rtol=1e-9)  # phi_0 via arccos vs the kernel's atan2
+
+
+def _per_run_warmup(*, phi0, norm0, a0, a_star, eta_a_warmup=None):
+    """The prescribed warmup run by run with the theory's scalar functions (scipy's brentq for the saddle angle):
+    the definition the vectorized :func:`prescribed_warmup_steps` must reproduce bit for bit."""
+    R, k = a0.shape
+    pm1 = theory.m_eigenvalues(k)[1]
+    eta_a = optimal_eta_a(k) if eta_a_warmup is None else eta_a_warmup
+    r_a = max(abs(1.0 - eta_a * lam) for lam in theory.a_hessian_eigenvalues(k)[: 1 if k == 1 else 2])
+    T1, ew, ok = np.zeros(R, dtype=np.int64), np.zeros(R), np.zeros(R, dtype=bool)
+    for r in range(R):
+        ast = a_star[r if a_star.shape[0] > 1 else 0]
+        nst = float(np.linalg.norm(ast))
+        phi_s = theory.saddle_angle(ast)
+        phi_s = math.pi if phi_s is None else phi_s
+        if nst == 0.0:
+            T1[r], ew[r], ok[r] = 0, 0.0, True
+            continue
+        e0 = float(np.linalg.norm(a0[r] - theory.optimal_a(float(phi0[r]), ast)))
+        if phi0[r] >= phi_s:
+            T1[r], ew[r], ok[r] = 2 * _steps_to_contract(2.0 * e0 * nst, 1.0, r_a) + 10, 0.0, False
+            continue
+        phi_max = 0.5 * (float(phi0[r]) + phi_s)
+        p_min = theory.alignment_at(phi_max, ast)
+        delta_cap = p_min / 4.0 / nst * pm1 * (1.0 - r_a) / (G_BOUND * nst)
+        A = abs(ast.sum()) * math.sqrt(k) / pm1 + nst + e0 + p_min / (4.0 * nst)
+        t_plus = _steps_to_contract(2.0 * e0 * nst, p_min, r_a)
+        if t_plus > 0:
+            delta_cap = min(delta_cap, (phi_max - float(phi0[r])) / t_plus)
+        ew[r] = delta_cap * 2.0 * math.pi * norm0[r] ** 2 / (G_BOUND * nst * A)
+        T1[r], ok[r] = 2 * t_plus + 10, True
+    return T1, ew, ok
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 16, 64, 128])
+def test_vectorized_prescribed_warmup_is_the_per_run_definition_bit_for_bit(k):
+    # Random teachers (most with a saddle), teachers on the edge of the spurious point's existence (saddle angle
+    # near pi: the series branch of the root), 1.a* = 0 (phi_s = pi/2), a zero teacher; starts on both sides of
+    # the saddle angle, norms over orders of magnitude; per-run and shared teachers; default and given eta_a.
+    rng = np.random.default_rng(100 + k)
+    R = 600
+    A = rng.standard_normal((R, k)) * 10.0 ** rng.uniform(-3, 3, (R, 1))
+    if k > 1:
+        B = A[: R // 4] - A[: R // 4].mean(axis=1, keepdims=True)
+        kk = k + math.pi - 1
+        c = np.sqrt(kk * np.sum(B * B, axis=1) / (math.pi * k * k - kk * k))
+        c *= 1 - 10.0 ** rng.uniform(-14, -1, R // 4)
+        A[: R // 4] = B + c[:, None]
+        A[R // 4] -= A[R // 4].mean()
+    A[R // 4 + 1] = 0.0
+    phi0 = rng.uniform(0.0, math.pi, R)
+    norm0 = 10.0 ** rng.uniform(-2, 2, R)
+    a0 = rng.standard_normal((R, k)) * np.linalg.norm(A, axis=1, keepdims=True) / math.sqrt(k)
+    for a_star in (A, A[R // 2 : R // 2 + 1]):
+        for warm in (None, 0.5 * theory.max_stable_eta_a(k)):
+            kw = dict(phi0=phi0, norm0=norm0, a0=a0, a_star=a_star, eta_a_warmup=warm)
+            got, want = prescribed_warmup_steps(**kw), _per_run_warmup(**kw)
+            for g, w in zip(got, want, strict=True):
+                assert g.dtype == w.dtype
+                np.testing.assert_array_equal(g, w)
+            if k > 1 and a_star is A:  # both sides of the saddle angle were exercised (k = 1 has no saddle)
+                assert (~got[2]).any() and got[2].any()
 
 
 @pytest.mark.parametrize(("k", "p"), WARM_CASES)

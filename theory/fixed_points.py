@@ -28,6 +28,9 @@ from theory.landscape import (
 from theory.model import Model
 from theory.validation import as_vector, finite_result, shortcut_vector, unit_teacher
 
+#: ``brentq``'s tolerances for :func:`saddle_angle` (absolute, relative: the smallest relative tolerance it takes).
+SADDLE_XTOL, SADDLE_RTOL = 1e-300, 4 * float(np.finfo(float).eps)
+
 
 def arc_cosine(phi: float) -> float:
     """``g(phi) = sin(phi) + (pi - phi) cos(phi)``, from the generated closed forms."""
@@ -65,12 +68,6 @@ def alignment_at(phi: float, a_star: Any) -> float:
     return float(optimal_a(phi, a_star) @ a_star)
 
 
-def _spurious_margin(a_star: np.ndarray) -> tuple[float, float]:
-    """``(margin, denom)`` of :func:`theory.algebra._margin_and_denominator` for one teacher."""
-    margin, denom = _margin_and_denominator(a_star[None, :])
-    return float(margin[0]), float(denom[0])
-
-
 def spurious_point(a_star: Any) -> np.ndarray | None:
     """``a_sp = M^{-1} (1 1^T - I) a*`` of the spurious local minimum, or None when it does not exist."""
     a_star = as_vector(a_star, "a_star")
@@ -79,30 +76,65 @@ def spurious_point(a_star: Any) -> np.ndarray | None:
     return optimal_a(math.pi, a_star)
 
 
+def arc_cosine_from_pi(d: float) -> float:
+    """``g(pi - d) = sin(d) - d cos(d)``, by its series ``d^3/3 - d^5/30 + d^7/840`` for ``d < 1e-2``.
+
+    Accurate to the last bits near ``phi = pi``, where ``g(phi)`` itself would be lost in rounding.  Plain
+    :mod:`math` (float exponents, so numba compiles the same ``pow`` calls Python makes).
+
+    Parameters
+    ----------
+    d : float
+        ``pi - phi``, in ``[0, pi]``.
+
+    Returns
+    -------
+    float
+        ``g(pi - d)``.
+    """
+    if d < 1e-2:
+        return d**3.0 / 3.0 - d**5.0 / 30.0 + d**7.0 / 840.0
+    return math.sin(d) - d * math.cos(d)
+
+
+def saddle_targets(a_star: Any) -> np.ndarray:
+    """Per teacher, the value ``g(phi_s) = margin / denom`` (capped at 1) that :func:`saddle_angle` solves for; NaN
+    where there is no saddle (no spurious point).
+
+    Parameters
+    ----------
+    a_star : array_like
+        One teacher ``(k,)`` or a batch ``(R, k)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(R,)`` (``(1,)`` for one teacher), in ``(0, 1]`` or NaN.
+    """
+    A = np.atleast_2d(np.asarray(a_star, dtype=np.float64))
+    margin, denom = _margin_and_denominator(A)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(margin > 0.0, np.minimum(margin / denom, 1.0), np.nan)
+
+
 def saddle_angle(a_star: Any) -> float | None:
     """The interior angle ``phi_s`` with ``a(phi_s) . a* = 0`` separating the basins, or None.
 
     It exists iff the spurious minimum does; ``phi_s >= pi / 2`` always (equality iff ``1.a* = 0``).  It is the
     root of :func:`theory.saddle_equation`, solved here in ``delta = pi - phi`` with the cancellation-free
-    ``g(phi_s) = margin / denom`` (:func:`theory.saddle_angles` solves it for a batch by bisection).
+    ``g(phi_s) = margin / denom`` (:func:`saddle_targets`) by ``scipy.optimize.brentq`` on
+    :func:`arc_cosine_from_pi` (:func:`theory.saddle_angles` solves it for a batch by bisection).
     """
     a_star = as_vector(a_star, "a_star")
-    margin, denom = _spurious_margin(a_star)
-    if not margin > 0.0:
-        return None
     # a(phi).a* = Ss^2/(k+pi-1) + (g(phi) - 1) (Qs - Ss^2/(k+pi-1)) / (pi - 1) = 0 fixes
     # g(phi_s) = ((k+pi-1) Qs - pi Ss^2) / ((k+pi-1) Qs - Ss^2) = margin / denom, in (0, 1].
     # g decreases strictly from pi to 0 on [0, pi], so the root is unique.  Solve for delta = pi - phi_s with
     # g(pi - delta) = sin(delta) - delta cos(delta) (series for small delta): near the existence boundary
     # g_s -> 0+ and g evaluated at phi ~ pi would be lost in rounding (root bracket with equal signs).
-    g_s = min(margin / denom, 1.0)
-
-    def g_from_pi(d: float) -> float:
-        if d < 1e-2:
-            return d**3 / 3.0 - d**5 / 30.0 + d**7 / 840.0
-        return math.sin(d) - d * math.cos(d)
-
-    delta = brentq(lambda d: g_from_pi(d) - g_s, 0.0, math.pi, xtol=1e-300, rtol=4 * np.finfo(float).eps)
+    g_s = float(saddle_targets(a_star)[0])
+    if math.isnan(g_s):
+        return None
+    delta = brentq(lambda d: arc_cosine_from_pi(d) - g_s, 0.0, math.pi, xtol=SADDLE_XTOL, rtol=SADDLE_RTOL)
     return float(math.pi - delta)
 
 

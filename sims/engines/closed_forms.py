@@ -1,14 +1,19 @@
 """numba-compiled versions of the generated closed forms in :mod:`theory.closed_forms`.
 
 ``theory`` emits plain Python with :mod:`math` only; this module compiles it, so the formulas the kernels use are
-exactly the ones the theory tests check.
+exactly the ones the theory tests check.  :func:`saddle_angles_brent` is :func:`theory.saddle_angle` for a batch
+(the same root finder, compiled).
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 from numba import njit
 
 from theory import closed_forms as _cf
+from theory import fixed_points as _fp
 
 arc_cosine = njit(cache=True)(_cf.arc_cosine)
 loss = njit(cache=True)(_cf.loss)
@@ -21,3 +26,101 @@ deviation_loss = njit(cache=True)(_cf.deviation_loss)
 deviation_gradient = njit(cache=True)(_cf.deviation_gradient)
 gram_deviations = njit(cache=True)(_cf.gram_deviations)
 scaled_deviations = njit(cache=True)(_cf.scaled_deviations)
+
+arc_cosine_from_pi = njit(cache=True)(_fp.arc_cosine_from_pi)
+
+
+@njit(cache=True)
+def _brent_delta(g_s, xtol, rtol, maxiter):
+    """``d`` in ``[0, pi]`` with ``arc_cosine_from_pi(d) = g_s``: SciPy's ``brentq`` (scipy/optimize/Zeros/brentq.c)
+    step for step, on the bracket ``[0, pi]``, so the root is the one :func:`theory.saddle_angle` gets, to the bit.
+    NaN if the bracket holds no sign change or ``maxiter`` iterations do not converge."""
+    xpre, xcur = 0.0, math.pi
+    xblk = fblk = spre = scur = 0.0
+    fpre = arc_cosine_from_pi(xpre) - g_s
+    fcur = arc_cosine_from_pi(xcur) - g_s
+    if fpre * fcur > 0:
+        return math.nan
+    if fpre == 0:
+        return xpre
+    if fcur == 0:
+        return xcur
+    for _ in range(maxiter):
+        if fpre * fcur < 0:
+            xblk, fblk = xpre, fpre
+            spre = scur = xcur - xpre
+        if abs(fblk) < abs(fcur):
+            xpre, xcur, xblk = xcur, xblk, xcur
+            fpre, fcur, fblk = fcur, fblk, fcur
+        delta = (xtol + rtol * abs(xcur)) / 2
+        sbis = (xblk - xcur) / 2
+        if fcur == 0 or abs(sbis) < delta:
+            return xcur
+        if abs(spre) > delta and abs(fcur) < abs(fpre):
+            if xpre == xblk:  # interpolate
+                stry = -fcur * (xcur - xpre) / (fcur - fpre)
+            else:  # extrapolate
+                dpre = (fpre - fcur) / (xpre - xcur)
+                dblk = (fblk - fcur) / (xblk - xcur)
+                stry = -fcur * (fblk * dblk - fpre * dpre) / (dblk * dpre * (fblk - fpre))
+            bound = 3 * abs(sbis) - delta
+            if 2 * abs(stry) < (abs(spre) if abs(spre) < bound else bound):  # good short step
+                spre, scur = scur, stry
+            else:  # bisect
+                spre = scur = sbis
+        else:  # bisect
+            spre = scur = sbis
+        xpre, fpre = xcur, fcur
+        if abs(scur) > delta:
+            xcur += scur
+        else:
+            xcur += delta if sbis > 0 else -delta
+        fcur = arc_cosine_from_pi(xcur) - g_s
+    return math.nan
+
+
+@njit(cache=True)
+def _saddle_angles_brent(g_s, xtol, rtol, missing):
+    out = np.empty(g_s.shape[0])
+    for i in range(g_s.shape[0]):
+        out[i] = missing if math.isnan(g_s[i]) else math.pi - _brent_delta(g_s[i], xtol, rtol, 100)
+    return out
+
+
+def saddle_angles_brent(a_star: np.ndarray, missing: float = math.nan) -> np.ndarray:
+    """:func:`theory.saddle_angle` for every row of ``a_star``, compiled: the same Brent iteration on the same
+    function, so the same bits (``missing`` where there is no saddle).
+
+    Parameters
+    ----------
+    a_star : numpy.ndarray
+        Teachers' second layers ``(R, k)``, finite.
+    missing : float
+        The value for rows without a saddle (``theory.saddle_angle`` returns None there).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(R,)`` saddle angles in ``[pi / 2, pi]``, or ``missing``.
+    """
+    g_s = _fp.saddle_targets(a_star)
+    out = _saddle_angles_brent(g_s, _fp.SADDLE_XTOL, _fp.SADDLE_RTOL, missing)
+    if np.isnan(out[~np.isnan(g_s)]).any():  # cannot happen: g_s in (0, 1] is always bracketed, Brent converges
+        raise RuntimeError("saddle_angles_brent: Brent's method did not converge")
+    return out
+
+
+# A private, uncached compilation of the closed form for arc_cosine_rows: the cached ``arc_cosine`` above is also
+# compiled as a callee of the engines' fastmath entry points, and a copy built that way (contracted to FMAs) was
+# seen in its cache file; the prescribed warmup must reproduce theory.arc_cosine to the bit.
+_arc_cosine_strict = njit(cache=False)(_cf.arc_cosine)
+
+
+@njit(cache=True)
+def arc_cosine_rows(phi):
+    """``g(phi)`` elementwise (``phi``: 1-D float64), with :mod:`math`'s ``cos`` and ``sin`` like
+    :func:`theory.arc_cosine`, so the same bits as calling it per element."""
+    out = np.empty(phi.shape[0])
+    for i in range(phi.shape[0]):
+        out[i] = _arc_cosine_strict(phi[i], math.cos(phi[i]), math.sin(phi[i]))
+    return out

@@ -16,16 +16,123 @@ from numba import njit
 
 _MASK = 0xFFFFFFFFFFFFFFFF
 
+# numpy.random.SeedSequence's constants (numpy/random/bit_generator.pyx; O'Neill's seed_seq_fe), pool size 4.
+_POOL = 4
+_INIT_A, _MULT_A = 0x43B0D7E5, 0x931E8875
+_INIT_B, _MULT_B = 0x8B51F9DD, 0x58F38DED
+_MIX_L, _MIX_R = 0xCA01F9DD, 0x4973F715
+_M32 = 0xFFFFFFFF
+
+
+def _words(n: int) -> list[int]:
+    """``n >= 0`` as uint32 words, lowest first (``[0]`` for 0): how SeedSequence reads an integer."""
+    out = [n & _M32]
+    n >>= 32
+    while n:
+        out.append(n & _M32)
+        n >>= 32
+    return out
+
+
+def _hashmix(value, const: int):
+    """SeedSequence's ``hashmix`` of ``value`` (a Python int or a uint32 array): ``(hashed, next const)``.
+
+    The multiplier sequence does not depend on the values, so it is a Python int even when ``value`` is an array.
+    """
+    nxt = (const * _MULT_A) & _M32
+    if isinstance(value, np.ndarray):
+        v = (value ^ np.uint32(const)) * np.uint32(nxt)  # uint32 arrays wrap mod 2^32
+        return v ^ (v >> np.uint32(16)), nxt
+    v = ((value ^ const) * nxt) & _M32
+    return v ^ (v >> 16), nxt
+
+
+def _mix(x, y):
+    """SeedSequence's ``mix`` (Python ints or uint32 arrays)."""
+    if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+        v = np.uint32(_MIX_L) * x - np.uint32(_MIX_R) * y
+        return v ^ (v >> np.uint32(16))
+    v = (_MIX_L * x - _MIX_R * y) & _M32
+    return v ^ (v >> 16)
+
+
+def _seed_pool(seed: int) -> tuple[list, int]:
+    """The entropy pool of ``SeedSequence(seed, spawn_key=(r,))`` before the spawn key is mixed in (it does not
+    depend on ``r``: the seed's words, zero-padded to the pool size, come first), and the hash constant then."""
+    ent = _words(seed)
+    ent += [0] * (_POOL - len(ent))  # a spawn key is given, so the run entropy is padded to the pool size
+    const = _INIT_A
+    pool = []
+    for i in range(_POOL):
+        h, const = _hashmix(ent[i], const)
+        pool.append(h)
+    for i_src in range(_POOL):
+        for i_dst in range(_POOL):
+            if i_src != i_dst:
+                h, const = _hashmix(pool[i_src], const)
+                pool[i_dst] = _mix(pool[i_dst], h)
+    for word in ent[_POOL:]:
+        for i_dst in range(_POOL):
+            h, const = _hashmix(word, const)
+            pool[i_dst] = _mix(pool[i_dst], h)
+    return pool, const
+
+
+def _spawned_states(seed: int, runs: np.ndarray) -> np.ndarray:
+    """``SeedSequence(seed, spawn_key=(r,)).generate_state(4, np.uint64)`` for every ``r`` of ``runs`` (uint64,
+    all ``< 2**64``), vectorized over the runs: the same uint32 arithmetic, so the same bits."""
+    pool, const = _seed_pool(seed)
+    pool = [np.full(runs.shape, p, dtype=np.uint32) for p in pool]
+    lo = (runs & np.uint64(_M32)).astype(np.uint32)
+    hi = (runs >> np.uint64(32)).astype(np.uint32)
+    for i_dst in range(_POOL):  # the spawn key's first word (every r has one, 0 included)
+        h, const = _hashmix(lo, const)
+        pool[i_dst] = _mix(pool[i_dst], h)
+    two = hi != 0  # r >= 2**32 has a second word
+    if two.any():
+        for i_dst in range(_POOL):
+            h, const = _hashmix(hi, const)
+            pool[i_dst] = np.where(two, _mix(pool[i_dst], h), pool[i_dst])
+    const = _INIT_B
+    words = []
+    for i in range(2 * _POOL):  # generate_state(4, uint64): 8 uint32 words cycling through the pool
+        nxt = (const * _MULT_B) & _M32
+        v = (pool[i % _POOL] ^ np.uint32(const)) * np.uint32(nxt)
+        words.append((v ^ (v >> np.uint32(16))).astype(np.uint64))
+        const = nxt
+    return np.stack([words[2 * j] | (words[2 * j + 1] << np.uint64(32)) for j in range(_POOL)], axis=1)
+
 
 def stream_states(seed: int, start: int, stop: int) -> np.ndarray:
-    """Initial xoshiro256** states, shape ``(stop - start, 4)``, for runs ``start .. stop-1``."""
+    """Initial xoshiro256** states, shape ``(stop - start, 4)``, for runs ``start .. stop-1``.
+
+    Row ``i`` is ``numpy.random.SeedSequence(seed, spawn_key=(start + i,)).generate_state(4, np.uint64)``, computed
+    for all runs at once (:func:`_spawned_states`; run indices from ``2**64`` on, which no simulation reaches, go
+    through SeedSequence itself).
+
+    Parameters
+    ----------
+    seed : int
+        The simulation's seed, an integer ``>= 0`` (any size).
+    start, stop : int
+        The run range ``[start, stop)``, ``0 <= start <= stop``.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint64 array ``(stop - start, 4)``; an all-zero row (a fixed point of xoshiro, never seen) gets word 0 = 1.
+    """
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
+    seed, start, stop = int(seed), int(start), int(stop)
     out = np.empty((stop - start, 4), dtype=np.uint64)
-    for i, r in enumerate(range(start, stop)):
-        out[i] = np.random.SeedSequence(int(seed), spawn_key=(r,)).generate_state(4, np.uint64)
-        if not out[i].any():  # the all-zero state is a fixed point of xoshiro; never happens in practice
-            out[i, 0] = 1
+    fast = max(min(stop, 2**64) - start, 0)
+    if fast:
+        out[:fast] = _spawned_states(seed, np.arange(start, start + fast, dtype=np.uint64))
+    for i, r in enumerate(range(start + fast, stop), start=fast):
+        out[i] = np.random.SeedSequence(seed, spawn_key=(r,)).generate_state(4, np.uint64)
+    zero = ~out.any(axis=1)  # the all-zero state is a fixed point of xoshiro; never happens in practice
+    out[zero, 0] = 1
     return out
 
 

@@ -32,8 +32,10 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 import theory
+from sims.engines import closed_forms
 
 #: The bound's ``G``: an upper bound of :data:`theory.G_MAX` ``= max_{phi in [0, pi]} (pi - phi) sin(phi)
 #: = 1.81970574116`` (tested).  It was typed as 1.8197057955 (3e-8 above the maximum, so the bound holds); the exact
@@ -230,12 +232,44 @@ def _a_contraction(eta_a: float, k: int) -> float:
     return max(abs(1.0 - eta_a * lam) for lam in lams)
 
 
+#: Row-wise dot products that round exactly like ``x @ y`` on each row (NumPy >= 2; before, a loop of exactly that).
+_rowdot = getattr(np, "vecdot", None) or (lambda x, y: np.array([u @ v for u, v in zip(x, y, strict=True)]))
+
+
+def _optimal_a_rows(g: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """:func:`theory.optimal_a` row by row from ``g = g(phi)`` (R,) and teachers ``A`` (R, k): the same operations
+    (``a*`` scaled by its largest entry, ``M^{-1}`` by Sherman-Morrison), so the same bits."""
+    m = np.max(np.abs(A), axis=1)
+    m = np.where(m > 0.0, m, 1.0)[:, None]  # a zero teacher's row is never used
+    B = A / m
+    with np.errstate(over="ignore", invalid="ignore"):
+        return m * theory.apply_m_inverse(B.sum(axis=1)[:, None] + (g[:, None] - 1.0) * B)
+
+
 def prescribed_warmup_steps(
     *, phi0: np.ndarray, norm0: np.ndarray, a0: np.ndarray, a_star: np.ndarray, eta_a_warmup: float | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(T1, eta_w^I, guaranteed)`` per run from the bound in the module docstring.
 
-    ``phi0``, ``norm0``: initial angle and ``||w~_0||`` (R,); ``a0``: (R, k); ``a_star``: (R, k) or (1, k).
+    Vectorized over the runs: the row operations in NumPy, the saddle angle by the compiled Brent iteration of
+    :func:`theory.saddle_angle` and the per-run scalar arithmetic compiled with :mod:`math` (:func:`_warmup_kernel`),
+    each the same operations as the per-run definition, so the same bits.
+
+    Parameters
+    ----------
+    phi0, norm0 : numpy.ndarray
+        Initial angle and ``||w~_0||`` per run, ``(R,)``.
+    a0 : numpy.ndarray
+        Initial second layers ``(R, k)``.
+    a_star : numpy.ndarray
+        Teachers' second layers ``(R, k)``, or ``(1, k)`` shared by all runs.
+    eta_a_warmup : float, optional
+        Stage I's ``eta_a`` (default: :func:`optimal_eta_a`); it must contract ``a``.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``T1`` (int64), ``eta_w^I`` (float64), ``guaranteed`` (bool), each ``(R,)``.
     """
     R, k = a0.shape
     pm1 = theory.m_eigenvalues(k)[1]  # pi - 1: M's eigenvalue orthogonal to 1, so ||M^{-1}|| = 1 / (pi - 1)
@@ -243,34 +277,74 @@ def prescribed_warmup_steps(
     r_a = _a_contraction(eta_a, k)
     if not r_a < 1.0:
         raise ValueError(f"eta_a_warmup = {eta_a} does not contract a (needs 0 < eta_a < {theory.max_stable_eta_a(k)})")
+    teachers = np.ascontiguousarray(a_star, dtype=np.float64)
+    rows = np.arange(R) if teachers.shape[0] > 1 else np.zeros(R, dtype=np.intp)
+    nst = np.sqrt(_rowdot(teachers, teachers))[rows]
+    phi_s = closed_forms.saddle_angles_brent(teachers, missing=math.pi)[rows]
+    abs_sum = np.abs(teachers.sum(axis=1))[rows]
+    A = teachers[rows]
+    phi0 = np.asarray(phi0, dtype=np.float64)
+    norm0 = np.asarray(norm0, dtype=np.float64)
+    a_opt0 = _optimal_a_rows(closed_forms.arc_cosine_rows(phi0), A)
+    d0 = a0 - a_opt0
+    e0 = np.sqrt(_rowdot(d0, d0))
+    used = nst != 0.0  # theory.optimal_a refuses a non-finite result (float64 overflow) where it is used
+    below = used & (phi0 < phi_s)
+    a_max = _optimal_a_rows(closed_forms.arc_cosine_rows(0.5 * (phi0 + phi_s)), A)
+    if not (np.isfinite(a_opt0[used]).all() and np.isfinite(a_max[below]).all()):
+        raise theory.validation.overflow_error("optimal_a")
+    p_min = _rowdot(a_max, A)
+    T1, ew, ok, bad = _warmup_kernel(phi0, phi_s, norm0, nst, e0, p_min, abs_sum,
+                                     (pm1, r_a, math.sqrt(k), G_BOUND, 2.0))
+    if bad.any():
+        raise ValueError("prescribed warmup: the number of steps to contract a is not finite (inputs too large "
+                         "or a degenerate teacher)")
+    return T1, ew, ok
+
+
+@njit(cache=True)
+def _contract_steps(start, target, rate):
+    """:func:`_steps_to_contract` compiled (-1: not a finite count)."""
+    if start <= target:
+        return 0
+    if rate <= 0.0:
+        return 1
+    q = math.log(start / target) / math.log(1.0 / rate)
+    if not (q > -1.0 and q < 2.0**62):  # also NaN (a negative target): math.log refuses it in Python
+        return -1
+    return int(math.ceil(q))
+
+
+@njit(cache=True)
+def _warmup_kernel(phi0, phi_s, norm0, nst, e0, p_min, abs_sum, consts):
+    """The per-run arithmetic of :func:`prescribed_warmup_steps` in the order of the bound (module docstring).
+    ``consts = (pi - 1, r_a, sqrt(k), G_BOUND, 2.0)``; the exponent 2.0 comes in at run time so that
+    ``norm0 ** 2`` stays the C library's ``pow``, as NumPy's scalar power is."""
+    pm1, r_a, sqrt_k, g_bound, two = consts
+    R = phi0.shape[0]
     T1 = np.zeros(R, dtype=np.int64)
     ew = np.zeros(R)
-    ok = np.zeros(R, dtype=bool)
+    ok = np.zeros(R, dtype=np.bool_)
+    bad = np.zeros(R, dtype=np.bool_)
     for r in range(R):
-        ast = a_star[r if a_star.shape[0] > 1 else 0]
-        nst = float(np.linalg.norm(ast))
-        phi_s = theory.saddle_angle(ast)
-        phi_s = math.pi if phi_s is None else phi_s
-        if nst == 0.0:
-            T1[r], ew[r], ok[r] = 0, 0.0, True
+        if nst[r] == 0.0:
+            ok[r] = True
             continue
-        a_opt0 = theory.optimal_a(float(phi0[r]), ast)
-        e0 = float(np.linalg.norm(a0[r] - a_opt0))
-        if phi0[r] >= phi_s:
-            t_plus = _steps_to_contract(2.0 * e0 * nst, 1.0, r_a)
-            T1[r], ew[r], ok[r] = 2 * t_plus + 10, 0.0, False
+        if phi0[r] >= phi_s[r]:
+            t_plus = _contract_steps(2.0 * e0[r] * nst[r], 1.0, r_a)
+            T1[r], bad[r] = 2 * t_plus + 10, t_plus < 0
             continue
-        phi_max = 0.5 * (float(phi0[r]) + phi_s)
-        p_min = theory.alignment_at(phi_max, ast)
-        delta_cap = p_min / 4.0 / nst * pm1 * (1.0 - r_a) / (G_BOUND * nst)  # D ||a*|| <= P_min / 4
-        A = abs(ast.sum()) * math.sqrt(k) / pm1 + nst + e0 + p_min / (4.0 * nst)
-        t_plus = _steps_to_contract(2.0 * e0 * nst, p_min, r_a)
+        phi_max = 0.5 * (phi0[r] + phi_s[r])
+        delta_cap = p_min[r] / 4.0 / nst[r] * pm1 * (1.0 - r_a) / (g_bound * nst[r])  # D ||a*|| <= P_min / 4
+        A = abs_sum[r] * sqrt_k / pm1 + nst[r] + e0[r] + p_min[r] / (4.0 * nst[r])
+        t_plus = _contract_steps(2.0 * e0[r] * nst[r], p_min[r], r_a)
         if t_plus > 0:
-            delta_cap = min(delta_cap, (phi_max - float(phi0[r])) / t_plus)
-        ew[r] = delta_cap * 2.0 * math.pi * norm0[r] ** 2 / (G_BOUND * nst * A)
-        T1[r] = 2 * t_plus + 10
-        ok[r] = True
-    return T1, ew, ok
+            cap = (phi_max - phi0[r]) / t_plus
+            if cap < delta_cap:
+                delta_cap = cap
+        ew[r] = delta_cap * 2.0 * math.pi * norm0[r] ** two / (g_bound * nst[r] * A)
+        T1[r], ok[r], bad[r] = 2 * t_plus + 10, True, t_plus < 0
+    return T1, ew, ok, bad
 
 
 def _steps_to_contract(start: float, target: float, rate: float) -> int:
