@@ -15,6 +15,10 @@ final ``(WT, A)``.  The loss they descend is the closed form of SCIENCE.md secti
 - JAX: ``jit(fori_loop(vmap(grad(L))))`` in float64.
 
 Peers that are not installed raise :class:`MissingError` from their ``make_*`` factory.
+
+Online SGD: :func:`make_numpy_sgd`, :func:`make_torch_sgd`, :func:`make_jax_sgd`, the
+same minibatch step with each library's own Gaussian generator (exposed as ``run.step(W, A, WS, AS, Z, ew, ea)`` so
+that the step itself can be compared on a shared ``Z``).
 """
 
 from __future__ import annotations
@@ -183,6 +187,29 @@ def make_numpy_sgd(batch_size: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     B = batch_size
 
+    def step(W, A, WS, AS, Z, ew, ea, UW=None):
+        """One SGD step in place on ``(W, A)`` with the minibatch ``Z`` of shape ``(R, B k, p)``."""
+        R, p = W.shape
+        k = A.shape[1]
+        if UW is None:
+            UW = np.empty((R, p, 2))
+            UW[:, :, 1] = WS
+        n = np.sqrt(np.einsum("ij,ij->i", W, W))
+        U = W / n[:, None]
+        UW[:, :, 0] = U
+        H = np.matmul(Z, UW).reshape(R, B, k, 2)  # student and teacher projections u.Z_bj, w*.Z_bj
+        act = np.maximum(H[..., 0], 0.0)
+        f = np.einsum("rbk,rk->rb", act, A)
+        fs = np.einsum("rbk,rk->rb", np.maximum(H[..., 1], 0.0), AS)
+        res = (f - fs) / B
+        ga = np.einsum("rb,rbk->rk", res, act)
+        C = (res[:, :, None] * A[:, None, :]) * (H[..., 0] > 0.0)
+        gu = np.matmul(C.reshape(R, 1, B * k), Z)[:, 0, :]
+        gw = (gu - np.einsum("ij,ij->i", U, gu)[:, None] * U) / n[:, None]
+        W -= ew * gw
+        A -= ea * ga
+        return W, A
+
     def run(WT0, A0, WS, AS, sched, steps):
         T1, ew1, ea1, ew2, ea2 = sched
         W = np.array(WT0, dtype=np.float64)
@@ -195,20 +222,126 @@ def make_numpy_sgd(batch_size: int, seed: int = 0):
         for t in range(steps):
             ew, ea = (ew1, ea1) if t < T1 else (ew2, ea2)
             rng.standard_normal(out=Z)
-            n = np.sqrt(np.einsum("ij,ij->i", W, W))
-            U = W / n[:, None]
-            UW[:, :, 0] = U
-            H = np.matmul(Z, UW).reshape(R, B, k, 2)  # student and teacher projections u.Z_bj, w*.Z_bj
-            act = np.maximum(H[..., 0], 0.0)
-            f = np.einsum("rbk,rk->rb", act, A)
-            fs = np.einsum("rbk,rk->rb", np.maximum(H[..., 1], 0.0), AS)
-            res = (f - fs) / B
-            ga = np.einsum("rb,rbk->rk", res, act)
-            C = (res[:, :, None] * A[:, None, :]) * (H[..., 0] > 0.0)
-            gu = np.matmul(C.reshape(R, 1, B * k), Z)[:, 0, :]
-            gw = (gu - np.einsum("ij,ij->i", U, gu)[:, None] * U) / n[:, None]
-            W -= ew * gw
-            A -= ea * ga
+            step(W, A, WS, AS, Z, ew, ea, UW)
         return W, A
 
+    run.step = lambda W, A, WS, AS, Z, ew, ea: step(np.array(W), np.array(A), WS, AS, Z, ew, ea)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- PyTorch SGD
+def make_torch_sgd(batch_size: int, seed: int = 0, threads: int = 2):
+    """:func:`make_numpy_sgd`'s step in PyTorch (CPU, float64, ``threads`` threads): ``Z`` drawn in place by
+    ``torch.randn`` from a seeded ``torch.Generator`` each step, ``torch.bmm`` for both batched products."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingError(str(exc)) from None
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(seed)
+    B = batch_size
+
+    def step(W, A, WS, AS, Z, ew, ea):
+        R, p = W.shape
+        k = A.shape[1]
+        n = torch.sqrt((W * W).sum(1))
+        U = W / n[:, None]
+        H = torch.bmm(Z, torch.stack((U, WS), dim=2)).reshape(R, B, k, 2)
+        act = torch.clamp(H[..., 0], min=0.0)
+        f = torch.einsum("rbk,rk->rb", act, A)
+        fs = torch.einsum("rbk,rk->rb", torch.clamp(H[..., 1], min=0.0), AS)
+        res = (f - fs) / B
+        ga = torch.einsum("rb,rbk->rk", res, act)
+        C = (res[:, :, None] * A[:, None, :]) * (H[..., 0] > 0.0)
+        gu = torch.bmm(C.reshape(R, 1, B * k), Z)[:, 0, :]
+        gw = (gu - (U * gu).sum(1)[:, None] * U) / n[:, None]
+        W.sub_(ew * gw)
+        A.sub_(ea * ga)
+        return W, A
+
+    def run(WT0, A0, WS, AS, sched, steps):
+        T1, ew1, ea1, ew2, ea2 = sched
+        with torch.no_grad():
+            W = torch.tensor(WT0, dtype=torch.float64)
+            A = torch.tensor(A0, dtype=torch.float64)
+            tWS = torch.tensor(WS, dtype=torch.float64)
+            tAS = torch.tensor(AS, dtype=torch.float64)
+            R, p = W.shape
+            Z = torch.empty((R, B * A.shape[1], p), dtype=torch.float64)
+            for t in range(steps):
+                ew, ea = (ew1, ea1) if t < T1 else (ew2, ea2)
+                torch.randn(Z.shape, generator=gen, dtype=torch.float64, out=Z)
+                step(W, A, tWS, tAS, Z, ew, ea)
+        return W.numpy(), A.numpy()
+
+    def one_step(W, A, WS, AS, Z, ew, ea):
+        with torch.no_grad():
+            t = [torch.tensor(np.asarray(v), dtype=torch.float64) for v in (W, A, WS, AS, Z)]
+            Wn, An = step(*t, ew, ea)
+        return Wn.numpy(), An.numpy()
+
+    run.step = one_step
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- JAX SGD
+def make_jax_sgd(batch_size: int, seed: int = 0):
+    """:func:`make_numpy_sgd`'s step in JAX (CPU, float64): ``jit`` of a ``lax.fori_loop`` over steps, ``Z`` drawn
+    each step by ``jax.random.normal`` from a key split per step (the default generator), batched ``matmul``."""
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        from jax import lax
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingError(str(exc)) from None
+    B = batch_size
+
+    def step(W, A, WS, AS, Z, ew, ea):
+        R, p = W.shape
+        k = A.shape[1]
+        n = jnp.sqrt((W * W).sum(1))
+        U = W / n[:, None]
+        H = jnp.matmul(Z, jnp.stack((U, WS), axis=2)).reshape(R, B, k, 2)
+        act = jnp.maximum(H[..., 0], 0.0)
+        f = jnp.einsum("rbk,rk->rb", act, A)
+        fs = jnp.einsum("rbk,rk->rb", jnp.maximum(H[..., 1], 0.0), AS)
+        res = (f - fs) / B
+        ga = jnp.einsum("rb,rbk->rk", res, act)
+        C = (res[:, :, None] * A[:, None, :]) * (H[..., 0] > 0.0)
+        gu = jnp.matmul(C.reshape(R, 1, B * k), Z)[:, 0, :]
+        gw = (gu - (U * gu).sum(1)[:, None] * U) / n[:, None]
+        return W - ew * gw, A - ea * ga
+
+    @jax.jit
+    def _run(W, A, WS, AS, key, steps, T1, ew1, ea1, ew2, ea2):
+        R, p = W.shape
+        shape = (R, B * A.shape[1], p)
+
+        def body(t, carry):
+            W, A, key = carry
+            key, sub = jax.random.split(key)
+            Z = jax.random.normal(sub, shape, dtype=jnp.float64)
+            first = t < T1
+            return (*step(W, A, WS, AS, Z, jnp.where(first, ew1, ew2), jnp.where(first, ea1, ea2)), key)
+
+        return lax.fori_loop(0, steps, body, (W, A, key))
+
+    state = {"key": jax.random.PRNGKey(seed)}
+
+    def run(WT0, A0, WS, AS, sched, steps):
+        T1, ew1, ea1, ew2, ea2 = sched
+        W, A, state["key"] = _run(jnp.asarray(WT0), jnp.asarray(A0), jnp.asarray(WS), jnp.asarray(AS), state["key"],
+                                  steps, T1, ew1, ea1, ew2, ea2)
+        W.block_until_ready()
+        return np.asarray(W), np.asarray(A)
+
+    step_jit = jax.jit(step)
+
+    def one_step(W, A, WS, AS, Z, ew, ea):
+        Wn, An = step_jit(*(jnp.asarray(v) for v in (W, A, WS, AS, Z)), ew, ea)
+        return np.asarray(Wn), np.asarray(An)
+
+    run.step = one_step
     return run
