@@ -16,7 +16,11 @@ final ``(WT, A)``.  The loss they descend is the closed form of SCIENCE.md secti
 
 Peers that are not installed raise :class:`MissingError` from their ``make_*`` factory.
 
-Online SGD: :func:`make_numpy_sgd`, :func:`make_torch_sgd`, :func:`make_jax_sgd`, the
+The order-parameter map (``reduced_throughput.py``): :func:`make_numpy_reduced` and :func:`make_jax_reduced` advance
+the coordinates ``(u, r, x, y, z)`` of ``w~ = u w* + r e`` and ``a = x a0 + y 1 + (1 + z) a*`` (weight-normalized,
+no moving shortcut, so ``sims.engines.reduced``'s ``r2`` stays 0 and is not carried) with the formulas of
+``theory.closed_forms.gram_deviations`` / ``deviation_gradient`` at ``rho = 1``; arrays of shape ``(R,)``, one
+vectorized update per step.  Online SGD: :func:`make_numpy_sgd`, :func:`make_torch_sgd`, :func:`make_jax_sgd`, the
 same minibatch step with each library's own Gaussian generator (exposed as ``run.step(W, A, WS, AS, Z, ew, ea)`` so
 that the step itself can be compared on a shared ``Z``).
 """
@@ -344,4 +348,148 @@ def make_jax_sgd(batch_size: int, seed: int = 0):
         return np.asarray(Wn), np.asarray(An)
 
     run.step = one_step
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- reduced map
+L_Q_NORMALIZED = 0.25 * (PI - 1.0) / PI  # deviation_gradient's L_Q at rho = 1
+
+
+def reduced_loss(state, consts):
+    """Loss of each run from its coordinates ``state = (u, r, x, y, z)`` (arrays ``(R,)``) and ``consts = (Q0, S0, P0,
+    Ss, Qs, k)``: ``theory.closed_forms.gram_deviations`` then ``deviation_loss`` at ``rho = 1`` (NumPy)."""
+    u, r, x, y, z = (np.asarray(v, dtype=np.float64) for v in state)
+    Q0, S0, P0, Ss, Qs, k = consts
+    rr = r * r
+    n = np.sqrt(u * u + rr)
+    c, s = u / n, r / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        omc = np.where(u > 0.0, rr / (n * (n + u)), 1.0 - c)
+    phi = np.arctan2(r, u)
+    Ds = S0 * x + k * y + Ss * z
+    Dp = P0 * x + Ss * y + Qs * z
+    Dq = Q0 * x * x + k * y * y + Qs * z * z + 2.0 * (S0 * x * y + P0 * x * z + Ss * y * z)
+    return ((PI - 1.0) * Dq + Ds * Ds + 2.0 * (Qs + Dp) * (PI * omc + phi * c - s)) / (4.0 * PI)
+
+
+def make_numpy_reduced():
+    """The order-parameter map elementwise over runs in NumPy: ``(R,)`` arrays, one vectorized update per step
+    (ufuncs with ``out=`` into preallocated temporaries).  ``run(state, consts, sched, steps)`` returns the final
+    ``(u, r, x, y, z)``."""
+
+    def run(state, consts, sched, steps):
+        T1, ew1, ea1, ew2, ea2 = sched
+        u, r, x, y, z = (np.array(v, dtype=np.float64) for v in state)
+        Q0, S0, P0, Ss, Qs, k = consts
+        R = u.shape[0]
+        rr, n, c, s, omc, phi, Ds, Dp, Lc, g, alpha, tmp = (np.empty(R) for _ in range(12))
+        two_lq = 2.0 * L_Q_NORMALIZED
+        inv_2pi = 0.5 / PI
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for t in range(steps):
+                ew, ea = (ew1, ea1) if t < T1 else (ew2, ea2)
+                # angle: n, c, s, 1 - c (no cancellation for u > 0), phi
+                np.multiply(r, r, out=rr)
+                np.multiply(u, u, out=n)
+                n += rr
+                np.sqrt(n, out=n)
+                np.divide(u, n, out=c)
+                np.divide(r, n, out=s)
+                np.add(n, u, out=tmp)
+                tmp *= n
+                np.divide(rr, tmp, out=omc)
+                np.subtract(1.0, c, out=tmp)
+                np.copyto(omc, tmp, where=u <= 0.0)
+                np.arctan2(r, u, out=phi)
+                # Ds = S0 x + k y + Ss z,  Dp = P0 x + Ss y + Qs z
+                np.multiply(S0, x, out=Ds)
+                np.multiply(k, y, out=tmp)
+                Ds += tmp
+                np.multiply(Ss, z, out=tmp)
+                Ds += tmp
+                np.multiply(P0, x, out=Dp)
+                np.multiply(Ss, y, out=tmp)
+                Dp += tmp
+                np.multiply(Qs, z, out=tmp)
+                Dp += tmp
+                # L_c = (Qs + Dp)(phi - pi)/(2 pi); filter step: alpha = 1 + ew L_c c / n^2, beta = -ew L_c / n
+                np.add(Qs, Dp, out=Lc)
+                np.subtract(phi, PI, out=tmp)
+                Lc *= tmp
+                Lc *= inv_2pi
+                np.multiply(Lc, c, out=alpha)
+                np.multiply(n, n, out=tmp)
+                alpha /= tmp
+                alpha *= ew
+                alpha += 1.0
+                np.divide(Lc, n, out=tmp)  # -beta / ew
+                u *= alpha
+                tmp *= ew
+                u -= tmp
+                r *= alpha
+                # head: L_Pa = (c phi + pi omc - s)/(2 pi);  x -= ea 2 L_Q x, y -= ea (2 L_Q y + L_S), z -= ...
+                np.multiply(c, phi, out=g)
+                omc *= PI
+                g += omc
+                g -= s
+                g *= inv_2pi * ea  # ea L_Pa
+                Ds *= inv_2pi * ea  # ea L_S
+                shrink = 1.0 - ea * two_lq
+                x *= shrink
+                y *= shrink
+                y -= Ds
+                z *= shrink
+                z -= g
+        return u, r, x, y, z
+
+    return run
+
+
+def make_jax_reduced():
+    """The order-parameter map in JAX (CPU, float64): ``jit`` of a ``lax.fori_loop`` over steps whose body is the
+    elementwise update of the ``(R,)`` arrays (XLA fuses it into one loop over runs).  Same ``run`` as
+    :func:`make_numpy_reduced`."""
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        from jax import lax
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingError(str(exc)) from None
+
+    @jax.jit
+    def _run(state, consts, steps, T1, ew1, ea1, ew2, ea2):
+        Q0, S0, P0, Ss, Qs, k = consts
+
+        def body(t, st):
+            u, r, x, y, z = st
+            first = t < T1
+            ew = jnp.where(first, ew1, ew2)
+            ea = jnp.where(first, ea1, ea2)
+            rr = r * r
+            nn = u * u + rr
+            n = jnp.sqrt(nn)
+            c, s = u / n, r / n
+            omc = jnp.where(u > 0.0, rr / (n * (n + u)), 1.0 - c)
+            phi = jnp.arctan2(r, u)
+            Ds = S0 * x + k * y + Ss * z
+            Dp = P0 * x + Ss * y + Qs * z
+            Lc = (Qs + Dp) * (phi - PI) * (0.5 / PI)
+            alpha = 1.0 + ew * (Lc * c / nn)
+            beta = -ew * Lc / n
+            L_Pa = (c * phi + PI * omc - s) * (0.5 / PI)
+            shrink = 1.0 - ea * (2.0 * L_Q_NORMALIZED)
+            return (alpha * u + beta, alpha * r, shrink * x, shrink * y - ea * (0.5 / PI) * Ds,
+                    shrink * z - ea * L_Pa)
+
+        return lax.fori_loop(0, steps, body, state)
+
+    def run(state, consts, sched, steps):
+        T1, ew1, ea1, ew2, ea2 = sched
+        out = _run(tuple(jnp.asarray(v) for v in state), tuple(jnp.asarray(v) for v in consts), steps, T1,
+                   ew1, ea1, ew2, ea2)
+        out[0].block_until_ready()
+        return tuple(np.asarray(v) for v in out)
+
     return run
