@@ -15,6 +15,14 @@ final ``(WT, A)``.  The loss they descend is the closed form of SCIENCE.md secti
 - JAX: ``jit(fori_loop(vmap(grad(L))))`` in float64.
 
 Peers that are not installed raise :class:`MissingError` from their ``make_*`` factory.
+
+The order-parameter map (``reduced_throughput.py``): :func:`make_numpy_reduced` and :func:`make_jax_reduced` advance
+the coordinates ``(u, r, x, y, z)`` of ``w~ = u w* + r e`` and ``a = x a0 + y 1 + (1 + z) a*`` (weight-normalized,
+no moving shortcut, so ``sims.engines.reduced``'s ``r2`` stays 0 and is not carried) with the formulas of
+``theory.closed_forms.gram_deviations`` / ``deviation_gradient`` at ``rho = 1``; arrays of shape ``(R,)``, one
+vectorized update per step.  Online SGD: :func:`make_numpy_sgd`, :func:`make_torch_sgd`, :func:`make_jax_sgd`, the
+same minibatch step with each library's own Gaussian generator (exposed as ``run.step(W, A, WS, AS, Z, ew, ea)`` so
+that the step itself can be compared on a shared ``Z``).
 """
 
 from __future__ import annotations
@@ -183,6 +191,29 @@ def make_numpy_sgd(batch_size: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     B = batch_size
 
+    def step(W, A, WS, AS, Z, ew, ea, UW=None):
+        """One SGD step in place on ``(W, A)`` with the minibatch ``Z`` of shape ``(R, B k, p)``."""
+        R, p = W.shape
+        k = A.shape[1]
+        if UW is None:
+            UW = np.empty((R, p, 2))
+            UW[:, :, 1] = WS
+        n = np.sqrt(np.einsum("ij,ij->i", W, W))
+        U = W / n[:, None]
+        UW[:, :, 0] = U
+        H = np.matmul(Z, UW).reshape(R, B, k, 2)  # student and teacher projections u.Z_bj, w*.Z_bj
+        act = np.maximum(H[..., 0], 0.0)
+        f = np.einsum("rbk,rk->rb", act, A)
+        fs = np.einsum("rbk,rk->rb", np.maximum(H[..., 1], 0.0), AS)
+        res = (f - fs) / B
+        ga = np.einsum("rb,rbk->rk", res, act)
+        C = (res[:, :, None] * A[:, None, :]) * (H[..., 0] > 0.0)
+        gu = np.matmul(C.reshape(R, 1, B * k), Z)[:, 0, :]
+        gw = (gu - np.einsum("ij,ij->i", U, gu)[:, None] * U) / n[:, None]
+        W -= ew * gw
+        A -= ea * ga
+        return W, A
+
     def run(WT0, A0, WS, AS, sched, steps):
         T1, ew1, ea1, ew2, ea2 = sched
         W = np.array(WT0, dtype=np.float64)
@@ -195,20 +226,270 @@ def make_numpy_sgd(batch_size: int, seed: int = 0):
         for t in range(steps):
             ew, ea = (ew1, ea1) if t < T1 else (ew2, ea2)
             rng.standard_normal(out=Z)
-            n = np.sqrt(np.einsum("ij,ij->i", W, W))
-            U = W / n[:, None]
-            UW[:, :, 0] = U
-            H = np.matmul(Z, UW).reshape(R, B, k, 2)  # student and teacher projections u.Z_bj, w*.Z_bj
-            act = np.maximum(H[..., 0], 0.0)
-            f = np.einsum("rbk,rk->rb", act, A)
-            fs = np.einsum("rbk,rk->rb", np.maximum(H[..., 1], 0.0), AS)
-            res = (f - fs) / B
-            ga = np.einsum("rb,rbk->rk", res, act)
-            C = (res[:, :, None] * A[:, None, :]) * (H[..., 0] > 0.0)
-            gu = np.matmul(C.reshape(R, 1, B * k), Z)[:, 0, :]
-            gw = (gu - np.einsum("ij,ij->i", U, gu)[:, None] * U) / n[:, None]
-            W -= ew * gw
-            A -= ea * ga
+            step(W, A, WS, AS, Z, ew, ea, UW)
         return W, A
+
+    run.step = lambda W, A, WS, AS, Z, ew, ea: step(np.array(W), np.array(A), WS, AS, Z, ew, ea)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- PyTorch SGD
+def make_torch_sgd(batch_size: int, seed: int = 0, threads: int = 2):
+    """:func:`make_numpy_sgd`'s step in PyTorch (CPU, float64, ``threads`` threads): ``Z`` drawn in place by
+    ``torch.randn`` from a seeded ``torch.Generator`` each step, ``torch.bmm`` for both batched products."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingError(str(exc)) from None
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(seed)
+    B = batch_size
+
+    def step(W, A, WS, AS, Z, ew, ea):
+        R, p = W.shape
+        k = A.shape[1]
+        n = torch.sqrt((W * W).sum(1))
+        U = W / n[:, None]
+        H = torch.bmm(Z, torch.stack((U, WS), dim=2)).reshape(R, B, k, 2)
+        act = torch.clamp(H[..., 0], min=0.0)
+        f = torch.einsum("rbk,rk->rb", act, A)
+        fs = torch.einsum("rbk,rk->rb", torch.clamp(H[..., 1], min=0.0), AS)
+        res = (f - fs) / B
+        ga = torch.einsum("rb,rbk->rk", res, act)
+        C = (res[:, :, None] * A[:, None, :]) * (H[..., 0] > 0.0)
+        gu = torch.bmm(C.reshape(R, 1, B * k), Z)[:, 0, :]
+        gw = (gu - (U * gu).sum(1)[:, None] * U) / n[:, None]
+        W.sub_(ew * gw)
+        A.sub_(ea * ga)
+        return W, A
+
+    def run(WT0, A0, WS, AS, sched, steps):
+        T1, ew1, ea1, ew2, ea2 = sched
+        with torch.no_grad():
+            W = torch.tensor(WT0, dtype=torch.float64)
+            A = torch.tensor(A0, dtype=torch.float64)
+            tWS = torch.tensor(WS, dtype=torch.float64)
+            tAS = torch.tensor(AS, dtype=torch.float64)
+            R, p = W.shape
+            Z = torch.empty((R, B * A.shape[1], p), dtype=torch.float64)
+            for t in range(steps):
+                ew, ea = (ew1, ea1) if t < T1 else (ew2, ea2)
+                torch.randn(Z.shape, generator=gen, dtype=torch.float64, out=Z)
+                step(W, A, tWS, tAS, Z, ew, ea)
+        return W.numpy(), A.numpy()
+
+    def one_step(W, A, WS, AS, Z, ew, ea):
+        with torch.no_grad():
+            t = [torch.tensor(np.asarray(v), dtype=torch.float64) for v in (W, A, WS, AS, Z)]
+            Wn, An = step(*t, ew, ea)
+        return Wn.numpy(), An.numpy()
+
+    run.step = one_step
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- JAX SGD
+def make_jax_sgd(batch_size: int, seed: int = 0):
+    """:func:`make_numpy_sgd`'s step in JAX (CPU, float64): ``jit`` of a ``lax.fori_loop`` over steps, ``Z`` drawn
+    each step by ``jax.random.normal`` from a key split per step (the default generator), batched ``matmul``."""
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        from jax import lax
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingError(str(exc)) from None
+    B = batch_size
+
+    def step(W, A, WS, AS, Z, ew, ea):
+        R, p = W.shape
+        k = A.shape[1]
+        n = jnp.sqrt((W * W).sum(1))
+        U = W / n[:, None]
+        H = jnp.matmul(Z, jnp.stack((U, WS), axis=2)).reshape(R, B, k, 2)
+        act = jnp.maximum(H[..., 0], 0.0)
+        f = jnp.einsum("rbk,rk->rb", act, A)
+        fs = jnp.einsum("rbk,rk->rb", jnp.maximum(H[..., 1], 0.0), AS)
+        res = (f - fs) / B
+        ga = jnp.einsum("rb,rbk->rk", res, act)
+        C = (res[:, :, None] * A[:, None, :]) * (H[..., 0] > 0.0)
+        gu = jnp.matmul(C.reshape(R, 1, B * k), Z)[:, 0, :]
+        gw = (gu - (U * gu).sum(1)[:, None] * U) / n[:, None]
+        return W - ew * gw, A - ea * ga
+
+    @jax.jit
+    def _run(W, A, WS, AS, key, steps, T1, ew1, ea1, ew2, ea2):
+        R, p = W.shape
+        shape = (R, B * A.shape[1], p)
+
+        def body(t, carry):
+            W, A, key = carry
+            key, sub = jax.random.split(key)
+            Z = jax.random.normal(sub, shape, dtype=jnp.float64)
+            first = t < T1
+            return (*step(W, A, WS, AS, Z, jnp.where(first, ew1, ew2), jnp.where(first, ea1, ea2)), key)
+
+        return lax.fori_loop(0, steps, body, (W, A, key))
+
+    state = {"key": jax.random.PRNGKey(seed)}
+
+    def run(WT0, A0, WS, AS, sched, steps):
+        T1, ew1, ea1, ew2, ea2 = sched
+        W, A, state["key"] = _run(jnp.asarray(WT0), jnp.asarray(A0), jnp.asarray(WS), jnp.asarray(AS), state["key"],
+                                  steps, T1, ew1, ea1, ew2, ea2)
+        W.block_until_ready()
+        return np.asarray(W), np.asarray(A)
+
+    step_jit = jax.jit(step)
+
+    def one_step(W, A, WS, AS, Z, ew, ea):
+        Wn, An = step_jit(*(jnp.asarray(v) for v in (W, A, WS, AS, Z)), ew, ea)
+        return np.asarray(Wn), np.asarray(An)
+
+    run.step = one_step
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- reduced map
+L_Q_NORMALIZED = 0.25 * (PI - 1.0) / PI  # deviation_gradient's L_Q at rho = 1
+
+
+def reduced_loss(state, consts):
+    """Loss of each run from its coordinates ``state = (u, r, x, y, z)`` (arrays ``(R,)``) and ``consts = (Q0, S0, P0,
+    Ss, Qs, k)``: ``theory.closed_forms.gram_deviations`` then ``deviation_loss`` at ``rho = 1`` (NumPy)."""
+    u, r, x, y, z = (np.asarray(v, dtype=np.float64) for v in state)
+    Q0, S0, P0, Ss, Qs, k = consts
+    rr = r * r
+    n = np.sqrt(u * u + rr)
+    c, s = u / n, r / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        omc = np.where(u > 0.0, rr / (n * (n + u)), 1.0 - c)
+    phi = np.arctan2(r, u)
+    Ds = S0 * x + k * y + Ss * z
+    Dp = P0 * x + Ss * y + Qs * z
+    Dq = Q0 * x * x + k * y * y + Qs * z * z + 2.0 * (S0 * x * y + P0 * x * z + Ss * y * z)
+    return ((PI - 1.0) * Dq + Ds * Ds + 2.0 * (Qs + Dp) * (PI * omc + phi * c - s)) / (4.0 * PI)
+
+
+def make_numpy_reduced():
+    """The order-parameter map elementwise over runs in NumPy: ``(R,)`` arrays, one vectorized update per step
+    (ufuncs with ``out=`` into preallocated temporaries).  ``run(state, consts, sched, steps)`` returns the final
+    ``(u, r, x, y, z)``."""
+
+    def run(state, consts, sched, steps):
+        T1, ew1, ea1, ew2, ea2 = sched
+        u, r, x, y, z = (np.array(v, dtype=np.float64) for v in state)
+        Q0, S0, P0, Ss, Qs, k = consts
+        R = u.shape[0]
+        rr, n, c, s, omc, phi, Ds, Dp, Lc, g, alpha, tmp = (np.empty(R) for _ in range(12))
+        two_lq = 2.0 * L_Q_NORMALIZED
+        inv_2pi = 0.5 / PI
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for t in range(steps):
+                ew, ea = (ew1, ea1) if t < T1 else (ew2, ea2)
+                # angle: n, c, s, 1 - c (no cancellation for u > 0), phi
+                np.multiply(r, r, out=rr)
+                np.multiply(u, u, out=n)
+                n += rr
+                np.sqrt(n, out=n)
+                np.divide(u, n, out=c)
+                np.divide(r, n, out=s)
+                np.add(n, u, out=tmp)
+                tmp *= n
+                np.divide(rr, tmp, out=omc)
+                np.subtract(1.0, c, out=tmp)
+                np.copyto(omc, tmp, where=u <= 0.0)
+                np.arctan2(r, u, out=phi)
+                # Ds = S0 x + k y + Ss z,  Dp = P0 x + Ss y + Qs z
+                np.multiply(S0, x, out=Ds)
+                np.multiply(k, y, out=tmp)
+                Ds += tmp
+                np.multiply(Ss, z, out=tmp)
+                Ds += tmp
+                np.multiply(P0, x, out=Dp)
+                np.multiply(Ss, y, out=tmp)
+                Dp += tmp
+                np.multiply(Qs, z, out=tmp)
+                Dp += tmp
+                # L_c = (Qs + Dp)(phi - pi)/(2 pi); filter step: alpha = 1 + ew L_c c / n^2, beta = -ew L_c / n
+                np.add(Qs, Dp, out=Lc)
+                np.subtract(phi, PI, out=tmp)
+                Lc *= tmp
+                Lc *= inv_2pi
+                np.multiply(Lc, c, out=alpha)
+                np.multiply(n, n, out=tmp)
+                alpha /= tmp
+                alpha *= ew
+                alpha += 1.0
+                np.divide(Lc, n, out=tmp)  # -beta / ew
+                u *= alpha
+                tmp *= ew
+                u -= tmp
+                r *= alpha
+                # head: L_Pa = (c phi + pi omc - s)/(2 pi);  x -= ea 2 L_Q x, y -= ea (2 L_Q y + L_S), z -= ...
+                np.multiply(c, phi, out=g)
+                omc *= PI
+                g += omc
+                g -= s
+                g *= inv_2pi * ea  # ea L_Pa
+                Ds *= inv_2pi * ea  # ea L_S
+                shrink = 1.0 - ea * two_lq
+                x *= shrink
+                y *= shrink
+                y -= Ds
+                z *= shrink
+                z -= g
+        return u, r, x, y, z
+
+    return run
+
+
+def make_jax_reduced():
+    """The order-parameter map in JAX (CPU, float64): ``jit`` of a ``lax.fori_loop`` over steps whose body is the
+    elementwise update of the ``(R,)`` arrays (XLA fuses it into one loop over runs).  Same ``run`` as
+    :func:`make_numpy_reduced`."""
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+        from jax import lax
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingError(str(exc)) from None
+
+    @jax.jit
+    def _run(state, consts, steps, T1, ew1, ea1, ew2, ea2):
+        Q0, S0, P0, Ss, Qs, k = consts
+
+        def body(t, st):
+            u, r, x, y, z = st
+            first = t < T1
+            ew = jnp.where(first, ew1, ew2)
+            ea = jnp.where(first, ea1, ea2)
+            rr = r * r
+            nn = u * u + rr
+            n = jnp.sqrt(nn)
+            c, s = u / n, r / n
+            omc = jnp.where(u > 0.0, rr / (n * (n + u)), 1.0 - c)
+            phi = jnp.arctan2(r, u)
+            Ds = S0 * x + k * y + Ss * z
+            Dp = P0 * x + Ss * y + Qs * z
+            Lc = (Qs + Dp) * (phi - PI) * (0.5 / PI)
+            alpha = 1.0 + ew * (Lc * c / nn)
+            beta = -ew * Lc / n
+            L_Pa = (c * phi + PI * omc - s) * (0.5 / PI)
+            shrink = 1.0 - ea * (2.0 * L_Q_NORMALIZED)
+            return (alpha * u + beta, alpha * r, shrink * x, shrink * y - ea * (0.5 / PI) * Ds,
+                    shrink * z - ea * L_Pa)
+
+        return lax.fori_loop(0, steps, body, state)
+
+    def run(state, consts, sched, steps):
+        T1, ew1, ea1, ew2, ea2 = sched
+        out = _run(tuple(jnp.asarray(v) for v in state), tuple(jnp.asarray(v) for v in consts), steps, T1,
+                   ew1, ea1, ew2, ea2)
+        out[0].block_until_ready()
+        return tuple(np.asarray(v) for v in out)
 
     return run
