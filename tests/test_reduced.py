@@ -140,3 +140,32 @@ def test_the_map_is_the_generated_closed_form_at_the_teacher():
     from theory import order_parameters
 
     assert all(order_parameters.proofs().values())
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "step"])
+def test_the_fading_shortcut_on_the_order_parameters_is_the_vector_engines(kind):
+    """The fading shortcut in span{w~0, v, w*}: the same outcomes, stops and fade-end losses as the vector engine
+    (gentle steps, so that the dynamics does not amplify rounding: 1e-9 of L_ref)."""
+    kw = dict(k=8, p=8, runs=100, steps=3000, schedule=sims.Schedule.two_stage(100, 1e-4, 0.3, 0.005, 0.3), seed=3,
+              n_record=64)
+    v = sims.simulate_fading(fade=sims.Fade(kind, steps=500, engine="vector"), **kw)
+    r = sims.simulate_fading(fade=sims.Fade(kind, steps=500), **kw)
+    np.testing.assert_array_equal(v.outcome, r.outcome)
+    np.testing.assert_array_equal(v.stop_reason, r.stop_reason)
+    err = np.abs(v.extras["fade_end_loss"] - r.extras["fade_end_loss"]) / v.loss_ref
+    assert np.nanmax(err) <= 1e-9
+    np.testing.assert_allclose(r.w, v.w, atol=1e-9)
+
+
+def test_runs_are_independent_of_their_lane():
+    """Each run's result is the same whatever lane of the lockstep block it ran in and whoever ran beside it:
+    one call of 300 runs against single runs at their offsets, and against 2 threads."""
+    kw = dict(model="cnn", k=5, p=9, steps=4000, schedule=_schedule("cnn", 5), seed=8, init=sims.Init(w="sphere"))
+    whole = sims.simulate(runs=300, threads=1, **kw)
+    two = sims.simulate(runs=300, threads=2, **kw)
+    for f in ("final_loss", "final_phi", "steps", "w", "a", "trajectory"):
+        np.testing.assert_array_equal(getattr(whole, f), getattr(two, f))
+    for r in (0, 63, 64, 65, 199, 299):
+        one = sims.simulate(runs=1, run_offset=r, threads=1, **kw)
+        np.testing.assert_array_equal(one.trajectory[0], whole.trajectory[r])
+        np.testing.assert_array_equal(one.w[0], whole.w[r])

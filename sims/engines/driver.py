@@ -444,7 +444,8 @@ def _template(lo, hi, eng, ws, prob, stops, out):
 
 #: Sources compiled into every engine's entry point besides the engine's own file (the driver, the shared helpers,
 #: the generated closed forms, the random streams, the gradient helpers of the engines).
-_COMPILED_SOURCES = ("sims/engines/driver.py", "sims/engines/common.py", "sims/engines/closed_forms.py",
+_COMPILED_SOURCES = ("sims/engines/driver.py", "sims/engines/lockstep.py", "sims/engines/common.py",
+                     "sims/engines/closed_forms.py",
                      "sims/engines/rng.py",
                      "sims/engines/finite_sample.py", "sims/engines/expansion_kernels.py", "theory/closed_forms.py")
 
@@ -467,8 +468,8 @@ SOURCE_STAMP = _source_stamp()
 
 def entry_point(engine_file: str | None = None, **options: Any) -> Callable:
     """Compile an engine's entry point ``run_range(lo, hi, eng, ws, prob, stops, out)``: ``nogil``, cached, with
-    :data:`FASTMATH` and the given numba ``options``, and with :data:`SOURCE_STAMP` and a hash of ``engine_file``
-    (the engine's own source) in its cache key."""
+    :data:`FASTMATH` (unless ``options`` give another ``fastmath``) and the given numba ``options``, and with
+    :data:`SOURCE_STAMP` and a hash of ``engine_file`` (the engine's own source) in its cache key."""
     from numba.core.caching import FunctionCache
 
     stamp = (SOURCE_STAMP, _file_hash(engine_file))
@@ -478,7 +479,7 @@ def entry_point(engine_file: str | None = None, **options: Any) -> Callable:
             return super()._index_key(sig, codegen) + stamp
 
     def decorate(py_func: Callable) -> Callable:
-        disp = njit(nogil=True, cache=True, fastmath=FASTMATH, **options)(py_func)
+        disp = njit(nogil=True, cache=True, **dict(dict(fastmath=FASTMATH), **options))(py_func)
         disp._cache = StampedCache(py_func)
         return disp
 

@@ -24,15 +24,24 @@ side rebuilds the vectors from them when they exist (:mod:`sims.runs.plain`).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
 
-from sims.engines import closed_forms as cf
-from sims.engines import driver
-from sims.engines.common import atan2_upper
+from sims.engines import lockstep
+from sims.engines.common import atan2_select, unshared_empty
+from sims.engines.lockstep import LANES
+from theory import closed_forms as _tcf
 
+#: The generated order-parameter forms, inlined into the lockstep loop at numba's IR level (compiled as functions
+#: of their own they are calls, and a loop with calls does not vectorize).
+_gram = njit(inline="always")(_tcf.gram_deviations)
+_scaled = njit(inline="always")(_tcf.scaled_deviations)
+_loss = njit(inline="always")(_tcf.deviation_loss)
+_gradient = njit(inline="always")(_tcf.deviation_gradient)
+#: A step that never comes.
+_NEVER = np.iinfo(np.int64).max
 #: Largest coordinate a step may produce (its square stays far from overflow).
 BIG = 1e150
 #: Columns of :attr:`ReducedGD.start` and :attr:`ReducedGD.out`.
@@ -59,13 +68,31 @@ class ReducedGD(NamedTuple):
     fade_end: np.ndarray  # (R, 2) out: loss and phi at t_deployed
 
 
+class UnnormalizedReducedGD(ReducedGD):
+    """:class:`ReducedGD` of the unnormalized CNN (``rho = ||w||``): its own compiled engine."""
+
+
 class FadingReducedGD(ReducedGD):
-    """:class:`ReducedGD` with the fading shortcut (its own compiled engine, :data:`run_range_fading`)."""
+    """:class:`ReducedGD` with the fading shortcut (``lam``, ``t_deployed``, ``fade_end``): its own engine."""
 
 
-def workspace(eng: ReducedGD, p: int, k: int) -> tuple[np.ndarray, ...]:
-    """No work arrays: the whole state is a handful of scalars."""
-    return (np.empty(0),)
+def engine(start: np.ndarray, consts: np.ndarray, k: int, normalized: bool, lam: np.ndarray | None = None,
+           t_deployed: int = 0) -> tuple[ReducedGD, Any]:
+    """The record and compiled entry point of ``R`` runs with the given start and constants (``out`` allocated);
+    ``lam``: the shortcut weights of the fading shortcut (normalized model only; ``fade_end`` allocated)."""
+    if lam is not None:
+        fade_end = np.full((start.shape[0], 2), np.nan)
+        return FadingReducedGD(start, np.empty_like(start), consts, int(k), True, np.asarray(lam, dtype=np.float64),
+                               int(t_deployed), fade_end), run_range_fading
+    cls, entry = (ReducedGD, run_range) if normalized else (UnnormalizedReducedGD, run_range_unnormalized)
+    return cls(start, np.empty_like(start), consts, int(k), bool(normalized), np.empty(0), 0, np.empty((0, 2))), entry
+
+
+def workspace(eng: ReducedGD, p: int, k: int) -> tuple[Any, ...]:
+    """One thread's lanes: the coordinates (rows 0-5) and constants (rows 6-13) of the runs it advances side by
+    side, row ``f`` of lane ``i`` at ``f * LANES + i`` (one flat array, see :class:`sims.engines.lockstep.Lanes`),
+    and the driver's bookkeeping (:func:`sims.engines.lockstep.lanes`)."""
+    return unshared_empty(14 * LANES), lockstep.lanes()
 
 
 @njit(inline="always")
@@ -74,115 +101,156 @@ def _teacher(eng, prob, tr):
 
 
 @njit(inline="always")
-def _begin(eng, wsp, prob, r, tr, tv):
-    s0 = eng.start[r]
-    q = eng.consts[r]
-    return (s0[0], s0[1], s0[2], s0[3], s0[4], s0[5]), (q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7])
+def _load(eng, E, prob, i, r, tr, tv):
+    for f in range(6):
+        E[f * LANES + i] = eng.start[r, f]
+    for f in range(8):
+        E[(6 + f) * LANES + i] = eng.consts[r, f]
+
+
+@njit(inline="always")
+def _state(eng, E, i):
+    return ((E[i], E[LANES + i], E[2 * LANES + i], E[3 * LANES + i], E[4 * LANES + i], E[5 * LANES + i]),
+            (E[6 * LANES + i], E[7 * LANES + i], E[8 * LANES + i], E[9 * LANES + i], E[10 * LANES + i],
+             E[11 * LANES + i], E[12 * LANES + i], E[13 * LANES + i]))
+
+
+@njit(inline="always")
+def _commit(eng, E, i, old, new, keep):
+    a = old[0]
+    b = new[0]
+    E[i] = b[0] if keep else a[0]
+    E[LANES + i] = b[1] if keep else a[1]
+    E[2 * LANES + i] = b[2] if keep else a[2]
+    E[3 * LANES + i] = b[3] if keep else a[3]
+    E[4 * LANES + i] = b[4] if keep else a[4]
+    E[5 * LANES + i] = b[5] if keep else a[5]
+
+
+@njit(inline="always")
+def _move(eng, E, src, dst):
+    for f in range(14):
+        E[f * LANES + dst] = E[f * LANES + src]
+
+
+@njit(inline="always")
+def _park(eng, E, i):
+    for f in range(14):
+        E[f * LANES + i] = 0.0
+    E[i] = 1.0  # u = 1, r = 1/2: an angle, a norm
+    E[LANES + i] = 0.5
+    E[6 * LANES + i] = 1.0  # a0.a0 = ||a*||^2 = 1
+    E[10 * LANES + i] = 1.0
 
 
 @njit(inline="always")
 def _angle(u, r1, r2):
-    """``(n, phi, cos, sin, 1 - cos)`` of ``w~ = u w* + r1 e1 + r2 e2``; ``1 - cos = r^2 / (n (n + u))`` for
-    ``u > 0`` (no cancellation at small angles)."""
+    """``(1/n, phi, cos, sin, 1 - cos)`` of ``w~ = u w* + r1 e1 + r2 e2`` with one division: ``d = 1 / (n (n +
+    |u|))`` gives ``1/n = (n + |u|) d`` and, for ``u > 0``, ``1 - cos = r^2 d`` (no cancellation at small angles;
+    for ``u <= 0``, ``1 - cos = 1 + |u|/n`` has none).  Without branches (the lanes vectorize)."""
     rr = r1 * r1 + r2 * r2
-    nn = u * u + rr
-    n = math.sqrt(nn)
+    n = math.sqrt(u * u + rr)
     r = math.sqrt(rr)
-    inv_n = 1.0 / n
+    m = n + abs(u)
+    d = 1.0 / (n * m)
+    inv_n = m * d
     c = u * inv_n
-    s = r * inv_n
-    omc = rr / (n * (n + u)) if u > 0.0 else 1.0 - c
-    return n, atan2_upper(r, u), c, s, omc
+    omc = rr * d if u > 0.0 else 1.0 - c
+    return inv_n, atan2_select(r, u), c, r * inv_n, omc
 
 
 @njit(inline="always")
-def _observe(eng, wsp, carry, tv):
+def _traj_point(eng, ews, carry, L, phi, P):
     (u, r1, r2, x, y, z), (Q0, S0, P0, Ss, Qs, vu, v1, v2) = carry
-    k = tv[3]
-    n, phi, c, s, omc = _angle(u, r1, r2)
-    rho = 1.0 if eng.normalized else n
-    Da_s, Da_p, Da_q = cf.gram_deviations(x, y, z, Q0, S0, P0, k, Ss, Qs)
-    Ds, Dp, Dq = cf.scaled_deviations(rho, Da_s, Da_p, Da_q, Ss, Qs)
-    L = cf.deviation_loss(rho, phi, c, s, omc, Ds, Dp, Dq, Ss, Qs)
-    L_rho, L_c, L_S, L_Q, L_Pa = cf.deviation_gradient(rho, phi, c, s, omc, Ds, Dp, Dq, Ss, Qs)
-    gx = 2.0 * L_Q * x
-    gy = 2.0 * L_Q * y + L_S
-    gz = 2.0 * L_Q * z + L_Pa
-    ga2 = max(cf.gram_deviations(gx, gy, gz, Q0, S0, P0, k, Ss, Qs)[2], 0.0)
-    gw2 = (L_c * s / n) * (L_c * s / n)
-    if not eng.normalized:
-        gw2 += L_rho * L_rho
-    P = Qs + Da_p
-    return L, phi, c, s, P, gw2 + ga2, ga2, (n, L_rho, L_c, gx, gy, gz)
+    return L, phi, P, math.sqrt(max(_gram(x, y, z, Q0, S0, P0, eng.k, Ss, Qs)[2], 0.0))
+
+
+def _make_hooks(normalized: bool, moving: bool = False) -> dict:
+    """``observe``, ``gates`` and ``step`` of the weight-normalized models (``rho = 1``) or of the unnormalized
+    CNN (``rho = ||w||``); ``moving``: the shortcut's weight follows ``eng.lam`` (the fading shortcut, deployed
+    from ``eng.t_deployed`` on).  Both are constants of the closures: each variant compiles only its own
+    arithmetic (with ``rho = 1`` the compiler drops the terms in ``rho - 1``, and the lanes run faster)."""
+
+    @njit(inline="always")
+    def observe(eng, ews, carry, tv):
+        (u, r1, r2, x, y, z), (Q0, S0, P0, Ss, Qs, vu, v1, v2) = carry
+        k = tv[3]
+        inv_n, phi, c, s, omc = _angle(u, r1, r2)
+        rho = 1.0 if normalized else 1.0 / inv_n
+        Da_s, Da_p, Da_q = _gram(x, y, z, Q0, S0, P0, k, Ss, Qs)
+        Ds, Dp, Dq = _scaled(rho, Da_s, Da_p, Da_q, Ss, Qs)
+        L = _loss(rho, phi, c, s, omc, Ds, Dp, Dq, Ss, Qs)
+        L_rho, L_c, L_S, L_Q, L_Pa = _gradient(rho, phi, c, s, omc, Ds, Dp, Dq, Ss, Qs)
+        gx = 2.0 * L_Q * x
+        gy = 2.0 * L_Q * y + L_S
+        gz = 2.0 * L_Q * z + L_Pa
+        ga2 = max(_gram(gx, gy, gz, Q0, S0, P0, k, Ss, Qs)[2], 0.0)
+        gw = L_c * s * inv_n
+        gw2 = gw * gw + (0.0 if normalized else L_rho * L_rho)
+        return L, phi, c, s, Qs + Da_p, gw2 + ga2, ga2, (inv_n, L_rho, L_c, gx, gy, gz)
+
+    @njit(inline="always")
+    def gates(eng, ews, carry, t):
+        deployed = (t >= eng.t_deployed) if moving else True
+        return True, deployed, True, True, normalized  # the trapped bound holds for the normalized models
+
+    @njit(inline="always")
+    def step(eng, ews, carry, aux, tv, ew, ea, sw, sa, t):
+        """One GD step on the coordinates, without branches: ``ok`` is False where it would leave them
+        non-finite or above :data:`BIG` (the state is then kept)."""
+        (u, r1, r2, x, y, z), consts = carry
+        inv_n, L_rho, L_c, gx, gy, gz = aux
+        alpha = 1.0 + ew * (L_c * (u * inv_n) * (inv_n * inv_n))
+        if not normalized:
+            alpha -= ew * L_rho * inv_n
+        beta = -ew * L_c * inv_n
+        un = alpha * u + beta
+        r1n = alpha * r1
+        r2n = alpha * r2
+        if moving:  # w~ moves by (lambda_{t+1} - lambda_t) v
+            nl = eng.lam.shape[0]
+            hi = nl - 1  # indices clamped to the table, so that a vectorized gather never reads outside it
+            dl = ((eng.lam[max(min(t + 1, hi), 0)] if t + 1 < nl else 0.0)
+                  - (eng.lam[max(min(t, hi), 0)] if t < nl else 0.0))
+            un += dl * consts[5]
+            r1n += dl * consts[6]
+            r2n += dl * consts[7]
+        xn = x - ea * gx
+        yn = y - ea * gy
+        zn = z - ea * gz
+        ok = ((abs(un) < BIG) & (abs(r1n) < BIG) & (abs(r2n) < BIG) & (abs(xn) < BIG) & (abs(yn) < BIG)
+              & (abs(zn) < BIG) & ((un != 0.0) | (r1n != 0.0) | (r2n != 0.0)))
+        return ((un, r1n, r2n, xn, yn, zn), consts), ok
+
+    return dict(observe=observe, gates=gates, step=step)
 
 
 @njit(inline="always")
-def _gates(eng, wsp, carry, t):
-    return True, True, True, True, eng.normalized  # the trapped bound holds for the normalized models
-
-
-@njit(inline="always")
-def _gates_fading(eng, wsp, carry, t):
-    return True, t >= eng.t_deployed, True, True, eng.normalized
-
-
-@njit(inline="always")
-def _note_fading(eng, wsp, carry, r, t, L, phi, P, finite):
+def _note_fading(eng, ews, carry, r, t, L, phi, P, finite):
     if t == eng.t_deployed:
         eng.fade_end[r, 0] = L
         eng.fade_end[r, 1] = phi
 
 
 @njit(inline="always")
-def _traj_point(eng, wsp, carry, L, phi, P):
-    (u, r1, r2, x, y, z), (Q0, S0, P0, Ss, Qs, vu, v1, v2) = carry
-    return L, phi, P, math.sqrt(max(cf.gram_deviations(x, y, z, Q0, S0, P0, eng.k, Ss, Qs)[2], 0.0))
-
-
-def _make_step(moving: bool):
-    """The GD step on the coordinates; ``moving``: the shortcut's weight follows ``eng.lam`` (a compile-time
-    constant, as in :func:`sims.engines.gd._make_step`)."""
-
-    @njit(inline="always")
-    def step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t):
-        (u, r1, r2, x, y, z), consts = carry
-        vu, v1, v2 = consts[5], consts[6], consts[7]
-        n, L_rho, L_c, gx, gy, gz = aux
-        inv_n = 1.0 / n
-        alpha = 1.0 + ew * (L_c * (u * inv_n) * (inv_n * inv_n))
-        if not eng.normalized:
-            alpha -= ew * L_rho * inv_n
-        beta = -ew * L_c * inv_n
-        un = alpha * u + beta
-        r1n = alpha * r1
-        r2n = alpha * r2
-        if moving:
-            nl = eng.lam.shape[0]
-            dl = (eng.lam[t + 1] if t + 1 < nl else 0.0) - (eng.lam[t] if t < nl else 0.0)
-            un += dl * vu
-            r1n += dl * v1
-            r2n += dl * v2
-        xn = x - ea * gx
-        yn = y - ea * gy
-        zn = z - ea * gz
-        if not (abs(un) < BIG and abs(r1n) < BIG and abs(r2n) < BIG and abs(xn) < BIG and abs(yn) < BIG
-                and abs(zn) < BIG and (un != 0.0 or r1n != 0.0 or r2n != 0.0)):
-            return carry, False
-        return ((un, r1n, r2n, xn, yn, zn), consts), True
-
-    return step
+def _next_event_fading(eng, t):
+    return eng.t_deployed if t <= eng.t_deployed else _NEVER
 
 
 @njit(inline="always")
-def _finish(eng, wsp, prob, r, rec, carry):
+def _finish(eng, ews, prob, r, rec, carry):
     state = carry[0]
     for f in range(6):
         eng.out[r, f] = state[f]
 
 
-_HOOKS = dict(teacher=_teacher, begin=_begin, observe=_observe, traj_point=_traj_point, finish=_finish)
+_HOOKS = dict(teacher=_teacher, load=_load, state=_state, commit=_commit, move=_move, park=_park,
+              traj_point=_traj_point, finish=_finish)
 _OPTIONS = dict(error_model="numpy", _nrt=False)
-#: The compiled entry points: population GD on the order parameters, and with the fading shortcut.
-run_range = driver.register(ReducedGD, options=_OPTIONS, step=_make_step(False), gates=_gates, **_HOOKS)
-run_range_fading = driver.register(FadingReducedGD, options=_OPTIONS, step=_make_step(True), gates=_gates_fading,
-                                   note=_note_fading, **_HOOKS)
+#: The compiled entry points: population GD on the order parameters in lockstep, for the weight-normalized models
+#: (a :class:`ReducedGD` record) and for the unnormalized CNN (:class:`UnnormalizedReducedGD`).
+run_range = lockstep.register(ReducedGD, options=_OPTIONS, **_make_hooks(True), **_HOOKS)
+run_range_unnormalized = lockstep.register(UnnormalizedReducedGD, options=_OPTIONS, **_make_hooks(False), **_HOOKS)
+#: ... and with the fading shortcut (a :class:`FadingReducedGD` record; the ResNet, weight-normalized).
+run_range_fading = lockstep.register(FadingReducedGD, options=_OPTIONS, **_make_hooks(True, moving=True),
+                                     note=_note_fading, next_event=_next_event_fading, **_HOOKS)

@@ -46,14 +46,17 @@ from typing import Any
 import numpy as np
 
 import theory
-from sims.engines import gd
+from sims.engines import gd, reduced
 from sims.engines.driver import Outputs
+from sims.runs.plain import rebuild, reduced_coordinates
 from sims.runs.registry import Built, Call, Draws, EngineSpec, Finished, Setup, Start, no_noise, register_engine
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule, optimal_eta_a
 from sims.runs.simulate import SimulationResult, Tolerances, _check_int, angles, simulate
 
 FADE_KINDS: tuple[str, ...] = ("linear", "cosine", "step", "custom")
+#: How a fade is trained: on the order parameters where they apply ("auto"), or on the full coordinates.
+FADE_ENGINES: tuple[str, ...] = ("auto", "vector")
 
 
 # ---- folding ----------------------------------------------------------------------------------------------------
@@ -104,15 +107,21 @@ class Fade:
     - ``"custom"``: ``values = (lambda_0, ..., lambda_T)``, starting at 1, non-increasing, ending at 0.
 
     After ``T`` the weight stays 0 (a plain CNN).  ``Fade.custom(values)`` builds the last kind.
+
+    ``engine``: ``"auto"`` trains on the order parameters (:mod:`sims.engines.reduced`) when the schedule is
+    noise-free and on the full coordinates otherwise; ``"vector"`` always on the full coordinates.
     """
 
     kind: str = "linear"
     steps: int | None = None
     values: tuple[float, ...] | None = None
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or self.kind not in FADE_KINDS:
             raise ValueError(f"fade.kind must be one of {FADE_KINDS}; got {self.kind!r}")
+        if self.engine not in FADE_ENGINES:
+            raise ValueError(f"fade.engine must be one of {FADE_ENGINES}; got {self.engine!r}")
         if self.kind == "custom":
             vals = _check_fade_values(self.values)
             if self.steps is not None and self.steps != vals.size - 1:
@@ -201,15 +210,24 @@ class FadeSpec(EngineSpec):
         return Start(WT0, draws.A0, draws.W0, draws.A0, phi0=angles(WT0, draws.WS))
 
     def build(self, opts: Fade, call: Call, setup: Setup) -> Built:
+        """On the order parameters (:mod:`sims.engines.reduced`, span ``{w~0, v, w*}``) for noise-free schedules,
+        on the full coordinates otherwise (or with ``opts.engine == "vector"``)."""
         lam = opts.lambdas()
         zero = np.flatnonzero(lam == 0.0)
+        t_deployed = int(zero[0]) if zero.size else lam.size - 1
+        if no_noise(setup.sched) and opts.engine != "vector":
+            start, consts, basis = reduced_coordinates(setup.WT, setup.draws.WS, setup.A, setup.draws.AS,
+                                                       V=call.shortcut)
+            eng, entry = reduced.engine(start, consts, call.k, True, lam=lam, t_deployed=t_deployed)
+            return Built(entry, reduced.workspace, eng, True, basis)
         fade_end = np.full((call.runs, 2), np.nan)
-        eng = gd.FadingGD(setup.WT, setup.A, True, lam, call.shortcut, int(zero[0]) if zero.size else lam.size - 1,
-                          fade_end)
+        eng = gd.FadingGD(setup.WT, setup.A, True, lam, call.shortcut, t_deployed, fade_end)
         return Built(gd.run_range_fading, gd.workspace, eng, no_noise(setup.sched))
 
     def finish(self, opts: Fade, call: Call, setup: Setup, built: Built, out: Outputs) -> Finished:
         lam, fade_end = built.eng.lam, built.eng.fade_end
+        if built.extra is not None:  # the reduced engine: the vectors from the final coordinates
+            rebuild(built.eng.out, built.extra, setup.WT, setup.A)
         lam_stop = np.where(out.stop_step < lam.size, lam[np.minimum(out.stop_step, lam.size - 1)], 0.0)
         w = setup.WT - lam_stop[:, None] * call.shortcut  # the deployed CNN's filter (lambda = 0 at the stop)
         extras = {"fade_end_loss": fade_end[:, 0].copy(), "fade_end_phi": fade_end[:, 1].copy()}

@@ -106,9 +106,8 @@ class ReducedSpec(EngineSpec):
 
     def build(self, opts: Any, call: Call, setup: Setup) -> Built:
         start, consts, basis = reduced_coordinates(setup.WT, setup.draws.WS, setup.A, setup.draws.AS)
-        eng = reduced.ReducedGD(start, np.empty_like(start), consts, call.k, call.model.normalized, np.empty(0), 0,
-                                np.empty((0, 2)))
-        return Built(reduced.run_range, reduced.workspace, eng, True, basis)
+        eng, entry = reduced.engine(start, consts, call.k, call.model.normalized)
+        return Built(entry, reduced.workspace, eng, True, basis)
 
     def finish(self, opts: Any, call: Call, setup: Setup, built: Built, out: Any) -> Finished:
         """The vectors rebuilt from the final coordinates (:func:`rebuild`)."""

@@ -76,7 +76,7 @@ def cases() -> dict[str, Callable[[], sims.SimulationResult]]:
                                                                                                   78))
     for kind in ("linear", "cosine", "step"):
         for sched in ("constant", "two-stage", "perturbed"):
-            fade = sims.Fade(kind, steps=150)
+            fade = sims.Fade(kind, steps=150, engine="vector")  # the engine the fixture was made with
             kw = _base("resnet", sched, 90)
             kw.pop("model")
             out[f"fading-{kind}/resnet/{sched}"] = lambda f=fade, kw=kw: sims.simulate_fading(fade=f, **kw)
