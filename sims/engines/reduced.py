@@ -16,6 +16,13 @@ a* + c1 1`` moves ``(x, y, z)``.  A step that would leave the coordinates above 
 overflow) or non-finite is not taken: the run stops ``diverged`` at its last finite state.  Noise is not
 supported (a noisy step leaves the subspace): :mod:`sims.runs.plain` sends noisy schedules to the vector engine.
 
+It runs on the lockstep driver (:mod:`sims.engines.lockstep`): 64 runs side by side, the observation and the
+step vectorized across them, so every hook here is written without branches (selects only; ``ok`` says whether
+the step is finite) and the arctangent is the branch-free :func:`sims.engines.common.atan2_select`.  Three
+entry points, each compiled for its own arithmetic: the weight-normalized models (``rho = 1``: the compiler drops
+every term in ``rho - 1``), the unnormalized CNN, and the fading shortcut (its weight ``lambda_t`` moves ``w~`` by
+``(lambda_{t+1} - lambda_t) v``; deployed from ``t_deployed`` on, an event step of the lockstep driver).
+
 The record holds per-run inputs, not vectors: the driver's teacher invariants come from the record (hook
 ``teacher``), so the problem's ``WS, AS`` may be empty.  The final coordinates are stored in ``out``; the Python
 side rebuilds the vectors from them when they exist (:mod:`sims.runs.plain`).
