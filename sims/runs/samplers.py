@@ -14,10 +14,12 @@ inverse CDF, so it stays exact and cheap for small caps in high dimension.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from scipy import special
 
 from sims.engines import closed_forms as cf
@@ -106,16 +108,18 @@ def _unit_orthogonal(st, v, out):
         out[i] /= nn
 
 
-@njit(parallel=True, cache=True)
-def _draw(states, v, codes, values, out):
-    """Each run's draws from its stream: ``codes = (teacher.w, teacher.a, init.w, init.a, require_spurious)``,
-    ``values = (fixed a*, init.w_scale, init.a_radius or -1)``, ``out = (U_cap, E_perp, AS, W0, A0, fail)``."""
+@njit(cache=True, nogil=True)
+def _draw(lo, hi, states, v, codes, values, out):
+    """Runs ``lo .. hi-1``'s draws from their streams: ``codes = (teacher.w, teacher.a, init.w, init.a,
+    require_spurious)``, ``values = (fixed a*, init.w_scale, init.a_radius or -1)``, ``out = (U_cap, E_perp, AS, W0,
+    A0, fail)``.  A serial loop run on threads by :func:`draw` (a ``prange`` loop compiles twice as slowly, and
+    numba 0.68 could lose its writes to ``fail``)."""
     tw_code, ta_code, iw_code, ia_code, require_spurious = codes
     a_fixed, w_scale, a_radius = values
     U_cap, E_perp, AS, W0, A0, fail = out
-    R, p = W0.shape
+    p = W0.shape[1]
     k = A0.shape[1]
-    for r in prange(R):
+    for r in range(lo, hi):
         st = states[r]
         # teacher filter: a uniform number for the cap's marginal, and a direction orthogonal to v
         U_cap[r] = uniform(st)
@@ -186,6 +190,19 @@ def _draw(states, v, codes, values, out):
             a[j] *= scale
 
 
+def _on_threads(work, R: int, chunk: int = 4096) -> None:
+    """``work(lo, hi)`` over chunks of the ``R`` runs on ``numba.get_num_threads()`` threads (``work`` releases
+    the GIL; each run draws from its own stream, so the split does not change any number)."""
+    starts = list(range(0, R, chunk))
+    threads = max(1, min(numba.get_num_threads(), len(starts)))
+    if threads == 1:
+        work(0, R)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        for fut in [pool.submit(work, lo, min(lo + chunk, R)) for lo in starts]:
+            fut.result()
+
+
 def draw(
     states: np.ndarray, *, p: int, k: int, teacher: Teacher, init: Init, shortcut: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -201,7 +218,8 @@ def draw(
     codes = (TEACHER_W.index(teacher.w), TEACHER_A.index(teacher.a), INIT_W.index(init.w), INIT_A.index(init.a),
              bool(teacher.require_spurious))
     values = (a_fixed, float(init.w_scale), -1.0 if init.a_radius is None else float(init.a_radius))
-    _draw(states, shortcut, codes, values, (U_cap, E_perp, AS, W0, A0, fail))
+    out = (U_cap, E_perp, AS, W0, A0, fail)
+    _on_threads(lambda lo, hi: _draw(lo, hi, states, shortcut, codes, values, out), R)
     if fail.any():
         raise ValueError(f"teacher.require_spurious: no Gaussian a* with a spurious point in {_MAX_REDRAWS} draws")
     # Teacher filter from the cap's marginal: t = v.w*, w* = t v + sqrt(1 - t^2) e_perp.
