@@ -115,13 +115,14 @@ def _compile_everything() -> list:
 
     import sims
     from sims.engines import expansion as ex_engine
-    from sims.engines import expansion_kernels, finite_sample, gd, laperm, sgd
+    from sims.engines import expansion_kernels, finite_sample, gd, laperm, reduced, sgd
     from sims.methods import distill
 
     small = dict(k=5, p=4, runs=3, steps=30, seed=0)
     sched = sims.Schedule.constant(0.1, 0.3)
-    sims.simulate(model="resnet", schedule=sched, **small)
-    sims.simulate(model="cnn-unnormalized", schedule=sched, **small)
+    for engine in ("vector", "reduced"):  # the full-coordinate engine and the order-parameter one (lockstep)
+        sims.simulate(model="resnet", schedule=sched, engine=engine, **small)
+        sims.simulate(model="cnn-unnormalized", schedule=sched, engine=engine, **small)
     sims.simulate(model="resnet", schedule=sched, algorithm="sgd", batch_size=8, **small)
     sims.simulate(model="resnet", schedule=sched, algorithm="gd-fixed", batch_size=8, **small)
     for algorithm in ("gd", "sgd"):
@@ -131,7 +132,8 @@ def _compile_everything() -> list:
 
     expansion.end_to_end(model="resnet", w0=np.full(4, 0.1), a0=np.ones(5), w_star=np.ones(4), a_star=np.ones(5),
                          schedule=sched, steps=5, target="both", depth=2)
-    sims.simulate_fading(schedule=sched, fade=distill.Fade("linear", 10), **small)
+    for fade_engine in ("vector", "auto"):
+        sims.simulate_fading(schedule=sched, fade=distill.Fade("linear", 10, engine=fade_engine), **small)
     for inner in ("gd", "adam"):
         sims.simulate_laperm(schedule=sched, sync_every=5, inner=inner, **small)
     for sampler in ("full", "projected"):
@@ -140,7 +142,7 @@ def _compile_everything() -> list:
     finite_sample.training_loss(np.ones(4), np.ones(5), np.ones(4), np.ones(5), normalized=True, batch_size=8,
                                 states=np.ones((2, 4), dtype=np.uint64))
     dispatchers = []
-    for module in (gd, sgd, ex_engine, laperm, finite_sample, expansion_kernels, distill):
+    for module in (gd, reduced, sgd, ex_engine, laperm, finite_sample, expansion_kernels, distill):
         for obj in vars(module).values():
             if hasattr(obj, "inspect_llvm") and getattr(obj, "signatures", None):
                 dispatchers.append(obj)
@@ -150,12 +152,14 @@ def _compile_everything() -> list:
 def main() -> int:
     os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="shallowres-ir-")
     scanned = 0
+    names = []
     for disp in _compile_everything():
+        names.append(disp.py_func.__qualname__)
         for ir in disp.inspect_llvm().values():
             scanned += 1
             for hit in guarded_reductions(ir):
                 print(json.dumps({"kernel": f"{disp.py_func.__module__}.{disp.py_func.__name__}", **hit}))
-    print(json.dumps({"scanned": scanned}), file=sys.stderr)
+    print(json.dumps({"scanned": scanned, "kernels": sorted(names)}), file=sys.stderr)
     return 0
 
 

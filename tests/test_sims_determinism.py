@@ -187,3 +187,7 @@ def test_no_kernel_has_a_layout_dependent_reduction():
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=900, check=True)
     assert out.stdout.strip() == "", out.stdout
     assert '"scanned"' in out.stderr
+    for engine in ("run_range_sims_engines_gd_PopulationGD", "lockstep_sims_engines_reduced_ReducedGD",
+                   "lockstep_sims_engines_reduced_UnnormalizedReducedGD",
+                   "lockstep_sims_engines_reduced_FadingReducedGD"):
+        assert engine in out.stderr, engine
