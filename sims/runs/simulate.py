@@ -282,6 +282,8 @@ def simulate(
     and memory are O(1) per run and step whatever ``k`` and ``p`` are (the memory check counts no vectors), so
     e.g. ``k = p = 10**6`` runs.  The result's vectors (``w, a, w0, a0, w_star, a_star``) are None and
     ``result.order`` holds the initial order parameters and the final coordinates (:class:`SimulationResult`).
+    The shortcut direction does not enter such a run (the order parameters' law is the same for every ``v``;
+    ``settings["shortcut"]`` is None).
     Allowed only where the order-parameter engine runs: ``algorithm="gd"``, a noise-free schedule, ``engine`` None,
     ``"gd"`` or ``"reduced"``, ``teacher`` a :class:`Teacher` and ``init`` a :class:`Init` (or None), not arrays;
     anything else is a ``ValueError``.
