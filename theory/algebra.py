@@ -138,6 +138,15 @@ def apply_m_inverse(x: Any) -> np.ndarray:
     return (X - X.sum(axis=-1, keepdims=True) / kk) / pm1
 
 
+def optimal_a_coefficients(g: Any, k: int, S_star: Any) -> tuple[Any, Any]:
+    """``(alpha, beta)`` with ``a(phi) = M^{-1} N(phi) a* = alpha 1 + beta a*``, from ``g = g(phi)`` and
+    ``S* = 1.a*``: ``alpha = S* (pi - g) / ((k + pi - 1)(pi - 1))``, ``beta = (g - 1) / (pi - 1)``.  So ``a(phi)``
+    lies in ``span{1, a*}`` and its distances to heads given by coordinates are Gram quadratic forms (plain
+    arithmetic: arrays broadcast)."""
+    kk, pm1 = m_eigenvalues(k)
+    return S_star * (math.pi - g) / (kk * pm1), (g - 1.0) / pm1
+
+
 def saddle_kernel_value(a_star: Any) -> Any:
     """``g(phi_s) = 1 - (pi - 1) (S*^2 / kk) / (Q* - S*^2 / kk)`` (``kk = k + pi - 1``) per row.
 
@@ -178,12 +187,34 @@ def saddle_angles(a_star: Any, *, missing: float = math.nan) -> Any:
     """
     A, single = _rows(a_star)
     exists = _margin_and_denominator(A)[0] > 0.0
-    g_s = _saddle_g(A)
-    lo = np.zeros(len(A))
-    hi = np.full(len(A), math.pi)
+    return _out(_bisect_saddle(_saddle_g(A), exists, missing), single)
+
+
+def saddle_angles_of_sums(k: int, S_star: Any, Q_star: Any, *, missing: float = math.nan) -> np.ndarray:
+    """:func:`saddle_angles` from the teachers' sums ``S* = 1.a*`` and ``Q* = ||a*||^2`` (arrays ``(R,)``), for
+    runs known only by their order parameters.
+
+    The same bisection on the same ``g(phi_s)`` (:func:`saddle_kernel_value` of ``(k, S*, Q*)``), so where ``S*, Q*``
+    are ``a*.sum()`` and ``a*.a*`` the angles are bit-identical to :func:`saddle_angles`; existence is decided by
+    the unscaled margin ``(k + pi - 1) Q* - pi S*^2 > 0`` (never for ``k = 1``), which agrees with the scaled one
+    except within rounding of the boundary.
+    """
+    k = _check_k(k)
+    Ss = np.atleast_1d(np.asarray(S_star, dtype=np.float64))
+    Qs = np.atleast_1d(np.asarray(Q_star, dtype=np.float64))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        g_s = _cf.saddle_kernel_value(k, Ss, Qs)
+        exists = (_cf.spurious_margin(k, Ss, Qs) > 0.0) & (k > 1)
+    return _bisect_saddle(g_s, exists, missing)
+
+
+def _bisect_saddle(g_s: np.ndarray, exists: np.ndarray, missing: float) -> np.ndarray:
+    """64 halvings of ``[0, pi]`` on ``g(phi) > g_s`` per entry; ``missing`` where not ``exists``."""
+    lo = np.zeros(len(g_s))
+    hi = np.full(len(g_s), math.pi)
     for _ in range(64):
         mid = 0.5 * (lo + hi)
         above = _cf.arc_cosine(mid, np.cos(mid), np.sin(mid)) > g_s  # g decreases: the root lies to the right
         lo = np.where(above, mid, lo)
         hi = np.where(above, hi, mid)
-    return _out(np.where(exists, 0.5 * (lo + hi), missing), single)
+    return np.where(exists, 0.5 * (lo + hi), missing)

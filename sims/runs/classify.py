@@ -91,21 +91,28 @@ def _classify(final_loss, final_phi, a, a_star, scale, stop_reason, loss_ref, lo
     ast = np.broadcast_to(a_star, a.shape)
     fa = a * scale[:, None]  # the function depends on rho * a
     nst = np.linalg.norm(ast, axis=1)
-    ref = np.maximum(nst, 1e-300)
-    out = np.full(R, NOT_CONVERGED, dtype=np.int8)
-    near_global = (final_phi <= tol.angle_tol) & (np.linalg.norm(fa - ast, axis=1) <= tol.a_rtol * ref)
-    glob = (final_loss <= loss_tol * loss_ref) | near_global
     if phi_s is None:
         phi_s = saddle_angles_batch(ast)
-    exists = phi_s >= 0.0  # the saddle angle exists exactly where the spurious point does
     a_pi = optimal_a_batch(np.full(R, math.pi), ast)
-    d_pi = np.linalg.norm(fa - a_pi, axis=1)
+    a_s = optimal_a_batch(np.where(phi_s >= 0, phi_s, 0.0), ast)
+    dist = (np.linalg.norm(fa - ast, axis=1), np.linalg.norm(fa - a_pi, axis=1), np.linalg.norm(fa - a_s, axis=1))
+    return _decide(final_loss, final_phi, dist, nst, stop_reason, loss_ref, loss_tol, tol, phi_s)
+
+
+def _decide(final_loss, final_phi, dist, nst, stop_reason, loss_ref, loss_tol, tol, phi_s):
+    """The outcome codes from the final loss and angle and the distances ``dist = (||rho a - a*||,
+    ||rho a - a(pi)||, ||rho a - a(phi_s)||)`` (module docstring)."""
+    d_glob, d_pi, d_s = dist
+    ref = np.maximum(nst, 1e-300)
+    out = np.full(final_loss.shape[0], NOT_CONVERGED, dtype=np.int8)
+    near_global = (final_phi <= tol.angle_tol) & (d_glob <= tol.a_rtol * ref)
+    glob = (final_loss <= loss_tol * loss_ref) | near_global
+    exists = phi_s >= 0.0  # the saddle angle exists exactly where the spurious point does
     at_pi = (math.pi - final_phi) <= tol.spurious_angle_tol
     near_sp = at_pi & (d_pi <= tol.spurious_a_rtol * ref)
     spur = exists & ((stop_reason == driver.STOP_TRAPPED) | near_sp)
-    a_s = optimal_a_batch(np.where(phi_s >= 0, phi_s, 0.0), ast)
     near_saddle = exists & (np.abs(final_phi - phi_s) <= tol.angle_tol)
-    near_saddle &= np.linalg.norm(fa - a_s, axis=1) <= tol.a_rtol * ref
+    near_saddle &= d_s <= tol.a_rtol * ref
     pi_saddle = ~exists & ((math.pi - final_phi) <= tol.angle_tol)
     pi_saddle &= d_pi <= tol.a_rtol * ref
     out[near_saddle | pi_saddle] = SADDLE
@@ -113,6 +120,56 @@ def _classify(final_loss, final_phi, a, a_star, scale, stop_reason, loss_ref, lo
     out[glob] = GLOBAL
     out[stop_reason == driver.STOP_DIVERGED] = DIVERGED
     return out
+
+
+def saddle_angles_gram(k: int, Ss: np.ndarray, Qs: np.ndarray) -> np.ndarray:
+    """:func:`saddle_angles_batch` from the teachers' sums ``Ss = 1.a*`` and ``Qs = ||a*||^2`` (``-1``: none)."""
+    return theory.algebra.saddle_angles_of_sums(k, Ss, Qs, missing=-1.0)
+
+
+def head_distance_gram(coords: tuple[np.ndarray, np.ndarray, np.ndarray], gram: tuple[np.ndarray, ...],
+                       k: int) -> np.ndarray:
+    """``||x a0 + y 1 + z a*||`` per run from the coordinates ``coords = (x, y, z)`` and the Gram entries
+    ``gram = (Q0, S0, P0, Ss, Qs)`` of ``(a0, 1, a*)`` (the quadratic form, clipped at 0 against rounding)."""
+    x, y, z = coords
+    Q0, S0, P0, Ss, Qs = gram
+    return np.sqrt(np.maximum(closed_forms.gram_deviations(x, y, z, Q0, S0, P0, k, Ss, Qs)[2], 0.0))
+
+
+def classify_gram(
+    *,
+    final_loss: np.ndarray,
+    final_phi: np.ndarray,
+    head: tuple[np.ndarray, np.ndarray, np.ndarray],
+    gram: tuple[np.ndarray, ...],
+    k: int,
+    scale: np.ndarray,
+    stop_reason: np.ndarray,
+    loss_ref: np.ndarray,
+    loss_tol: float,
+    tol: Neighborhoods | None = None,
+    phi_s: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`classify` of runs known by their order parameters, without vectors.
+
+    ``head = (x, y, z)``: the final heads' coordinates ``a = x a0 + y 1 + (1 + z) a*``; ``gram = (Q0, S0, P0, Ss,
+    Qs)``: the Gram entries of ``(a0, 1, a*)``.  Every distance the classification takes is a Gram quadratic form:
+    ``rho a - a* = rho x a0 + rho y 1 + (rho (1 + z) - 1) a*`` and, as ``a(phi) = alpha 1 + beta a*``
+    (:func:`theory.algebra.optimal_a_coefficients`), ``rho a - a(phi)`` has the coordinates ``(rho x, rho y -
+    alpha, rho (1 + z) - beta)``.  The decisions are :func:`classify`'s.
+    """
+    tol = Neighborhoods() if tol is None else tol
+    x, y, z = head
+    Ss, Qs = gram[3], gram[4]
+    with np.errstate(over="ignore", invalid="ignore"):  # diverged runs may hold inf; they are labelled after
+        if phi_s is None:
+            phi_s = saddle_angles_gram(k, Ss, Qs)
+        bx, by, bz = scale * x, scale * y, scale * (1.0 + z)
+        dist = [head_distance_gram((bx, by, bz - 1.0), gram, k)]
+        for phi in (np.full(len(x), math.pi), np.where(phi_s >= 0, phi_s, 0.0)):
+            alpha, beta = theory.algebra.optimal_a_coefficients(_g(phi), k, Ss)
+            dist.append(head_distance_gram((bx, by - alpha, bz - beta), gram, k))
+        return _decide(final_loss, final_phi, tuple(dist), np.sqrt(Qs), stop_reason, loss_ref, loss_tol, tol, phi_s)
 
 
 def wilson(successes: np.ndarray | int, n: np.ndarray | int, z: float = 1.959963984540054):

@@ -8,7 +8,8 @@ too large to compute is also too large to return; a sweep is the tool for many r
 **Memory per run** of :func:`sims.simulate` (measured as peak resident memory, float64 everywhere): about
 ``8 (8 k + 6 p + 4 m + 64)`` bytes, where ``m = min(n_record, steps + 1)`` is the trajectory length: the teacher,
 the start, the working copy and the final state of ``w`` (``p`` each) and ``a`` (``k`` each), their temporaries,
-and the trajectory's four columns.  Finite-sample training adds per thread its work space: the fixed training set
+and the trajectory's four columns (``simulate(vectors=False)``: no ``k`` or ``p`` term, :data:`PER_RUN_ORDER` numbers
+per run instead).  Finite-sample training adds per thread its work space: the fixed training set
 (``8 batch_size k p`` bytes) for ``gd-fixed``, a block of at most ``2^20`` inputs' worth for ``sgd``.
 :data:`MARGIN` covers what the measurement does not (allocator slack, Python objects).
 """
@@ -24,6 +25,10 @@ from pathlib import Path
 MARGIN = 1.25
 #: float64 numbers held per run, per patch (k), per filter entry (p), per recorded step and fixed.
 PER_K, PER_P, PER_RECORD, PER_RUN = 8, 6, 4, 64
+#: float64 numbers per run of a call without vectors (``simulate(vectors=False)``) besides ``PER_RUN`` and the
+#: trajectory: the order parameters drawn, the engine's start, constants and end, the result's columns and their
+#: temporaries (a generous count: none of them depends on ``k`` or ``p``).
+PER_RUN_ORDER = 96
 #: Environment variable capping the memory this package may plan to use (bytes, or with a unit: "8GB", "512MiB").
 ENV_LIMIT = "SHALLOWRES_MEMORY_LIMIT"
 
@@ -88,12 +93,16 @@ def available_bytes() -> int:
 
 
 def simulate_bytes(*, k: int, p: int, runs: int, steps: int, n_record: int, algorithm: str = "gd",
-                   batch_size: int | None = None, threads: int = 1, factors: int = 0) -> int:
+                   batch_size: int | None = None, threads: int = 1, factors: int = 0, vectors: bool = True) -> int:
     """Estimated peak memory of one :func:`sims.simulate` call (see the module docstring).
 
     ``factors``: extra float64 numbers per run (the factors of a deep linear expansion, held several times).
+    ``vectors=False``: the call holds no vector of length ``k`` or ``p`` per run (``simulate(vectors=False)``),
+    only :data:`PER_RUN_ORDER` numbers per run besides the trajectory, and the shortcut direction (``p``, once).
     """
     m = min(n_record, steps + 1)
+    if not vectors:
+        return int(math.ceil(MARGIN * 8.0 * (runs * (PER_RECORD * m + PER_RUN + PER_RUN_ORDER) + p)))
     per_run = PER_K * k + PER_P * p + PER_RECORD * m + PER_RUN + 4 * factors
     total = 8.0 * runs * per_run
     if algorithm == "gd-fixed" and batch_size:

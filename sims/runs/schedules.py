@@ -36,6 +36,7 @@ from numba import njit
 
 import theory
 from sims.engines import closed_forms
+from theory import closed_forms as _tcf
 
 #: The bound's ``G``: an upper bound of :data:`theory.G_MAX` ``= max_{phi in [0, pi]} (pi - phi) sin(phi)
 #: = 1.81970574116`` (tested).  It was typed as 1.8197057955 (3e-8 above the maximum, so the bound holds); the exact
@@ -189,7 +190,9 @@ class Schedule:
         return max(etas)
 
     def resolve(self, max_steps: int, *, runs: int, **context) -> ResolvedSchedule:
-        """Per-run arrays; the prescribed warmup needs ``context`` (see :func:`prescribed_warmup_steps`)."""
+        """Per-run arrays; the prescribed warmup needs ``context``: the vectors' (``phi0, norm0, a0, a_star``,
+        :func:`prescribed_warmup_steps`) or the order parameters' (``phi0, norm0, k, gram``,
+        :func:`prescribed_warmup_steps_gram`)."""
         total = sum(s.steps for s in self.segments[:-1])
         if total > max_steps:
             raise ValueError(
@@ -205,7 +208,8 @@ class Schedule:
         if not self.prescribed:
             return ResolvedSchedule(ends, eta_w, eta_a, noise_w, noise_a, self.noise_decay)
         warm = self.extra.get("eta_a_warmup", math.nan)
-        T1, ew1, ok = prescribed_warmup_steps(eta_a_warmup=None if math.isnan(warm) else warm, **context)
+        bound = prescribed_warmup_steps_gram if "gram" in context else prescribed_warmup_steps
+        T1, ew1, ok = bound(eta_a_warmup=None if math.isnan(warm) else warm, **context)
         ew1 = ew1 * self.safety
         T1 = np.minimum(T1, max_steps)
         ends = np.repeat(ends, runs, axis=0)
@@ -213,7 +217,8 @@ class Schedule:
         eta_w = np.repeat(eta_w, runs, axis=0)
         eta_w[:, 0] = ew1
         eta_a = np.repeat(eta_a, runs, axis=0)
-        eta_a[:, 0] = optimal_eta_a(context["a_star"].shape[1]) if math.isnan(warm) else warm
+        k = context["k"] if "gram" in context else context["a_star"].shape[1]
+        eta_a[:, 0] = optimal_eta_a(k) if math.isnan(warm) else warm
         return ResolvedSchedule(ends, eta_w, eta_a, noise_w, noise_a, self.noise_decay, T1, ew1, ok)
 
 
@@ -295,6 +300,66 @@ def prescribed_warmup_steps(
         raise theory.validation.overflow_error("optimal_a")
     p_min = _rowdot(a_max, A)
     T1, ew, ok, bad = _warmup_kernel(phi0, phi_s, norm0, nst, e0, p_min, abs_sum,
+                                     (pm1, r_a, math.sqrt(k), G_BOUND, 2.0))
+    if bad.any():
+        raise ValueError("prescribed warmup: the number of steps to contract a is not finite (inputs too large "
+                         "or a degenerate teacher)")
+    return T1, ew, ok
+
+
+def prescribed_warmup_steps_gram(
+    *, phi0: np.ndarray, norm0: np.ndarray, k: int, gram: tuple[np.ndarray, ...], eta_a_warmup: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`prescribed_warmup_steps` from the runs' order parameters, without vectors.
+
+    Everything the bound takes of ``a0`` and ``a*`` is a function of the Gram entries of ``(a0, 1, a*)``:
+    ``||a*|| = sqrt(Qs)``, ``|1.a*| = |Ss|``, the saddle angle (its ``g(phi_s) = ((k + pi - 1) Qs - pi Ss^2) /
+    ((k + pi - 1) Qs - Ss^2)``, solved by the same compiled Brent iteration), ``P_min = a(phi_max).a*``
+    (:func:`theory.optimal_alignment`) and ``e_0 = ||a0 - a(phi_0)||``, the Gram quadratic form of the coordinates
+    ``(1, -alpha, -beta)`` of ``a0 - a(phi_0)`` on ``(a0, 1, a*)`` (``a(phi) = alpha 1 + beta a*``,
+    :func:`theory.algebra.optimal_a_coefficients`).  The per-run arithmetic is the same kernel; the inputs agree
+    with the vector form's to rounding (so ``eta_w^I`` to ~1e-15 relative and ``T1`` exactly, but where a step
+    count lies within rounding of an integer).
+
+    Parameters
+    ----------
+    phi0, norm0 : numpy.ndarray
+        Initial angle and ``||w~_0||`` per run, ``(R,)``.
+    k : int
+        Number of patches.
+    gram : tuple of numpy.ndarray
+        ``(Q0, S0, P0, Ss, Qs)`` per run: ``a0.a0, 1.a0, a0.a*, 1.a*, a*.a*``, each ``(R,)``.
+    eta_a_warmup : float, optional
+        Stage I's ``eta_a`` (default: :func:`optimal_eta_a`); it must contract ``a``.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``T1`` (int64), ``eta_w^I`` (float64), ``guaranteed`` (bool), each ``(R,)``.
+    """
+    Q0, S0, P0, Ss, Qs = (np.asarray(x, dtype=np.float64) for x in gram)
+    pm1 = theory.m_eigenvalues(k)[1]
+    eta_a = optimal_eta_a(k) if eta_a_warmup is None else eta_a_warmup
+    r_a = _a_contraction(eta_a, k)
+    if not r_a < 1.0:
+        raise ValueError(f"eta_a_warmup = {eta_a} does not contract a (needs 0 < eta_a < {theory.max_stable_eta_a(k)})")
+    phi0 = np.asarray(phi0, dtype=np.float64)
+    norm0 = np.asarray(norm0, dtype=np.float64)
+    nst = np.sqrt(Qs)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        margin = _tcf.spurious_margin(k, Ss, Qs)
+        denom = (k + math.pi - 1.0) * Qs - Ss * Ss
+        g_s = np.where((margin > 0.0) & (k > 1), np.minimum(margin / denom, 1.0), np.nan)
+        phi_s = closed_forms._saddle_angles_brent(g_s, theory.fixed_points.SADDLE_XTOL,
+                                                  theory.fixed_points.SADDLE_RTOL, math.pi)
+        alpha, beta = theory.algebra.optimal_a_coefficients(closed_forms.arc_cosine_rows(phi0), k, Ss)
+        e0 = np.sqrt(np.maximum(_tcf.gram_deviations(1.0, -alpha, -beta, Q0, S0, P0, k, Ss, Qs)[2], 0.0))
+        p_min = theory.optimal_alignment(closed_forms.arc_cosine_rows(0.5 * (phi0 + phi_s)), k, Ss, Qs)
+    used = nst != 0.0
+    below = used & (phi0 < phi_s)
+    if not (np.isfinite(e0[used]).all() and np.isfinite(p_min[below]).all()):
+        raise theory.validation.overflow_error("optimal_a")
+    T1, ew, ok, bad = _warmup_kernel(phi0, phi_s, norm0, nst, e0, p_min, np.abs(Ss),
                                      (pm1, r_a, math.sqrt(k), G_BOUND, 2.0))
     if bad.any():
         raise ValueError("prescribed warmup: the number of steps to contract a is not finite (inputs too large "

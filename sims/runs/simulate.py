@@ -12,10 +12,11 @@ import numba
 import numpy as np
 
 import theory
-from sims.engines import driver
+from sims.engines import driver, reduced
 from sims.engines.rng import stream_states
 from sims.runs import classify as _classify
-from sims.runs import memory, plain, registry, samplers  # noqa: F401 (plain registers the plain engines)
+from sims.runs import memory, order_runs, plain, registry, samplers  # noqa: F401 (plain registers the plain engines)
+from sims.runs.order_samplers import OrderParameters, draw_order_parameters
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule
 from theory import Model
@@ -81,6 +82,14 @@ class SimulationResult:
     mode carries at least 90% of the final loss), and
     ``theory_rate`` is the contraction the Hessian at the reached global minimum
     predicts for the final step sizes (rate and theory are NaN for runs that did not reach the global minimum).
+
+    ``w, a`` (final), ``w0, a0`` (initial) and ``w_star, a_star`` are per-run vectors, ``(runs, p)`` and
+    ``(runs, k)``; they are None for a result of ``simulate(..., vectors=False)``, which holds no vector at all.
+    Such a result has instead :attr:`order`: a dict of per-run arrays, the initial order parameters ``c0 = w~0.w*``,
+    ``r0 = ||w~0 - c0 w*||``, ``S0 = 1.a0``, ``Q0 = a0.a0``, ``P0 = a0.a*``, ``Ss = 1.a*``, ``Qs = a*.a*``,
+    ``vw = v.w*`` and the final coordinates ``u, r1, x, y, z`` of ``w~ = u w* + r1 e1`` and ``a = x a0 + y 1 +
+    (1 + z) a*`` (``e1``: the unit vector of ``w~0 - c0 w*``); they are stored in :attr:`extras` under
+    ``"order.<name>"`` (so that slicing and :meth:`concat` treat them like every per-run array).
     """
 
     settings: dict[str, Any]
@@ -97,12 +106,12 @@ class SimulationResult:
     fitted_rate: np.ndarray
     theory_rate: np.ndarray
     linear_regime: np.ndarray
-    w: np.ndarray
-    a: np.ndarray
-    w0: np.ndarray
-    a0: np.ndarray
-    w_star: np.ndarray
-    a_star: np.ndarray
+    w: np.ndarray | None
+    a: np.ndarray | None
+    w0: np.ndarray | None
+    a0: np.ndarray | None
+    w_star: np.ndarray | None
+    a_star: np.ndarray | None
     loss_ref: np.ndarray
     trajectory_steps: np.ndarray
     trajectory: np.ndarray
@@ -112,6 +121,26 @@ class SimulationResult:
 
     def __len__(self) -> int:
         return int(self.outcome.shape[0])
+
+    @property
+    def has_vectors(self) -> bool:
+        """Whether the result holds the per-run vectors (False for ``simulate(..., vectors=False)``)."""
+        return self.a_star is not None
+
+    @property
+    def order(self) -> dict[str, np.ndarray] | None:
+        """The per-run order parameters of a ``vectors=False`` result (class docstring), None otherwise."""
+        pre = order_runs.PREFIX
+        if pre + "c0" not in self.extras:
+            return None
+        return {key[len(pre):]: val for key, val in self.extras.items() if key.startswith(pre)}
+
+    def require_vectors(self, what: str) -> None:
+        """Refuse (``ValueError``) ``what`` on a result without vectors (``simulate(..., vectors=False)``)."""
+        if not self.has_vectors:
+            raise ValueError(f"{what} needs the per-run vectors (w, a, w0, a0, w_star, a_star), but this result was "
+                             "computed with simulate(..., vectors=False) and holds only the order parameters "
+                             "(result.order); rerun with vectors=True (the default)")
 
     def counts(self) -> dict[str, int]:
         """Number of runs per outcome."""
@@ -136,12 +165,17 @@ class SimulationResult:
         """Join results of consecutive run ranges of the same configuration (e.g. chunks of a sweep)."""
         if not parts:
             raise ValueError("parts must hold at least one SimulationResult")
+        if len({p.has_vectors for p in parts}) > 1:
+            raise ValueError("parts mix results with vectors and results of simulate(..., vectors=False); join "
+                             "results of one kind")
         out = {}
         for f in fields(SimulationResult):
             if f.name in ("settings", "trajectory_steps"):
                 out[f.name] = getattr(parts[0], f.name)
             elif f.name == "extras":
                 out[f.name] = {key: np.concatenate([p.extras[key] for p in parts]) for key in parts[0].extras}
+            elif getattr(parts[0], f.name) is None:  # the vectors of results without them
+                out[f.name] = None
             else:
                 out[f.name] = np.concatenate([getattr(p, f.name) for p in parts])
         out["settings"] = dict(out["settings"], runs=len(out["outcome"]), run_offset=int(out["run_index"][0]))
@@ -217,6 +251,7 @@ def simulate(
     threads: int | None = None,
     engine: Any = None,
     expansion: Any = None,
+    vectors: bool = True,
 ) -> SimulationResult:
     """Train ``runs`` independent networks and return a :class:`SimulationResult`.
 
@@ -236,7 +271,25 @@ def simulate(
     shortcut weight fades to 0, :mod:`sims.methods.distill`), :class:`sims.LaPerm` (train-by-reconnect of the CNN,
     :mod:`sims.methods.laperm`).  Every engine draws the same teachers and inits from the same seed, so engines are
     paired run by run.  ``expansion=X`` is an alias of ``engine=X``.
+
+    ``vectors=False``: run without any vector of length ``k`` or ``p`` per run, on the order parameters alone.
+    Each run's order parameters (``c0 = w~0.w*``, ``r0``, the Gram entries of ``(a0, 1, a*)``) are drawn directly
+    with the law of the vector draws (:func:`sims.runs.order_samplers.draw_order_parameters`; the same law, not the
+    same numbers), from the same per-run streams (so bit-identical for any thread count and split of runs), and
+    trained by the order-parameter engine (:mod:`sims.engines.reduced`); the schedule (the prescribed warmup
+    included), the classification and the rates are computed from the order parameters
+    (:func:`sims.runs.schedules.prescribed_warmup_steps_gram`, :func:`sims.runs.classify.classify_gram`).  Work
+    and memory are O(1) per run and step whatever ``k`` and ``p`` are (the memory check counts no vectors), so
+    e.g. ``k = p = 10**6`` runs.  The result's vectors (``w, a, w0, a0, w_star, a_star``) are None and
+    ``result.order`` holds the initial order parameters and the final coordinates (:class:`SimulationResult`).
+    The shortcut direction does not enter such a run (the order parameters' law is the same for every ``v``;
+    ``settings["shortcut"]`` is None).
+    Allowed only where the order-parameter engine runs: ``algorithm="gd"``, a noise-free schedule, ``engine`` None,
+    ``"gd"`` or ``"reduced"``, ``teacher`` a :class:`Teacher` and ``init`` a :class:`Init` (or None), not arrays;
+    anything else is a ``ValueError``.
     """
+    if not isinstance(vectors, (bool, np.bool_)):
+        raise ValueError(f"vectors must be True or False; got {vectors!r}")
     name, spec, opts = _select(engine, expansion, algorithm)
     if isinstance(engine, str) and engine in ALGORITHMS:
         algorithm = engine
@@ -245,10 +298,32 @@ def simulate(
                             seed=seed, run_offset=run_offset, tolerances=tolerances, n_record=n_record,
                             allow_unstable=bool(allow_unstable), threads=threads)
     call = spec.validate(opts, call)
-    res = run_engine(spec, opts, call)
+    if vectors:
+        res = run_engine(spec, opts, call)
+    else:
+        _check_without_vectors(name, call)
+        res = run_without_vectors(call)
     if isinstance(engine, str) and engine not in ALGORITHMS:
         res.settings["engine"] = name
     return res
+
+
+def _check_without_vectors(name: str, call: registry.Call) -> None:
+    """Refuse ``vectors=False`` (``ValueError`` naming ``vectors`` and why) where the order-parameter engine does
+    not run."""
+    why = None
+    if call.algorithm != "gd":
+        why = f"algorithm {call.algorithm!r} samples inputs (only population GD, algorithm='gd', has order parameters)"
+    elif name not in ("gd", "reduced"):
+        why = f"engine {name!r} trains vectors (use engine None, 'gd' or 'reduced')"
+    elif any(seg.noise_w > 0.0 or seg.noise_a > 0.0 for seg in call.schedule.segments):
+        why = "the schedule adds noise (a perturbed step leaves the order parameters' subspace)"
+    elif not isinstance(call.teacher, Teacher):
+        why = "teacher is given as vectors (pass a sims.Teacher sampler)"
+    elif call.explicit is not None:
+        why = "init is given as arrays (pass a sims.Init sampler)"
+    if why is not None:
+        raise ValueError(f"vectors=False needs the order-parameter engine, which does not run here: {why}")
 
 
 def _select(engine: Any, expansion: Any, algorithm: Any) -> tuple[str, registry.EngineSpec, Any]:
@@ -388,18 +463,63 @@ def run_engine(spec: registry.EngineSpec, opts: Any, call: registry.Call) -> Sim
                            phi_s=prob.phi_saddle)
 
 
+def run_without_vectors(call: registry.Call, op: OrderParameters | None = None) -> SimulationResult:
+    """The pipeline of ``simulate(..., vectors=False)`` after validation: memory check (no vectors), the order
+    parameters drawn from the runs' streams (or ``op``, e.g. those of vector draws,
+    :func:`sims.runs.order_runs.from_vectors`), the reduced engine's start, the schedule resolved at it, the run
+    on the driver (teachers known by their invariants only: the problem's ``WS, AS`` are ``(runs, 0)``), and
+    classification and rates from the final coordinates."""
+    R, k, p, tol = call.runs, call.k, call.p, call.tolerances
+    check_memory(k=k, p=p, runs=R, steps=call.steps, n_record=call.n_record, threads=call.threads, vectors=False)
+    states = stream_states(call.seed, call.run_offset, call.run_offset + R)
+    if op is None:
+        op = draw_order_parameters(states, p=p, k=k, teacher=call.teacher, init=call.init, model=call.model)
+    start, consts = order_runs.engine_inputs(op)
+    phi0, norm0 = order_runs.initial_angle(op)
+    if np.any(norm0 == 0.0):
+        raise ValueError("init gives a zero effective filter (w0 + shortcut = 0): the direction is undefined")
+    if call.schedule.prescribed and not call.model.normalized:
+        raise ValueError("schedule: the prescribed warmup needs a weight-normalized model ('resnet' or 'cnn')")
+    sched = call.schedule.resolve(call.steps, runs=R, phi0=phi0, norm0=norm0, k=k, gram=order_runs.gram(op))
+    rec = record_steps(call.steps, call.n_record)
+    eng, entry = reduced.engine(start, consts, k, call.model.normalized)
+    phi_s = _classify.saddle_angles_gram(k, op.Ss, op.Qs)
+    none = np.empty((R, 0))
+    prob = driver.make_problem(none, none, phi_s, sched, states, rec, tol.rate_window)
+    out = driver.make_outputs(R, rec.size)
+    driver.run_batch(entry, reduced.workspace, eng, prob, driver.make_stops(tol, call.steps, tol.stop_trapped),
+                     out, R, call.threads)
+    final = eng.out
+    lref = theory.closed_forms.loss_ref(op.Ss, op.Qs)
+    lref = np.where(lref > 0, lref, 1.0)
+    scale = np.ones(R) if call.model.normalized else np.sqrt(final[:, 0] ** 2 + final[:, 1] ** 2 + final[:, 2] ** 2)
+    code = _classify.classify_gram(final_loss=out.final[:, 0], final_phi=out.final[:, 1], head=tuple(final[:, 3:6].T),
+                                   gram=order_runs.gram(op), k=k, scale=scale, stop_reason=out.stop_reason,
+                                   loss_ref=lref, loss_tol=tol.loss_tol, phi_s=phi_s)
+    rates = _rates_gram(out.rate_pts, code, call.model, final, consts, (k, p), sched, tol.linear_rtol)
+    base = dict(model=call.model.name, k=k, p=p, runs=R, steps=call.steps, schedule=call.schedule,
+                teacher=call.teacher, init=call.init, algorithm=call.algorithm, batch_size=call.batch_size,
+                shortcut=None, seed=call.seed, run_offset=call.run_offset,
+                tolerances=tol, n_record=call.n_record, allow_unstable=call.allow_unstable, vectors=False)
+    vectors = dict.fromkeys(("w", "a", "w0", "a0", "w_star", "a_star"))
+    return _result(_settings_dict(**base), call, sched, rec, out, code, rates, lref, vectors,
+                   order_runs.order_columns(op, final))
+
+
 def check_memory(*, k: int, p: int, runs: int, steps: int, n_record: int, algorithm: str = "gd",
-                 batch_size: int | None = None, threads: int | None = None, extra_per_run: int = 0) -> int:
+                 batch_size: int | None = None, threads: int | None = None, extra_per_run: int = 0,
+                 vectors: bool = True) -> int:
     """Refuse (``ValueError``) a :func:`simulate` call the machine has no memory for; return the estimate in bytes.
 
     The estimate is :func:`sims.runs.memory.simulate_bytes`; the message names the sizes, the estimate, what is
     available, how many runs per call would fit, and the remedy.  ``extra_per_run``: float64 numbers an engine
     holds per run beyond the plain network's (e.g. LaPerm's sorted values and optimizer moments, an expansion's
-    factors; :meth:`sims.runs.registry.EngineSpec.extra_per_run`).
+    factors; :meth:`sims.runs.registry.EngineSpec.extra_per_run`).  ``vectors=False``: a call without vectors
+    (``simulate(..., vectors=False)``), whose memory does not grow with ``k`` or ``p``.
     """
     threads = numba.get_num_threads() if threads is None else threads
     sizes = dict(k=k, p=p, steps=steps, n_record=n_record, algorithm=algorithm, batch_size=batch_size,
-                 threads=threads, factors=extra_per_run)
+                 threads=threads, factors=extra_per_run, vectors=vectors)
     need = memory.simulate_bytes(runs=runs, **sizes)
     free = memory.available_bytes()
     if need > free:
@@ -426,11 +546,22 @@ def assemble_result(settings: dict[str, Any], call: registry.Call, setup: regist
     if fin.stuck is not None:
         code = np.where(fin.stuck & (code != _classify.SPURIOUS), _classify.SADDLE, code)
     if fin.theory_rate:
-        fitted, linear, predicted = _rates(out.rate_pts, code, fin.model, fin.WT, fin.A, draws.WS, draws.AS, sched,
-                                           tol.linear_rtol)
+        rates = _rates(out.rate_pts, code, fin.model, fin.WT, fin.A, draws.WS, draws.AS, sched, tol.linear_rtol)
     else:
         fitted, linear = fitted_rates(out.rate_pts, code, sched, tol.linear_rtol)
-        predicted = np.full(runs, np.nan)
+        rates = (fitted, linear, np.full(runs, np.nan))
+    vectors = dict(w=fin.w, a=fin.A, w0=setup.start.w0, a0=setup.start.a0, w_star=draws.WS, a_star=draws.AS)
+    return _result(settings, call, sched, setup.rec, out, code, rates, lref, vectors, fin.extras)
+
+
+def _result(settings: dict[str, Any], call: registry.Call, sched: Any, rec: np.ndarray, out: driver.Outputs,
+            code: np.ndarray, rates: tuple[np.ndarray, np.ndarray, np.ndarray], lref: np.ndarray,
+            vectors: dict[str, Any], extras: dict[str, np.ndarray]) -> SimulationResult:
+    """The :class:`SimulationResult` from the resolved schedule, the record steps, the driver's outputs, the outcome
+    codes, the rates ``(fitted, linear, predicted)`` and the vectors (``w, a, w0, a0, w_star, a_star``, None
+    without vectors)."""
+    runs = call.runs
+    fitted, linear, predicted = rates
     return SimulationResult(
         settings=settings,
         run_index=np.arange(call.run_offset, call.run_offset + runs, dtype=np.int64),
@@ -446,19 +577,14 @@ def assemble_result(settings: dict[str, Any], call: registry.Call, setup: regist
         fitted_rate=fitted,
         theory_rate=predicted,
         linear_regime=linear,
-        w=fin.w,
-        a=fin.A,
-        w0=setup.start.w0,
-        a0=setup.start.a0,
-        w_star=draws.WS,
-        a_star=draws.AS,
+        **vectors,
         loss_ref=lref,
-        trajectory_steps=setup.rec,
+        trajectory_steps=rec,
         trajectory=out.traj,
         warmup_steps=sched.warmup_steps if sched.warmup_steps is not None
         else np.full(runs, call.schedule.stage_one_steps),
         warmup_eta_w=sched.warmup_eta_w if sched.warmup_eta_w is not None else np.full(runs, sched.eta_w[0, 0]),
-        extras=fin.extras,
+        extras=extras,
     )
 
 
@@ -490,26 +616,47 @@ def fitted_rates(rate_pts, code, sched, linear_rtol):
     return fitted, linear
 
 
+def _final_step_sizes(sched: Any, R: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each run's ``(eta_w, eta_a)`` of the last schedule segment."""
+    last = sched.eta_w.shape[1] - 1
+    sr = np.arange(R) if sched.eta_w.shape[0] > 1 else np.zeros(R, dtype=np.int64)
+    return sched.eta_w[sr, last], sched.eta_a[sr, last]
+
+
 def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
     R = len(code)
     glob = code == _classify.GLOBAL
     fitted, linear = fitted_rates(rate_pts, code, sched, linear_rtol)
-    predicted = np.full(R, np.nan)
-    last = sched.eta_w.shape[1] - 1
-    sr = np.arange(R) if sched.eta_w.shape[0] > 1 else np.zeros(R, dtype=np.int64)
-    ew, ea = sched.eta_w[sr, last], sched.eta_a[sr, last]
+    ew, ea = _final_step_sizes(sched, R)
     if not model.normalized:
+        predicted = np.full(R, np.nan)
         share = np.full(R, np.nan)
         for r in np.flatnonzero(glob):
             rate, share[r] = _unnormalized_rate(WT[r], A[r], ew[r], ea[r], WS[r], AS[r])
             predicted[r] = rate**2
         linear &= share >= 0.9  # as for the normalized models below: the slowest mode must carry the loss
         return fitted, linear, predicted
-    # Normalized models: at the global minimum the Hessian is block diagonal with modes (w-tangent, Q*/(2 n^2)),
-    # (a along 1, (k+pi-1)/(2 pi)), (a orthogonal to 1, (pi-1)/(2 pi)); GD contracts mode i by |1 - eta lambda_i|.
     k, p = A.shape[1], WT.shape[1]
     n = np.linalg.norm(WT, axis=1)
     qs = np.einsum("ij,ij->i", AS, AS)
+    cos_phi = np.clip(np.einsum("ij,ij->i", WT, WS) / n, -1.0, 1.0)
+    d = A - AS
+    d1 = d.sum(axis=1) ** 2 / k
+    d2 = np.einsum("ij,ij->i", d, d) - d1
+    predicted, share = _normalized_rate(glob, (ew, ea), (k, p), n, qs, np.arccos(cos_phi), (d1, d2))
+    linear &= share >= 0.9
+    return fitted, linear, predicted
+
+
+def _normalized_rate(glob, etas, sizes, n, qs, phi, dev):
+    """``(rate^2, share)`` of the normalized models at their final state: the Hessian's prediction (runs ``glob``,
+    NaN elsewhere) and the slowest mode's share of the loss, from ``||w~||``, ``Qs``, ``phi`` and the squared
+    deviation ``a - a*`` along ``1`` and across it, ``dev = (d1, d2)``."""
+    # At the global minimum the Hessian is block diagonal with modes (w-tangent, Q*/(2 n^2)),
+    # (a along 1, (k+pi-1)/(2 pi)), (a orthogonal to 1, (pi-1)/(2 pi)); GD contracts mode i by |1 - eta lambda_i|.
+    (ew, ea), (k, p), (d1, d2) = etas, sizes, dev
+    R = len(glob)
+    predicted = np.full(R, np.nan)
     lam_ones, lam_perp = theory.a_hessian_eigenvalues(k)
     lam = np.stack([qs / (2.0 * n**2), np.full(R, lam_ones), np.full(R, lam_perp)], axis=1)
     eta = np.stack([ew, ea, ea], axis=1)
@@ -519,17 +666,35 @@ def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
     predicted[glob] = factor[glob, slow[glob]] ** 2
     # Share of the final loss in each mode (quadratic model): the asymptotic rate is only observable where the
     # slowest mode carries the loss; elsewhere a faster mode with a larger amplitude still dominates.
-    cos_phi = np.clip(np.einsum("ij,ij->i", WT, WS) / n, -1.0, 1.0)
-    phi = np.arccos(cos_phi)
-    d = A - AS
-    d1 = d.sum(axis=1) ** 2 / k
-    d2 = np.einsum("ij,ij->i", d, d) - d1
     energy = np.stack([qs * phi**2 / 4.0, lam[:, 1] * d1 / 2.0, lam[:, 2] * np.maximum(d2, 0.0) / 2.0], axis=1)
     total = energy.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         share = energy[np.arange(R), slow] / total
-    linear &= share >= 0.9
-    return fitted, linear, predicted
+    return predicted, share
+
+
+def _rates_gram(rate_pts, code, model, final, consts, sizes, sched, linear_rtol):
+    """:func:`_rates` of runs known by their order parameters: ``final`` the reduced engine's final coordinates
+    ``(u, r1, r2, x, y, z)`` per run, ``consts`` its constants (``Q0, S0, P0, Ss, Qs, ...``), ``sizes = (k, p)``."""
+    R = len(code)
+    k, p = sizes
+    glob = code == _classify.GLOBAL
+    with np.errstate(over="ignore", invalid="ignore"):  # diverged runs may hold inf; they get NaN rates
+        fitted, linear = fitted_rates(rate_pts, code, sched, linear_rtol)
+        ew, ea = _final_step_sizes(sched, R)
+        u, r1, r2, x, y, z = final.T
+        Q0, S0, P0, Ss, Qs = consts[:, :5].T
+        if not model.normalized:
+            predicted, share = order_runs.unnormalized_rates(glob, (ew, ea), (k, p), final, consts)
+            linear &= share >= 0.9
+            return fitted, linear, predicted
+        n = np.sqrt(u * u + r1 * r1 + r2 * r2)
+        phi = np.arccos(np.clip(u / n, -1.0, 1.0))
+        Ds, _, Dq = theory.closed_forms.gram_deviations(x, y, z, Q0, S0, P0, k, Ss, Qs)
+        d1 = Ds**2 / k
+        predicted, share = _normalized_rate(glob, (ew, ea), (k, p), n, Qs, phi, (d1, Dq - d1))
+        linear &= share >= 0.9
+        return fitted, linear, predicted
 
 
 def _unnormalized_rate(w, a, eta_w, eta_a, w_star, a_star):
