@@ -138,7 +138,8 @@ def reduced_engine(prob: dict, steps: int):
     eng = reduced.ReducedGD(prob["start"], np.empty_like(prob["start"]), prob["consts"], k, True, np.empty(0), 0,
                             np.empty((0, 2)))
     rs = sims.Schedule.two_stage(*sched(prob, steps)).resolve(steps, runs=R)
-    problem = driver.make_problem(np.zeros((1, 1)), np.zeros((1, 1)), np.full(1, -1.0), rs,
+    # no vectors: (R, 0) teacher rows, so that each run's invariants (the engine's teacher hook) are its own
+    problem = driver.make_problem(np.zeros((R, 0)), np.zeros((R, 0)), np.full(R, -1.0), rs,
                                   np.zeros((R, 4), dtype=np.uint64), np.zeros(1, dtype=np.int64), (1e-4, 1e-6, 1e-9))
     stops = driver.Stops(steps, -1.0, -1.0, 0.0, math.inf, False)
     out = driver.make_outputs(R, 1)
