@@ -146,9 +146,9 @@ def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: st
          ) -> tuple[str, list[Path]]:
     """Render a finished table sweep and write its figures into the sweep directory (``distill``, ``laperm`` and
     ``expand`` also rewrite ``summary.csv``/``summary.parquet`` with their table's columns added)."""
-    summary, runs, out = outcome.summary, outcome.runs, outcome.out
+    summary, out = outcome.summary, outcome.out  # outcome.runs is read only by the tables that use it
     if name in METHOD_TABLES:
-        rows = METHOD_TABLES[name](summary, runs, spec_)
+        rows = METHOD_TABLES[name](summary, outcome.runs, spec_)
         store.atomic_write(out / "summary.parquet", sweep._to_parquet(rows))
         store.atomic_write(out / "summary.csv", rows.to_csv(index=False).encode())
         frame = display_frame(rows, METHOD_COLUMNS[name])
@@ -168,7 +168,7 @@ def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: st
         figs = plots.success_rates(summary, out / "success_rates",
                                    title="Liu et al. 2019: ResNet (w0 = 0) vs CNN (random w0)")
     elif name == "du2018":
-        rr = restart_rows(runs)
+        rr = restart_rows(outcome.runs)
         rr.to_csv(out / "restarts.csv", index=False)
         frame = du2018_frame(summary, rr)
         caption = ("CNN from random init, one fixed teacher per cell: q = P(global) [Wilson 95%], and success within "
@@ -176,7 +176,7 @@ def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: st
         figs = plots.success_rates(summary, out / "success_rates", title="Du et al. 2018: CNN from random init")
         figs += plots.restarts(rr, out / "restarts")
     else:
-        frame = two_phase_frame(summary, runs)
+        frame = two_phase_frame(summary, outcome.runs)
         caption = "Slow phase (steps until a.a* > 0) and fast phase (per-step loss contraction) of GD"
         figs = two_phase_figure(spec_, outcome.out)
     frame.to_csv(out / "table.csv", index=False)
