@@ -38,9 +38,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MANIFEST = "manifest.jsonl"
 LOCK = ".shallowres.lock"
@@ -98,7 +101,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def parquet_options(schema: Any) -> dict[str, Any]:
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
     """How chunks and the joined per-run table are written: Snappy, dictionary encoding for the text columns only
     (numbers gain nothing from it and it is the slowest part of the writer), no column statistics (nothing reads
     them)."""
@@ -108,7 +111,7 @@ def parquet_options(schema: Any) -> dict[str, Any]:
     return {"compression": "snappy", "use_dictionary": text, "write_statistics": False}
 
 
-def table_bytes(table: Any, identity: dict) -> bytes:
+def table_bytes(table: pa.Table, identity: dict) -> bytes:
     """A chunk's per-run table (a ``pyarrow.Table``) as Parquet bytes, with ``identity`` (fingerprint, cell, chunk,
     runs) in its key-value metadata, so a file also says which sweep and which chunk it belongs to."""
     import pyarrow.parquet as pq
@@ -322,7 +325,7 @@ def directory_lock(out: Path, *, wait: float = 0.0, log=None) -> Iterator[None]:
 # Reading
 
 
-def read_chunk(out: Path, name: str, columns: tuple[str, ...] | None = None):
+def read_chunk(out: Path, name: str, columns: tuple[str, ...] | None = None) -> pa.Table:
     """A verified chunk file of ``out/chunks`` as a ``pyarrow.Table`` (only ``columns`` if given)."""
     import pyarrow.parquet as pq
 

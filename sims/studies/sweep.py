@@ -49,7 +49,7 @@ import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -69,6 +69,9 @@ from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule, Segment, optimal_eta_a
 from sims.runs.simulate import FRAME_COLUMNS, Tolerances, simulate
 from sims.studies import store
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 SWEEP_KEYS = {"name": str, "trials": int, "seed": int, "chunk": int, "description": str}
 BASE_KEYS = ("model", "k", "p", "steps", "algorithm", "batch_size", "n_record", "allow_unstable", "teacher", "init",
@@ -712,7 +715,7 @@ def run_columns(res: Any, engine: Any) -> list[tuple[str, np.ndarray]]:
     return cols
 
 
-def run_table(res: Any, engine: Any):
+def run_table(res: Any, engine: Any) -> pa.Table:
     """The per-run table of a result as a ``pyarrow.Table`` built from its arrays (the columns of
     :func:`run_frame`, the types pandas gives them: text as ``large_string``, numbers and booleans as they are),
     without a pandas frame in between: what :func:`run_chunk` writes."""
@@ -729,7 +732,7 @@ def run_table(res: Any, engine: Any):
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def _text_array(values: np.ndarray):
+def _text_array(values: np.ndarray) -> pa.Array:
     """A ``large_string`` Arrow array of a text column with few distinct values (outcomes, stop reasons): codes
     found by comparison, then one gather from the distinct values (several times faster than converting each
     string)."""
@@ -1148,7 +1151,7 @@ def _collect_frames(out: Path, spec: SweepSpec) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _to_frame(table: Any) -> pd.DataFrame:
+def _to_frame(table: pa.Table) -> pd.DataFrame:
     """A pandas frame of an Arrow table, converted as :func:`pandas.read_parquet` converts a file without pandas
     metadata (``to_pandas`` with the default types; a fresh ``RangeIndex``)."""
     return table.replace_schema_metadata(None).to_pandas()
@@ -1160,7 +1163,7 @@ def _uniform_columns(spec: SweepSpec) -> bool:
     return len({c.columns for c in spec.cells}) == 1
 
 
-def _cell_column_types(spec: SweepSpec) -> dict[str, Any]:
+def _cell_column_types(spec: SweepSpec) -> dict[str, pa.DataType]:
     """The Arrow type of each per-cell column of the run table (:func:`cell_columns`), as the joined pandas frame
     has it: ``large_string`` for text, ``bool``, ``int64`` if every cell's value is an integer, else ``double``."""
     import pyarrow as pa
@@ -1185,7 +1188,7 @@ def _cell_values(spec: SweepSpec) -> list[dict[str, Any]]:
             for c in spec.cells]
 
 
-def _with_cell_columns(table: Any, values: dict[str, Any], types: dict[str, Any]) -> Any:
+def _with_cell_columns(table: pa.Table, values: dict[str, Any], types: dict[str, pa.DataType]) -> pa.Table:
     """A chunk's Arrow table with its cell's ``values`` (:func:`_cell_values`, Arrow ``types``) as the first
     columns (the chunk's own metadata dropped)."""
     import pyarrow as pa

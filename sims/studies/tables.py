@@ -5,6 +5,11 @@ shortcut), ``laperm`` (train-by-reconnect) and ``expand`` (deep linear expansion
 Each table is a sweep (chunked, resumable, on Dask if asked) plus a rendering (Markdown, LaTeX or CSV) and figures,
 computed from the persisted per-run table only.  The papers' own numbers are not available to us; the tables
 report ours with Wilson 95% intervals and the settings in full.
+
+The summary is streamed from the chunks (:func:`sims.studies.sweep.summarize_chunks`), so ``liu2019`` reads nothing
+else and runs at any size (``shallowres table liu2019 --trials 1000000 --no-runs``: 45 million runs, well under a
+gigabyte of memory); ``du2018``, ``two-phase`` and the methods' tables also read the per-run table
+(:attr:`sims.studies.sweep.SweepOutcome.runs`, joined from the chunks if ``--no-runs`` skipped ``runs.parquet``).
 """
 
 from __future__ import annotations
