@@ -194,8 +194,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
                 else:
                     import pandas as pd
 
-                    outcome = sweep.SweepOutcome(sweep_dir, pd.read_parquet(sweep_dir / "runs.parquet"),
-                                                 pd.read_csv(sweep_dir / "summary.csv"), 0, 0, 0.0)
+                    # the per-run table is not read here (and a --no-runs sweep has no runs.parquet)
+                    outcome = sweep.SweepOutcome(sweep_dir, None, pd.read_csv(sweep_dir / "summary.csv"), 0, 0, 0.0)
                 if name == "success-rates":
                     written += plots.success_rates(outcome.summary, out / "success_rates",
                                                    title="Liu et al. 2019: ResNet (w0 = 0) vs CNN (random w0)")

@@ -123,6 +123,14 @@ def test_table_no_runs_prints_the_same_table(tmp_path, capsys):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+def test_plot_reads_a_no_runs_sweep(tmp_path, capsys):
+    out = tmp_path / "liu"
+    assert cli.main(["table", "liu2019", "--trials", "8", "--set", "steps=1000", "--quiet", "--no-runs",
+                     "--out", str(out)]) == 0
+    assert cli.main(["plot", "success-rates", "--sweep", str(out), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "success_rates.png").stat().st_size > 0
+
+
 def test_help_documents_no_runs():
     for command in ("table", "sweep"):
         text = cli.build_parser()._subparsers._group_actions[0].choices[command].format_help()
