@@ -85,7 +85,13 @@ def _sweep_options(sp: argparse.ArgumentParser, *, default_trials: str) -> None:
     sp.add_argument("--seed", type=_positive_int("--seed", 0, 2**63 - 1), default=None, help="base seed")
     sp.add_argument("--out", default=None, help="output directory (default: runs/NAME)")
     sp.add_argument("--chunk", type=_positive_int("--chunk", 1, 10**7), default=None,
-                    help="runs per unit of work and per chunk file")
+                    help="runs per unit of work and per chunk file (default: the file's; from "
+                         f"{sweep.LARGE_TRIALS:,} trials on at least {sweep.LARGE_CHUNK:,})")
+    sp.add_argument("--no-runs", dest="runs", action="store_false",
+                    help="do not write runs.parquet, the joined per-run table (about 50 bytes per run on disk): for "
+                         "large sweeps, e.g. --trials 1000000.  The summary and the table are the same (streamed "
+                         "from the chunks, which keep every run's row, verified and resumable); a later run "
+                         "without --no-runs resumes all chunks and writes runs.parquet")
     sp.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                     help="override one base field, e.g. --set steps=5000 --set schedule.eta_w_rel=0.25")
     sp.add_argument("--format", choices=tables.FORMATS, default="markdown", help="table format on stdout")
@@ -115,14 +121,14 @@ def _overrides(args: argparse.Namespace) -> dict:
 def _run(name: str, spec: sweep.SweepSpec, args: argparse.Namespace, table: str | None) -> int:
     out = Path(args.out) if args.out else Path("runs") / spec.name
     outcome = sweep.run_sweep(spec, out, workers=args.workers, scheduler=args.scheduler, quiet=args.quiet,
-                              wait=args.wait)
+                              wait=args.wait, runs=args.runs)
     if table is not None:
         text, figs = tables.make(table, spec, outcome, args.format)
     else:
         text, figs = tables.render(outcome.summary.round(6), args.format), []
     print(text)
-    files = ["summary.csv", "summary.parquet", "runs.parquet", "metadata.json"] + (["table.csv"] if table else []) \
-        + [f.name for f in figs]
+    files = ["summary.csv", "summary.parquet"] + (["runs.parquet"] if outcome.wrote_runs else []) \
+        + ["metadata.json"] + (["table.csv"] if table else []) + [f.name for f in figs]
     print(f"{name}: {len(spec.cells)} cells x {spec.trials} runs in {outcome.seconds:.1f} s "
           f"({outcome.resumed_chunks} chunks resumed); wrote {out}/: {', '.join(files)}", file=sys.stderr)
     return 0
@@ -188,8 +194,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
                 else:
                     import pandas as pd
 
-                    outcome = sweep.SweepOutcome(sweep_dir, pd.read_parquet(sweep_dir / "runs.parquet"),
-                                                 pd.read_csv(sweep_dir / "summary.csv"), 0, 0, 0.0)
+                    # the per-run table is not read here (and a --no-runs sweep has no runs.parquet)
+                    outcome = sweep.SweepOutcome(sweep_dir, None, pd.read_csv(sweep_dir / "summary.csv"), 0, 0, 0.0)
                 if name == "success-rates":
                     written += plots.success_rates(outcome.summary, out / "success_rates",
                                                    title="Liu et al. 2019: ResNet (w0 = 0) vs CNN (random w0)")

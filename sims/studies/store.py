@@ -14,6 +14,10 @@ recomputes the ones that fail, naming each and the reason.  The manifest is appe
 per chunk, the last line for a chunk wins), so recording a chunk costs O(1) whatever the sweep's size; a line cut by
 a crash is unreadable and its chunk is recomputed.
 
+Chunks are written by :func:`table_bytes` from an Arrow table (:func:`parquet_options`: dictionary encoding for
+text only, no statistics, which is several times faster than pandas' defaults); large outputs are written piece by
+piece through :func:`atomic_file`, with the guarantees of :func:`atomic_write`.
+
 Why a lock: two sweeps writing the same directory would both compute everything.  :func:`directory_lock` takes an
 OS-level lock (``filelock``, ``flock`` on POSIX) that the kernel releases when its process dies, so a lock left by
 a killed process never blocks.
@@ -34,8 +38,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 MANIFEST = "manifest.jsonl"
 LOCK = ".shallowres.lock"
@@ -65,13 +73,23 @@ def atomic_write(path: Path, data: bytes) -> None:
     A failure (disk full, permission denied, ...) removes the temporary file and raises :class:`StoreError`
     naming the directory and the cause, so no partial file is ever left under any name.
     """
+    with atomic_file(path) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through, piece by piece, with the guarantees of :func:`atomic_write`: it is
+    a temporary file beside ``path``, fsynced and renamed to ``path`` when the block ends, and removed if the block
+    raises (an ``OSError`` becomes a :class:`StoreError` naming the directory and the cause).  For outputs too
+    large to hold in memory, such as a large sweep's ``runs.parquet``."""
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise StoreError(f"cannot write to {str(path.parent)!r}: {_describe(exc)}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -83,18 +101,33 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def chunk_bytes(frame: pd.DataFrame, identity: dict) -> bytes:
-    """A chunk's per-run table as Parquet bytes, with ``identity`` (fingerprint, cell, chunk, runs) in its
-    key-value metadata, so a file also says which sweep and which chunk it belongs to."""
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """How chunks and the joined per-run table are written: Snappy, dictionary encoding for the text columns only
+    (numbers gain nothing from it and it is the slowest part of the writer), no column statistics (nothing reads
+    them)."""
     import pyarrow as pa
+
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    return {"compression": "snappy", "use_dictionary": text, "write_statistics": False}
+
+
+def table_bytes(table: pa.Table, identity: dict) -> bytes:
+    """A chunk's per-run table (a ``pyarrow.Table``) as Parquet bytes, with ``identity`` (fingerprint, cell, chunk,
+    runs) in its key-value metadata, so a file also says which sweep and which chunk it belongs to."""
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(frame, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[META_KEY] = json.dumps(identity, sort_keys=True).encode()
     buf = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(meta), buf)
+    pq.write_table(table.replace_schema_metadata(meta), buf, **parquet_options(table.schema))
     return buf.getvalue()
+
+
+def chunk_bytes(frame: pd.DataFrame, identity: dict) -> bytes:
+    """:func:`table_bytes` of a pandas frame (the per-run table of a chunk)."""
+    import pyarrow as pa
+
+    return table_bytes(pa.Table.from_pandas(frame, preserve_index=False), identity)
 
 
 @dataclass(frozen=True)
@@ -286,3 +319,14 @@ def directory_lock(out: Path, *, wait: float = 0.0, log=None) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_chunk(out: Path, name: str, columns: tuple[str, ...] | None = None) -> pa.Table:
+    """A verified chunk file of ``out/chunks`` as a ``pyarrow.Table`` (only ``columns`` if given)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(out / "chunks" / name, columns=list(columns) if columns is not None else None)

@@ -17,6 +17,16 @@ Every grid cell runs ``trials`` runs numbered ``0 .. trials-1`` with the sweep's
 ``(k, p)`` cell see the same teachers (common random numbers), and every engine draws them (and the init) the same
 way, so the cells are paired run by run.  Results do not depend on how the runs are chunked or where the chunks
 run.
+
+Results are streamed from the chunks, so a sweep's memory does not grow with its size (a million runs per cell
+of the 45 cells of ``liu2019`` is 45 million runs): :func:`run_chunk` writes each chunk's per-run table straight
+from the result's arrays into Parquet (:func:`run_table`); :func:`summarize_chunks` reads, one cell at a time, only
+the columns the summary needs and computes every statistic with the same code as :func:`summarize_runs` (exact
+medians and quantiles: the summary is identical, byte for byte in ``summary.csv``); :func:`write_runs` appends
+chunk after chunk to ``runs.parquet``.  ``runs=False`` (``--no-runs``) skips ``runs.parquet``: the chunks, which
+hold every run's row and are verified on resume, are then the per-run record, and
+:attr:`SweepOutcome.runs` joins them on demand.  A sweep of at least :data:`LARGE_TRIALS` runs per cell without
+an explicit chunk uses chunks of :data:`LARGE_CHUNK` runs.
 """
 
 from __future__ import annotations
@@ -37,9 +47,9 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -59,6 +69,9 @@ from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule, Segment, optimal_eta_a
 from sims.runs.simulate import FRAME_COLUMNS, Tolerances, simulate
 from sims.studies import store
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 SWEEP_KEYS = {"name": str, "trials": int, "seed": int, "chunk": int, "description": str}
 BASE_KEYS = ("model", "k", "p", "steps", "algorithm", "batch_size", "n_record", "allow_unstable", "teacher", "init",
@@ -82,6 +95,13 @@ DEFAULT_BASE: dict[str, Any] = {
                                                                    "eta_a_rel": 0.9},
     "tolerances": {},
 }
+#: A sweep of at least ``LARGE_TRIALS`` runs per cell whose chunk is not given explicitly (``--chunk``, the
+#: ``chunk`` override) runs chunks of ``LARGE_CHUNK`` runs if its file's are smaller: a chunk's fixed costs (the
+#: draws' and the engine's parallel start, the classification, one Parquet file, two fsyncs) are then a small
+#: part of its work, and a 45-cell sweep of a million runs per cell has 2,250 chunk files, not 45,000.  The chunk
+#: is part of the fingerprint; a directory written with the file's chunk is resumed with it (:func:`adopt_chunk`).
+LARGE_TRIALS = 100_000
+LARGE_CHUNK = 20_000
 SUMMARY_COLUMNS = ("method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious")
 
 
@@ -114,6 +134,9 @@ class SweepSpec:
     cells: tuple[Cell, ...]
     grid_keys: tuple[str, ...]
     raw: dict[str, Any]
+    #: Whether ``chunk`` is :data:`LARGE_CHUNK` in place of the file's smaller one (a large sweep without an
+    #: explicit chunk; see :func:`build_spec`).
+    chunk_auto: bool = False
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the results and the chunk layout."""
@@ -292,6 +315,8 @@ def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) 
     trials = _bounded_int(sweep.get("trials", 1000), "sweep.trials")
     seed = _bounded_int(sweep.get("seed", 0), "sweep.seed")
     chunk = _bounded_int(sweep.get("chunk", 1000), "sweep.chunk")
+    auto = "chunk" not in (overrides or {}) and trials >= LARGE_TRIALS and chunk < LARGE_CHUNK
+    chunk = LARGE_CHUNK if auto else chunk
     base = _merge(DEFAULT_BASE, base)
     cells = []
     for label, over in methods.items():
@@ -305,7 +330,7 @@ def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) 
             # Every cell is validated by a one-run dry run, which also gives its per-run columns.
             where = f"cell {len(cells)} (method {label!r})"
             cells.append(Cell(len(cells), label, params, _checked_kwargs(params, where)[1]))
-    return SweepSpec(str(name), trials, seed, chunk, tuple(cells), grid_keys, raw)
+    return SweepSpec(str(name), trials, seed, chunk, tuple(cells), grid_keys, raw, chunk_auto=auto)
 
 
 def _bounded_int(value: Any, name: str) -> int:
@@ -668,16 +693,59 @@ def run_frame(res: Any, engine: Any) -> pd.DataFrame:
     """The per-run table of a result: :data:`sims.runs.simulate.FRAME_COLUMNS`; with an ``engine`` also
     ``loss_ref`` and every per-run scalar of ``res.extras`` (one value per run; a name taken by another column
     gets the prefix ``extras.``), which the tables summarize from the persisted chunks."""
-    df = res.to_frame()
+    return pd.DataFrame(dict(run_columns(res, engine)))
+
+
+def run_columns(res: Any, engine: Any) -> list[tuple[str, np.ndarray]]:
+    """``(name, array)`` of every column of :func:`run_frame`, in its order (the arrays of ``res``, not copies)."""
+    cols = [(name, getattr(res, "run_index" if name == "run" else name)) for name in FRAME_COLUMNS]
     if engine is None:
-        return df
-    df["loss_ref"] = res.loss_ref
-    taken = set(df.columns) | {"cell", "method", "model", "k", "p"}
+        return cols
+    cols.append(("loss_ref", res.loss_ref))
+    taken = {name for name, _ in cols} | {"cell", "method", "model", "k", "p"}
     for key, val in res.extras.items():
         val = np.asarray(val)
         if val.ndim == 1 and len(val) == len(res) and val.dtype.kind in "biuf":
-            df[f"extras.{key}" if key in taken else key] = val
-    return df
+            name = f"extras.{key}" if key in taken else key
+            at = [i for i, c in enumerate(cols) if c[0] == name]  # as a frame's column assignment: in place
+            if at:
+                cols[at[0]] = (name, val)
+            else:
+                cols.append((name, val))
+    return cols
+
+
+def run_table(res: Any, engine: Any) -> pa.Table:
+    """The per-run table of a result as a ``pyarrow.Table`` built from its arrays (the columns of
+    :func:`run_frame`, the types pandas gives them: text as ``large_string``, numbers and booleans as they are),
+    without a pandas frame in between: what :func:`run_chunk` writes."""
+    import pyarrow as pa
+
+    arrays = []
+    names = []
+    for name, val in run_columns(res, engine):
+        if val.dtype.kind in "UO":
+            arrays.append(_text_array(val))
+        else:
+            arrays.append(pa.array(val))
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _text_array(values: np.ndarray) -> pa.Array:
+    """A ``large_string`` Arrow array of a text column with few distinct values (outcomes, stop reasons): codes
+    found by comparison, then one gather from the distinct values (several times faster than converting each
+    string)."""
+    import pyarrow as pa
+
+    distinct = list(dict.fromkeys(values[: min(len(values), 64)].tolist()))
+    codes = np.full(len(values), -1, dtype=np.int32)
+    for i, text in enumerate(distinct):
+        codes[values == text] = i
+    if (codes < 0).any():  # a value not among the first ones: the general conversion
+        return pa.array(values.astype(str), type=pa.large_string())
+    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(distinct, type=pa.large_string())) \
+        .cast(pa.large_string())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -694,7 +762,7 @@ def run_chunk(params: dict[str, Any], seed: int, first: int, runs: int, threads:
     ``identity`` (fingerprint, cell, chunk, first run, runs) in the file's metadata."""
     kw = simulation_kwargs_fast(params)
     res = _simulate_cell(kw, runs=runs, seed=seed, run_offset=first, threads=threads)
-    return store.chunk_bytes(run_frame(res, kw["engine"]), identity or {})
+    return store.table_bytes(run_table(res, kw["engine"]), identity or {})
 
 
 def simulation_kwargs_fast(params: dict[str, Any]) -> dict[str, Any]:
@@ -723,10 +791,12 @@ def _to_parquet(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-#: Bytes per row of the per-run table held in memory while a sweep's results are joined and written (measured:
-#: 180 with pandas' Arrow-backed strings, more with object strings; the join and the Parquet encoding hold it
-#: twice or more).
+#: Bytes per row of the per-run table held in memory when it is joined as one frame (:func:`collect`; measured:
+#: 180 with pandas' Arrow-backed strings, more with object strings; the join holds it twice or more).
 ROW_BYTES = 800
+#: Bytes per run of one cell held while the summary of that cell is computed from its chunks
+#: (:func:`summarize_chunks`: the columns :data:`SUMMARY_INPUTS` in Arrow, as a frame, and the selections of them).
+SUMMARY_ROW_BYTES = 256
 
 
 def check_output_dir(out: Path, spec: SweepSpec) -> bool:
@@ -778,7 +848,9 @@ def check_memory(spec: SweepSpec, *, workers: int | None = None, remote: bool = 
 
     A chunk needs what :func:`sims.simulate` needs for ``chunk`` runs (:func:`sims.runs.memory.simulate_bytes`); a
     local Dask cluster runs ``workers`` chunks at once.  On a remote ``scheduler`` the workers' memory is theirs
-    (each chunk is checked where it runs) and only the joined per-run table counts here.
+    (each chunk is checked where it runs).  The results are streamed from the chunks (:func:`summarize_chunks`,
+    :func:`write_runs`): what grows with the sweep is one cell's summary columns (:data:`SUMMARY_ROW_BYTES` per
+    run), not the per-run table (a table that reads it checks :func:`check_table_memory` when it does).
     """
     from sims.runs.memory import available_bytes, format_size, simulate_bytes
 
@@ -791,7 +863,7 @@ def check_memory(spec: SweepSpec, *, workers: int | None = None, remote: bool = 
                                   batch_size=c.params.get("batch_size"), threads=threads) for c in spec.cells)
 
     at_once = 0 if remote else (workers or 1)
-    table = ROW_BYTES * len(spec.cells) * spec.trials
+    table = SUMMARY_ROW_BYTES * spec.trials
     need = at_once * chunk_bytes(runs) + table
     free = available_bytes()
     if need <= free:
@@ -800,11 +872,26 @@ def check_memory(spec: SweepSpec, *, workers: int | None = None, remote: bool = 
     fit = (free - table - at_once * chunk_bytes(0)) // max(at_once * per_run, 1)
     remedy = (f"use a smaller --chunk (about {fit} runs fit)" + (" or fewer --workers" if at_once > 1 else "")
               if fit >= 1 else "use fewer --trials (the per-run table alone needs "
-              f"{format_size(table)})")
+              f"{format_size(table)} to summarize one cell)")
     raise SweepError(f"sweep {spec.name!r} needs about {format_size(need)} of memory ({at_once} chunk"
                      f"{'s' if at_once != 1 else ''} of {runs} runs at once: {format_size(chunk_bytes(runs))} each; "
-                     f"the per-run table of {len(spec.cells) * spec.trials} runs: {format_size(table)}) but only "
+                     f"the summary of one cell of {spec.trials} runs: {format_size(table)}) but only "
                      f"{format_size(free)} is available; {remedy}")
+
+
+def check_table_memory(spec: SweepSpec) -> int:
+    """Refuse (:class:`SweepError`) to join a sweep's whole per-run table in memory (:func:`collect`, which the
+    ``du2018``, ``two-phase``, ``distill`` and ``laperm`` tables read) when it would not fit; the estimate in
+    bytes (:data:`ROW_BYTES` per run)."""
+    from sims.runs.memory import available_bytes, format_size
+
+    need = ROW_BYTES * len(spec.cells) * spec.trials
+    free = available_bytes()
+    if need > free:
+        raise SweepError(f"the per-run table of sweep {spec.name!r} ({len(spec.cells) * spec.trials} runs) needs "
+                         f"about {format_size(need)} of memory but only {format_size(free)} is available; use fewer "
+                         "--trials (its chunks are kept and verified)")
+    return need
 
 
 def numba_threads() -> int:
@@ -814,18 +901,45 @@ def numba_threads() -> int:
     return numba.get_num_threads()
 
 
-@dataclass
 class SweepOutcome:
     """What :func:`run_sweep` did: the per-run table and summary, the chunks computed now and those resumed
-    (verified on disk), and the damaged chunks found and recomputed (file name -> reason)."""
+    (verified on disk), and the damaged chunks found and recomputed (file name -> reason).
 
-    out: Path
-    runs: pd.DataFrame
-    summary: pd.DataFrame
-    computed_chunks: int
-    resumed_chunks: int
-    seconds: float
-    damaged: dict[str, str] = field(default_factory=dict)
+    ``runs`` is read when first asked for (a summary-only table such as ``liu2019`` never holds it): from
+    ``runs.parquet`` if the sweep wrote it, else joined from the chunks (:func:`collect`) after a memory check.
+    """
+
+    def __init__(self, out: Path, runs: pd.DataFrame | None, summary: pd.DataFrame, computed_chunks: int,
+                 resumed_chunks: int, seconds: float, damaged: dict[str, str] | None = None, *,
+                 spec: SweepSpec | None = None, wrote_runs: bool = True) -> None:
+        self.out = Path(out)
+        self._runs = runs
+        self.summary = summary
+        self.computed_chunks = computed_chunks
+        self.resumed_chunks = resumed_chunks
+        self.seconds = seconds
+        self.damaged = {} if damaged is None else damaged
+        self.spec = spec
+        #: Whether the sweep wrote ``runs.parquet`` (``False`` with ``runs=False``, ``--no-runs``).
+        self.wrote_runs = wrote_runs
+
+    @property
+    def runs(self) -> pd.DataFrame:
+        """The per-run table (:func:`collect`), read on first use."""
+        if self._runs is None:
+            if (self.out / "runs.parquet").exists():  # this sweep's (same fingerprint), whichever run wrote it
+                self._runs = pd.read_parquet(self.out / "runs.parquet")
+            elif self.spec is None:
+                raise SweepError(f"{str(self.out)!r}: no per-run table (runs.parquet) and no sweep to join it from")
+            else:
+                check_table_memory(self.spec)
+                self._runs = collect(self.out, self.spec)
+        return self._runs
+
+    def __repr__(self) -> str:
+        return (f"SweepOutcome(out={str(self.out)!r}, cells={len(self.summary)}, computed_chunks="
+                f"{self.computed_chunks}, resumed_chunks={self.resumed_chunks}, seconds={self.seconds:.3g}, "
+                f"wrote_runs={self.wrote_runs})")
 
 
 def _stderr_line(text: str) -> None:
@@ -843,8 +957,13 @@ def run_sweep(
     on_chunk: Callable[[int], None] | None = None,
     wait: float = 0.0,
     log: Callable[[str], None] | None = None,
+    runs: bool = True,
 ) -> SweepOutcome:
     """Run (or resume) a sweep into ``out``; in-process by default, on Dask with ``workers`` or ``scheduler``.
+
+    The summary is streamed from the chunks (:func:`summarize_chunks`); ``runs``: also write the joined per-run
+    table ``runs.parquet`` (streamed too, :func:`write_runs`).  Without it (``--no-runs``) the chunks are the
+    per-run record (a later run of the same sweep with ``runs=True`` resumes them all and writes the table).
 
     Before anything is written, the directory and the memory are checked (:func:`check_output_dir`,
     :func:`check_memory`).  The directory is then locked for the whole run (:func:`sims.studies.store.directory_lock`;
@@ -856,6 +975,7 @@ def run_sweep(
     t0 = time.perf_counter()
     out = Path(out)
     log = _stderr_line if log is None else log
+    spec = adopt_chunk(spec, out)
     check_output_dir(out, spec)  # refused here, nothing has been created
     check_memory(spec, workers=workers, remote=scheduler is not None)
     existed = out.exists()
@@ -865,7 +985,7 @@ def run_sweep(
             client, cluster = _dask_client(workers, scheduler, connect_timeout)
         with store.directory_lock(out, wait=wait, log=log):
             try:
-                return _run_locked(spec, out, client, cluster is not None, quiet, on_chunk, log, t0)
+                return _run_locked(spec, out, client, cluster is not None, quiet, on_chunk, log, t0, runs)
             except BaseException:
                 if not existed and not any(p.is_file() and p.name not in store.HOUSEKEEPING for p in out.rglob("*")):
                     shutil.rmtree(out, ignore_errors=True)  # failed before writing anything: leave nothing behind
@@ -879,6 +999,23 @@ def run_sweep(
             cluster.close()
 
 
+def adopt_chunk(spec: SweepSpec, out: Path) -> SweepSpec:
+    """``spec`` with the chunk of the sweep already in ``out`` if ``spec``'s chunk was chosen automatically
+    (:data:`LARGE_CHUNK`) and with the directory's chunk it is the directory's configuration: a sweep started
+    with its file's chunk (or before the automatic choice existed) is resumed, not refused.  Else ``spec``."""
+    if not spec.chunk_auto:
+        return spec
+    try:
+        old = json.loads((out / "config.json").read_text())
+        chunk = old["chunk"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return spec
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or chunk == spec.chunk:
+        return spec
+    other = replace(spec, chunk=chunk, chunk_auto=False)
+    return other if other.fingerprint() == old.get("fingerprint") else spec
+
+
 def _expected_chunks(spec: SweepSpec) -> dict[str, tuple[tuple[int, int, int, int], dict[str, Any]]]:
     """Chunk file name -> (unit of work, identity recorded in the file and the manifest)."""
     fp = spec.fingerprint()
@@ -886,7 +1023,7 @@ def _expected_chunks(spec: SweepSpec) -> dict[str, tuple[tuple[int, int, int, in
                                           "runs": c[3]}) for c in spec.chunks()}
 
 
-def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0) -> SweepOutcome:
+def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0, write: bool) -> SweepOutcome:
     resuming = check_output_dir(out, spec)  # again: another sweep may have written here before we got the lock
     chunk_dir = out / "chunks"
     try:
@@ -928,16 +1065,17 @@ def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0) -> S
                          "the same command to resume") from None
     finally:
         bar.close()
-    runs_df = collect(out, spec)
-    summary = summarize_runs(runs_df, spec)
+    summary = summarize_chunks(out, spec)
     try:
-        store.atomic_write(out / "runs.parquet", _to_parquet(runs_df))
+        if write:  # without: a runs.parquet an earlier run of this sweep wrote stays (the same runs, bit for bit)
+            write_runs(out, spec)
         store.atomic_write(out / "summary.parquet", _to_parquet(summary))
         store.atomic_write(out / "summary.csv", summary.to_csv(index=False).encode())
         store.atomic_write(out / "metadata.json", json.dumps(metadata(spec), indent=1, default=str).encode())
     except store.StoreError as exc:
         raise SweepError(f"{exc}; all chunks are finished: rerun the same command to write the results") from None
-    return SweepOutcome(out, runs_df, summary, len(todo), len(good), time.perf_counter() - t0, damaged)
+    return SweepOutcome(out, None, summary, len(todo), len(good), time.perf_counter() - t0, damaged, spec=spec,
+                        wrote_runs=write)
 
 
 def _compute(spec: SweepSpec, todo, client, local_cluster: bool):
@@ -987,7 +1125,20 @@ def _dask_client(workers: int | None, scheduler: str | None, timeout: float):
 
 def collect(out: Path, spec: SweepSpec) -> pd.DataFrame:
     """All chunk files joined into the per-run table, with the cell's method and grid values as columns
-    (:func:`cell_columns`)."""
+    (:func:`cell_columns`): the frame ``runs.parquet`` holds."""
+    if not _uniform_columns(spec):
+        return _collect_frames(out, spec)
+    import pyarrow as pa
+
+    types, values = _cell_column_types(spec), _cell_values(spec)
+    tables = [_with_cell_columns(store.read_chunk(out, _chunk_name(cell, chunk)), values[cell], types)
+              for cell, chunk, _, _ in spec.chunks()]
+    return _to_frame(pa.concat_tables(tables))
+
+
+def _collect_frames(out: Path, spec: SweepSpec) -> pd.DataFrame:
+    """:func:`collect` by pandas, for cells whose per-run columns differ (engines with their own extras): the
+    frames are joined as :func:`pandas.concat` joins them (a column a cell lacks is missing there)."""
     frames = []
     columns = cell_columns(spec)
     for cell, chunk, _, _ in spec.chunks():
@@ -998,6 +1149,74 @@ def collect(out: Path, spec: SweepSpec) -> pd.DataFrame:
             df.insert(2 + j, name, [values[cell]] * len(df))
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+def _to_frame(table: pa.Table) -> pd.DataFrame:
+    """A pandas frame of an Arrow table, converted as :func:`pandas.read_parquet` converts a file without pandas
+    metadata (``to_pandas`` with the default types; a fresh ``RangeIndex``)."""
+    return table.replace_schema_metadata(None).to_pandas()
+
+
+def _uniform_columns(spec: SweepSpec) -> bool:
+    """Whether every cell has the same per-run columns (then the per-run table is joined and written in Arrow,
+    chunk by chunk)."""
+    return len({c.columns for c in spec.cells}) == 1
+
+
+def _cell_column_types(spec: SweepSpec) -> dict[str, pa.DataType]:
+    """The Arrow type of each per-cell column of the run table (:func:`cell_columns`), as the joined pandas frame
+    has it: ``large_string`` for text, ``bool``, ``int64`` if every cell's value is an integer, else ``double``."""
+    import pyarrow as pa
+
+    out = {"cell": pa.int64(), "method": pa.large_string()}
+    for name, values in cell_columns(spec).items():
+        if all(isinstance(v, bool) for v in values):
+            out[name] = pa.bool_()
+        elif all(isinstance(v, str) for v in values):
+            out[name] = pa.large_string()
+        elif all(isinstance(v, int) for v in values):
+            out[name] = pa.int64()
+        else:
+            out[name] = pa.float64()
+    return out
+
+
+def _cell_values(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Per cell: its values of the columns :func:`collect` puts first (``cell``, ``method``, :func:`cell_columns`)."""
+    columns = cell_columns(spec)
+    return [{"cell": c.index, "method": c.method, **{name: vals[c.index] for name, vals in columns.items()}}
+            for c in spec.cells]
+
+
+def _with_cell_columns(table: pa.Table, values: dict[str, Any], types: dict[str, pa.DataType]) -> pa.Table:
+    """A chunk's Arrow table with its cell's ``values`` (:func:`_cell_values`, Arrow ``types``) as the first
+    columns (the chunk's own metadata dropped)."""
+    import pyarrow as pa
+
+    n = table.num_rows
+    first = [pa.repeat(pa.scalar(float(v) if types[name] == pa.float64() else v, type=types[name]), n)
+             for name, v in values.items()]
+    return pa.Table.from_arrays(first + table.columns, names=list(values) + table.column_names)
+
+
+def write_runs(out: Path, spec: SweepSpec) -> None:
+    """Write ``runs.parquet`` (the per-run table of :func:`collect`) atomically.  With the same columns in every
+    cell it is streamed: one chunk at a time is read, given its cell columns and appended, so the memory does not
+    grow with the sweep; otherwise the frames are joined in memory first."""
+    if not _uniform_columns(spec):
+        store.atomic_write(out / "runs.parquet", _to_parquet(_collect_frames(out, spec)))
+        return
+    import pyarrow.parquet as pq
+
+    types, values = _cell_column_types(spec), _cell_values(spec)
+    with store.atomic_file(out / "runs.parquet") as fh:
+        writer = None
+        for cell, chunk, _, _ in spec.chunks():
+            table = _with_cell_columns(store.read_chunk(out, _chunk_name(cell, chunk)), values[cell], types)
+            if writer is None:
+                writer = pq.ParquetWriter(fh, table.schema, **store.parquet_options(table.schema))
+            writer.write_table(table)
+        writer.close()
 
 
 def _param(params: dict[str, Any], key: str) -> Any:
@@ -1037,29 +1256,59 @@ def rate_with_interval(row: dict[str, Any], name: str, hits: np.ndarray) -> None
     row[f"p_{name}"], row[f"p_{name}_lo"], row[f"p_{name}_hi"] = s / n, float(lo), float(hi)
 
 
+#: The per-run columns the summary reads (:func:`summarize_runs`, :func:`summarize_chunks`).
+SUMMARY_INPUTS: tuple[str, ...] = ("outcome", "steps_to_tol", "slow_phase_end", "linear_regime", "fitted_rate",
+                                   "theory_rate")
+
+
 def summarize_runs(runs: pd.DataFrame, spec: SweepSpec | None = None) -> pd.DataFrame:
     """One row per grid cell: outcome rates with Wilson 95% intervals, steps to tolerance, slow phase, rates."""
     rows = []
     group_cols = ["cell", "method"] + (list(cell_columns(spec)) if spec else ["model", "k", "p"])
     for key, g in runs.groupby(group_cols, sort=True, dropna=False):
-        row = dict(zip(group_cols, key, strict=True))
-        n = len(g)
-        row["trials"] = n
-        for name in classify.OUTCOMES:
-            rate_with_interval(row, name, (g["outcome"] == name).to_numpy())
-        reached = g.loc[g["steps_to_tol"] >= 0, "steps_to_tol"]
-        row["steps_to_tol_median"] = float(reached.median()) if len(reached) else math.nan
-        row["steps_to_tol_q1"] = float(reached.quantile(0.25)) if len(reached) else math.nan
-        row["steps_to_tol_q3"] = float(reached.quantile(0.75)) if len(reached) else math.nan
-        slow = g.loc[g["slow_phase_end"] >= 0, "slow_phase_end"]
-        row["slow_phase_median"] = float(slow.median()) if len(slow) else math.nan
-        lin = g[g["linear_regime"]]
-        row["linear_runs"] = len(lin)
-        row["fitted_rate_median"] = float(lin["fitted_rate"].median()) if len(lin) else math.nan
-        row["theory_rate_median"] = float(lin["theory_rate"].median()) if len(lin) else math.nan
-        err = np.abs(np.log(lin["fitted_rate"]) / np.log(lin["theory_rate"]) - 1.0) if len(lin) else []
-        row["rate_log_rel_err_max"] = float(np.max(err)) if len(lin) else math.nan
-        rows.append(row)
+        rows.append(_summary_row(dict(zip(group_cols, key, strict=True)), g))
+    return _summary_frame(rows)
+
+
+def summarize_chunks(out: Path, spec: SweepSpec) -> pd.DataFrame:
+    """:func:`summarize_runs` of the sweep's per-run table, streamed from the chunk files: one cell at a time, and
+    of each chunk only the columns :data:`SUMMARY_INPUTS` (a few tens of bytes per run of one cell are in memory,
+    never the whole table).  Every statistic is computed by the same code on the same values, so the result is
+    identical, medians and quantiles exact."""
+    import pyarrow as pa
+
+    by_cell: dict[int, list[str]] = {}
+    for cell, chunk, _, _ in spec.chunks():
+        by_cell.setdefault(cell, []).append(_chunk_name(cell, chunk))
+    rows = []
+    for c, key in zip(spec.cells, _cell_values(spec), strict=True):
+        table = pa.concat_tables([store.read_chunk(out, name, SUMMARY_INPUTS) for name in by_cell[c.index]])
+        rows.append(_summary_row(key, _to_frame(table)))
+    return _summary_frame(rows)
+
+
+def _summary_row(row: dict[str, Any], g: pd.DataFrame) -> dict[str, Any]:
+    """The summary of one cell (``row``: its key columns) from its runs ``g`` (at least :data:`SUMMARY_INPUTS`)."""
+    n = len(g)
+    row["trials"] = n
+    for name in classify.OUTCOMES:
+        rate_with_interval(row, name, (g["outcome"] == name).to_numpy())
+    reached = g.loc[g["steps_to_tol"] >= 0, "steps_to_tol"]
+    row["steps_to_tol_median"] = float(reached.median()) if len(reached) else math.nan
+    row["steps_to_tol_q1"] = float(reached.quantile(0.25)) if len(reached) else math.nan
+    row["steps_to_tol_q3"] = float(reached.quantile(0.75)) if len(reached) else math.nan
+    slow = g.loc[g["slow_phase_end"] >= 0, "slow_phase_end"]
+    row["slow_phase_median"] = float(slow.median()) if len(slow) else math.nan
+    lin = g[g["linear_regime"]]
+    row["linear_runs"] = len(lin)
+    row["fitted_rate_median"] = float(lin["fitted_rate"].median()) if len(lin) else math.nan
+    row["theory_rate_median"] = float(lin["theory_rate"].median()) if len(lin) else math.nan
+    err = np.abs(np.log(lin["fitted_rate"]) / np.log(lin["theory_rate"]) - 1.0) if len(lin) else []
+    row["rate_log_rel_err_max"] = float(np.max(err)) if len(lin) else math.nan
+    return row
+
+
+def _summary_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     first = [c for c in ("method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious")]
     return df[first + [c for c in df.columns if c not in first]]

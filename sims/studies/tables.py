@@ -5,6 +5,11 @@ shortcut), ``laperm`` (train-by-reconnect) and ``expand`` (deep linear expansion
 Each table is a sweep (chunked, resumable, on Dask if asked) plus a rendering (Markdown, LaTeX or CSV) and figures,
 computed from the persisted per-run table only.  The papers' own numbers are not available to us; the tables
 report ours with Wilson 95% intervals and the settings in full.
+
+The summary is streamed from the chunks (:func:`sims.studies.sweep.summarize_chunks`), so ``liu2019`` reads nothing
+else and runs at any size (``shallowres table liu2019 --trials 1000000 --no-runs``: 45 million runs, well under a
+gigabyte of memory); ``du2018``, ``two-phase`` and the methods' tables also read the per-run table
+(:attr:`sims.studies.sweep.SweepOutcome.runs`, joined from the chunks if ``--no-runs`` skipped ``runs.parquet``).
 """
 
 from __future__ import annotations
@@ -146,9 +151,9 @@ def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: st
          ) -> tuple[str, list[Path]]:
     """Render a finished table sweep and write its figures into the sweep directory (``distill``, ``laperm`` and
     ``expand`` also rewrite ``summary.csv``/``summary.parquet`` with their table's columns added)."""
-    summary, runs, out = outcome.summary, outcome.runs, outcome.out
+    summary, out = outcome.summary, outcome.out  # outcome.runs is read only by the tables that use it
     if name in METHOD_TABLES:
-        rows = METHOD_TABLES[name](summary, runs, spec_)
+        rows = METHOD_TABLES[name](summary, outcome.runs, spec_)
         store.atomic_write(out / "summary.parquet", sweep._to_parquet(rows))
         store.atomic_write(out / "summary.csv", rows.to_csv(index=False).encode())
         frame = display_frame(rows, METHOD_COLUMNS[name])
@@ -168,7 +173,7 @@ def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: st
         figs = plots.success_rates(summary, out / "success_rates",
                                    title="Liu et al. 2019: ResNet (w0 = 0) vs CNN (random w0)")
     elif name == "du2018":
-        rr = restart_rows(runs)
+        rr = restart_rows(outcome.runs)
         rr.to_csv(out / "restarts.csv", index=False)
         frame = du2018_frame(summary, rr)
         caption = ("CNN from random init, one fixed teacher per cell: q = P(global) [Wilson 95%], and success within "
@@ -176,7 +181,7 @@ def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: st
         figs = plots.success_rates(summary, out / "success_rates", title="Du et al. 2018: CNN from random init")
         figs += plots.restarts(rr, out / "restarts")
     else:
-        frame = two_phase_frame(summary, runs)
+        frame = two_phase_frame(summary, outcome.runs)
         caption = "Slow phase (steps until a.a* > 0) and fast phase (per-step loss contraction) of GD"
         figs = two_phase_figure(spec_, outcome.out)
     frame.to_csv(out / "table.csv", index=False)

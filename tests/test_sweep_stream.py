@@ -1,0 +1,227 @@
+"""Large sweeps: the summary streamed from the chunks, ``--no-runs``, chunks written from Arrow, automatic large
+chunks, and the memory they need."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from sims import cli
+from sims.studies import store, sweep, tables
+
+STREAM = """
+[sweep]
+name = "stream"
+trials = 30
+seed = 5
+chunk = 8
+
+[base]
+steps = 2000
+n_record = 8
+teacher = { w = "cap", a = "gaussian", require_spurious = true }
+
+[grid]
+k = [4, 8]
+"schedule.eta_w_rel" = [0.25, 0.5]
+
+[methods.resnet]
+model = "resnet"
+schedule = { kind = "constant", eta_w_rel = 0.5, eta_a_rel = 0.9 }
+
+[methods.cnn]
+model = "cnn"
+init = { w = "sphere", a = "ball" }
+schedule = { kind = "constant", eta_w_rel = 0.5, eta_a_rel = 0.9 }
+"""
+
+
+def stream_spec(**overrides) -> sweep.SweepSpec:
+    return sweep.build_spec(tomllib.loads(STREAM), overrides=overrides)
+
+
+def test_streamed_summary_equals_the_in_memory_summary(tmp_path):
+    spec = stream_spec()
+    outcome = sweep.run_sweep(spec, tmp_path, quiet=True)
+    by_pandas = sweep._collect_frames(tmp_path, spec)  # the per-run table as it was joined before streaming
+    pd.testing.assert_frame_equal(sweep.collect(tmp_path, spec), by_pandas, check_exact=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "runs.parquet"), by_pandas, check_exact=True)
+    in_memory = sweep.summarize_runs(by_pandas, spec)
+    pd.testing.assert_frame_equal(outcome.summary, in_memory, check_exact=True)
+    pd.testing.assert_frame_equal(sweep.summarize_chunks(tmp_path, spec), in_memory, check_exact=True)
+    assert (tmp_path / "summary.csv").read_text() == in_memory.to_csv(index=False)
+    assert list(outcome.summary["schedule.eta_w_rel"]) == [0.25, 0.5] * 4  # a float grid column stays a float
+    assert outcome.summary["trials"].eq(30).all() and outcome.summary["linear_runs"].gt(0).any()
+
+
+@pytest.mark.parametrize("engine", [None, {"kind": "fade", "steps": 50}, {"kind": "laperm", "K": 5}])
+def test_the_chunk_built_from_arrays_equals_the_one_built_from_a_frame(engine):
+    """run_chunk builds its Arrow table from the result's arrays: same names, types and values as the pandas
+    frame of run_frame gave (the columns verify_chunks checks, the values collect reads)."""
+    model = "cnn" if engine and engine["kind"] == "laperm" else "resnet"
+    params = {"model": model, "k": 4, "p": 4, "steps": 300, "n_record": 8, "algorithm": "gd",
+              "teacher": {"a": "gaussian"}, "init": {}, "engine": engine,
+              "schedule": {"kind": "constant", "eta_w_rel": 0.5, "eta_a_rel": 0.9}, "tolerances": {}}
+    kw = sweep.simulation_kwargs(params)
+    res = sweep._simulate_cell(kw, runs=25, seed=2)
+    table = sweep.run_table(res, kw["engine"])
+    frame = pa.Table.from_pandas(sweep.run_frame(res, kw["engine"]), preserve_index=False)
+    assert table.schema.names == frame.schema.names and table.schema.names[:15] == list(sweep.FRAME_COLUMNS)
+    assert table.schema.equals(frame.schema.remove_metadata())
+    pd.testing.assert_frame_equal(sweep._to_frame(table), sweep._to_frame(frame), check_exact=True)  # NaN == NaN
+    if engine:
+        assert "loss_ref" in table.schema.names and len(table.schema.names) > 16  # the engine's extras too
+
+
+def test_text_columns_with_a_rare_value_are_converted_exactly():
+    import numpy as np
+
+    values = np.array(["global"] * 100 + ["saddle"], dtype=str)  # the rare value is past the sampled first ones
+    assert sweep._text_array(values).to_pylist() == values.tolist()
+    assert sweep._text_array(values).type == pa.large_string()
+
+
+def test_no_runs_writes_no_per_run_table_and_the_same_results(tmp_path, capsys):
+    cfg = tmp_path / "stream.toml"
+    cfg.write_text(STREAM)
+    full, lean = tmp_path / "full", tmp_path / "lean"
+    assert cli.main(["sweep", str(cfg), "--out", str(full), "--quiet", "--format", "csv"]) == 0
+    full_out = capsys.readouterr()
+    assert cli.main(["sweep", str(cfg), "--out", str(lean), "--quiet", "--format", "csv", "--no-runs"]) == 0
+    lean_out = capsys.readouterr()
+    assert not (lean / "runs.parquet").exists() and "runs.parquet" not in lean_out.err
+    assert lean_out.out == full_out.out
+    for name in ("summary.csv", "manifest.jsonl"):
+        assert (lean / name).read_bytes() == (full / name).read_bytes()
+    assert len(list((lean / "chunks").glob("*.parquet"))) == len(stream_spec().chunks())
+    # The per-run table is still there, in the chunks: joined on demand, equal to the full run's file.
+    outcome = sweep.run_sweep(stream_spec(), lean, quiet=True, runs=False)
+    assert outcome.computed_chunks == 0 and not outcome.wrote_runs
+    pd.testing.assert_frame_equal(outcome.runs, pd.read_parquet(full / "runs.parquet"), check_exact=True)
+    # A later run without --no-runs resumes every chunk and writes it.
+    assert cli.main(["sweep", str(cfg), "--out", str(lean), "--quiet", "--format", "csv"]) == 0
+    assert f"({len(stream_spec().chunks())} chunks resumed)" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(pd.read_parquet(lean / "runs.parquet"), pd.read_parquet(full / "runs.parquet"),
+                                  check_exact=True)
+
+
+def test_table_no_runs_prints_the_same_table(tmp_path, capsys):
+    args = ["table", "liu2019", "--trials", "12", "--set", "steps=2000", "--quiet"]
+    assert cli.main(args + ["--out", str(tmp_path / "a")]) == 0
+    with_runs = capsys.readouterr().out
+    assert cli.main(args + ["--out", str(tmp_path / "b"), "--no-runs"]) == 0
+    assert capsys.readouterr().out == with_runs
+    assert not (tmp_path / "b" / "runs.parquet").exists()
+    for name in ("summary.csv", "table.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_plot_reads_a_no_runs_sweep(tmp_path, capsys):
+    out = tmp_path / "liu"
+    assert cli.main(["table", "liu2019", "--trials", "8", "--set", "steps=1000", "--quiet", "--no-runs",
+                     "--out", str(out)]) == 0
+    assert cli.main(["plot", "success-rates", "--sweep", str(out), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "success_rates.png").stat().st_size > 0
+
+
+def test_help_documents_no_runs():
+    for command in ("table", "sweep"):
+        text = cli.build_parser()._subparsers._group_actions[0].choices[command].format_help()
+        assert "--no-runs" in text and "runs.parquet" in text
+
+
+def test_large_sweeps_get_large_chunks_unless_the_chunk_is_given():
+    small = stream_spec()
+    assert (small.chunk, small.chunk_auto) == (8, False)
+    large = stream_spec(trials=sweep.LARGE_TRIALS)
+    assert (large.chunk, large.chunk_auto) == (sweep.LARGE_CHUNK, True)
+    given = stream_spec(trials=sweep.LARGE_TRIALS, chunk=8)
+    assert (given.chunk, given.chunk_auto) == (8, False) and given.fingerprint() != large.fingerprint()
+    assert len(large.chunks()) == len(large.cells) * sweep.LARGE_TRIALS // sweep.LARGE_CHUNK
+    # The packaged tables keep their chunk at their default sizes.
+    for name in tables.TABLES:
+        spec = tables.spec(name, trials=200) if name != "liu2019" else tables.spec(name)
+        assert spec.chunk == tables.config(name)["sweep"]["chunk"] and not spec.chunk_auto
+
+
+def test_a_directory_written_with_the_files_chunk_is_resumed_not_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "LARGE_TRIALS", 30)
+    monkeypatch.setattr(sweep, "LARGE_CHUNK", 16)
+    first = sweep.run_sweep(stream_spec(chunk=8), tmp_path, quiet=True)  # as written before the automatic chunk
+    auto = stream_spec()
+    assert auto.chunk_auto and auto.chunk == 16 and auto.fingerprint() != stream_spec(chunk=8).fingerprint()
+    again = sweep.run_sweep(auto, tmp_path, quiet=True)
+    assert again.computed_chunks == 0 and again.resumed_chunks == len(stream_spec(chunk=8).chunks())
+    pd.testing.assert_frame_equal(again.summary, first.summary, check_exact=True)
+    with pytest.raises(sweep.SweepError, match="holds a different configuration"):
+        sweep.run_sweep(stream_spec(steps=100), tmp_path, quiet=True)
+
+
+def test_a_million_trials_fit_the_memory_but_their_joined_table_is_refused(monkeypatch):
+    from sims.runs import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 8 * 2**30)
+    spec = tables.spec("liu2019", trials=10**6)
+    assert spec.chunk == sweep.LARGE_CHUNK
+    assert sweep.check_memory(spec) < 2**30  # one chunk and one cell's summary columns
+    with pytest.raises(sweep.SweepError, match="per-run table of sweep 'liu2019' .45000000 runs. needs about"):
+        sweep.check_table_memory(spec)
+
+
+KILL = """
+[sweep]
+name = "killme"
+trials = 400
+seed = 11
+chunk = 20
+
+[base]
+model = "cnn"
+k = 16
+p = 16
+steps = 40000
+n_record = 8
+init = { w = "sphere", a = "ball" }
+teacher = { w = "sphere", a = "gaussian" }
+schedule = { kind = "constant", eta_w_rel = 0.5, eta_a_rel = 0.9 }
+tolerances = { loss_tol = 0.0, grad_tol = 0.0, stop_trapped = false, divergence = 1e300 }
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_no_runs_sweep_then_resume_equals_uninterrupted(tmp_path):
+    cfg = tmp_path / "kill.toml"
+    cfg.write_text(KILL)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "sims.cli", "sweep", str(cfg), "--out", str(out), "--quiet", "--format", "csv",
+           "--no-runs"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chunks = out / "chunks"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if chunks.exists() and len(list(chunks.glob("*.parquet"))) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the sweep finished before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(chunks.glob("*.parquet"))
+    assert 3 <= len(done) < 20 and not (out / "summary.csv").exists()
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"({len(done)} chunks resumed)" in resumed.stderr or f"({len(done) + 1} chunks resumed)" in resumed.stderr
+    assert not (out / "runs.parquet").exists()
+    spec = sweep.build_spec(tomllib.loads(KILL))
+    good, damaged, _ = store.verify_chunks(out, {n: e[1] for n, e in sweep._expected_chunks(spec).items()},
+                                           spec.cells[0].columns)
+    assert len(good) == len(spec.chunks()) and not damaged
+    clean = sweep.run_sweep(spec, tmp_path / "clean", quiet=True)
+    assert (out / "summary.csv").read_bytes() == (tmp_path / "clean" / "summary.csv").read_bytes()
+    pd.testing.assert_frame_equal(sweep.collect(out, spec), clean.runs, check_exact=True)
