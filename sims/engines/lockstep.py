@@ -25,7 +25,8 @@ Determinism.  A run's arithmetic depends only on its own values: which pass a st
 own state, a lane computes the same whatever its position (the vector loop runs over whole groups of
 :data:`GROUP` lanes, so there is no scalar remainder), and runs do not interact.  Results are bit-identical
 whatever the thread count or the split of runs.  The compiler options exclude reassociation
-(:data:`FASTMATH`), which could compute a vector lane differently from the scalar pass.
+(:data:`FASTMATH`), which could compute a vector lane differently from the scalar pass, and contraction, which
+numba's in-process compilation and its cache applied differently.
 
 An engine registers with :func:`register` and provides, besides the per-run hooks ``teacher, observe, step,
 gates, traj_point, finish`` of :mod:`sims.engines.driver` (``observe`` and ``step`` as pure functions of the
@@ -53,8 +54,11 @@ from theory import closed_forms as _tcf
 LANES = 64
 #: Lanes of one vector group (a multiple of every SIMD width; the vector loop runs over whole groups).
 GROUP = 8
-#: Compiler options of the lockstep entry points: reciprocal and fused multiply-add, no reassociation.
-FASTMATH = {"arcp", "contract"}
+#: Compiler options of the lockstep entry points: reciprocals (``x / pi`` as a product), no reassociation and no
+#: contraction into fused multiply-adds.  With ``contract`` the code numba compiles in the process and the code it
+#: loads from its cache contracted differently (the results of a cold and a warm cache differed in the last bits;
+#: ``tests/test_reduced.py`` checks that they do not); without it the engine is about 9% slower.
+FASTMATH = {"arcp"}
 _BIG_T = np.iinfo(np.int64).max
 #: Relative slack of the vector pass's tests (see :func:`_vector_pass`).
 SLACK = 1e-9
