@@ -45,7 +45,6 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit
 
-from sims.engines import closed_forms as cf
 from sims.engines import driver
 from sims.engines.common import unshared_empty
 from theory import closed_forms as _tcf
@@ -64,6 +63,16 @@ _BIG_T = np.iinfo(np.int64).max
 SLACK = 1e-9
 #: The arc-cosine kernel, inlined (a call in the vector pass would keep it from vectorizing).
 _arc_cosine = njit(inline="always")(_tcf.arc_cosine)
+#: Private, IR-inlined copies of the closed forms the driver's decisions call (``loss`` for ``L_ref``,
+#: ``arc_cosine`` in the trapped test), as a module the copied decision function reads ``cf`` from.  The lockstep
+#: engines must not compile the shared dispatchers of :mod:`sims.engines.closed_forms`: a kernel compiled after
+#: them in the same process linked them differently, and the per-run engines' results then depended on which
+#: engine the process had compiled first (last bits).
+_CF = types.ModuleType("sims.engines.lockstep._cf")
+_CF.loss = njit(inline="always")(_tcf.loss)
+_CF.arc_cosine = _arc_cosine
+_stop_reason = njit(inline="always")(types.FunctionType(driver._stop_reason.py_func.__code__,
+                                                        dict(vars(driver), cf=_CF), "_stop_reason"))
 
 # Integer lane fields (rows of Lanes.I) and float lane fields (rows of Lanes.F).
 RUN, T, SEG, REC, SLOW, STEPS_TOL, SEG_END, NEXT_REC, QUIET, NEXT_T, FORCE = range(11)
@@ -173,7 +182,7 @@ def _start_lane(eng, ews, LI, LF, prob, stops, i, r):
     tv = teacher(eng, prob, tr)
     ws2, Ss, Qs, _ = tv
     load(eng, ews, prob, i, r, tr, tv)
-    L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
+    L_ref = _CF.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
     if not L_ref > 0.0:
         L_ref = 1.0
     LF[TOL_LOSS * LANES + i] = stops.loss_tol * L_ref
@@ -397,7 +406,7 @@ def _scalar_step(eng, ews, LI, LF, prob, stops, out, i, k, last_noisy):
         LF[EW * LANES + i] = prob.eta_w[sr, seg]
         LF[EA * LANES + i] = prob.eta_a[sr, seg]
         tol = (LF[TOL_LOSS * LANES + i], LF[TOL_GRAD2 * LANES + i], LF[TOL_DIV * LANES + i])
-        reason = driver._stop_reason((L, phi, c, s, P, g2, ga2), finite, (t, seg, nseg), tv, gate, tol,
+        reason = _stop_reason((L, phi, c, s, P, g2, ga2), finite, (t, seg, nseg), tv, gate, tol,
                                      (LF[PHS * LANES + i], 1.0, last_noisy), -1, stops)
         if reason < 0:
             LI[FORCE * LANES + i] = 1
