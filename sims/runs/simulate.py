@@ -251,7 +251,7 @@ def simulate(
     threads: int | None = None,
     engine: Any = None,
     expansion: Any = None,
-    vectors: bool = True,
+    vectors: bool | str = True,
 ) -> SimulationResult:
     """Train ``runs`` independent networks and return a :class:`SimulationResult`.
 
@@ -286,10 +286,11 @@ def simulate(
     ``settings["shortcut"]`` is None).
     Allowed only where the order-parameter engine runs: ``algorithm="gd"``, a noise-free schedule, ``engine`` None,
     ``"gd"`` or ``"reduced"``, ``teacher`` a :class:`Teacher` and ``init`` a :class:`Init` (or None), not arrays;
-    anything else is a ``ValueError``.
+    anything else is a ``ValueError``.  ``vectors="auto"``: without vectors wherever that is allowed, with them
+    elsewhere (what sweeps and tables use: their per-run tables hold no vector).
     """
-    if not isinstance(vectors, (bool, np.bool_)):
-        raise ValueError(f"vectors must be True or False; got {vectors!r}")
+    if not (isinstance(vectors, (bool, np.bool_)) or (isinstance(vectors, str) and vectors == "auto")):
+        raise ValueError(f"vectors must be True, False or 'auto'; got {vectors!r}")
     name, spec, opts = _select(engine, expansion, algorithm)
     if isinstance(engine, str) and engine in ALGORITHMS:
         algorithm = engine
@@ -298,19 +299,23 @@ def simulate(
                             seed=seed, run_offset=run_offset, tolerances=tolerances, n_record=n_record,
                             allow_unstable=bool(allow_unstable), threads=threads)
     call = spec.validate(opts, call)
+    why = _why_vectors(name, call)
+    if isinstance(vectors, str):
+        vectors = why is not None
     if vectors:
         res = run_engine(spec, opts, call)
+    elif why is not None:
+        raise ValueError(f"vectors=False needs the order-parameter engine, which does not run here: {why}")
     else:
-        _check_without_vectors(name, call)
         res = run_without_vectors(call)
     if isinstance(engine, str) and engine not in ALGORITHMS:
         res.settings["engine"] = name
     return res
 
 
-def _check_without_vectors(name: str, call: registry.Call) -> None:
-    """Refuse ``vectors=False`` (``ValueError`` naming ``vectors`` and why) where the order-parameter engine does
-    not run."""
+def _why_vectors(name: str, call: registry.Call) -> str | None:
+    """Why a call needs vectors (the order-parameter engine does not run it), or None where ``vectors=False`` is
+    allowed."""
     why = None
     if call.algorithm != "gd":
         why = f"algorithm {call.algorithm!r} samples inputs (only population GD, algorithm='gd', has order parameters)"
@@ -322,8 +327,7 @@ def _check_without_vectors(name: str, call: registry.Call) -> None:
         why = "teacher is given as vectors (pass a sims.Teacher sampler)"
     elif call.explicit is not None:
         why = "init is given as arrays (pass a sims.Init sampler)"
-    if why is not None:
-        raise ValueError(f"vectors=False needs the order-parameter engine, which does not run here: {why}")
+    return why
 
 
 def _select(engine: Any, expansion: Any, algorithm: Any) -> tuple[str, registry.EngineSpec, Any]:

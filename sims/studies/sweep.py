@@ -123,6 +123,9 @@ class Cell:
     #: Columns of the cell's per-run table: :data:`sims.runs.simulate.FRAME_COLUMNS`, and for a cell with an
     #: ``engine`` also ``loss_ref`` and the engine's per-run ``extras`` (found by the dry run of :func:`build_spec`).
     columns: tuple[str, ...] = FRAME_COLUMNS
+    #: Whether the cell can run without vectors, on the order parameters alone (``simulate(vectors=False)``: the
+    #: order-parameter engine runs it), as its dry run found.
+    order_parameters: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,10 +141,19 @@ class SweepSpec:
     #: explicit chunk; see :func:`build_spec`).
     chunk_auto: bool = False
 
+    @property
+    def vectors(self) -> bool:
+        """Whether the cells run with the per-run vectors: False when every cell can run on the order parameters
+        alone (the per-run table holds no vector), True otherwise.  One choice for the whole sweep, because the two
+        draw the same law but not the same numbers: so the cells stay paired run by run."""
+        return not all(c.order_parameters for c in self.cells)
+
     def fingerprint(self) -> str:
         """Hash of everything that determines the results and the chunk layout."""
         payload = {"trials": self.trials, "seed": self.seed, "chunk": self.chunk,
                    "cells": [[c.method, c.params] for c in self.cells]}
+        if not self.vectors:  # (absent for sweeps with vectors: their fingerprints are those of earlier releases)
+            payload["vectors"] = False
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def chunks(self) -> list[tuple[int, int, int, int]]:
@@ -329,7 +341,8 @@ def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) 
                 _set_dotted(params, key, val)
             # Every cell is validated by a one-run dry run, which also gives its per-run columns.
             where = f"cell {len(cells)} (method {label!r})"
-            cells.append(Cell(len(cells), label, params, _checked_kwargs(params, where)[1]))
+            _, columns, order = _checked_kwargs(params, where)
+            cells.append(Cell(len(cells), label, params, columns, order))
     return SweepSpec(str(name), trials, seed, chunk, tuple(cells), grid_keys, raw, chunk_auto=auto)
 
 
@@ -495,13 +508,13 @@ def _dataclass_from(cls, table: Any, name: str, where: str):
 def simulation_kwargs(params: dict[str, Any], *, where: str = "base") -> dict[str, Any]:
     """Keyword arguments of :func:`_simulate_cell` for one cell (those of :func:`sims.simulate` plus ``engine``),
     validated by a one-run dry run (ranges name the field)."""
-    kw, _ = _checked_kwargs(params, where)
-    return kw
+    return _checked_kwargs(params, where)[0]
 
 
-def _checked_kwargs(params: dict[str, Any], where: str) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """The cell's keyword arguments and its per-run columns, from a one-run dry run that checks everything the
-    simulation checks (models, stability, samplers, stages <= steps, the engine's options)."""
+def _checked_kwargs(params: dict[str, Any], where: str) -> tuple[dict[str, Any], tuple[str, ...], bool]:
+    """The cell's keyword arguments, its per-run columns and whether it runs without vectors, from a one-run dry
+    run that checks everything the simulation checks (models, stability, samplers, stages <= steps, the engine's
+    options)."""
     _unknown(params, BASE_KEYS, where)
     kw: dict[str, Any] = {}
     for key in ("k", "p", "steps", "n_record"):
@@ -538,10 +551,10 @@ def _checked_kwargs(params: dict[str, Any], where: str) -> tuple[dict[str, Any],
     if isinstance(engine, Fade):
         staged = max(staged, engine.steps)  # the fade must be over within the dry run's budget too
     try:
-        res = _simulate_cell(dict(kw, steps=min(kw["steps"], max(1, staged))), runs=1, seed=0)
+        res = _simulate_cell(dict(kw, steps=min(kw["steps"], max(1, staged))), runs=1, seed=0, vectors="auto")
     except ValueError as exc:
         raise SweepError(f"{where}: {exc}") from None
-    return kw, tuple(run_frame(res, engine).columns)
+    return kw, tuple(run_frame(res, engine).columns), not res.has_vectors
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -682,11 +695,13 @@ def matched_schedule(schedule: Schedule, expansion: Expansion, k: int, where: st
     return replace(schedule, segments=segs)
 
 
-def _simulate_cell(kw: dict[str, Any], *, runs: int, seed: int, run_offset: int = 0, threads: int | None = None):
+def _simulate_cell(kw: dict[str, Any], *, runs: int, seed: int, run_offset: int = 0, threads: int | None = None,
+                   vectors: bool | str = True):
     """Run one cell (keyword arguments from :func:`simulation_kwargs`, ``engine`` included) by :func:`sims.simulate`.
     Every engine draws run ``r``'s teacher and init from the same stream, so the cells of a sweep are paired run by
-    run."""
-    return simulate(**kw, runs=runs, seed=seed, run_offset=run_offset, threads=threads)
+    run.  ``vectors``: :attr:`SweepSpec.vectors` (``"auto"`` in the dry run, which finds whether the cell can run
+    without them)."""
+    return simulate(**kw, runs=runs, seed=seed, run_offset=run_offset, threads=threads, vectors=vectors)
 
 
 def run_frame(res: Any, engine: Any) -> pd.DataFrame:
@@ -757,11 +772,12 @@ def _chunk_name(cell: int, chunk: int) -> str:
 
 
 def run_chunk(params: dict[str, Any], seed: int, first: int, runs: int, threads: int | None = None,
-              identity: dict[str, Any] | None = None) -> bytes:
+              identity: dict[str, Any] | None = None, vectors: bool = True) -> bytes:
     """Simulate one chunk and return its per-run table as Parquet bytes (what a Dask worker sends back), with
-    ``identity`` (fingerprint, cell, chunk, first run, runs) in the file's metadata."""
+    ``identity`` (fingerprint, cell, chunk, first run, runs) in the file's metadata.  ``vectors``: the sweep's
+    :attr:`SweepSpec.vectors` (False: the chunk runs on the order parameters alone)."""
     kw = simulation_kwargs_fast(params)
-    res = _simulate_cell(kw, runs=runs, seed=seed, run_offset=first, threads=threads)
+    res = _simulate_cell(kw, runs=runs, seed=seed, run_offset=first, threads=threads, vectors=vectors)
     return store.table_bytes(run_table(res, kw["engine"]), identity or {})
 
 
@@ -1084,14 +1100,14 @@ def _compute(spec: SweepSpec, todo, client, local_cluster: bool):
     if client is None:
         for name, unit, ident in todo:
             yield name, unit, ident, run_chunk(spec.cells[unit[0]].params, spec.seed, unit[2], unit[3],
-                                               identity=ident)
+                                               identity=ident, vectors=spec.vectors)
         return
     from dask.distributed import as_completed
 
     threads = 1 if local_cluster else None
     with client.as_current():
         futures = {client.submit(run_chunk, spec.cells[unit[0]].params, spec.seed, unit[2], unit[3], threads,
-                                 ident, pure=False, key=f"{spec.fingerprint()}-{unit[0]}-{unit[1]}"):
+                                 ident, spec.vectors, pure=False, key=f"{spec.fingerprint()}-{unit[0]}-{unit[1]}"):
                    (name, unit, ident) for name, unit, ident in todo}
         try:
             for fut in as_completed(futures):
@@ -1331,6 +1347,9 @@ def metadata(spec: SweepSpec) -> dict[str, Any]:
         "trials": spec.trials,
         "seed": spec.seed,
         "chunk": spec.chunk,
+        # False: every cell ran on the order parameters alone (simulate(vectors=False): the same law of teachers
+        # and starts, drawn directly)
+        "vectors": spec.vectors,
         "grid_keys": list(spec.grid_keys),
         "cells": [{"index": c.index, "method": c.method, "params": c.params} for c in spec.cells],
         "python": sys.version.split()[0],

@@ -198,7 +198,7 @@ def two_phase_figure(spec_: sweep.SweepSpec, out: Path, *, k: int = 16, p: int =
         if cell.params["k"] != k or cell.params["p"] != p:
             continue
         kw = sweep.simulation_kwargs_fast(dict(cell.params, n_record=256))
-        res = simulate(runs=runs, seed=spec_.seed, **kw)
+        res = simulate(runs=runs, seed=spec_.seed, vectors=spec_.vectors, **kw)
         for r in range(runs):
             tr = res.trajectory_of(r)
             curves.append((cell.method, tr["step"], np.maximum(tr["loss"] / res.loss_ref[r], 1e-16)))
