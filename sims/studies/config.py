@@ -56,7 +56,7 @@ DEFAULT_BASE: dict[str, Any] = {
 class Table(BaseModel):
     """A TOML table: strict types, unknown keys refused."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, validate_default=True)
     #: How a message names a table of this model after its path (``{kind!r}``: its raw ``kind``), e.g.
     #: ``schedule (kind 'constant')``.
     note: ClassVar[str] = ""
@@ -692,7 +692,9 @@ def reference_markdown(*, heading_level: int = 2) -> str:
     for name in order:
         node = schema if name == "SweepFile" else defs[name]
         model = _MODELS_BY_NAME[name]
-        lines += [f"{h}# `{_TABLE_NAMES.get(name, name)}`", "", _one_line(model.__doc__ or ""), "",
+        title = _TABLE_NAMES.get(name, name)
+        lines += [f"{h}# {title[:1].upper() + title[1:] if name == 'SweepFile' else f'`{title}`'}", "",
+                  _one_line(model.__doc__ or ""), "",
                   "| key | type | default | accepted | description |", "|---|---|---|---|---|"]
         required = set(node.get("required", ()))
         for key, prop in node.get("properties", {}).items():
@@ -731,9 +733,12 @@ def _md(text: str) -> str:
 
 def _type_text(prop: dict[str, Any]) -> str:
     if "$ref" in prop:
-        return "table (" + _TABLE_NAMES.get(prop["$ref"].rsplit("/", 1)[-1], "") + ")"
+        return "table (`" + _TABLE_NAMES.get(prop["$ref"].rsplit("/", 1)[-1], "") + "`)"
     if "oneOf" in prop or "anyOf" in prop:
         options = [_type_text(o) for o in prop.get("oneOf", prop.get("anyOf", [])) if o.get("type") != "null"]
+        tables = [o[len("table (`"):-2] for o in options if o.startswith("table (`")]
+        if len(tables) > 1 and len(tables) == len(options):
+            return "table: " + ", ".join(f"`{t}`" for t in tables)
         return " or ".join(dict.fromkeys(options))
     if "const" in prop:
         return f"`{json.dumps(prop['const'])}`"
@@ -750,7 +755,8 @@ def _type_text(prop: dict[str, Any]) -> str:
 def _default_text(field: FieldInfo) -> str:
     if field.default_factory is not None:
         value = field.default_factory()  # type: ignore[call-arg]
-        value = value.model_dump(exclude_defaults=True) if isinstance(value, BaseModel) else value
+        if isinstance(value, BaseModel):
+            return "its table's defaults"
     else:
         value = field.default
     if value is None:
@@ -764,7 +770,7 @@ def _accepted_text(field: FieldInfo, prop: dict[str, Any]) -> str:
     if "const" in prop:
         return "the tag"
     if _models_of(field.annotation):
-        return "a table"
+        return "see its table"
     if field.annotation is Any or get_origin(field.annotation) is dict:
         return "see description"
     return _extra(field, "x-must") or accepts(field)
