@@ -173,7 +173,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
         store.atomic_write(out, (text + "\n").encode())  # all or nothing: no partial file on error
     except store.StoreError as exc:
         raise CLIError(f"--output: {exc}") from None
-    print(f"wrote {out}", file=sys.stderr)
+    print(out)  # as plot does: the file written
     return 0
 
 

@@ -48,6 +48,7 @@ def test_the_cli_prints_the_json_schema_and_writes_it_to_a_file(capsys, tmp_path
     out = tmp_path / "sweep.schema.json"
     assert cli.main(["schema", "--output", str(out)]) == 0
     assert json.loads(out.read_text()) == schema
+    assert capsys.readouterr().out.strip() == str(out)
     assert cli.main(["schema", "--format", "markdown"]) == 0
     assert capsys.readouterr().out.strip() == config.reference_markdown().strip()
 
