@@ -10,6 +10,10 @@ A sweep file has four tables (see ``sims/studies/configs/example.toml``)::
                "f1,f2" -> list of [v1, v2] points (the fields vary together)
     [methods.LABEL]  overrides of base fields; every method is crossed with the whole grid
 
+The tables are declared as pydantic models in :mod:`sims.studies.config` (types, ranges, defaults, descriptions;
+``shallowres schema`` prints them as a JSON Schema): :func:`build_spec` validates ``[sweep]`` and every cell with
+them, so a bad value is one line naming the cell, the field and what it accepts, and nothing has been written.
+
 ``engine`` selects the engine of :func:`sims.simulate` (:func:`make_engine`): ``kind = "fade"``, ``"laperm"``,
 ``"expansion"`` with their options, or any registered engine's name; without it the plain network runs.
 
@@ -336,8 +340,10 @@ def _schedule(s: Any, k: int, where: str) -> Schedule:
                                            _eta(seg, "eta_w", k, where, f"schedule.segments[{i}]."),
                                            _eta(seg, "eta_a", k, where, f"schedule.segments[{i}]."),
                                            seg.noise_w, seg.noise_a) for i, seg in enumerate(s.segments)])
-    except ValueError as exc:
-        raise SweepError(exc if isinstance(exc, SweepError) else f"{where}: {exc}") from None
+    except SweepError:
+        raise
+    except ValueError as exc:  # the Schedule's own checks
+        raise SweepError(f"{where}: {exc}") from None
 
 
 def fixed_teacher(seed: int, k: int, p: int, require_spurious: bool) -> tuple[np.ndarray, np.ndarray]:
