@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -153,6 +154,29 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print (or write to ``--output``) the JSON Schema of a sweep file, or the configuration reference in MyST
+    Markdown (``--format markdown``), both generated from :mod:`sims.studies.config`."""
+    from sims.studies import config, store
+
+    if args.format == "markdown":
+        text = config.reference_markdown()
+    else:
+        text = json.dumps(config.json_schema(), indent=2)
+    if args.output is None:
+        print(text)
+        return 0
+    out = Path(args.output)
+    if out.is_dir():
+        raise CLIError(f"--output {str(out)!r} is a directory; give a file name")
+    try:
+        store.atomic_write(out, (text + "\n").encode())  # all or nothing: no partial file on error
+    except store.StoreError as exc:
+        raise CLIError(f"--output: {exc}") from None
+    print(out)  # as plot does: the file written
+    return 0
+
+
 PLOTS = ("landscape", "basins", "trajectories", "success-rates", "two-phase", "expansions", "all")
 
 
@@ -234,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--trials", type=_positive_int("--trials", 1, 10**9), default=200,
                     help="trials per cell when a table has to be run for the figure (default 200)")
     pl.set_defaults(func=cmd_plot)
+    sc = sub.add_parser("schema", help="print the JSON Schema of a sweep file (for editors), or its reference")
+    sc.add_argument("--format", choices=("json", "markdown"), default="json",
+                    help="json: the JSON Schema (default); markdown: the configuration reference (MyST Markdown)")
+    sc.add_argument("--output", default=None, metavar="FILE", help="write to FILE instead of standard output")
+    sc.set_defaults(func=cmd_schema)
     ls = sub.add_parser("landscape", help="fixed points of the population landscape for one teacher")
     ls.add_argument("--k", type=_positive_int("--k"), default=4, help="number of patches (default 4)")
     ls.add_argument("--p", type=_positive_int("--p"), default=8, help="patch dimension (default 8)")
