@@ -100,8 +100,9 @@ def _pin_ticks(ax: Axes) -> None:
 def save_figure(fig: FigureBase, stem: str | Path, *, close: bool = False) -> list[Path]:
     """Write ``fig`` as ``<stem>.png`` and ``<stem>.pdf`` (at 200 dpi, tight bounding box); return the two paths.
 
-    Both files are rendered in memory first and then each is moved into place, so an error leaves no partial
-    file behind.  The parent directory is created if needed.
+    Both files are rendered in memory first, so an error while drawing writes nothing (not even the directory);
+    each is then written to a temporary file and renamed into place, so no file is ever left half-written.  The
+    parent directory is created if needed; existing files of the same names are replaced.
 
     Parameters
     ----------
@@ -111,6 +112,10 @@ def save_figure(fig: FigureBase, stem: str | Path, *, close: bool = False) -> li
         The path without suffix, e.g. ``figures/basins``.
     close
         Also close the figure in pyplot (for scripts that make many figures; a notebook keeps it to show it).
+
+    Returns
+    -------
+    ``[<stem>.png, <stem>.pdf]``.
     """
     if not isinstance(fig, FigureBase):
         raise ValueError(f"fig must be a matplotlib Figure; got {type(fig).__name__}")
