@@ -181,10 +181,12 @@ PLOTS = ("landscape", "basins", "trajectories", "success-rates", "two-phase", "e
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    """Write a figure (PNG and PDF) into ``--out`` (default ``figures/``)."""
+    """Draw figures with :mod:`sims.plots` and write each as PNG and PDF (:func:`sims.plots.save_figure`) into
+    ``--out`` (default ``figures/``); print the paths written."""
     import tempfile
 
     from sims import plots
+    from sims.methods import expansion
 
     out = Path(args.out)
     try:
@@ -195,18 +197,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     written = []
     for name in names:
         if name == "landscape":
-            written += plots.landscape(out / "landscape")
+            written += plots.save_figure(plots.landscape(), out / "landscape", close=True)
         elif name == "basins":
-            written += plots.basins(out / "basins")
+            written += plots.save_figure(plots.basins().figure, out / "basins", close=True)
         elif name == "trajectories":
-            written += plots.trajectories(out / "trajectories")
+            written += plots.save_figure(plots.trajectories(), out / "trajectories", close=True)
         elif name == "expansions":
             with tempfile.TemporaryDirectory() as tmp:
                 spec = tables.spec("expand", trials=min(args.trials, 100))
                 outcome = sweep.run_sweep(spec, Path(tmp) / "expand", quiet=True)
                 rows = tables.expand_rows(outcome.summary, outcome.runs, spec)
-            written += plots.expansions(rows, out / "expansions")
-            written += plots.end_to_end(out / "end_to_end")
+            written += plots.save_figure(plots.expansions(rows), out / "expansions", close=True)
+            written += plots.save_figure(plots.end_to_end(expansion.deviation_study()).figure, out / "end_to_end",
+                                         close=True)
         else:
             table = "liu2019" if name == "success-rates" else "two-phase"
             sweep_dir = Path(args.sweep) if args.sweep else None
@@ -221,8 +224,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
                     # the per-run table is not read here (and a --no-runs sweep has no runs.parquet)
                     outcome = sweep.SweepOutcome(sweep_dir, None, pd.read_csv(sweep_dir / "summary.csv"), 0, 0, 0.0)
                 if name == "success-rates":
-                    written += plots.success_rates(outcome.summary, out / "success_rates",
-                                                   title="Liu et al. 2019: ResNet (w0 = 0) vs CNN (random w0)")
+                    ax = plots.success_rates(outcome.summary,
+                                             title="Liu et al. 2019: ResNet (w0 = 0) vs CNN (random w0)")
+                    written += plots.save_figure(ax.figure, out / "success_rates", close=True)
                 else:
                     written += tables.two_phase_figure(spec, out)
     print("\n".join(str(w) for w in written))
@@ -273,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import matplotlib
+
+    # The command line only writes figures to files: Agg, whatever backend the environment would pick.
+    matplotlib.use("Agg")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
