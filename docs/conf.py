@@ -36,6 +36,9 @@ extensions = [
 exclude_patterns = ["_build", "figures/*.pdf", "**.ipynb_checkpoints"]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 
+# Options such as --trials stay two hyphens (no en dashes in the CLI reference).
+smartquotes = False
+
 html_theme = "furo"
 html_title = "shallowres"
 
