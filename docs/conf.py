@@ -50,7 +50,7 @@ myst_heading_anchors = 3
 # process, in a temporary directory; a cell error fails the build.
 nb_execution_mode = "force"
 nb_execution_in_temp = True
-nb_execution_timeout = 300
+nb_execution_timeout = 120  # seconds per cell; the slowest takes about 10 s
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
