@@ -194,6 +194,7 @@ def saddle_targets(a_star: Any) -> tuple[np.ndarray, np.ndarray]:
     (:func:`saddle_kernel_value`) and where the spurious point exists, so that a compiled bisection (the engines')
     can run the same halvings.
 
+    >>> from theory.algebra import saddle_targets
     >>> g_s, exists = saddle_targets([[1.0, -1.0, 0.5, 0.2]])
     >>> bool(exists[0]), round(float(g_s[0]), 6)
     (True, 0.922693)
@@ -218,6 +219,7 @@ def saddle_targets_of_sums(k: int, S_star: Any, Q_star: Any) -> tuple[np.ndarray
     """:func:`saddle_targets` from the teachers' sums ``S* = 1.a*`` and ``Q* = ||a*||^2`` (arrays ``(R,)``): what
     :func:`saddle_angles_of_sums` bisects on.
 
+    >>> from theory.algebra import saddle_targets_of_sums
     >>> g_s, exists = saddle_targets_of_sums(4, [0.7], [2.29])
     >>> bool(exists[0]), round(float(g_s[0]), 6)
     (True, 0.922693)

@@ -175,7 +175,29 @@ def classify_gram(
 
 
 def wilson(successes: np.ndarray | int, n: np.ndarray | int, z: float = 1.959963984540054):
-    """Wilson score interval (95% by default) for a binomial proportion: ``(lo, hi)``."""
+    """Wilson score interval (95% by default) for a binomial proportion: ``(lo, hi)``.
+
+    Every success rate the tables report carries this interval; unlike the normal approximation it stays inside
+    ``[0, 1]`` and is not degenerate at 0 or ``n`` successes.
+
+    Parameters
+    ----------
+    successes, n : int or numpy.ndarray
+        Successes and trials (broadcast together).
+    z : float, default 1.96
+        The normal quantile of the confidence level.
+
+    Returns
+    -------
+    lo, hi : numpy.ndarray
+        The interval's bounds.
+
+    Examples
+    --------
+    >>> from sims.runs.classify import wilson
+    >>> [round(float(x), 4) for x in wilson(60, 100)]
+    [0.502, 0.6906]
+    """
     s = np.asarray(successes, dtype=float)
     n = np.asarray(n, dtype=float)
     phat = s / n

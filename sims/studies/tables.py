@@ -44,7 +44,32 @@ def config(name: str) -> dict[str, Any]:
 
 
 def spec(name: str, **overrides: Any) -> sweep.SweepSpec:
-    """The table's sweep with ``overrides`` (trials, seed, chunk, or dotted base fields)."""
+    """The table's sweep with ``overrides`` (trials, seed, chunk, or dotted base fields).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`TABLES`.
+    **overrides
+        ``trials``, ``seed``, ``chunk`` or dotted fields of the sweep's cells (``None`` values are ignored).
+
+    Returns
+    -------
+    sims.studies.sweep.SweepSpec
+        The validated sweep (every cell checked by a one-run dry run).
+
+    Raises
+    ------
+    sims.studies.sweep.SweepError
+        For an unknown table or an override out of range (naming the field).
+
+    Examples
+    --------
+    >>> from sims.studies import tables
+    >>> spec = tables.spec("liu2019", trials=10)
+    >>> spec.trials, len(spec.cells)
+    (10, 45)
+    """
     return sweep.build_spec(config(name), overrides={k: v for k, v in overrides.items() if v is not None})
 
 
