@@ -452,8 +452,10 @@ class Cell(Table):
 
     model: _choice(MODELS) = Field(DEFAULT_BASE["model"], description=(
         "resnet (with the shortcut), cnn, or cnn-unnormalized."))
-    k: int = Field(DEFAULT_BASE["k"], ge=1, le=4096, description="Number of patches.")
-    p: int = Field(DEFAULT_BASE["p"], ge=1, le=4096, description="Patch dimension.")
+    k: int = Field(DEFAULT_BASE["k"], ge=1, le=10**6, description=(
+        "Number of patches (cells with vectors are also bounded by the memory check)."))
+    p: int = Field(DEFAULT_BASE["p"], ge=1, le=10**6, description=(
+        "Patch dimension (cells with vectors are also bounded by the memory check)."))
     steps: int = Field(DEFAULT_BASE["steps"], ge=0, le=MAX_STEPS, description="Step budget per run.")
     algorithm: _choice(ALGORITHMS) = Field(DEFAULT_BASE["algorithm"], description=(
         "gd (population gradient), sgd (a fresh minibatch each step), gd-fixed (a fixed training set)."))
