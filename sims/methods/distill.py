@@ -132,6 +132,40 @@ class Fade:
 
     ``engine``: ``"auto"`` trains on the order parameters (:mod:`sims.engines.reduced`) when the schedule is
     noise-free and on the full coordinates otherwise; ``"vector"`` always on the full coordinates.
+
+    Selects the fading-shortcut engine: ``sims.simulate(engine=sims.Fade(...), model="resnet")`` or
+    :func:`sims.simulate_fading`.
+
+    Parameters
+    ----------
+    kind : {"linear", "cosine", "step", "custom"}, default "linear"
+        The shape of the fade.
+    steps : int, optional
+        ``T_fade >= 1``, the step at which ``lambda`` reaches 0 (required but for ``"custom"``, where it is
+        ``len(values) - 1``).
+    values : tuple of float, optional
+        ``"custom"``: ``(lambda_0, ..., lambda_T)``, starting at 1, non-increasing, ending at 0.
+    engine : {"auto", "vector"}, default "auto"
+        Train on the order parameters where they apply, or always on the full coordinates.
+
+    Raises
+    ------
+    ValueError
+        Naming the field (``fade.<name>``): an unknown kind or engine, a missing or non-positive ``steps``, or
+        custom ``values`` that do not fall from 1 to 0.
+
+    Examples
+    --------
+    >>> import numpy as np, sims
+    >>> fade = sims.Fade("cosine", steps=100)
+    >>> np.round(fade.lambdas()[[0, 50, 100]], 4), fade.label
+    (array([1. , 0.5, 0. ]), 'fade-cosine-T100')
+    >>> res = sims.simulate(engine=fade, model="resnet", k=4, p=4, runs=3, steps=300,
+    ...                     schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> res.outcome.tolist(), res.settings["model"]     # the deployed network is the plain CNN
+    (['global', 'spurious', 'global'], 'cnn')
+    >>> sims.Fade.custom([1.0, 0.5, 0.0]).steps
+    2
     """
 
     kind: str = "linear"
@@ -167,6 +201,7 @@ class Fade:
 
     @property
     def label(self) -> str:
+        """The method's name in tables: ``fade-<kind>-T<steps>``."""
         return f"fade-{self.kind}-T{self.steps}"
 
     def lambdas(self) -> np.ndarray:
@@ -276,11 +311,17 @@ def simulate_fading(*, k: int, p: int, runs: int, steps: int, schedule: Schedule
 
     Parameters
     ----------
-    k, p, runs, steps, schedule, teacher, init, shortcut
+    k, p, runs, steps : int
+        As :func:`sims.simulate`.
+    schedule : Schedule
+        As :func:`sims.simulate`.
+    teacher, init, shortcut : optional
         As :func:`sims.simulate` with ``model="resnet"`` (default init ``w0 = 0``: the network starts at the
         shortcut).  Run ``r`` draws teacher and init exactly as ``sims.simulate(model="resnet", ...)`` with the same
         seed does, so the two are paired run by run; results are bit-identical for any thread count and split.
-    seed, run_offset, tolerances, n_record, allow_unstable, threads
+    seed, run_offset, n_record : int, optional
+        As :func:`sims.simulate`.
+    tolerances, allow_unstable, threads : optional
         As :func:`sims.simulate`.
     fade : Fade
         The fade of the shortcut's weight from 1 to 0, with ``fade.steps <= steps``.

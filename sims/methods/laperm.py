@@ -152,6 +152,36 @@ class LaPerm:
     distribution of the initial values, ``"gaussian"`` or ``"uniform"`` (``simulate_laperm``'s ``init``);
     ``permute``: the layers synchronized, ``"both"`` (LaPerm as specified), ``"w"`` or ``"a"`` (the other layer
     trains freely).
+
+    Parameters
+    ----------
+    sync_every : int or None
+        The synchronization period ``K >= 1`` in inner steps; None: the plain inner optimizer.
+    inner : {"gd", "adam"}, default "gd"
+        The inner optimizer.
+    dist : {"gaussian", "uniform"}, default "gaussian"
+        The distribution of the initial values.
+    permute : {"both", "w", "a"}, default "both"
+        The layers whose values are permuted.
+    adam : tuple of float, default (0.9, 0.999, 1e-8)
+        Adam's ``(beta1, beta2, eps)``: ``0 <= beta1, beta2 < 1``, ``eps > 0``.
+
+    Raises
+    ------
+    ValueError
+        Naming the field, for a period below 1, an unknown name or Adam parameters out of range.
+
+    Examples
+    --------
+    The synchronized weights are a permutation of the initial values, so the teacher is out of reach:
+
+    >>> import numpy as np, sims
+    >>> res = sims.simulate(engine=sims.LaPerm(sync_every=10), model="cnn", k=4, p=4, runs=3, steps=300,
+    ...                     schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> res.outcome.tolist(), res.stop_reason.tolist()
+    (['not_converged', 'not_converged', 'not_converged'], ['sync_fixed', 'sync_fixed', 'sync_fixed'])
+    >>> bool(np.array_equal(np.sort(res.w, axis=1), np.sort(res.w0, axis=1)))
+    True
     """
 
     sync_every: int | None
@@ -268,10 +298,20 @@ def simulate_laperm(*, k: int, p: int, runs: int, steps: int, schedule: Schedule
 
     Parameters
     ----------
-    k, p, runs, steps, schedule, seed, run_offset, tolerances, n_record, allow_unstable, threads
+    k, p, runs, steps : int
         As :func:`sims.simulate`.
-    sync_every, inner, permute, adam
-        As :class:`LaPerm` (``sync_every=0``: plain training from the same initial values).
+    schedule : Schedule
+        As :func:`sims.simulate`.
+    sync_every : int or None
+        As :class:`LaPerm` (None: plain training from the same initial values).
+    inner, permute : str, optional
+        As :class:`LaPerm`.
+    adam : tuple of float, optional
+        As :class:`LaPerm`.
+    seed, run_offset, n_record : int, optional
+        As :func:`sims.simulate`.
+    tolerances, allow_unstable, threads : optional
+        As :func:`sims.simulate`.
     init : {"gaussian", "uniform"}, default "gaussian"
         The distribution of the initial values (:attr:`LaPerm.dist`).
     teacher : Teacher or tuple of array_like, optional
