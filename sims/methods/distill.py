@@ -63,6 +63,9 @@ FADE_ENGINES: tuple[str, ...] = ("auto", "vector")
 def fold_shortcut(w: Any, a: Any, *, shortcut: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Fold the shortcut of a trained ResNet ``(w, a)`` into a plain CNN ``(w + v, a)`` computing the same function.
 
+    The ResNet ``f(Z) = sum_j a_j sigma(u.Z_j)`` with ``u = (w + v) / ||w + v||`` *is* the CNN with filter
+    ``w + v``, so a trained ResNet can be deployed without its shortcut at no cost.
+
     Parameters
     ----------
     w : array_like
@@ -122,7 +125,7 @@ def network_output(Z: Any, w: Any, a: Any, *, model: str = "resnet", shortcut: A
 # ---- fade schedules ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Fade:
-    """How the shortcut weight ``lambda_t`` decays from 1 to 0, reaching 0 at step ``steps`` (``T_fade``):
+    """How the shortcut weight ``lambda_t`` decays from 1 to 0, reaching 0 at step ``steps`` (``T_fade``).
 
     - ``"linear"``: ``1 - t / T``;  ``"cosine"``: ``(1 + cos(pi t / T)) / 2``;
     - ``"step"``: 1 for ``t < T`` (a ResNet), then 0 (the shortcut removed at once);
@@ -398,8 +401,9 @@ def compare(
     tolerances: Tolerances | None = None,
     threads: int | None = None,
 ):
-    """Success rates of the fading shortcut against the ResNet (``w0 = 0``) and the plain CNN (random unit ``w0``),
-    as a pandas DataFrame with one row per method x (k, p): ``method`` (``"resnet"``, ``"cnn"``, or the fade's
+    """Success rates of the fading shortcut against the ResNet (``w0 = 0``) and the plain CNN (random unit ``w0``).
+
+    A pandas DataFrame with one row per method x (k, p): ``method`` (``"resnet"``, ``"cnn"``, or the fade's
     label such as ``"fade-linear-T500"``), ``k``, ``p``, ``fade``, ``fade_steps``, ``trials``, ``p_global`` with
     its Wilson 95% interval ``p_global_lo``/``p_global_hi``, ``p_spurious`` (and its interval), ``p_not_converged``,
     ``p_diverged``, ``steps_to_tol_median`` (over runs that reached ``tolerances.eps``), for the fades
@@ -409,7 +413,49 @@ def compare(
     ``cells``: (k, p) pairs; ``schedule``: a :class:`Schedule` or a function ``k -> Schedule`` (default: the
     liu2019 two-stage warmup, :func:`liu_two_stage`); ``teacher`` (default ``Teacher(require_spurious=True)``,
     ``w*`` on the half sphere around ``v``).  The ResNet and the fades share teachers and inits run by run (same
-    seed); the CNN shares the teachers.
+    seed); the CNN shares the teachers.  The ``distill`` table (:func:`sims.studies.tables.distill_rows`) gives the
+    same numbers from a resumable sweep.
+
+    Parameters
+    ----------
+    cells : sequence of (int, int), default ((4, 4), (16, 16))
+        The ``(k, p)`` pairs.
+    fades : sequence of Fade
+        The fades compared (default: linear, cosine and step over 500 steps, linear over 2000).
+    trials : int, default 300
+        Runs per method and cell, ``>= 1``.
+    steps : int, default 5000
+        The step budget of each run.
+    schedule : Schedule or callable, default liu_two_stage
+        A :class:`Schedule`, or a function ``k -> Schedule``.
+    teacher : Teacher, optional
+        Default ``Teacher(require_spurious=True)``.
+    seed : int, default 0
+        The streams' seed, shared by every method.
+    tolerances : Tolerances, optional
+        As :func:`sims.simulate`.
+    threads : int, optional
+        As :func:`sims.simulate`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per method x ``(k, p)``, the columns above.
+
+    Raises
+    ------
+    ValueError
+        For ``trials < 1``, ``cells`` that are not ``(k, p)`` pairs, an entry of ``fades`` that is not a
+        :class:`Fade`, or any argument :func:`sims.simulate` refuses.
+
+    Examples
+    --------
+    >>> import sims
+    >>> from sims.methods import distill
+    >>> df = distill.compare(cells=((4, 4),), fades=(sims.Fade("linear", 100),), trials=4, steps=300)
+    >>> df[["method", "p_global", "p_same_outcome_as_resnet"]].to_dict("list")
+    {'method': ['resnet', 'cnn', 'fade-linear-T100'], 'p_global': [1.0, 0.5, 1.0],
+     'p_same_outcome_as_resnet': [1.0, nan, 1.0]}
     """
     import pandas as pd
 

@@ -416,6 +416,52 @@ def compare(
     All methods of a cell share teachers and initial values run by run (same ``seed``).
     ``schedule``: a :class:`Schedule` or a function ``k -> Schedule`` (default :func:`du_constant`); ``teacher``
     defaults to ``Teacher(w="sphere", require_spurious=True)`` (teachers with a spurious minimum, isotropic ``w*``).
+    The ``laperm`` table (:func:`sims.studies.tables.laperm_rows`) gives the same numbers from a resumable sweep.
+
+    Parameters
+    ----------
+    cells : sequence of (int, int), default ((4, 4), (16, 16))
+        The ``(k, p)`` pairs.
+    sync_every : sequence of int, default (1, 10, 100)
+        The synchronization periods ``K >= 1`` compared.
+    inits : sequence of str, default ("gaussian", "uniform")
+        The distributions of the initial values.
+    inner : {"gd", "adam"}, default "gd"
+        The inner optimizer (also the plain baseline's).
+    permute : {"both", "w", "a"}, default "both"
+        The layers whose values are permuted.
+    trials : int, default 300
+        Runs per method and cell, ``>= 1``.
+    steps : int, default 5000
+        The step budget of each run.
+    schedule : Schedule or callable, default du_constant
+        A :class:`Schedule`, or a function ``k -> Schedule``.
+    teacher : Teacher, optional
+        Default ``Teacher(w="sphere", require_spurious=True)``.
+    seed : int, default 0
+        The streams' seed, shared by every method.
+    tolerances : Tolerances, optional
+        As :func:`sims.simulate`.
+    threads : int, optional
+        As :func:`sims.simulate`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per method x ``(k, p)`` x initial distribution, the columns above.
+
+    Raises
+    ------
+    ValueError
+        For ``trials < 1``, ``cells`` that are not ``(k, p)`` pairs, a period below 1, or any argument
+        :func:`sims.simulate_laperm` refuses.
+
+    Examples
+    --------
+    >>> from sims.methods import laperm
+    >>> df = laperm.compare(cells=((4, 4),), sync_every=(10,), inits=("gaussian",), trials=4, steps=300)
+    >>> df[["method", "p_global", "p_perm_optimal"]].to_dict("list")
+    {'method': ['gd-gaussian', 'laperm-K10-gaussian'], 'p_global': [0.75, 0.0], 'p_perm_optimal': [nan, 0.75]}
     """
     import pandas as pd
 

@@ -231,6 +231,8 @@ class Setup(NamedTuple):
 class Built(NamedTuple):
     """An engine ready to run, returned by its ``build`` hook and run on :func:`sims.engines.driver.run_batch`.
 
+    The pipeline hands its fields to the one run driver, so every engine shares the stops, monitors and records.
+
     Parameters
     ----------
     entry : callable
