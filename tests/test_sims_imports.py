@@ -1,7 +1,7 @@
 """The package's structure: data flows one way (no import cycle among the modules of ``sims``; each module imports
 only its own layer or lower ones, ``engines -> runs -> methods -> plots -> studies -> cli``; no ``importlib`` or
-``inspect`` in the pipeline and the methods), and functions stay small (at most 120 lines, at most 12 positional
-parameters; keyword-only options of the public API do not count)."""
+``inspect`` in the pipeline and the methods), and functions stay small (at most 120 lines of code, at most 12
+positional parameters; keyword-only options of the public API and the docstring do not count)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,8 @@ def test_functions_are_at_most_120_lines_and_12_positional_parameters():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
+                if ast.get_docstring(node) is not None:  # the numpydoc docstring is documentation, not code
+                    lines -= node.body[0].end_lineno - node.body[0].lineno + 1
                 positional = len(node.args.posonlyargs) + len(node.args.args)
                 key = f"{path.relative_to(ROOT)}:{node.name}"
                 if (lines > 120 or positional > 12):

@@ -63,25 +63,98 @@ def _out(x: np.ndarray, single: bool) -> Any:
 
 
 def m_eigenvalues(k: int) -> tuple[float, float]:
-    """``(k + pi - 1, pi - 1)``: the eigenvalues of ``M = 1 1^T + (pi - 1) I`` along ``1`` and orthogonal to it."""
+    """The two eigenvalues of ``M = 1 1^T + (pi - 1) I``: ``(k + pi - 1, pi - 1)``.
+
+    ``M`` is ``2 pi`` times the student's second-moment matrix; its eigenvalue along ``1`` is ``k + pi - 1``, the
+    one orthogonal to ``1`` (multiplicity ``k - 1``) is ``pi - 1``.  Every step size, stability limit and
+    Sherman-Morrison inverse of the second layer is built from these two numbers.
+
+    Parameters
+    ----------
+    k : int
+        Number of patches, ``>= 1``.
+
+    Returns
+    -------
+    tuple of float
+        ``(k + pi - 1, pi - 1)``.
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is not an integer ``>= 1``.
+
+    Examples
+    --------
+    >>> import theory
+    >>> [round(x, 6) for x in theory.m_eigenvalues(4)]
+    [6.141593, 2.141593]
+    """
     return _cf.m_eigenvalues(_check_k(k))
 
 
 def a_hessian_eigenvalues(k: int) -> tuple[float, float]:
-    """``(lam_ones, lam_perp) = ((k + pi - 1) / (2 pi), (pi - 1) / (2 pi))``: the ``a``-block of the Hessian.
+    """The eigenvalues of the ``a``-block of the Hessian: ``((k + pi - 1) / (2 pi), (pi - 1) / (2 pi))``.
 
     The block is ``M / (2 pi)`` at every point of a weight-normalized model (``rho^2`` times that for the
     unnormalized CNN): ``lam_ones`` along ``1``, ``lam_perp`` with multiplicity ``k - 1`` (absent for ``k = 1``).
+    GD on ``a`` is stable for ``eta_a < 2 / lam_ones`` (:func:`theory.max_stable_eta_a`).
+
+    Parameters
+    ----------
+    k : int
+        Number of patches, ``>= 1``.
+
+    Returns
+    -------
+    lam_ones, lam_perp : float
+        The eigenvalue along ``1`` and the one orthogonal to it.
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is not an integer ``>= 1``.
+
+    Examples
+    --------
+    >>> import theory
+    >>> [round(x, 6) for x in theory.a_hessian_eigenvalues(4)]
+    [0.977465, 0.340845]
     """
     return _cf.a_hessian_eigenvalues(_check_k(k))
 
 
 def loss_ref(a_star: Any, *, safe: bool = False) -> Any:
-    """``L_ref = E[f*^2] / 2 = ((1.a*)^2 + (pi - 1) ||a*||^2) / (4 pi)``: the loss of the zero network, per row.
+    """The loss of the zero network, ``L_ref = E[f*^2] / 2``, per teacher.
 
-    It is the unit of every loss tolerance, so that they mean the same at every ``k``.  It is 0 only for
-    ``a* = 0``; ``safe=True`` returns 1 there instead, so that dividing by it stays finite (a zero teacher's loss
-    is 0 at the start and every tolerance is met).
+    ``L_ref = ((1.a*)^2 + (pi - 1) ||a*||^2) / (4 pi)``.  It is the unit of every loss tolerance, so that they
+    mean the same at every ``k``.  It is 0 only for ``a* = 0``; ``safe=True`` returns 1 there instead, so that
+    dividing by it stays finite (a zero teacher's loss is 0 at the start and every tolerance is met).
+
+    Parameters
+    ----------
+    a_star : array_like
+        One teacher second layer ``(k,)`` or a batch ``(R, k)``.
+    safe : bool, default False
+        Return 1 instead of 0 for a zero teacher.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        ``L_ref``: a float for one teacher, an ``(R,)`` array for a batch.
+
+    Raises
+    ------
+    ValueError
+        If ``a_star`` is not a finite array of shape ``(k,)`` or ``(R, k)`` with ``k >= 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> round(theory.loss_ref([1.0, -1.0, 0.5, 0.2]), 6)
+    0.429261
+    >>> theory.loss_ref(np.zeros(3)), theory.loss_ref(np.zeros(3), safe=True)
+    (0.0, 1.0)
     """
     A, single = _rows(a_star)
     ref = _cf.loss_ref(A.sum(axis=1), np.einsum("ij,ij->i", A, A))
@@ -110,20 +183,71 @@ def _margin_and_denominator(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spurious_margin(a_star: Any) -> Any:
-    """``((k + pi - 1) ||a*||^2 - pi (1.a*)^2) / max_i |a*_i|^2`` per row: > 0 iff the spurious point exists.
+    """The spurious-point margin per teacher: positive iff the spurious local minimum exists.
 
-    This is ``pi`` times the textbook ``((k + pi - 1) / pi) ||a*||^2 - (1.a*)^2``, rescaled by the largest entry
-    (the criterion is scale invariant) and computed without cancellation (exactly 0 for ``k = 1``, where the
-    spurious point never exists) or overflow.  A zero teacher has margin 0.
+    The margin is ``((k + pi - 1) ||a*||^2 - pi (1.a*)^2) / max_i |a*_i|^2``: ``pi`` times the textbook
+    ``((k + pi - 1) / pi) ||a*||^2 - (1.a*)^2``, rescaled by the largest entry (the criterion is scale invariant)
+    and computed without cancellation (exactly 0 for ``k = 1``, where the spurious point never exists) or
+    overflow.  A zero teacher has margin 0.
+
+    Parameters
+    ----------
+    a_star : array_like
+        One teacher second layer ``(k,)`` or a batch ``(R, k)``.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        The margin: a float for one teacher, an ``(R,)`` array for a batch.
+
+    Raises
+    ------
+    ValueError
+        If ``a_star`` is not a finite array of shape ``(k,)`` or ``(R, k)`` with ``k >= 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> round(theory.spurious_margin([1.0, -1.0, 0.5, 0.2]), 6)     # > 0: a spurious minimum
+    12.524867
+    >>> round(theory.spurious_margin(np.ones(4)), 6)                # a* = 1_k: none
+    -25.699112
+    >>> theory.spurious_margin([2.0])                               # k = 1: exactly 0
+    0.0
     """
     A, single = _rows(a_star)
     return _out(_margin_and_denominator(A)[0], single)
 
 
 def spurious_exists(a_star: Any) -> Any:
-    """Whether ``phi = pi`` is a spurious local minimum: ``(1.a*)^2 < ((k + pi - 1) / pi) ||a*||^2`` (per row).
+    """Whether ``phi = pi`` is a spurious local minimum, per teacher.
 
-    Decided by the sign of :func:`spurious_margin`; a bool for one teacher, a bool array for a batch.
+    The criterion is ``(1.a*)^2 < ((k + pi - 1) / pi) ||a*||^2``, decided by the sign of :func:`spurious_margin`
+    (free of cancellation, so ``k = 1`` is never spurious).  It decides whether a run can end at the spurious
+    point at all, and whether a saddle angle exists (:func:`saddle_angles`).
+
+    Parameters
+    ----------
+    a_star : array_like
+        One teacher second layer ``(k,)`` or a batch ``(R, k)``.
+
+    Returns
+    -------
+    bool or numpy.ndarray
+        A bool for one teacher, a bool ``(R,)`` array for a batch.
+
+    Raises
+    ------
+    ValueError
+        If ``a_star`` is not a finite array of shape ``(k,)`` or ``(R, k)`` with ``k >= 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> theory.spurious_exists([1.0, -1.0, 0.5, 0.2]), theory.spurious_exists(np.ones(4))
+    (True, False)
+    >>> theory.spurious_exists([[1.0, -1.0, 0.5, 0.2], [1.0, 1.0, 1.0, 1.0]])
+    array([ True, False])
     """
     A, single = _rows(a_star)
     exists = _margin_and_denominator(A)[0] > 0.0
@@ -131,8 +255,33 @@ def spurious_exists(a_star: Any) -> Any:
 
 
 def apply_m_inverse(x: Any) -> np.ndarray:
-    """``M^{-1} x`` along the last axis (``k = x.shape[-1]``), by Sherman-Morrison:
-    ``(x - (1.x) / (k + pi - 1) 1) / (pi - 1)``."""
+    """``M^{-1} x`` along the last axis, by Sherman-Morrison.
+
+    With ``k = x.shape[-1]``, ``M^{-1} x = (x - (1.x) / (k + pi - 1) 1) / (pi - 1)``: ``O(k)`` per row instead of a
+    linear solve, and the operation order every optimal second layer (:func:`theory.optimal_a`) is computed in.
+
+    Parameters
+    ----------
+    x : array_like
+        Vectors along the last axis, shape ``(..., k)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``M^{-1} x``, the shape of ``x``.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` has an empty last axis (``k = 0``).
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> a = np.array([1.0, -1.0, 0.5, 0.2])
+    >>> np.round(theory.apply_m_inverse(theory.matrix_M(4) @ a), 12)
+    array([ 1. , -1. ,  0.5,  0.2])
+    """
     X = np.asarray(x, dtype=np.float64)
     kk, pm1 = m_eigenvalues(X.shape[-1])
     return (X - X.sum(axis=-1, keepdims=True) / kk) / pm1
@@ -148,10 +297,36 @@ def optimal_a_coefficients(g: Any, k: int, S_star: Any) -> tuple[Any, Any]:
 
 
 def saddle_kernel_value(a_star: Any) -> Any:
-    """``g(phi_s) = 1 - (pi - 1) (S*^2 / kk) / (Q* - S*^2 / kk)`` (``kk = k + pi - 1``) per row.
+    """The arc-cosine kernel's value at the saddle angle, ``g(phi_s)``, per teacher.
 
-    Meaningful where the spurious point exists (then it lies in ``(0, 1]``); elsewhere it is returned as computed
-    (possibly ``<= 0``, ``inf`` or NaN for ``a*`` parallel to ``1`` or zero), for the caller to mask.
+    ``g(phi_s) = 1 - (pi - 1) (S*^2 / kk) / (Q* - S*^2 / kk)`` with ``kk = k + pi - 1``, ``S* = 1.a*`` and
+    ``Q* = ||a*||^2``: where ``a(phi).a*`` changes sign.  Since ``g`` decreases strictly on ``[0, pi]``, this
+    value fixes ``phi_s`` (:func:`saddle_angles` bisects on it).  Meaningful where the spurious point exists
+    (then it lies in ``(0, 1]``); elsewhere it is returned as computed (possibly ``<= 0``, ``inf`` or NaN for
+    ``a*`` parallel to ``1`` or zero), for the caller to mask.
+
+    Parameters
+    ----------
+    a_star : array_like
+        One teacher second layer ``(k,)`` or a batch ``(R, k)``.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        ``g(phi_s)``: a float for one teacher, an ``(R,)`` array for a batch.
+
+    Raises
+    ------
+    ValueError
+        If ``a_star`` is not a finite array of shape ``(k,)`` or ``(R, k)`` with ``k >= 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> round(theory.saddle_kernel_value([1.0, -1.0, 0.5, 0.2]), 6)
+    0.922693
+    >>> round(theory.saddle_kernel_value(np.ones(4)), 6)    # no spurious point: not in (0, 1]
+    -3.0
     """
     A, single = _rows(a_star)
     return _out(_saddle_g(A), single)
@@ -164,11 +339,41 @@ def _saddle_g(A: np.ndarray) -> np.ndarray:
 
 
 def saddle_equation(phi: Any, k: int, S_star: Any, Q_star: Any) -> Any:
-    """``g(phi) - g(phi_s)``: zero exactly at the saddle angle, positive below it, negative above it.
+    """The saddle equation ``g(phi) - g(phi_s)``: zero exactly at the saddle angle.
 
-    Its sign is the sign of ``a(phi).a* = (g(phi) - g(phi_s)) (Q* - S*^2 / (k + pi - 1)) / (pi - 1)``
-    (:data:`optimal_alignment`), since ``Q* - S*^2 / (k + pi - 1) > 0`` for any nonzero ``a*``; ``g`` decreases
-    strictly on ``[0, pi]``, so the root is unique where it exists.  Broadcasts over arrays.
+    It is positive below the saddle angle and negative above it.  Its sign is the sign of
+    ``a(phi).a* = (g(phi) - g(phi_s)) (Q* - S*^2 / (k + pi - 1)) / (pi - 1)`` (:func:`optimal_alignment`), since
+    ``Q* - S*^2 / (k + pi - 1) > 0`` for any nonzero ``a*``; ``g`` decreases strictly on ``[0, pi]``, so the root
+    is unique where it exists.  Broadcasts over arrays.
+
+    Parameters
+    ----------
+    phi : float or array_like
+        Angles, in ``[0, pi]``.
+    k : int
+        Number of patches, ``>= 1``.
+    S_star, Q_star : float or array_like
+        The teacher's ``1.a*`` and ``||a*||^2``.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        ``g(phi) - g(phi_s)``, broadcast over the inputs (a float when all are scalars).
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is not an integer ``>= 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> a_star = np.array([1.0, -1.0, 0.5, 0.2])
+    >>> S, Q = a_star.sum(), a_star @ a_star
+    >>> np.round(theory.saddle_equation(np.array([0.0, np.pi]), 4, S, Q), 6)    # + below phi_s, - above
+    array([ 2.218899, -0.922693])
+    >>> abs(theory.saddle_equation(theory.saddle_angle(a_star), 4, S, Q)) < 1e-15
+    True
     """
     phi = np.asarray(phi, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -179,11 +384,36 @@ def saddle_equation(phi: Any, k: int, S_star: Any, Q_star: Any) -> Any:
 
 
 def saddle_angles(a_star: Any, *, missing: float = math.nan) -> Any:
-    """Saddle angle ``phi_s`` per row (``missing`` where there is no spurious point), by bisection.
+    """The saddle angle ``phi_s`` per teacher, by bisection (``missing`` where there is no spurious point).
 
     64 halvings of ``[0, pi]`` on the sign of :func:`saddle_equation` (compared as ``g(phi) > g(phi_s)``, which is
-    the same test) reach float64 resolution.  :func:`theory.saddle_angle` solves the same equation for one teacher
-    with a root finder near ``pi``; the two agree to ~1e-15.
+    the same test) reach float64 resolution, for a whole batch at once.  :func:`theory.saddle_angle` solves the
+    same equation for one teacher with a root finder near ``pi``; the two agree to ~1e-15.
+
+    Parameters
+    ----------
+    a_star : array_like
+        One teacher second layer ``(k,)`` or a batch ``(R, k)``.
+    missing : float, default nan
+        The value returned for teachers without a spurious point (and so without a saddle).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        ``phi_s`` in ``[pi / 2, pi)`` or ``missing``: a float for one teacher, an ``(R,)`` array for a batch.
+
+    Raises
+    ------
+    ValueError
+        If ``a_star`` is not a finite array of shape ``(k,)`` or ``(R, k)`` with ``k >= 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> round(theory.saddle_angles([1.0, -1.0, 0.5, 0.2]), 6)
+    1.620828
+    >>> np.round(theory.saddle_angles([[1.0, -1.0, 0.5, 0.2], [1.0, 1.0, 1.0, 1.0]], missing=-1.0), 6)
+    array([ 1.620828, -1.      ])
     """
     A, single = _rows(a_star)
     return _out(_bisect_saddle(*saddle_targets(A), missing), single)

@@ -86,7 +86,37 @@ def loss_ref(Ss, Qs):
 
 
 def optimal_alignment(g, k, Ss, Qs):
-    """a(phi).a*, a(phi) = M^{-1} N(phi) a* optimal at angle phi, g = g(phi)."""
+    """The alignment ``a(phi).a*`` of the loss-optimal second layer, from ``g = g(phi)``.
+
+    ``a(phi) = M^{-1} N(phi) a*`` minimizes the loss at fixed angle (:func:`theory.optimal_a`); its alignment
+    with the teacher is ``S*^2 / (k + pi - 1) + (g - 1) (Q* - S*^2 / (k + pi - 1)) / (pi - 1)``, so it needs only
+    the sums ``S* = 1.a*`` and ``Q* = ||a*||^2``.  Its sign decides the basin (positive: GD shrinks ``phi``), and it
+    vanishes at the saddle angle.  Generated scalar code, numba-callable (the engines compile it); plain
+    arithmetic, so NumPy arrays broadcast.
+
+    Parameters
+    ----------
+    g : float or numpy.ndarray
+        The arc-cosine kernel ``g(phi) = sin(phi) + (pi - phi) cos(phi)`` (:func:`theory.arc_cosine`).
+    k : int
+        Number of patches.
+    Ss, Qs : float or numpy.ndarray
+        The teacher's ``1.a*`` and ``||a*||^2``.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        ``a(phi).a*``.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> a_star = np.array([1.0, -1.0, 0.5, 0.2])
+    >>> S, Q = a_star.sum(), a_star @ a_star
+    >>> g = np.array([theory.arc_cosine(0.0), theory.arc_cosine(np.pi)])
+    >>> np.round(theory.optimal_alignment(g, 4, S, Q), 6)      # ||a*||^2 at phi = 0, negative at pi
+    array([ 2.29    , -0.952259])
+    """
     return (Ss*Ss)/((k + math.pi) - 1) + ((g - 1)*(Qs - (Ss*Ss)/((k + math.pi) - 1)))/(math.pi - 1)
 
 

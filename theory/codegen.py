@@ -24,6 +24,40 @@ TARGET = Path(__file__).with_name("closed_forms.py")
 
 _ARGS = ", ".join(str(a) for a in derivation.ARGUMENTS)
 
+#: The docstring of the generated ``optimal_alignment``, exported as :func:`theory.optimal_alignment` (numpydoc, with
+#: a doctested example; the other generated functions are internal and keep one line).
+OPTIMAL_ALIGNMENT_DOC = """The alignment ``a(phi).a*`` of the loss-optimal second layer, from ``g = g(phi)``.
+
+``a(phi) = M^{-1} N(phi) a*`` minimizes the loss at fixed angle (:func:`theory.optimal_a`); its alignment
+with the teacher is ``S*^2 / (k + pi - 1) + (g - 1) (Q* - S*^2 / (k + pi - 1)) / (pi - 1)``, so it needs only
+the sums ``S* = 1.a*`` and ``Q* = ||a*||^2``.  Its sign decides the basin (positive: GD shrinks ``phi``), and it
+vanishes at the saddle angle.  Generated scalar code, numba-callable (the engines compile it); plain
+arithmetic, so NumPy arrays broadcast.
+
+Parameters
+----------
+g : float or numpy.ndarray
+    The arc-cosine kernel ``g(phi) = sin(phi) + (pi - phi) cos(phi)`` (:func:`theory.arc_cosine`).
+k : int
+    Number of patches.
+Ss, Qs : float or numpy.ndarray
+    The teacher's ``1.a*`` and ``||a*||^2``.
+
+Returns
+-------
+float or numpy.ndarray
+    ``a(phi).a*``.
+
+Examples
+--------
+>>> import numpy as np, theory
+>>> a_star = np.array([1.0, -1.0, 0.5, 0.2])
+>>> S, Q = a_star.sum(), a_star @ a_star
+>>> g = np.array([theory.arc_cosine(0.0), theory.arc_cosine(np.pi)])
+>>> np.round(theory.optimal_alignment(g, 4, S, Q), 6)      # ||a*||^2 at phi = 0, negative at pi
+array([ 2.29    , -0.952259])
+"""
+
 
 def _print(expr: sp.Expr) -> str:
     if expr == 0:
@@ -49,6 +83,8 @@ def _function(
     )
     if isinstance(exprs, sp.Expr) and exprs.is_number:
         body = f"float({body})"
+    if "\n" in doc:  # a numpydoc docstring: its lines indented into the function, the quotes on their own line
+        doc = "\n".join(f"    {line}" if line else "" for line in doc.strip().split("\n")).lstrip() + "\n    "
     return f'def {name}({args}):\n    """{doc}"""\n    return {body}\n'
 
 
@@ -88,7 +124,7 @@ def source() -> str:
         ("m_eigenvalues", "k", "(k + pi - 1, pi - 1): eigenvalues of M = 1 1^T + (pi - 1) I along 1 and orthogonal."),
         ("a_hessian_eigenvalues", "k", "(lambda_1, lambda_perp) = eigenvalues of the a-Hessian M / (2 pi) (rho = 1)."),
         ("loss_ref", "Ss, Qs", "L_ref = E[f*^2] / 2, the loss of the zero network, from 1.a* and ||a*||^2."),
-        ("optimal_alignment", "g, k, Ss, Qs", "a(phi).a*, a(phi) = M^{-1} N(phi) a* optimal at angle phi, g = g(phi)."),
+        ("optimal_alignment", "g, k, Ss, Qs", OPTIMAL_ALIGNMENT_DOC),
         ("saddle_kernel_value", "k, Ss, Qs", "g(phi_s): the kernel value where a(phi).a* = 0 (the saddle angle's)."),
         ("spurious_margin", "k, Ss, Qs", "(k + pi - 1) Qs - pi Ss^2: > 0 iff the spurious point exists (unscaled)."),
     ]

@@ -33,22 +33,99 @@ SADDLE_XTOL, SADDLE_RTOL = 1e-300, 4 * float(np.finfo(float).eps)
 
 
 def arc_cosine(phi: float) -> float:
-    """``g(phi) = sin(phi) + (pi - phi) cos(phi)``, from the generated closed forms."""
+    """The arc-cosine kernel ``g(phi) = sin(phi) + (pi - phi) cos(phi)``, from the generated closed forms.
+
+    ``g(phi) = 2 pi E[sigma(u.z) sigma(u*.z)]`` for unit ``u, u*`` at angle ``phi`` and Gaussian ``z``: the
+    student-teacher cross moment of a ReLU unit, which every loss, gradient and fixed point of the model goes
+    through.  It decreases strictly from ``g(0) = pi`` to ``g(pi) = 0``.
+
+    Parameters
+    ----------
+    phi : float
+        The angle between the effective filter and ``w*``, in ``[0, pi]``.
+
+    Returns
+    -------
+    float
+        ``g(phi)``.
+
+    Examples
+    --------
+    >>> import math, theory
+    >>> theory.arc_cosine(0.0) == math.pi, theory.arc_cosine(math.pi / 2), round(theory.arc_cosine(math.pi), 12)
+    (True, 1.0, 0.0)
+    """
     return float(closed_forms.arc_cosine(phi, math.cos(phi), math.sin(phi)))
 
 
 def matrix_M(k: int) -> np.ndarray:
-    """``M = 1 1^T + (pi - 1) I``: ``2 pi`` times the student's second-moment matrix."""
+    """The matrix ``M = 1 1^T + (pi - 1) I``: ``2 pi`` times the student's second-moment matrix.
+
+    ``E[sigma(u.Z_i) sigma(u.Z_j)] = M_ij / (2 pi)`` for a unit filter ``u``, so ``M / (2 pi)`` is the ``a``-block
+    of the Hessian of every weight-normalized model, at every point (:func:`theory.a_hessian_eigenvalues`).
+
+    Parameters
+    ----------
+    k : int
+        Number of patches, ``>= 1``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``M``, shape ``(k, k)``.
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is not an integer ``>= 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> np.round(theory.matrix_M(3), 4)
+    array([[3.1416, 1.    , 1.    ],
+           [1.    , 3.1416, 1.    ],
+           [1.    , 1.    , 3.1416]])
+    """
     return np.ones((k, k)) + m_eigenvalues(k)[1] * np.eye(k)
 
 
 def matrix_N(phi: float, k: int) -> np.ndarray:
-    """``N(phi) = 1 1^T + (g(phi) - 1) I``: ``2 pi`` times the student-teacher cross-moment matrix."""
+    """The matrix ``N(phi) = 1 1^T + (g(phi) - 1) I``: ``2 pi`` times the student-teacher cross-moment matrix.
+
+    ``E[sigma(u.Z_i) sigma(u*.Z_j)] = N_ij(phi) / (2 pi)`` for unit filters at angle ``phi``; with :func:`matrix_M`
+    it gives the loss-optimal second layer ``a(phi) = M^{-1} N(phi) a*`` (:func:`theory.optimal_a`).
+
+    Parameters
+    ----------
+    phi : float
+        The angle between the effective filter and ``w*``, in ``[0, pi]``.
+    k : int
+        Number of patches.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``N(phi)``, shape ``(k, k)``.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> np.round(theory.matrix_N(np.pi, 3), 12)      # g(pi) = 0: 1 1^T - I
+    array([[0., 1., 1.],
+           [1., 0., 1.],
+           [1., 1., 0.]])
+    """
     return np.ones((k, k)) + (arc_cosine(phi) - 1.0) * np.eye(k)
 
 
 def optimal_a(phi: float, a_star: Any) -> np.ndarray:
     """The second layer minimizing the loss at fixed angle ``phi``: ``M^{-1} N(phi) a*``.
+
+    For a weight-normalized model the loss is quadratic in ``a`` with Hessian ``M / (2 pi)`` at every angle, so
+    this minimizer is the point GD on ``a`` contracts toward while the filter turns; at ``phi = 0`` it is ``a*``
+    and at ``phi = pi`` the spurious point's ``a_sp``.  Computed by Sherman-Morrison
+    (:func:`theory.apply_m_inverse`) on ``a* / max |a*_i|``, so that no intermediate sum overflows.
 
     Parameters
     ----------
@@ -90,7 +167,36 @@ def optimal_a(phi: float, a_star: Any) -> np.ndarray:
 
 
 def alignment_at(phi: float, a_star: Any) -> float:
-    """``a(phi) . a*``: positive means GD shrinks ``phi`` (its sign decides the basin)."""
+    """The alignment ``a(phi) . a*`` of the loss-optimal second layer with the teacher's.
+
+    Positive means GD shrinks ``phi`` (its sign decides the basin): it is ``||a*||^2 > 0`` at ``phi = 0``,
+    negative at ``phi = pi`` exactly when the spurious minimum exists, and zero at the saddle angle.  Computed from
+    the vector :func:`theory.optimal_a`; :func:`theory.optimal_alignment` is the same number from sums.
+
+    Parameters
+    ----------
+    phi : float
+        The angle, in ``[0, pi]``.
+    a_star : array_like
+        Teacher second layer, shape ``(k,)``.
+
+    Returns
+    -------
+    float
+        ``a(phi) . a*``.
+
+    Raises
+    ------
+    ValueError
+        If ``phi`` lies outside ``[0, pi]`` or ``a_star`` is not a finite vector.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> a_star = np.array([1.0, -1.0, 0.5, 0.2])
+    >>> theory.alignment_at(0.0, a_star), round(theory.alignment_at(np.pi, a_star), 6)
+    (2.29, -0.952259)
+    """
     a_star = as_vector(a_star, "a_star")
     return float(optimal_a(phi, a_star) @ a_star)
 
@@ -217,6 +323,10 @@ def saddle_angle(a_star: Any) -> float | None:
 def reduced_loss(phi: float, a_star: Any) -> float:
     """Loss along the angle with ``a`` optimized, ``min_a L(phi, a)`` (normalized models, any ``p``).
 
+    The one-dimensional landscape GD sees once ``a`` has settled: it is 0 at ``phi = 0``, has its interior maximum
+    at the saddle angle and a local minimum at ``phi = pi`` exactly when the spurious point exists.  Evaluated as
+    the population loss at ``a = a(phi)`` (:func:`theory.optimal_a`) of a 2-D filter with the same invariants.
+
     Parameters
     ----------
     phi : float
@@ -253,7 +363,42 @@ def filter_at_angle(
     """A student filter ``w`` whose effective filter has norm ``scale`` and angle ``phi`` to ``w*``.
 
     The rotation happens in the plane of ``w*`` and the shortcut (or of ``w*`` and a fixed coordinate axis
-    when they are parallel); for ``p = 1`` only ``phi in {0, pi}`` exist.
+    when they are parallel); for ``p = 1`` only ``phi in {0, pi}`` exist.  It places a network at a chosen angle:
+    the fixed points (:func:`theory.global_minimum`, :func:`theory.spurious_minimum`, :func:`theory.saddle_point`)
+    are built with it.
+
+    Parameters
+    ----------
+    phi : float
+        The angle between the effective filter and ``w*``, in ``[0, pi]``.
+    w_star : array_like
+        Teacher filter of unit norm, shape ``(p,)``.
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model, default "resnet"
+        The architecture: the ResNet's ``w`` is the effective filter minus the shortcut.
+    shortcut : array_like, optional
+        The ResNet's shortcut direction (default ``1_p / sqrt(p)``).
+    scale : float, default 1.0
+        The norm of the effective filter.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``w``, shape ``(p,)``: the effective filter itself for the CNNs, minus the shortcut for the ResNet.
+
+    Raises
+    ------
+    ValueError
+        If ``w_star`` is not of unit norm, ``model`` is unknown, or ``p = 1`` and ``phi`` is not 0 or ``pi``.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> w_star = np.eye(4)[0]
+    >>> w = theory.filter_at_angle(np.pi / 2, w_star)        # the ResNet: w + v is at angle pi / 2
+    >>> round(theory.angle(w, w_star=w_star), 6) == round(np.pi / 2, 6)
+    True
+    >>> np.round(theory.filter_at_angle(np.pi / 2, w_star, model="cnn", scale=2.0), 6)
+    array([0.      , 1.154701, 1.154701, 1.154701])
     """
     model = Model.of(model)
     w_star = unit_teacher(w_star)
@@ -313,6 +458,9 @@ def global_minimum(w_star: Any, a_star: Any, *, model: Model | str = "resnet", s
 def spurious_minimum(w_star: Any, a_star: Any, *, model: Model | str = "resnet", shortcut: Any = None):
     """``(w, a)`` at the spurious point (``w~ = -w*``, ``a = a_sp``), or None when it does not exist.
 
+    The local minimum GD can get stuck in: the effective filter points away from the teacher and the second layer
+    is :func:`theory.spurious_point`.  It exists iff ``(1.a*)^2 < ((k + pi - 1) / pi) ||a*||^2``.
+
     Parameters
     ----------
     w_star : array_like
@@ -350,6 +498,9 @@ def spurious_minimum(w_star: Any, a_star: Any, *, model: Model | str = "resnet",
 
 def saddle_point(w_star: Any, a_star: Any, *, model: Model | str = "resnet", shortcut: Any = None):
     """``(w, a)`` at the interior saddle (angle ``phi_s``, ``a = a(phi_s)``), or None (no saddle, or p = 1).
+
+    The saddle separates the basins of the global and the spurious minimum: at its angle ``a(phi_s).a* = 0``
+    (:func:`theory.saddle_angle`), and the filter is placed there by :func:`theory.filter_at_angle`.
 
     Parameters
     ----------
@@ -391,7 +542,30 @@ Kind = Literal["minimum", "saddle", "maximum", "not stationary"]
 
 @dataclass(frozen=True)
 class StationaryPoint:
-    """What :func:`classify_stationary_point` found: the kind, and the evidence for it."""
+    """What :func:`classify_stationary_point` found: the kind, and the evidence for it.
+
+    A frozen record, so that a classification can be inspected (which eigenvalues, how many zero modes had to be
+    settled by probing the loss) rather than trusted.
+
+    Parameters
+    ----------
+    kind : {"minimum", "saddle", "maximum", "not stationary"}
+        The verdict.
+    gradient_norm : float
+        The norm of the population gradient at the point.
+    eigenvalues : numpy.ndarray
+        The tangent-space Hessian's eigenvalues, ascending.
+    degenerate : int
+        The number of eigenvalues within tolerance of 0, settled by probing the loss.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> w_star, a_star = np.eye(4)[0], np.array([1.0, -1.0, 0.5, 0.2])
+    >>> sp = theory.classify_stationary_point(*theory.saddle_point(w_star, a_star), w_star=w_star, a_star=a_star)
+    >>> sp.kind, int(np.sum(sp.eigenvalues < -1e-9)), sp.degenerate      # one descent direction
+    ('saddle', 1, 2)
+    """
 
     kind: Kind
     gradient_norm: float

@@ -441,8 +441,35 @@ def angle(
 class Landscape:
     """A teacher and a model: the loss surface with its closed forms and fixed points.
 
-    ``Landscape(w_star, a_star, model="resnet")`` validates once; its methods take ``(w, a)``.  ``model`` may be a
-    :class:`theory.Model`; it is stored as its name.
+    ``Landscape(w_star, a_star, model="resnet")`` validates once; its methods take ``(w, a)`` and are the module's
+    functions (:func:`theory.population_loss`, :func:`theory.population_gradient`, ...) with the teacher, model
+    and shortcut filled in.  ``model`` may be a :class:`theory.Model`; it is stored as its name.
+
+    Parameters
+    ----------
+    w_star : array_like
+        Teacher filter of unit norm, shape ``(p,)``.
+    a_star : array_like
+        Teacher second layer, shape ``(k,)``.
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model, default "resnet"
+        The architecture.
+    shortcut : array_like, optional
+        The ResNet's shortcut direction (default ``1_p / sqrt(p)``), stored normalized.
+
+    Raises
+    ------
+    ValueError
+        If ``w_star`` is not of unit norm, an array is not a finite vector, or ``model`` is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> land = theory.Landscape(np.eye(4)[0], [1.0, -1.0, 0.5, 0.2])
+    >>> land.p, land.k, land.model
+    (4, 4, 'resnet')
+    >>> w, a = theory.global_minimum(land.w_star, land.a_star)
+    >>> land.loss(w, a), land.angle(w)
+    (0.0, 0.0)
     """
 
     w_star: np.ndarray
@@ -459,26 +486,33 @@ class Landscape:
 
     @property
     def p(self) -> int:
+        """The patch dimension (length of ``w_star``)."""
         return self.w_star.size
 
     @property
     def k(self) -> int:
+        """The number of patches (length of ``a_star``)."""
         return self.a_star.size
 
     def _kw(self) -> dict[str, Any]:
         return {"w_star": self.w_star, "a_star": self.a_star, "model": self.model, "shortcut": self.shortcut}
 
     def loss(self, w: Any, a: Any) -> float:
+        """The population loss at ``(w, a)`` (:func:`theory.population_loss`)."""
         return population_loss(w, a, **self._kw())
 
     def gradient(self, w: Any, a: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The population gradient ``(g_w, g_a)`` at ``(w, a)`` (:func:`theory.population_gradient`)."""
         return population_gradient(w, a, **self._kw())
 
     def hessian(self, w: Any, a: Any) -> np.ndarray:
+        """The population Hessian in ``(w, a)`` (:func:`theory.population_hessian`)."""
         return population_hessian(w, a, **self._kw())
 
     def tangent_hessian(self, w: Any, a: Any) -> np.ndarray:
+        """The Hessian on the tangent space of the normalization (:func:`theory.tangent_hessian`)."""
         return tangent_hessian(w, a, **self._kw())
 
     def angle(self, w: Any) -> float:
+        """The angle between the effective filter of ``w`` and ``w*`` (:func:`theory.angle`)."""
         return angle(w, w_star=self.w_star, model=self.model, shortcut=self.shortcut)

@@ -33,7 +33,29 @@ class Model:
 
     Hashable and cheap; build one with :meth:`of` from a string or another Model.  The shortcut here is a fixed
     structural switch: a shortcut *weight* that changes over training (the fading shortcut of
-    :mod:`sims.methods.distill`) is a schedule of that engine, not a field of the model.
+    :mod:`sims.methods.distill`) is a schedule of that engine, not a field of the model.  The three models that
+    exist are :data:`theory.RESNET`, :data:`theory.CNN` and :data:`theory.CNN_UNNORMALIZED`.
+
+    Parameters
+    ----------
+    normalized : bool
+        Whether the convolution uses the weight-normalized filter (output scale ``rho = 1``) or the raw one
+        (``rho = ||w||``).
+    shortcut : bool
+        Whether an average-pooling shortcut is present (effective filter ``w + v``).
+
+    Raises
+    ------
+    ValueError
+        If a field is not a bool, or for the unnormalized ResNet, which is not part of the family.
+
+    Examples
+    --------
+    >>> import theory
+    >>> theory.Model(normalized=True, shortcut=False) == theory.CNN, theory.CNN.name
+    (True, 'cnn')
+    >>> theory.Model.of("resnet") is theory.RESNET
+    True
     """
 
     normalized: bool

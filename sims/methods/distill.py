@@ -63,6 +63,9 @@ FADE_ENGINES: tuple[str, ...] = ("auto", "vector")
 def fold_shortcut(w: Any, a: Any, *, shortcut: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Fold the shortcut of a trained ResNet ``(w, a)`` into a plain CNN ``(w + v, a)`` computing the same function.
 
+    The ResNet ``f(Z) = sum_j a_j sigma(u.Z_j)`` with ``u = (w + v) / ||w + v||`` *is* the CNN with filter
+    ``w + v``, so a trained ResNet can be deployed without its shortcut at no cost.
+
     Parameters
     ----------
     w : array_like
@@ -122,7 +125,7 @@ def network_output(Z: Any, w: Any, a: Any, *, model: str = "resnet", shortcut: A
 # ---- fade schedules ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Fade:
-    """How the shortcut weight ``lambda_t`` decays from 1 to 0, reaching 0 at step ``steps`` (``T_fade``):
+    """How the shortcut weight ``lambda_t`` decays from 1 to 0, reaching 0 at step ``steps`` (``T_fade``).
 
     - ``"linear"``: ``1 - t / T``;  ``"cosine"``: ``(1 + cos(pi t / T)) / 2``;
     - ``"step"``: 1 for ``t < T`` (a ResNet), then 0 (the shortcut removed at once);
@@ -132,6 +135,40 @@ class Fade:
 
     ``engine``: ``"auto"`` trains on the order parameters (:mod:`sims.engines.reduced`) when the schedule is
     noise-free and on the full coordinates otherwise; ``"vector"`` always on the full coordinates.
+
+    Selects the fading-shortcut engine: ``sims.simulate(engine=sims.Fade(...), model="resnet")`` or
+    :func:`sims.simulate_fading`.
+
+    Parameters
+    ----------
+    kind : {"linear", "cosine", "step", "custom"}, default "linear"
+        The shape of the fade.
+    steps : int, optional
+        ``T_fade >= 1``, the step at which ``lambda`` reaches 0 (required but for ``"custom"``, where it is
+        ``len(values) - 1``).
+    values : tuple of float, optional
+        ``"custom"``: ``(lambda_0, ..., lambda_T)``, starting at 1, non-increasing, ending at 0.
+    engine : {"auto", "vector"}, default "auto"
+        Train on the order parameters where they apply, or always on the full coordinates.
+
+    Raises
+    ------
+    ValueError
+        Naming the field (``fade.<name>``): an unknown kind or engine, a missing or non-positive ``steps``, or
+        custom ``values`` that do not fall from 1 to 0.
+
+    Examples
+    --------
+    >>> import numpy as np, sims
+    >>> fade = sims.Fade("cosine", steps=100)
+    >>> np.round(fade.lambdas()[[0, 50, 100]], 4), fade.label
+    (array([1. , 0.5, 0. ]), 'fade-cosine-T100')
+    >>> res = sims.simulate(engine=fade, model="resnet", k=4, p=4, runs=3, steps=300,
+    ...                     schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> res.outcome.tolist(), res.settings["model"]     # the deployed network is the plain CNN
+    (['global', 'spurious', 'global'], 'cnn')
+    >>> sims.Fade.custom([1.0, 0.5, 0.0]).steps
+    2
     """
 
     kind: str = "linear"
@@ -167,6 +204,7 @@ class Fade:
 
     @property
     def label(self) -> str:
+        """The method's name in tables: ``fade-<kind>-T<steps>``."""
         return f"fade-{self.kind}-T{self.steps}"
 
     def lambdas(self) -> np.ndarray:
@@ -276,11 +314,17 @@ def simulate_fading(*, k: int, p: int, runs: int, steps: int, schedule: Schedule
 
     Parameters
     ----------
-    k, p, runs, steps, schedule, teacher, init, shortcut
+    k, p, runs, steps : int
+        As :func:`sims.simulate`.
+    schedule : Schedule
+        As :func:`sims.simulate`.
+    teacher, init, shortcut : optional
         As :func:`sims.simulate` with ``model="resnet"`` (default init ``w0 = 0``: the network starts at the
         shortcut).  Run ``r`` draws teacher and init exactly as ``sims.simulate(model="resnet", ...)`` with the same
         seed does, so the two are paired run by run; results are bit-identical for any thread count and split.
-    seed, run_offset, tolerances, n_record, allow_unstable, threads
+    seed, run_offset, n_record : int, optional
+        As :func:`sims.simulate`.
+    tolerances, allow_unstable, threads : optional
         As :func:`sims.simulate`.
     fade : Fade
         The fade of the shortcut's weight from 1 to 0, with ``fade.steps <= steps``.
@@ -357,8 +401,9 @@ def compare(
     tolerances: Tolerances | None = None,
     threads: int | None = None,
 ):
-    """Success rates of the fading shortcut against the ResNet (``w0 = 0``) and the plain CNN (random unit ``w0``),
-    as a pandas DataFrame with one row per method x (k, p): ``method`` (``"resnet"``, ``"cnn"``, or the fade's
+    """Success rates of the fading shortcut against the ResNet (``w0 = 0``) and the plain CNN (random unit ``w0``).
+
+    A pandas DataFrame with one row per method x (k, p): ``method`` (``"resnet"``, ``"cnn"``, or the fade's
     label such as ``"fade-linear-T500"``), ``k``, ``p``, ``fade``, ``fade_steps``, ``trials``, ``p_global`` with
     its Wilson 95% interval ``p_global_lo``/``p_global_hi``, ``p_spurious`` (and its interval), ``p_not_converged``,
     ``p_diverged``, ``steps_to_tol_median`` (over runs that reached ``tolerances.eps``), for the fades
@@ -368,7 +413,49 @@ def compare(
     ``cells``: (k, p) pairs; ``schedule``: a :class:`Schedule` or a function ``k -> Schedule`` (default: the
     liu2019 two-stage warmup, :func:`liu_two_stage`); ``teacher`` (default ``Teacher(require_spurious=True)``,
     ``w*`` on the half sphere around ``v``).  The ResNet and the fades share teachers and inits run by run (same
-    seed); the CNN shares the teachers.
+    seed); the CNN shares the teachers.  The ``distill`` table (:func:`sims.studies.tables.distill_rows`) gives the
+    same numbers from a resumable sweep.
+
+    Parameters
+    ----------
+    cells : sequence of (int, int), default ((4, 4), (16, 16))
+        The ``(k, p)`` pairs.
+    fades : sequence of Fade
+        The fades compared (default: linear, cosine and step over 500 steps, linear over 2000).
+    trials : int, default 300
+        Runs per method and cell, ``>= 1``.
+    steps : int, default 5000
+        The step budget of each run.
+    schedule : Schedule or callable, default liu_two_stage
+        A :class:`Schedule`, or a function ``k -> Schedule``.
+    teacher : Teacher, optional
+        Default ``Teacher(require_spurious=True)``.
+    seed : int, default 0
+        The streams' seed, shared by every method.
+    tolerances : Tolerances, optional
+        As :func:`sims.simulate`.
+    threads : int, optional
+        As :func:`sims.simulate`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per method x ``(k, p)``, the columns above.
+
+    Raises
+    ------
+    ValueError
+        For ``trials < 1``, ``cells`` that are not ``(k, p)`` pairs, an entry of ``fades`` that is not a
+        :class:`Fade`, or any argument :func:`sims.simulate` refuses.
+
+    Examples
+    --------
+    >>> import sims
+    >>> from sims.methods import distill
+    >>> df = distill.compare(cells=((4, 4),), fades=(sims.Fade("linear", 100),), trials=4, steps=300)
+    >>> df[["method", "p_global", "p_same_outcome_as_resnet"]].to_dict("list")
+    {'method': ['resnet', 'cnn', 'fade-linear-T100'], 'p_global': [1.0, 0.5, 1.0],
+     'p_same_outcome_as_resnet': [1.0, nan, 1.0]}
     """
     import pandas as pd
 

@@ -98,6 +98,50 @@ class Expansion:
     steps, p) and ``extras["a_traj"]`` (runs, steps, k).  ``engine``: ``"auto"`` runs depth 1 with the
     ``"auto"``/``"balanced"`` init (the unexpanded network) on the plain engine; ``"factored"`` always uses the
     factor kernel.
+
+    Parameters
+    ----------
+    target : {"w", "a", "both"}, default "w"
+        The layer(s) expanded.
+    depth : int, default 2
+        The number of factors ``N >= 1``.
+    rate : int, default 1
+        ExpandNets' expansion rate ``r >= 1``.
+    init : {"auto", "balanced", "gaussian", "zero-last", "zero", "plus-init"}, default "auto"
+        The factors' initialization (above).
+    scale : float, optional
+        The Gaussian factors' scale, finite and ``> 0`` (default 0.1 for ``"gaussian"``, 1 otherwise).
+    w0, a0 : tuple of float, optional
+        Explicit end-to-end inits the balanced factors realize (finite rows).
+    pretrain_steps : int, default 300
+        ``"plus-init"``: steps of the nonlinear pretraining, ``>= 0``.
+    pretrain_batch : int, default 32
+        ``"plus-init"``: inputs per pretraining step, ``>= 1``.
+    pretrain_eta : tuple of float, optional
+        ``"plus-init"``: ``(eta_w, eta_a)`` of the pretraining, finite and ``>= 0``.
+    record_weights : bool, default False
+        Store the contracted weights along the trajectory.
+    engine : {"auto", "factored"}, default "auto"
+        Dispatch the unexpanded network to the plain engine, or always use the factor kernel.
+
+    Raises
+    ------
+    ValueError
+        Naming the field (``expansion.<name>``), for a value out of its range or an unknown name.
+
+    Examples
+    --------
+    GD on two factors of the ResNet's residual branch; the factors contract to the reported ``w``:
+
+    >>> import numpy as np, sims
+    >>> from sims.methods.expansion import Layout
+    >>> ex = sims.Expansion(target="w", depth=2)
+    >>> res = sims.simulate(engine=ex, k=4, p=4, runs=3, steps=300, schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> res.counts()["global"], res.steps.tolist()
+    (3, [29, 48, 31])
+    >>> w, _ = sims.contract(res.extras["factors"], Layout.of(ex, p=4, k=4))
+    >>> bool(np.allclose(w, res.w, rtol=0.0, atol=1e-15))
+    True
     """
 
     target: str = "w"
@@ -147,10 +191,12 @@ class Expansion:
 
     @property
     def expands_w(self) -> bool:
+        """Whether the filter is expanded."""
         return self.target in ("w", "both")
 
     @property
     def expands_a(self) -> bool:
+        """Whether the second layer is expanded."""
         return self.target in ("a", "both")
 
     @property
@@ -160,6 +206,7 @@ class Expansion:
                 and self.engine == "auto" and not self.record_weights)
 
     def scale_for(self, init: str) -> float:
+        """The Gaussian factors' scale of ``init``: ``scale`` if given, else the init's default."""
         return float(self.scale) if self.scale is not None else _DEFAULT_SCALE.get(init, 1.0)
 
 
@@ -569,13 +616,59 @@ register_engine("expansion", ExpansionSpec())
 def end_to_end(*, model: str, w0: Any, a0: Any, w_star: Any, a_star: Any, schedule: Schedule, steps: int,
                target: str, depth: int, shortcut: Any = None, record: Any = None,
                threads: int | None = None) -> dict[str, np.ndarray]:
-    """Integrate the end-to-end dynamics of balanced depth-``depth`` factorizations of ``target`` on the contracted
-    weights (Euler, the schedule's step sizes; numba, parallel over runs): an expanded row ``x`` moves by
-    ``-eta (c_perp g_perp + c_par g_par)`` with the generated ``theory.closed_forms.end_to_end`` coefficients.
+    """Integrate the end-to-end dynamics of balanced depth-``depth`` factorizations on the contracted weights.
 
-    ``w0`` (residual filter for the ResNet), ``a0``, ``w_star``, ``a_star``: (R, p), (R, k), (1 or R, p), (1 or R, k).
-    ``record``: steps to record (default: every step up to ``steps``).  Returns ``{"steps", "w", "a", "loss"}``
-    with ``w`` (R, m, p), ``a`` (R, m, k), ``loss`` (R, m) (NaN after a non-finite state)."""
+    Euler steps with the schedule's step sizes (numba, parallel over runs): an expanded row ``x`` moves by
+    ``-eta (c_perp g_perp + c_par g_par)`` with the generated ``theory.closed_forms.end_to_end`` coefficients
+    (Arora, Cohen, Hazan 2018).  It is the prediction GD on balanced factors is compared with
+    (:func:`end_to_end_deviation`).
+
+    Parameters
+    ----------
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model
+        The architecture.
+    w0, a0 : array_like
+        The contracted init, ``(R, p)`` (the residual filter for the ResNet) and ``(R, k)``.
+    w_star, a_star : array_like
+        The teachers, ``(1 or R, p)`` and ``(1 or R, k)``.
+    schedule : Schedule
+        The step sizes (resolved at the init).
+    steps : int
+        The number of Euler steps.
+    target : {"w", "a", "both"}
+        The expanded layer(s).
+    depth : int
+        The number of factors ``N >= 1`` (1: plain GD).
+    shortcut : array_like, optional
+        The ResNet's shortcut direction (default ``1_p / sqrt(p)``).
+    record : array_like of int, optional
+        The steps to record (default: every step up to ``steps``).
+    threads : int, optional
+        Threads of the kernel (default: all).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``{"steps", "w", "a", "loss"}``: the ``m`` recorded steps, ``w`` (R, m, p), ``a`` (R, m, k) and
+        ``loss`` (R, m) (NaN after a non-finite state).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``model`` or ``target``, or ``depth < 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, sims
+    >>> from sims.methods.expansion import end_to_end
+    >>> sched = sims.Schedule.constant(0.05, 0.5)
+    >>> res = sims.simulate(k=4, p=4, runs=2, steps=0, schedule=sched)      # draws teachers and inits
+    >>> out = end_to_end(model="resnet", w0=res.w0 + 0.1, a0=res.a0, w_star=res.w_star, a_star=res.a_star,
+    ...                  schedule=sched, steps=20, target="w", depth=2)
+    >>> out["w"].shape, np.round(out["loss"][:, [0, -1]], 4)
+    ((2, 21, 4), array([[1.8771, 0.2574],
+           [1.4471, 0.8688]]))
+    """
     model = Model.of(model)
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}; got {target!r}")
@@ -656,9 +749,42 @@ def end_to_end_deviation(*, expansion: Expansion, model: str = "resnet", k: int 
 def deviation_study(*, cases: tuple[tuple[str, float | None], ...] = (("balanced", None), ("gaussian", 0.3),
                                                                        ("gaussian", 1.0)),
                     depths: tuple[int, ...] = (2, 3), target: str = "both", **kw):
-    """:func:`end_to_end_deviation` for several ``(init, scale)`` cases and depths, concatenated (one DataFrame with
-    a ``scale`` column): where the end-to-end formula holds (balanced: deviation ``O(eta)``) and where it does not
-    (unbalanced Gaussian factors: order one)."""
+    """:func:`end_to_end_deviation` for several ``(init, scale)`` cases and depths, concatenated.
+
+    Where the end-to-end formula holds (balanced factors: deviation ``O(eta)``) and where it does not
+    (unbalanced Gaussian factors: order one); plot it with :func:`plot_deviation`.
+
+    Parameters
+    ----------
+    cases : tuple of (str, float or None)
+        The factors' ``(init, scale)`` (default: balanced, Gaussian of scale 0.3 and 1).
+    depths : tuple of int, default (2, 3)
+        The depths ``N``.
+    target : {"w", "a", "both"}, default "both"
+        The expanded layer(s).
+    **kw
+        Passed to :func:`end_to_end_deviation` (``model``, ``k``, ``p``, ``runs``, ``steps``, ``schedule``,
+        ``teacher``, ``init``, ``seed``, ``n_record``, ``shortcut``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of every case and depth, with a ``scale`` column (NaN for the default scale).
+
+    Raises
+    ------
+    ValueError
+        For an invalid :class:`Expansion` (unknown init, depth below 1) or any argument :func:`sims.simulate`
+        refuses.
+
+    Examples
+    --------
+    >>> from sims.methods.expansion import deviation_study
+    >>> df = deviation_study(cases=(("balanced", None), ("gaussian", 1.0)), depths=(2,), k=4, p=4, runs=2,
+    ...                      steps=100, n_record=4)
+    >>> df.groupby("init")["deviation"].max().round(3).to_dict()     # balanced: O(eta); unbalanced: order one
+    {'balanced': 0.002, 'gaussian': 0.859}
+    """
     import pandas as pd
 
     frames = []
@@ -737,6 +863,64 @@ def compare(*, k: int = 8, p: int = 8, trials: int = 200, seed: int = 0, depths:
     and ``2 timing_steps`` steps (best of ``timing_repeats``, difference of the two, so per-call costs cancel; all
     threads unless ``threads``).  Depth 1 is the unexpanded network
     (dispatched to the plain engine: its rows are the plain engine's numbers, the same for every target and rate).
+    The ``expand`` table (:func:`sims.studies.tables.expand_rows`) runs the same cells as a resumable sweep.
+
+    Parameters
+    ----------
+    k, p : int, default 8
+        Patches and patch dimension.
+    trials : int, default 200
+        Runs per cell.
+    seed : int, default 0
+        The streams' seed, shared by every cell.
+    depths, rates : tuple of int
+        The depths ``N`` (default 1 to 4) and expansion rates ``r`` (default 1, 2, 4).
+    targets : tuple of str, default ("w", "a", "both")
+        The expanded layer(s).
+    models : tuple of str, default ("resnet", "cnn")
+        The models.
+    warmups : tuple of bool, default (False, True)
+        Without and with the two-stage warmup.
+    steps : int, default 20000
+        The step budget of each run.
+    eta_w_rel, eta_a_rel : float, default 0.5 and 0.9
+        The step sizes relative to ``2 / k`` and ``4 pi / (k + 2 pi - 2)``.
+    warmup_steps : int, default 200
+        The warmup's length.
+    warmup_eta_w_rel : float, default 0.01
+        The warmup's factor on ``eta_w``.
+    step_rule : {"same", "matched"}, default "same"
+        The step of an expanded layer's factors (above).
+    init : str, default "auto"
+        The factors' initialization (:class:`Expansion`).
+    teacher : Teacher, optional
+        Default: ``w*`` on the half sphere, Gaussian ``a*`` with a spurious minimum.
+    timing_runs, timing_steps, timing_repeats : int, default 32, 5000 and 3
+        The size of the timing runs (above).
+    threads : int, optional
+        Threads of the kernels (default: all).
+    progress : bool, default False
+        Print one line per cell.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per model x warmup x target x depth x rate, columns :data:`COMPARE_COLUMNS`; the settings in
+        ``df.attrs``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``step_rule`` or target, or any argument :func:`sims.simulate` refuses.
+
+    Examples
+    --------
+    >>> from sims.methods import expansion
+    >>> df = expansion.compare(k=4, p=4, trials=4, depths=(1, 2), rates=(1,), targets=("w",), models=("resnet",),
+    ...                        warmups=(False,), steps=300, timing_runs=2, timing_steps=10, timing_repeats=1)
+    >>> df[["method", "depth", "p_global", "steps_to_tol_median"]].to_dict("list")
+    {'method': ['resnet-no-warmup', 'resnet-no-warmup'], 'depth': [1, 2], 'p_global': [1.0, 1.0],
+     'steps_to_tol_median': [20.0, 30.5]}
     """
     import pandas as pd
 

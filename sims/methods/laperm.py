@@ -152,6 +152,36 @@ class LaPerm:
     distribution of the initial values, ``"gaussian"`` or ``"uniform"`` (``simulate_laperm``'s ``init``);
     ``permute``: the layers synchronized, ``"both"`` (LaPerm as specified), ``"w"`` or ``"a"`` (the other layer
     trains freely).
+
+    Parameters
+    ----------
+    sync_every : int or None
+        The synchronization period ``K >= 1`` in inner steps; None: the plain inner optimizer.
+    inner : {"gd", "adam"}, default "gd"
+        The inner optimizer.
+    dist : {"gaussian", "uniform"}, default "gaussian"
+        The distribution of the initial values.
+    permute : {"both", "w", "a"}, default "both"
+        The layers whose values are permuted.
+    adam : tuple of float, default (0.9, 0.999, 1e-8)
+        Adam's ``(beta1, beta2, eps)``: ``0 <= beta1, beta2 < 1``, ``eps > 0``.
+
+    Raises
+    ------
+    ValueError
+        Naming the field, for a period below 1, an unknown name or Adam parameters out of range.
+
+    Examples
+    --------
+    The synchronized weights are a permutation of the initial values, so the teacher is out of reach:
+
+    >>> import numpy as np, sims
+    >>> res = sims.simulate(engine=sims.LaPerm(sync_every=10), model="cnn", k=4, p=4, runs=3, steps=300,
+    ...                     schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> res.outcome.tolist(), res.stop_reason.tolist()
+    (['not_converged', 'not_converged', 'not_converged'], ['sync_fixed', 'sync_fixed', 'sync_fixed'])
+    >>> bool(np.array_equal(np.sort(res.w, axis=1), np.sort(res.w0, axis=1)))
+    True
     """
 
     sync_every: int | None
@@ -268,10 +298,20 @@ def simulate_laperm(*, k: int, p: int, runs: int, steps: int, schedule: Schedule
 
     Parameters
     ----------
-    k, p, runs, steps, schedule, seed, run_offset, tolerances, n_record, allow_unstable, threads
+    k, p, runs, steps : int
         As :func:`sims.simulate`.
-    sync_every, inner, permute, adam
-        As :class:`LaPerm` (``sync_every=0``: plain training from the same initial values).
+    schedule : Schedule
+        As :func:`sims.simulate`.
+    sync_every : int or None
+        As :class:`LaPerm` (None: plain training from the same initial values).
+    inner, permute : str, optional
+        As :class:`LaPerm`.
+    adam : tuple of float, optional
+        As :class:`LaPerm`.
+    seed, run_offset, n_record : int, optional
+        As :func:`sims.simulate`.
+    tolerances, allow_unstable, threads : optional
+        As :func:`sims.simulate`.
     init : {"gaussian", "uniform"}, default "gaussian"
         The distribution of the initial values (:attr:`LaPerm.dist`).
     teacher : Teacher or tuple of array_like, optional
@@ -376,6 +416,52 @@ def compare(
     All methods of a cell share teachers and initial values run by run (same ``seed``).
     ``schedule``: a :class:`Schedule` or a function ``k -> Schedule`` (default :func:`du_constant`); ``teacher``
     defaults to ``Teacher(w="sphere", require_spurious=True)`` (teachers with a spurious minimum, isotropic ``w*``).
+    The ``laperm`` table (:func:`sims.studies.tables.laperm_rows`) gives the same numbers from a resumable sweep.
+
+    Parameters
+    ----------
+    cells : sequence of (int, int), default ((4, 4), (16, 16))
+        The ``(k, p)`` pairs.
+    sync_every : sequence of int, default (1, 10, 100)
+        The synchronization periods ``K >= 1`` compared.
+    inits : sequence of str, default ("gaussian", "uniform")
+        The distributions of the initial values.
+    inner : {"gd", "adam"}, default "gd"
+        The inner optimizer (also the plain baseline's).
+    permute : {"both", "w", "a"}, default "both"
+        The layers whose values are permuted.
+    trials : int, default 300
+        Runs per method and cell, ``>= 1``.
+    steps : int, default 5000
+        The step budget of each run.
+    schedule : Schedule or callable, default du_constant
+        A :class:`Schedule`, or a function ``k -> Schedule``.
+    teacher : Teacher, optional
+        Default ``Teacher(w="sphere", require_spurious=True)``.
+    seed : int, default 0
+        The streams' seed, shared by every method.
+    tolerances : Tolerances, optional
+        As :func:`sims.simulate`.
+    threads : int, optional
+        As :func:`sims.simulate`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per method x ``(k, p)`` x initial distribution, the columns above.
+
+    Raises
+    ------
+    ValueError
+        For ``trials < 1``, ``cells`` that are not ``(k, p)`` pairs, a period below 1, or any argument
+        :func:`sims.simulate_laperm` refuses.
+
+    Examples
+    --------
+    >>> from sims.methods import laperm
+    >>> df = laperm.compare(cells=((4, 4),), sync_every=(10,), inits=("gaussian",), trials=4, steps=300)
+    >>> df[["method", "p_global", "p_perm_optimal"]].to_dict("list")
+    {'method': ['gd-gaussian', 'laperm-K10-gaussian'], 'p_global': [0.75, 0.0], 'p_perm_optimal': [nan, 0.75]}
     """
     import pandas as pd
 

@@ -28,10 +28,56 @@ from sims.runs.schedules import Schedule
 
 
 class Call(NamedTuple):
-    """The validated common arguments of one :func:`sims.simulate` call (an engine's ``validate`` may replace
-    fields with ``call._replace(...)``).  ``shortcut`` is the unit shortcut vector ``v``; ``explicit`` the
-    explicit ``(w0, a0)`` arrays of ``init=(w0, a0)`` (``init`` is then the default sampler the streams still
-    advance by)."""
+    """The validated common arguments of one :func:`sims.simulate` call, as every engine hook receives them.
+
+    An engine's ``validate`` may replace fields with ``call._replace(...)``.  The fields are the arguments of
+    :func:`sims.simulate` after checking and defaulting, except the two below.
+
+    Parameters
+    ----------
+    model : theory.Model
+        The architecture.
+    k, p, runs, steps : int
+        Patches, patch dimension, runs and step budget.
+    schedule : sims.Schedule
+        The step-size schedule.
+    teacher : sims.Teacher or tuple of array_like
+        The teacher sampler, or explicit ``(w_star, a_star)``.
+    init : sims.Init
+        The init sampler (with ``init=(w0, a0)``, the default sampler the streams still advance by).
+    explicit : tuple of numpy.ndarray or None
+        The explicit ``(w0, a0)`` arrays of ``init=(w0, a0)``, ``(runs, p)`` and ``(runs, k)``, else None.
+    algorithm : str
+        ``"gd"``, ``"sgd"`` or ``"gd-fixed"``.
+    batch_size : int or None
+        Minibatch or sample size of the finite-sample algorithms.
+    shortcut : numpy.ndarray
+        The unit shortcut vector ``v``, ``(p,)``.
+    seed, run_offset : int
+        The streams' seed and the number of the first run.
+    tolerances : sims.Tolerances
+        The stopping rules.
+    n_record : int
+        Log-spaced trajectory points per run.
+    allow_unstable : bool
+        Whether ``eta_a`` above the stability limit is allowed.
+    threads : int or None
+        Threads of the kernels.
+
+    Examples
+    --------
+    An engine that keeps only the first and the last trajectory point, by replacing a field in ``validate``:
+
+    >>> import sims
+    >>> from sims.runs.plain import GDSpec
+    >>> class Quiet(GDSpec):
+    ...     def validate(self, opts, call):
+    ...         return super().validate(opts, call._replace(n_record=2))
+    >>> _ = sims.register_engine("gd-quiet", Quiet())
+    >>> kw = dict(k=4, p=4, runs=3, steps=200, schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> sims.simulate(engine="gd-quiet", **kw).trajectory_steps
+    array([  0, 200])
+    """
 
     model: theory.Model
     k: int
@@ -54,7 +100,40 @@ class Call(NamedTuple):
 
 
 class Draws(NamedTuple):
-    """What every run drew from its stream: the streams (advanced past the draws), teachers and the init."""
+    """What every run drew from its stream: the streams (advanced past the draws), teachers and the init.
+
+    Every engine receives the same draws for the same seed, so engines are paired run by run; an engine's
+    ``start`` hook turns them into its starting point.
+
+    Parameters
+    ----------
+    states : numpy.ndarray
+        The runs' random streams, ``(R, 4)`` uint64, advanced past the draws (noise continues from there).
+    WS : numpy.ndarray
+        Unit teacher filters, ``(R, p)``.
+    AS : numpy.ndarray
+        Teacher second layers, ``(R, k)``.
+    W0 : numpy.ndarray
+        Initial filters, ``(R, p)`` (the ResNet's residual branch).
+    A0 : numpy.ndarray
+        Initial second layers, ``(R, k)``.
+
+    Examples
+    --------
+    An engine that starts every run's second layer at the teacher's:
+
+    >>> import numpy as np, sims
+    >>> from sims.runs.plain import GDSpec
+    >>> class TeacherHead(GDSpec):
+    ...     def start(self, opts, call, draws):
+    ...         start = super().start(opts, call, draws)
+    ...         return start._replace(A0=draws.AS.copy(), a0=draws.AS.copy())
+    >>> _ = sims.register_engine("gd-teacher-head", TeacherHead())
+    >>> kw = dict(k=4, p=4, runs=3, steps=200, schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> res = sims.simulate(engine="gd-teacher-head", **kw)
+    >>> bool(np.array_equal(res.a0, res.a_star)), res.counts()["global"]
+    (True, 3)
+    """
 
     states: np.ndarray  # (R, 4) uint64
     WS: np.ndarray  # (R, p) unit teacher filters
@@ -64,9 +143,40 @@ class Draws(NamedTuple):
 
 
 class Start(NamedTuple):
-    """An engine's starting point: the effective filter ``w~_0`` and ``a_0`` the schedule is resolved at (and the
-    driver starts from), the init reported as ``result.w0, result.a0``, optionally the initial angle (default:
-    computed from ``WT0``) and any state of the engine's own (e.g. the factors of an expansion)."""
+    """An engine's starting point, returned by its ``start`` hook.
+
+    The schedule is resolved at it (the prescribed warmup needs its angle and norm) and the driver starts from it.
+
+    Parameters
+    ----------
+    WT0 : numpy.ndarray
+        The effective filters ``w~_0``, ``(R, p)``.
+    A0 : numpy.ndarray
+        The second layers ``a_0``, ``(R, k)``.
+    w0, a0 : numpy.ndarray
+        The init reported as ``result.w0, result.a0`` (for the ResNet ``w0`` is the residual branch).
+    phi0 : numpy.ndarray, optional
+        The initial angles ``(R,)`` (default: computed from ``WT0``).
+    state : object, optional
+        Any state of the engine's own (e.g. the factors of an expansion).
+
+    Examples
+    --------
+    An engine that starts at the teacher's filter (``w~_0 = w*``), so every run starts at angle 0:
+
+    >>> import sims
+    >>> from sims.runs.plain import GDSpec
+    >>> class FromTeacher(GDSpec):
+    ...     def start(self, opts, call, draws):
+    ...         WT0 = draws.WS.copy()
+    ...         w0 = WT0 - call.shortcut if call.model.shortcut else WT0
+    ...         return sims.Start(WT0, draws.A0, w0, draws.A0)
+    >>> _ = sims.register_engine("gd-from-teacher", FromTeacher())
+    >>> kw = dict(k=4, p=4, runs=3, steps=200, schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> res = sims.simulate(engine="gd-from-teacher", **kw)
+    >>> res.final_phi, res.counts()["global"]
+    (array([0., 0., 0.]), 3)
+    """
 
     WT0: np.ndarray
     A0: np.ndarray
@@ -77,9 +187,38 @@ class Start(NamedTuple):
 
 
 class Setup(NamedTuple):
-    """One call's problem as an engine builds on it: the draws, its start, the resolved schedule
-    (:class:`sims.runs.schedules.ResolvedSchedule`), the record steps and the working copies ``WT, A`` of the
-    start (C-contiguous; the engine trains them in place)."""
+    """One call's problem as an engine's ``build`` and ``finish`` hooks see it.
+
+    The pipeline assembles it after the engine's ``start``; the engine trains the working copies in place.
+
+    Parameters
+    ----------
+    draws : Draws
+        What the runs drew.
+    start : Start
+        The engine's starting point.
+    sched : sims.runs.schedules.ResolvedSchedule
+        The schedule resolved per run.
+    rec : numpy.ndarray
+        The record steps (:func:`sims.record_steps`).
+    WT, A : numpy.ndarray
+        C-contiguous working copies of ``start.WT0`` and ``start.A0``.
+
+    Examples
+    --------
+    An engine that reports the norm of each run's starting effective filter (1 for the ResNet from ``w0 = 0``):
+
+    >>> import numpy as np, sims
+    >>> from sims.runs.plain import GDSpec
+    >>> class StartNorm(GDSpec):
+    ...     def finish(self, opts, call, setup, built, out):
+    ...         fin = super().finish(opts, call, setup, built, out)
+    ...         return fin._replace(extras={"start_norm": np.linalg.norm(setup.start.WT0, axis=1)})
+    >>> _ = sims.register_engine("gd-start-norm", StartNorm())
+    >>> kw = dict(k=4, p=4, runs=3, steps=200, schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> sims.simulate(engine="gd-start-norm", **kw).extras["start_norm"]
+    array([1., 1., 1.])
+    """
 
     draws: Draws
     start: Start
@@ -90,10 +229,41 @@ class Setup(NamedTuple):
 
 
 class Built(NamedTuple):
-    """An engine ready to run: its compiled entry point and workspace function (:func:`sims.engines.driver.
-    run_batch`), its record, whether the ``trapped`` stop may apply (it does only if ``tolerances.stop_trapped``
-    too; the bound holds for noise-free population GD), and anything the engine's ``finish`` needs besides
-    (``extra``; e.g. the vectors the order-parameter engine's coordinates refer to)."""
+    """An engine ready to run, returned by its ``build`` hook and run on :func:`sims.engines.driver.run_batch`.
+
+    The pipeline hands its fields to the one run driver, so every engine shares the stops, monitors and records.
+
+    Parameters
+    ----------
+    entry : callable
+        The compiled entry point (a run range of :func:`sims.engines.driver.register`).
+    workspace : callable
+        The function that allocates a thread's workspace.
+    eng : object
+        The engine's compiled record.
+    trapped : bool
+        Whether the ``trapped`` stop may apply (it does only if ``tolerances.stop_trapped`` too; the bound holds
+        for noise-free population GD).
+    extra : object, optional
+        Anything the engine's ``finish`` needs besides (e.g. the vectors the order-parameter engine's coordinates
+        refer to).
+
+    Examples
+    --------
+    An engine that never stops a run as ``trapped`` (it trains to the step budget instead):
+
+    >>> import sims
+    >>> from sims.runs.plain import GDSpec
+    >>> class Untrapped(GDSpec):
+    ...     def build(self, opts, call, setup):
+    ...         return super().build(opts, call, setup)._replace(trapped=False)
+    >>> _ = sims.register_engine("gd-untrapped", Untrapped())
+    >>> kw = dict(k=4, p=4, runs=3, steps=200, schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> sims.simulate(**kw).stop_reason.tolist()
+    ['loss_tol', 'trapped', 'loss_tol']
+    >>> sims.simulate(engine="gd-untrapped", **kw).stop_reason.tolist()
+    ['loss_tol', 'max_steps', 'loss_tol']
+    """
 
     entry: Callable
     workspace: Callable
@@ -103,11 +273,45 @@ class Built(NamedTuple):
 
 
 class Finished(NamedTuple):
-    """What an engine deployed: the final effective filter ``WT`` and ``a`` (classified against the fixed points
-    of ``model`` and used for the rates), the reported ``w`` (the residual branch for the ResNet), ``extras``;
-    ``theory_rate``: whether the Hessian rate of plain GD applies (else NaN, and only the rate windows are
-    compared); ``stuck``: runs at a stationary point of the engine's parameterization that is not the network's
-    (reported ``saddle``, or ``spurious`` if they sit there), or None."""
+    """What an engine deployed, returned by its ``finish`` hook.
+
+    The pipeline classifies ``(WT, A)`` against the fixed points of ``model``, fits the rates on it and reports
+    ``w`` as ``result.w``.
+
+    Parameters
+    ----------
+    WT : numpy.ndarray
+        The final effective filters, ``(R, p)``.
+    A : numpy.ndarray
+        The final second layers, ``(R, k)``.
+    w : numpy.ndarray
+        The reported filters (the residual branch for the ResNet), ``(R, p)``.
+    model : theory.Model
+        The model deployed (e.g. the CNN after a fading shortcut).
+    extras : dict of str to numpy.ndarray
+        Per-run arrays stored in ``result.extras``.
+    theory_rate : bool, default True
+        Whether the Hessian rate of plain GD applies (else NaN, and only the rate windows are compared).
+    stuck : numpy.ndarray, optional
+        Runs at a stationary point of the engine's parameterization that is not the network's (reported
+        ``saddle``, or ``spurious`` if they sit there), or None.
+
+    Examples
+    --------
+    An engine that reports the final norm of the effective filter as an extra (GD steps are orthogonal to ``w~``,
+    so it never shrinks below the start's 1):
+
+    >>> import numpy as np, sims
+    >>> from sims.runs.plain import GDSpec
+    >>> class Norms(GDSpec):
+    ...     def finish(self, opts, call, setup, built, out):
+    ...         fin = super().finish(opts, call, setup, built, out)
+    ...         return fin._replace(extras={"norm": np.linalg.norm(fin.WT, axis=1)})
+    >>> _ = sims.register_engine("gd-norms", Norms())
+    >>> kw = dict(k=4, p=4, runs=3, steps=200, schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> np.round(sims.simulate(engine="gd-norms", **kw).extras["norm"], 4)
+    array([1.0735, 1.0456, 1.1352])
+    """
 
     WT: np.ndarray
     A: np.ndarray
@@ -136,11 +340,40 @@ def check_stable(call: Call) -> None:
 
 
 class EngineSpec:
-    """The Python side of one engine.  Every hook has the plain network's behaviour by default except
-    :meth:`build`; ``opts`` is the engine's options object (None for an engine selected by a name without one).
+    """The Python side of one engine: the hooks :func:`sims.simulate` calls.
 
-    Class attributes: ``options``, the options class that selects the engine (``engine=Options(...)``), or None;
-    ``algorithms``, the values of ``simulate(algorithm=...)`` it runs.
+    Every hook has the plain network's behaviour by default except :meth:`build`; ``opts`` is the engine's
+    options object (None for an engine selected by a name without one).  The pipeline calls, in order,
+    :meth:`default_options`, :meth:`default_teacher`, :meth:`default_init`, :meth:`validate`,
+    :meth:`extra_per_run`, :meth:`start`, :meth:`build`, :meth:`finish` and :meth:`settings`
+    (:mod:`sims.runs.registry`).  Register an instance with :func:`sims.register_engine`.
+
+    Attributes
+    ----------
+    options : type or None
+        The options class that selects the engine (``engine=Options(...)``), or None.
+    algorithms : tuple of str
+        The values of ``simulate(algorithm=...)`` it runs (default ``("gd",)``).
+
+    Examples
+    --------
+    Population GD on the full coordinates (:class:`sims.runs.plain.GDSpec` supplies :meth:`build`) whose
+    runs all start at the teacher's filter:
+
+    >>> import sims
+    >>> from sims.runs.plain import GDSpec
+    >>> class FromTeacher(GDSpec):
+    ...     def start(self, opts, call, draws):
+    ...         WT0 = draws.WS.copy()
+    ...         w0 = WT0 - call.shortcut if call.model.shortcut else WT0
+    ...         return sims.Start(WT0, draws.A0, w0, draws.A0)
+    >>> isinstance(FromTeacher(), sims.EngineSpec), FromTeacher.options, FromTeacher.algorithms
+    (True, None, ('gd',))
+    >>> _ = sims.register_engine("from-teacher", FromTeacher())
+    >>> res = sims.simulate(engine="from-teacher", k=4, p=4, runs=3, steps=200,
+    ...                     schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> res.counts()["global"], res.settings["engine"]
+    (3, 'from-teacher')
     """
 
     options: type | None = None
@@ -153,6 +386,7 @@ class EngineSpec:
         return None
 
     def default_teacher(self, opts: Any) -> Teacher:
+        """The teacher sampler when ``teacher`` is not given: ``Teacher()``."""
         return Teacher()
 
     def default_init(self, opts: Any, model: theory.Model) -> Init:
@@ -176,6 +410,7 @@ class EngineSpec:
         return Start(WT0, draws.A0, draws.W0, draws.A0)
 
     def build(self, opts: Any, call: Call, setup: Setup) -> Built:
+        """The engine's compiled record on the working copies ``setup.WT, setup.A`` (every engine supplies it)."""
         raise NotImplementedError(f"{type(self).__name__}.build")
 
     def finish(self, opts: Any, call: Call, setup: Setup, built: Built, out: Any) -> Finished:
@@ -196,7 +431,42 @@ _BY_OPTIONS: dict[type, str] = {}
 def register_engine(name: str, spec: EngineSpec, *, replace: bool = False) -> EngineSpec:
     """Make ``spec`` selectable as ``sims.simulate(engine=name)`` (and by an instance of ``spec.options``).
 
-    A name or options class already taken by another engine is refused unless ``replace``."""
+    This is how an engine joins the one pipeline of :func:`sims.simulate` (the engines of :mod:`sims.methods`
+    register themselves when :mod:`sims` is imported).  A name or options class already taken by another engine
+    is refused unless ``replace``; registering the same spec class again under its name is allowed.
+
+    Parameters
+    ----------
+    name : str
+        The engine's name (``engine=name``; a sweep file's ``engine = { kind = name }``).
+    spec : EngineSpec
+        The engine's hooks.
+    replace : bool, default False
+        Replace an engine already registered under ``name`` or with the same options class.
+
+    Returns
+    -------
+    EngineSpec
+        ``spec``, so that a module can keep it (``GD = register_engine("gd", AutoGDSpec())``).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a non-empty string, ``spec`` is not an :class:`EngineSpec`, or the name or options
+        class is taken and ``replace`` is False.
+
+    Examples
+    --------
+    >>> import sims
+    >>> from sims.runs.plain import GDSpec
+    >>> spec = sims.register_engine("gd-full-coordinates", GDSpec())
+    >>> "gd-full-coordinates" in sims.engine_names()
+    True
+    >>> sims.register_engine("gd", GDSpec())
+    Traceback (most recent call last):
+    ...
+    ValueError: engine 'gd' is already registered (AutoGDSpec); pass replace=True
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"engine name must be a non-empty string; got {name!r}")
     if not isinstance(spec, EngineSpec):
@@ -214,7 +484,22 @@ def register_engine(name: str, spec: EngineSpec, *, replace: bool = False) -> En
 
 
 def engine_names() -> tuple[str, ...]:
-    """The registered engine names."""
+    """The registered engine names, in the order of registration.
+
+    These are the values ``sims.simulate(engine=...)`` and a sweep file's ``engine = { kind = ... }`` accept; the
+    list grows with every :func:`sims.register_engine`.
+
+    Returns
+    -------
+    tuple of str
+        The names.
+
+    Examples
+    --------
+    >>> import sims
+    >>> sims.engine_names()[:8]
+    ('vector', 'reduced', 'gd', 'sgd', 'gd-fixed', 'fade', 'expansion', 'laperm')
+    """
     return tuple(_BY_NAME)
 
 

@@ -38,7 +38,46 @@ MIN_W_SCALE = 1e-100
 
 @dataclass(frozen=True)
 class Teacher:
-    """How each run's teacher ``(w*, a*)`` is drawn (see the module docstring)."""
+    """How each run's teacher ``(w*, a*)`` is drawn (see :mod:`sims.runs.samplers`).
+
+    A sampler rather than arrays, so that every run draws its own teacher from its own stream (and a sweep is a
+    distribution over teachers); pass explicit ``(w_star, a_star)`` to :func:`sims.simulate` for one fixed
+    teacher.  The fields are checked when a simulation uses it (:meth:`validate`, which needs ``k``).
+
+    Parameters
+    ----------
+    w : {"cap", "sphere", "angle"}, default "cap"
+        ``w*`` uniform on the cap ``v.w* >= cos(phi_max)`` around the shortcut ``v``, uniform on the sphere, or
+        at the fixed angle ``angle`` from ``v``.
+    phi_max : float, default pi / 2
+        The cap's half-angle, in ``(0, pi]`` (``"cap"``).
+    angle : float, default pi / 4
+        The angle between ``w*`` and ``v``, in ``[0, pi]`` (``"angle"``).
+    a : {"gaussian", "ones", "fixed"}, default "gaussian"
+        ``a*`` standard Gaussian, ``1_k``, or ``a_value``.
+    a_value : tuple of float, optional
+        The fixed ``a*`` (``k`` finite numbers; ``"fixed"``).
+    require_spurious : bool, default False
+        Redraw a Gaussian ``a*`` until the spurious local minimum exists (needs ``k >= 2``).
+
+    Raises
+    ------
+    ValueError
+        From :meth:`validate` (run by :func:`sims.simulate`), naming the field: an unknown kind, an angle out of
+        range, an ``a_value`` of the wrong length, or ``require_spurious`` without a Gaussian ``a*`` or with
+        ``k = 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, sims, theory
+    >>> kw = dict(k=4, p=4, runs=3, steps=0, schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> res = sims.simulate(teacher=sims.Teacher(w="angle", angle=np.pi / 3, a="ones"), **kw)
+    >>> np.round(res.w_star @ (np.ones(4) / 2), 12), res.a_star[0]       # v.w* = cos(pi / 3)
+    (array([0.5, 0.5, 0.5]), array([1., 1., 1., 1.]))
+    >>> res = sims.simulate(teacher=sims.Teacher(require_spurious=True), **kw)
+    >>> theory.spurious_exists(res.a_star)
+    array([ True,  True,  True])
+    """
 
     w: str = "cap"
     phi_max: float = math.pi / 2  # "cap": the cap's half-angle around v
@@ -48,6 +87,7 @@ class Teacher:
     require_spurious: bool = False
 
     def validate(self, k: int) -> None:
+        """Check the fields for ``k`` patches (``ValueError`` naming the field)."""
         if self.w not in TEACHER_W:
             raise ValueError(f"teacher.w must be one of {TEACHER_W}; got {self.w!r}")
         if self.a not in TEACHER_A:
@@ -68,7 +108,42 @@ class Teacher:
 
 @dataclass(frozen=True)
 class Init:
-    """How each run's starting point ``(w0, a0)`` is drawn (see the module docstring)."""
+    """How each run's starting point ``(w0, a0)`` is drawn (see :mod:`sims.runs.samplers`).
+
+    Like :class:`Teacher`, a sampler: every run draws its own init from its own stream.  The default of
+    :func:`sims.simulate` is ``Init(w="zero")`` for the ResNet (the network starts at the shortcut) and
+    ``Init(w="sphere")`` for the CNNs.  The fields are checked when a simulation uses it (:meth:`validate`).
+
+    Parameters
+    ----------
+    w : {"zero", "sphere", "gaussian"}, default "zero"
+        ``w0 = 0`` (the ResNet only), uniform on the unit sphere, or Gaussian with per-entry std
+        ``w_scale / sqrt(p)``.
+    w_scale : float, default 1.0
+        The Gaussian filter's scale, finite and ``>= 1e-100`` (``"gaussian"``).
+    a : {"ball", "gaussian"}, default "ball"
+        ``a0`` uniform in the ball of radius ``a_radius``, or Gaussian with per-entry std ``a_radius / sqrt(k)``.
+    a_radius : float, optional
+        Finite and ``>= 0``; default ``||a*||`` of the run's teacher.
+
+    Raises
+    ------
+    ValueError
+        From :meth:`validate` (run by :func:`sims.simulate`), naming the field: an unknown kind, a scale or
+        radius out of range, or ``w = "zero"`` for a CNN (its filter needs a direction).
+
+    Examples
+    --------
+    >>> import numpy as np, sims
+    >>> kw = dict(k=4, p=4, runs=3, steps=0, schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> res = sims.simulate(model="cnn", init=sims.Init(w="gaussian", a_radius=0.5), **kw)
+    >>> np.round(np.linalg.norm(res.w0, axis=1), 4), bool(np.all(np.linalg.norm(res.a0, axis=1) <= 0.5))
+    (array([1.2173, 0.7138, 1.1645]), True)
+    >>> sims.Init().validate("cnn")
+    Traceback (most recent call last):
+    ...
+    ValueError: init.w = 'zero' is not allowed for model 'cnn': a CNN filter w0 = 0 has no direction ...
+    """
 
     w: str = "zero"
     w_scale: float = 1.0  # "gaussian": per-entry std is w_scale / sqrt(p)
@@ -76,6 +151,7 @@ class Init:
     a_radius: float | None = None  # default ||a*|| of the run's teacher
 
     def validate(self, model: Model | str) -> None:
+        """Check the fields for ``model`` (``ValueError`` naming the field)."""
         if self.w not in INIT_W:
             raise ValueError(f"init.w must be one of {INIT_W}; got {self.w!r}")
         if self.a not in INIT_A:

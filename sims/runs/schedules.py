@@ -49,7 +49,26 @@ MIN_HALF_LIFE = 1e-3
 
 @dataclass(frozen=True)
 class Segment:
-    """A stretch of ``steps`` GD steps with fixed step sizes and perturbation noise (``steps=None``: to the end)."""
+    """A stretch of ``steps`` GD steps with fixed step sizes and perturbation noise (``steps=None``: to the end).
+
+    The building block of a :class:`Schedule`, which checks its fields (a segment alone is a plain record).
+
+    Parameters
+    ----------
+    steps : int or None
+        The segment's length in steps, ``>= 0``; None for the last segment, which runs to the step budget.
+    eta_w, eta_a : float
+        The step sizes of the filter and of the second layer, finite and ``>= 0``.
+    noise_w, noise_a : float, default 0.0
+        The std of the Gaussian perturbation added to each weight per step (perturbed GD), finite and ``>= 0``.
+
+    Examples
+    --------
+    >>> import sims
+    >>> stage_one = sims.Segment(100, eta_w=0.0, eta_a=1.0)       # train a alone for 100 steps
+    >>> sims.Schedule.piecewise([stage_one, sims.Segment(None, 0.5, 1.0)]).stage_one_steps
+    100
+    """
 
     steps: int | None
     eta_w: float
@@ -91,7 +110,50 @@ def _is_real(value) -> bool:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Piecewise-constant per-layer step sizes (and optional annealed perturbation noise)."""
+    """Piecewise-constant per-layer step sizes (and optional annealed perturbation noise).
+
+    Build one with a constructor (:meth:`constant`, :meth:`two_stage`, :meth:`layerwise`, :meth:`piecewise`,
+    :meth:`perturbed`, :meth:`prescribed_warmup`); :meth:`resolve` turns it into the per-run arrays the kernels
+    take.  Per-layer step sizes matter here because the warmup that avoids the spurious minimum is a small filter
+    step while ``a`` settles (Liu et al. 2019); the prescribed warmup chooses it per run from a bound
+    (:mod:`sims.runs.schedules`).
+
+    Parameters
+    ----------
+    segments : tuple of Segment
+        At least one; only the last may have ``steps=None`` (it runs to the step budget).
+    noise_decay : float, default 1.0
+        Per-step factor of the perturbation noise, in ``(0, 1]`` (1: no annealing).
+    name : str, default "custom"
+        The constructor's name, reported in ``result.settings``.
+    prescribed : bool, default False
+        Whether stage I is the prescribed warmup (resolved per run).
+    safety : float, default 1.0
+        Prescribed warmup: factor on ``eta_w^I``, in ``(0, 1]``.
+    extra : dict, optional
+        Constructor-specific settings (the prescribed warmup's ``eta_a_warmup``).
+
+    Raises
+    ------
+    ValueError
+        Naming the field: no segments, a segment length that is not an integer ``>= 0`` (or None before the
+        last), a step size or noise that is negative or not finite, ``noise_decay`` or ``safety`` outside
+        ``(0, 1]``.
+
+    Examples
+    --------
+    >>> import sims
+    >>> sched = sims.Schedule.two_stage(100, 0.01, 1.0, 0.5, 1.0)    # Liu et al.'s warmup
+    >>> sched.name, sched.stage_one_steps, [seg.eta_w for seg in sched.segments]
+    ('two-stage', 100, [0.01, 0.5])
+    >>> resolved = sched.resolve(1000, runs=2)     # shared by the runs: one row
+    >>> resolved.seg_end, resolved.eta_w
+    (array([[ 100, 1000]]), array([[0.01, 0.5 ]]))
+    >>> sims.Schedule.constant(-1.0, 1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: eta_w must be a finite number >= 0; got -1.0
+    """
 
     segments: tuple[Segment, ...]
     noise_decay: float = 1.0
@@ -180,9 +242,11 @@ class Schedule:
     # ---- use ----------------------------------------------------------------------------------------------
     @property
     def stage_one_steps(self) -> int:
+        """The length of the first segment when there are several (stage I), else 0."""
         return int(self.segments[0].steps or 0) if len(self.segments) > 1 else 0
 
     def max_eta_a(self, k: int) -> float:
+        """The largest ``eta_a`` of any segment (with the prescribed warmup's stage-I step), for the stability check."""
         etas = [s.eta_a for s in self.segments]
         if self.prescribed:
             warm = self.extra.get("eta_a_warmup", math.nan)

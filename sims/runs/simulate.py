@@ -32,8 +32,46 @@ FRAME_COLUMNS: tuple[str, ...] = ("run", "outcome", "stop_reason", "steps", "fin
 
 @dataclass(frozen=True)
 class Tolerances:
-    """Stopping rules.  Loss levels are relative to ``L_ref``, the loss of the zero network ``E[f*^2]/2``,
-    so they mean the same at every ``k``; ``grad_tol`` is relative to ``sqrt(L_ref)``."""
+    """Stopping rules and the levels the rates are measured between.
+
+    Loss levels are relative to ``L_ref``, the loss of the zero network ``E[f*^2]/2`` (:func:`theory.loss_ref`),
+    so they mean the same at every ``k``; ``grad_tol`` is relative to ``sqrt(L_ref)``.
+
+    Parameters
+    ----------
+    loss_tol : float, default 1e-10
+        Stop: converged (global minimum), finite and ``>= 0``.
+    grad_tol : float, default 1e-10
+        Stop: stationary (saddle or spurious point), finite and ``>= 0``.
+    eps : float, default 1e-6
+        ``steps_to_tol`` counts the steps to reach this loss.
+    divergence : float, default 1e8
+        A loss above this (or non-finite) is divergence; ``> 0``.
+    rate_window : tuple of float, default (1e-4, 1e-6, 1e-9)
+        Loss levels ``hi > mid > lo > 0``: the rate is measured between ``mid`` and ``lo``; the run counts as in
+        the linear regime when the rate between ``hi`` and ``mid`` agrees with it within ``linear_rtol``.
+    linear_rtol : float, default 0.01
+        The agreement of the two rates, in log-rate per step.
+    stop_trapped : bool, default True
+        Stop runs that provably entered the spurious basin (noise-free population GD only).
+
+    Raises
+    ------
+    ValueError
+        Naming the field, for a level that is not a finite number in its range or a ``rate_window`` that is not
+        decreasing.
+
+    Examples
+    --------
+    >>> import sims
+    >>> kw = dict(k=4, p=4, runs=3, steps=200, schedule=sims.Schedule.constant(0.5, 1.0))
+    >>> sims.simulate(**kw).steps, sims.simulate(tolerances=sims.Tolerances(loss_tol=1e-6), **kw).steps
+    (array([29,  4, 30]), array([17,  4, 19]))
+    >>> sims.Tolerances(rate_window=(1e-6, 1e-4, 1e-9))
+    Traceback (most recent call last):
+    ...
+    ValueError: tolerances.rate_window must be three loss levels hi > mid > lo > 0; got (1e-06, 0.0001, 1e-09)
+    """
 
     loss_tol: float = 1e-10  # stop: converged (global minimum)
     grad_tol: float = 1e-10  # stop: stationary (saddle or spurious point)
@@ -70,7 +108,7 @@ class Tolerances:
 
 @dataclass
 class SimulationResult:
-    """Per-run arrays (first axis: run) and the settings that produced them.
+    """What :func:`sims.simulate` returns: per-run arrays (first axis: run) and the settings that produced them.
 
     ``outcome`` and ``stop_reason`` are string arrays (see :data:`sims.runs.classify.OUTCOMES` and
     :data:`sims.engines.driver.STOP_NAMES`).  ``steps_to_tol`` and ``slow_phase_end`` are ``-1`` where the event never
@@ -90,6 +128,54 @@ class SimulationResult:
     ``vw = v.w*`` and the final coordinates ``u, r1, x, y, z`` of ``w~ = u w* + r1 e1`` and ``a = x a0 + y 1 +
     (1 + z) a*`` (``e1``: the unit vector of ``w~0 - c0 w*``); they are stored in :attr:`extras` under
     ``"order.<name>"`` (so that slicing and :meth:`concat` treat them like every per-run array).
+
+    Parameters
+    ----------
+    settings : dict
+        The arguments of the call (samplers and schedule as dicts), ``runs`` and ``run_offset`` included.
+    run_index : numpy.ndarray
+        The runs' numbers (``run_offset`` on), int.
+    outcome, stop_reason : numpy.ndarray
+        Where each run ended and why it stopped, str.
+    steps : numpy.ndarray
+        Steps taken, int.
+    final_loss, final_phi, final_alignment, final_grad_norm : numpy.ndarray
+        Loss, angle, ``a.a*`` and gradient norm at the stop.
+    steps_to_tol, slow_phase_end : numpy.ndarray
+        The first step with loss ``<= tolerances.eps`` and the end of the slow phase (``a.a* > 0``), ``-1`` where
+        it never happened.
+    fitted_rate, theory_rate : numpy.ndarray
+        The measured and the predicted per-step loss contraction (NaN off the global minimum).
+    linear_regime : numpy.ndarray
+        Whether the run was in the asymptotic linear regime where the rate was measured, bool.
+    w, a, w0, a0 : numpy.ndarray or None
+        Final and initial weights, ``(runs, p)`` and ``(runs, k)`` (the ResNet's ``w`` is its residual branch).
+    w_star, a_star : numpy.ndarray or None
+        The teachers, ``(runs, p)`` and ``(runs, k)``.
+    loss_ref : numpy.ndarray
+        ``L_ref`` per run, the unit of the loss levels (1 for a zero teacher).
+    trajectory_steps : numpy.ndarray
+        The recorded steps (:func:`sims.record_steps`).
+    trajectory : numpy.ndarray
+        ``(runs, len(trajectory_steps), 4)``, columns :data:`sims.engines.driver.TRAJ_FIELDS`.
+    warmup_steps, warmup_eta_w : numpy.ndarray
+        Stage I's length and filter step per run: the prescribed warmup's ``T1`` and ``eta_w^I``, else the
+        schedule's first segment (length 0 for a one-segment schedule).
+    extras : dict of str to numpy.ndarray, optional
+        The engine's per-run extras (and the order parameters of a ``vectors=False`` result).
+
+    Examples
+    --------
+    >>> import numpy as np, sims
+    >>> res = sims.simulate(k=4, p=4, runs=3, steps=200, schedule=sims.Schedule.constant(0.5, 1.0), n_record=8)
+    >>> len(res), res.outcome.tolist(), res.stop_reason.tolist(), res.steps.tolist()
+    (3, ['global', 'spurious', 'global'], ['loss_tol', 'trapped', 'loss_tol'], [29, 4, 30])
+    >>> res.counts()
+    {'global': 2, 'spurious': 1, 'saddle': 0, 'not_converged': 0, 'diverged': 0}
+    >>> res.trajectory_steps, res.trajectory_of(0)["step"]        # run 0 stopped at step 29
+    (array([  0,   1,   5,  13,  33,  82, 200]), array([ 0,  1,  5, 13]))
+    >>> list(res.to_frame().columns[:4])
+    ['run', 'outcome', 'stop_reason', 'steps']
     """
 
     settings: dict[str, Any]
@@ -212,7 +298,36 @@ def _explicit_init(init: Any, runs: int, p: int, k: int, model: Model) -> tuple[
 
 
 def record_steps(max_steps: int, n_record: int) -> np.ndarray:
-    """``n_record`` log-spaced steps in ``[0, max_steps]`` (0 and ``max_steps`` included, duplicates dropped)."""
+    """``n_record`` log-spaced steps in ``[0, max_steps]`` (0 and ``max_steps`` included, duplicates dropped).
+
+    The steps at which :func:`sims.simulate` records each run's trajectory: log-spaced, because GD's slow phase
+    and its linear convergence are both visible on a log axis, and cheap whatever the step budget.
+
+    Parameters
+    ----------
+    max_steps : int
+        The step budget, ``>= 0``.
+    n_record : int
+        The number of points asked for, ``>= 2`` (fewer are returned where rounding makes steps coincide).
+
+    Returns
+    -------
+    numpy.ndarray
+        The steps, increasing, int64.
+
+    Raises
+    ------
+    ValueError
+        If ``n_record < 2``.
+
+    Examples
+    --------
+    >>> import sims
+    >>> sims.record_steps(1000, 8)
+    array([   0,    2,    9,   31,   99,  315, 1000])
+    >>> sims.record_steps(3, 64)
+    array([0, 1, 2, 3])
+    """
     if n_record <= 1:
         raise ValueError(f"n_record must be >= 2 (the first and the last step); got {n_record}")
     pts = np.unique(np.round(np.geomspace(1, max_steps + 1, n_record - 1)).astype(np.int64) - 1)

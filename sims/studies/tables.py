@@ -46,6 +46,10 @@ def config(name: str) -> dict[str, Any]:
 def spec(name: str, **overrides: Any) -> sweep.SweepSpec:
     """The table's sweep with ``overrides`` (trials, seed, chunk, or dotted base fields).
 
+    Every table is one packaged sweep file (``sims/studies/configs/<name>.toml``); this reads it, applies the
+    overrides (a smaller ``trials`` for a quick look) and validates it, so that a bad override fails before any
+    run starts.
+
     Parameters
     ----------
     name : str
@@ -174,8 +178,41 @@ def _num(x: float, fmt: str = ".0f") -> str:
 
 def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: str = "markdown"
          ) -> tuple[str, list[Path]]:
-    """Render a finished table sweep and write its figures into the sweep directory (``distill``, ``laperm`` and
-    ``expand`` also rewrite ``summary.csv``/``summary.parquet`` with their table's columns added)."""
+    """Render a finished table sweep and write its figures into the sweep directory.
+
+    ``distill``, ``laperm`` and ``expand`` also rewrite ``summary.csv``/``summary.parquet`` with their table's
+    columns added (:data:`METHOD_TABLES`); every table writes ``table.csv``.  The rendering is computed from the
+    persisted sweep only, so a resumed or remote sweep renders the same.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`TABLES`.
+    spec_ : sims.studies.sweep.SweepSpec
+        The table's sweep (:func:`spec`).
+    outcome : sims.studies.sweep.SweepOutcome
+        The finished sweep (:func:`sims.studies.sweep.run_sweep`).
+    fmt : {"markdown", "latex", "csv"}, default "markdown"
+        The rendering.
+
+    Returns
+    -------
+    text : str
+        The rendered table, with its caption (Markdown and LaTeX).
+    figures : list of pathlib.Path
+        The figures written (PNG and PDF).
+
+    Examples
+    --------
+    >>> from sims.studies import sweep, tables
+    >>> spec = tables.spec("distill", trials=4, steps=2000)
+    >>> outcome = sweep.run_sweep(spec, "distill", quiet=True)     # writes the directory ./distill
+    >>> text, figures = tables.make("distill", spec, outcome, "csv")
+    >>> text.splitlines()[1]
+    'resnet,4,4,4,"100.0 [51.0, 100.0]",0.000,1.000,210,-'
+    >>> sorted(f.name for f in figures)
+    ['success_rates.pdf', 'success_rates.png']
+    """
     summary, out = outcome.summary, outcome.out  # outcome.runs is read only by the tables that use it
     if name in METHOD_TABLES:
         rows = METHOD_TABLES[name](summary, outcome.runs, spec_)
@@ -253,10 +290,38 @@ def _column(g: pd.DataFrame, name: str) -> np.ndarray | None:
 
 
 def distill_rows(summary: pd.DataFrame, runs: pd.DataFrame, spec_: sweep.SweepSpec) -> pd.DataFrame:
-    """The ``distill`` table's rows: the sweep summary plus ``p_same_outcome_as_resnet`` (the fraction of runs whose
-    outcome equals that of the run with the same number in the ``resnet`` method's cell of the same ``(k, p)``:
-    the same teacher and init; NaN for cells of another model, e.g. the CNN) and ``fade_end_loss_rel_median``
-    (median loss / L_ref when the shortcut is gone, over the runs that got there; NaN without a fade)."""
+    """The ``distill`` table's rows: the sweep summary plus the pairing and fade columns.
+
+    ``p_same_outcome_as_resnet`` is the fraction of runs whose outcome equals that of the run with the same number
+    in the ``resnet`` method's cell of the same ``(k, p)`` (the same teacher and init; NaN for cells of another
+    model, e.g. the CNN), and ``fade_end_loss_rel_median`` the median loss / L_ref when the shortcut is gone, over
+    the runs that got there (NaN without a fade).  The same numbers as :func:`sims.methods.distill.compare`.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        The sweep's summary, one row per cell.
+    runs : pandas.DataFrame
+        The sweep's per-run table (extras included).
+    spec_ : sims.studies.sweep.SweepSpec
+        The sweep.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell, by ``(k, p)`` and then in the config's method order.
+
+    Examples
+    --------
+    >>> from sims.studies import sweep, tables
+    >>> spec = tables.spec("distill", trials=4, steps=2000)
+    >>> outcome = sweep.run_sweep(spec, "distill", quiet=True)     # writes the directory ./distill
+    >>> rows = tables.distill_rows(outcome.summary, outcome.runs, spec)
+    >>> rows["method"][:6].tolist()
+    ['resnet', 'cnn', 'fade-linear-T500', 'fade-cosine-T500', 'fade-step-T500', 'fade-linear-T2000']
+    >>> rows["p_same_outcome_as_resnet"][:6].tolist()
+    [1.0, nan, 1.0, 1.0, 1.0, 0.75]
+    """
     rows = []
     for _, s in summary.iterrows():
         row = s.to_dict()
@@ -279,12 +344,41 @@ def _laperm_options(spec_: sweep.SweepSpec, cell: int) -> dict[str, Any]:
 
 
 def laperm_rows(summary: pd.DataFrame, runs: pd.DataFrame, spec_: sweep.SweepSpec) -> pd.DataFrame:
-    """The ``laperm`` table's rows: the sweep summary plus ``sync_every``, ``init``, ``inner``, ``permute``,
-    ``final_loss_median``, ``final_loss_rel_median`` (loss / L_ref), and for LaPerm cells (``K >= 1``)
-    ``p_perm_optimal``/``p_perm_anti`` with Wilson intervals, ``oracle_loss_rel_median`` (the best permutation),
-    ``last_change_median`` and ``p_perm_optimal_if_plain_global``/``..._spurious``: the fraction reaching the best
-    permutation among the runs whose plain-optimizer twin (the cell of the same ``(k, p)``, initial values and
-    inner optimizer with ``K = 0``, same run number) ended at the global minimum / the spurious point."""
+    """The ``laperm`` table's rows: the sweep summary plus the LaPerm options and the permutation-level results.
+
+    Added columns: ``sync_every``, ``init``, ``inner``, ``permute``, ``final_loss_median``,
+    ``final_loss_rel_median`` (loss / L_ref), and for LaPerm cells (``K >= 1``) ``p_perm_optimal``/``p_perm_anti``
+    with Wilson intervals, ``oracle_loss_rel_median`` (the best permutation), ``last_change_median`` and
+    ``p_perm_optimal_if_plain_global``/``..._spurious``: the fraction reaching the best permutation among the runs
+    whose plain-optimizer twin (the cell of the same ``(k, p)``, initial values and inner optimizer with ``K = 0``,
+    same run number) ended at the global minimum / the spurious point.  The same numbers as
+    :func:`sims.methods.laperm.compare`.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        The sweep's summary, one row per cell.
+    runs : pandas.DataFrame
+        The sweep's per-run table (extras included).
+    spec_ : sims.studies.sweep.SweepSpec
+        The sweep.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell, by ``(k, p)`` and then in the config's method order.
+
+    Examples
+    --------
+    >>> from sims.studies import sweep, tables
+    >>> spec = tables.spec("laperm", trials=4, steps=500)
+    >>> outcome = sweep.run_sweep(spec, "laperm", quiet=True)      # writes the directory ./laperm
+    >>> rows = tables.laperm_rows(outcome.summary, outcome.runs, spec)
+    >>> rows["method"][:4].tolist(), rows["sync_every"][:4].tolist()
+    (['gd-gaussian', 'laperm-K1-gaussian', 'laperm-K10-gaussian', 'laperm-K100-gaussian'], [0, 1, 10, 100])
+    >>> rows["p_global"][:4].tolist(), rows["p_perm_optimal"][:4].tolist()
+    ([0.75, 0.0, 0.0, 0.0], [nan, 0.0, 0.75, 0.75])
+    """
     rows = []
     for _, s in summary.iterrows():
         row = s.to_dict()
@@ -319,8 +413,41 @@ def laperm_rows(summary: pd.DataFrame, runs: pd.DataFrame, spec_: sweep.SweepSpe
 
 
 def expand_rows(summary: pd.DataFrame, runs: pd.DataFrame, spec_: sweep.SweepSpec) -> pd.DataFrame:
-    """The ``expand`` table's rows: the sweep summary with each cell's expansion ``target``, ``depth``, ``rate``,
-    ``init``, step rule and final step sizes ``eta_w``/``eta_a`` (after the step rule), in the config's order."""
+    """The ``expand`` table's rows: the sweep summary with each cell's expansion settings, in the config's order.
+
+    Added columns: ``model``, ``warmup``, the expansion's ``target``, ``depth``, ``rate``, ``init``,
+    ``step_rule`` and the final step sizes ``eta_w``/``eta_a`` (after the step rule), so that the table and its
+    figure need not parse the cells' parameters.
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        The sweep's summary, one row per cell.
+    runs : pandas.DataFrame
+        The sweep's per-run table (unused: the summary has every number shown).
+    spec_ : sims.studies.sweep.SweepSpec
+        The sweep.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell, in cell order.
+
+    Examples
+    --------
+    The packaged sweep cut down to one method and two depths:
+
+    >>> from sims.studies import sweep, tables
+    >>> raw = tables.config("expand")
+    >>> raw["grid"] = {"engine.depth": [1, 2]}
+    >>> raw["methods"] = {"resnet-no-warmup": raw["methods"]["resnet-no-warmup"]}
+    >>> spec = sweep.build_spec(raw, overrides={"trials": 4, "steps": 500})
+    >>> outcome = sweep.run_sweep(spec, "expand", quiet=True)      # writes the directory ./expand
+    >>> rows = tables.expand_rows(outcome.summary, outcome.runs, spec)
+    >>> rows[["target", "depth", "step_rule", "eta_w", "p_global"]].to_dict("list")
+    {'target': ['w', 'w'], 'depth': [1, 2], 'step_rule': ['matched', 'matched'],
+     'eta_w': [0.125, 0.0625], 'p_global': [1.0, 1.0]}
+    """
     rows = []
     for _, s in summary.iterrows():
         row = s.to_dict()
