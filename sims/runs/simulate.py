@@ -15,13 +15,14 @@ import theory
 from sims.engines import driver, reduced
 from sims.engines.rng import stream_states
 from sims.runs import classify as _classify
+from sims.runs import flow as _flow  # noqa: F401 (registers the gradient-flow engine)
 from sims.runs import memory, order_runs, plain, registry, samplers  # noqa: F401 (plain registers the plain engines)
 from sims.runs.order_samplers import OrderParameters, draw_order_parameters
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule
 from theory import Model
 
-ALGORITHMS: tuple[str, ...] = ("gd", "sgd", "gd-fixed")
+ALGORITHMS: tuple[str, ...] = ("gd", "sgd", "gd-fixed", "flow")
 #: A rate window spanning fewer steps than this does not count as a fit of the linear regime.
 MIN_WINDOW_STEPS = 4
 #: Columns of :meth:`SimulationResult.to_frame`, the per-run table of sweeps (``run`` is ``run_index``).
@@ -334,6 +335,9 @@ def _select(engine: Any, expansion: Any, algorithm: Any) -> tuple[str, registry.
         if not registry.selects(expansion, "expansion"):
             raise ValueError(f"expansion must be a sims.Expansion; got {type(expansion).__name__}")
         engine = expansion
+    if algorithm == "flow" and engine is not None and engine != "flow" and not registry.selects(engine, "flow"):
+        raise ValueError(f"engine = {engine!r} takes finite steps; algorithm='flow' integrates gradient flow: pass "
+                         "engine=None, 'flow' or sims.Flow(...)")
     if isinstance(engine, str) and engine in ALGORITHMS:  # the plain engine of an algorithm, by name
         if algorithm not in ("gd", engine):
             raise ValueError(f"engine = {engine!r} contradicts algorithm = {algorithm!r}")
@@ -359,7 +363,7 @@ def _validate_common(spec: registry.EngineSpec, opts: Any, *, model: Any, k: Any
     run_offset = _check_int(run_offset, "run_offset", 0)
     seed = _check_int(seed, "seed", 0)
     n_record = _check_int(n_record, "n_record", 2, 100_000)  # step 0 and the last step at least
-    if algorithm != "gd":
+    if algorithm in ("sgd", "gd-fixed"):
         batch_size = _check_int(batch_size, "batch_size", 1)
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be a sims.Schedule; got {type(schedule).__name__}")
@@ -449,7 +453,7 @@ def run_engine(spec: registry.EngineSpec, opts: Any, call: registry.Call) -> Sim
                            np.ascontiguousarray(start.A0.copy()))
     built = spec.build(opts, call, setup)
     tol = call.tolerances
-    out = driver.make_outputs(call.runs, rec.size)
+    out = spec.make_outputs(opts, call.runs, rec.size)
     prob = driver.make_problem(draws.WS, draws.AS, _classify.saddle_angles_batch(draws.AS), sched, draws.states, rec,
                                tol.rate_window)  # the saddle angles serve the trapped stop and the classification
     stops = driver.make_stops(tol, call.steps, tol.stop_trapped and built.trapped)
@@ -546,7 +550,8 @@ def assemble_result(settings: dict[str, Any], call: registry.Call, setup: regist
     if fin.stuck is not None:
         code = np.where(fin.stuck & (code != _classify.SPURIOUS), _classify.SADDLE, code)
     if fin.theory_rate:
-        rates = _rates(out.rate_pts, code, fin.model, fin.WT, fin.A, draws.WS, draws.AS, sched, tol.linear_rtol)
+        rates = _rates(out.rate_pts, code, fin.model, fin.WT, fin.A, draws.WS, draws.AS, sched, tol.linear_rtol,
+                       fin.continuous)
     else:
         fitted, linear = fitted_rates(out.rate_pts, code, sched, tol.linear_rtol)
         rates = (fitted, linear, np.full(runs, np.nan))
@@ -588,10 +593,11 @@ def _result(settings: dict[str, Any], call: registry.Call, sched: Any, rec: np.n
     )
 
 
-def _rates(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
-    """Measured per-step loss contraction, whether the curve was geometric, and the theory's ``rate^2``."""
+def _rates(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol, flow=False):
+    """Measured per-step loss contraction, whether the curve was geometric, and the theory's ``rate^2`` (``flow``:
+    per unit of time of gradient flow, ``exp(-2 eta lambda)``)."""
     with np.errstate(over="ignore", invalid="ignore"):  # diverged runs may hold inf; they get NaN rates
-        return _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol)
+        return _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol, flow)
 
 
 def fitted_rates(rate_pts, code, sched, linear_rtol):
@@ -623,7 +629,7 @@ def _final_step_sizes(sched: Any, R: int) -> tuple[np.ndarray, np.ndarray]:
     return sched.eta_w[sr, last], sched.eta_a[sr, last]
 
 
-def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
+def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol, flow=False):
     R = len(code)
     glob = code == _classify.GLOBAL
     fitted, linear = fitted_rates(rate_pts, code, sched, linear_rtol)
@@ -632,7 +638,7 @@ def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
         predicted = np.full(R, np.nan)
         share = np.full(R, np.nan)
         for r in np.flatnonzero(glob):
-            rate, share[r] = _unnormalized_rate(WT[r], A[r], ew[r], ea[r], WS[r], AS[r])
+            rate, share[r] = _unnormalized_rate(WT[r], A[r], ew[r], ea[r], WS[r], AS[r], flow)
             predicted[r] = rate**2
         linear &= share >= 0.9  # as for the normalized models below: the slowest mode must carry the loss
         return fitted, linear, predicted
@@ -643,15 +649,16 @@ def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
     d = A - AS
     d1 = d.sum(axis=1) ** 2 / k
     d2 = np.einsum("ij,ij->i", d, d) - d1
-    predicted, share = _normalized_rate(glob, (ew, ea), (k, p), n, qs, np.arccos(cos_phi), (d1, d2))
+    predicted, share = _normalized_rate(glob, (ew, ea), (k, p), n, qs, np.arccos(cos_phi), (d1, d2), flow)
     linear &= share >= 0.9
     return fitted, linear, predicted
 
 
-def _normalized_rate(glob, etas, sizes, n, qs, phi, dev):
+def _normalized_rate(glob, etas, sizes, n, qs, phi, dev, flow=False):
     """``(rate^2, share)`` of the normalized models at their final state: the Hessian's prediction (runs ``glob``,
     NaN elsewhere) and the slowest mode's share of the loss, from ``||w~||``, ``Qs``, ``phi`` and the squared
-    deviation ``a - a*`` along ``1`` and across it, ``dev = (d1, d2)``."""
+    deviation ``a - a*`` along ``1`` and across it, ``dev = (d1, d2)``.  ``flow``: gradient flow, whose mode ``i``
+    contracts by ``exp(-eta_i lambda_i)`` per unit of time."""
     # At the global minimum the Hessian is block diagonal with modes (w-tangent, Q*/(2 n^2)),
     # (a along 1, (k+pi-1)/(2 pi)), (a orthogonal to 1, (pi-1)/(2 pi)); GD contracts mode i by |1 - eta lambda_i|.
     (ew, ea), (k, p), (d1, d2) = etas, sizes, dev
@@ -661,7 +668,7 @@ def _normalized_rate(glob, etas, sizes, n, qs, phi, dev):
     lam = np.stack([qs / (2.0 * n**2), np.full(R, lam_ones), np.full(R, lam_perp)], axis=1)
     eta = np.stack([ew, ea, ea], axis=1)
     present = np.stack([np.full(R, p > 1), np.ones(R, bool), np.full(R, k > 1)], axis=1)
-    factor = np.where(present, np.abs(1.0 - eta * lam), 0.0)
+    factor = np.where(present, np.exp(-eta * lam) if flow else np.abs(1.0 - eta * lam), 0.0)
     slow = np.argmax(factor, axis=1)
     predicted[glob] = factor[glob, slow[glob]] ** 2
     # Share of the final loss in each mode (quadratic model): the asymptotic rate is only observable where the
@@ -697,7 +704,7 @@ def _rates_gram(rate_pts, code, model, final, consts, sizes, sched, linear_rtol)
         return fitted, linear, predicted
 
 
-def _unnormalized_rate(w, a, eta_w, eta_a, w_star, a_star):
+def _unnormalized_rate(w, a, eta_w, eta_a, w_star, a_star, flow=False):
     """``(rate, share)`` of GD near a global minimum of the unnormalized CNN: the per-step contraction factor of the
     slowest mode that changes the function, and that mode's share of the loss (quadratic model).
 
@@ -719,7 +726,7 @@ def _unnormalized_rate(w, a, eta_w, eta_a, w_star, a_star):
     q, _ = np.linalg.qr(np.column_stack([e / np.linalg.norm(e), np.eye(p + k)]))
     B = q[:, 1 : p + k]
     mu, U = np.linalg.eigh(B.T @ S @ B)
-    factor = np.abs(1.0 - mu)
+    factor = np.exp(-mu) if flow else np.abs(1.0 - mu)  # flow: exp(-mu) per unit of time
     slow = int(np.argmax(factor))
     n = float(np.linalg.norm(w))
     x = np.concatenate([w - n * w_star, a - a_star / n])
