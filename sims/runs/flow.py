@@ -98,3 +98,80 @@ class FlowSpec(EngineSpec):
 
 
 FLOW = register_engine("flow", FlowSpec())
+
+
+def field_function(consts: np.ndarray, k: int, normalized: bool, eta_w: float, eta_a: float):
+    """The flow's right-hand side ``f(t, y)`` of one run in plain Python (``y = (u, r, x, y, z)``, ``consts`` a row
+    of the engine's constants), for ``scipy.integrate.solve_ivp``: the reference the compiled integrator is tested
+    and benchmarked against.  The same generated closed forms as the engine (:func:`sims.engines.flow._observe`)."""
+    from theory import closed_forms as tcf
+
+    Q0, S0, P0, Ss, Qs = (float(v) for v in consts[:5])
+
+    def rhs(t: float, state: np.ndarray) -> np.ndarray:
+        u, r1, x, y, z = (float(v) for v in state)
+        n = math.sqrt(u * u + r1 * r1)
+        inv_n = 1.0 / n
+        c, s = u * inv_n, abs(r1) * inv_n
+        omc = r1 * r1 / (n * (n + u)) if u > 0.0 else 1.0 - c
+        phi = math.atan2(abs(r1), u)
+        rho = 1.0 if normalized else n
+        dev = tcf.scaled_deviations(rho, *tcf.gram_deviations(x, y, z, Q0, S0, P0, k, Ss, Qs), Ss, Qs)
+        L_rho, L_c, L_S, L_Q, L_Pa = tcf.deviation_gradient(rho, phi, c, s, omc, *dev, Ss, Qs)
+        d = tcf.flow_field(u, r1, 0.0, x, y, z, inv_n, 0.0 if normalized else L_rho, L_c, L_S, L_Q, L_Pa,
+                           eta_w, eta_a, 0.0, 0.0, 0.0, 0.0)
+        return np.array([d[0], d[1], d[3], d[4], d[5]])
+
+    return rhs
+
+
+def refine(sched: Any, m: int) -> Any:
+    """The resolved schedule ``sched`` (:class:`sims.runs.schedules.ResolvedSchedule`) with steps ``m`` times
+    smaller and ``m`` times as many: segment ends times ``m``, step sizes over ``m`` (so ``m t`` steps of it
+    approximate flow time ``t`` of the original's rates)."""
+    from dataclasses import replace
+
+    return replace(sched, seg_end=sched.seg_end * m, eta_w=sched.eta_w / m, eta_a=sched.eta_a / m,
+                   warmup_steps=None if sched.warmup_steps is None else sched.warmup_steps * m,
+                   warmup_eta_w=None if sched.warmup_eta_w is None else sched.warmup_eta_w / m)
+
+
+def finite_step_twin(m: int, **kwargs: Any) -> Any:
+    """Finite-step population GD (the order-parameter engine) on the runs ``sims.simulate(algorithm="flow",
+    **kwargs)`` integrates, with steps ``m`` times smaller: the same draws, the schedule resolved as the flow
+    resolves it (the prescribed warmup at the given step sizes) and then refined (:func:`refine`), ``m`` times the
+    step budget, the trajectory recorded at ``m`` times the flow's record times.  Its ``steps`` (and the other
+    step counts) divided by ``m`` are comparable with the flow's times; as ``m`` grows its runs converge to the
+    flow's (Euler's method: the error at a fixed time is O(eta / m))."""
+    from sims.runs import simulate as sim
+
+    m = sim._check_int(m, "m", 1)
+    kwargs = dict(kwargs, algorithm="gd")
+    _, spec, opts = sim._select(kwargs.pop("engine", "reduced"), None, "gd")
+    call = sim._validate_common(spec, opts, **{f: kwargs.get(f, d) for f, d in _SIMULATE_DEFAULTS.items()})
+    call = spec.validate(opts, call)
+    draws = sim.draw(call)
+    start = spec.start(opts, call, draws)
+    sched = refine(sim._resolve(call, draws, start), m)
+    rec = sim.record_steps(call.steps, call.n_record) * m
+    call = call._replace(steps=call.steps * m)
+    sim.check_memory(k=call.k, p=call.p, runs=call.runs, steps=call.steps, n_record=rec.size, threads=call.threads)
+    setup = Setup(draws, start, sched, rec, np.ascontiguousarray(start.WT0.copy()), np.ascontiguousarray(start.A0))
+    built = spec.build(opts, call, setup)
+    tol = call.tolerances
+    out = spec.make_outputs(opts, call.runs, rec.size)
+    phi_s = sim._classify.saddle_angles_batch(draws.AS)
+    prob = sim.driver.make_problem(draws.WS, draws.AS, phi_s, sched, draws.states, rec, tol.rate_window)
+    stops = sim.driver.make_stops(tol, call.steps, tol.stop_trapped and built.trapped)
+    sim.driver.run_batch(built.entry, built.workspace, built.eng, prob, stops, out, call.runs, call.threads)
+    fin = spec.finish(opts, call, setup, built, out)
+    settings = sim._settings_dict(model=call.model.name, k=call.k, p=call.p, runs=call.runs, steps=call.steps,
+                                  schedule=call.schedule, algorithm="gd", seed=call.seed, refined=m)
+    return sim.assemble_result(settings, call, setup, out, fin, phi_s=phi_s)
+
+
+#: The arguments of ``sims.simulate`` :func:`finite_step_twin` passes on, with their defaults.
+_SIMULATE_DEFAULTS: dict[str, Any] = dict(model="resnet", k=None, p=None, runs=None, steps=None, schedule=None,
+                                          teacher=None, init=None, algorithm="gd", batch_size=None, shortcut=None,
+                                          seed=0, run_offset=0, tolerances=None, n_record=64, allow_unstable=False,
+                                          threads=None)
