@@ -313,7 +313,9 @@ def _check_without_vectors(name: str, call: registry.Call) -> None:
     """Refuse ``vectors=False`` (``ValueError`` naming ``vectors`` and why) where the order-parameter engine does
     not run."""
     why = None
-    if call.algorithm != "gd":
+    if call.algorithm == "flow":
+        why = "algorithm 'flow' runs on the vector pipeline only (its results rebuild the vectors)"
+    elif call.algorithm != "gd":
         why = f"algorithm {call.algorithm!r} samples inputs (only population GD, algorithm='gd', has order parameters)"
     elif name not in ("gd", "reduced"):
         why = f"engine {name!r} trains vectors (use engine None, 'gd' or 'reduced')"
