@@ -162,7 +162,7 @@ def workspace(eng: FlowGD, p: int, k: int) -> tuple[np.ndarray, np.ndarray, np.n
             unshared_empty(NY * 4).reshape(NY, 4))
 
 
-@njit(inline="always")
+@_jit
 def _observe(y, consts, k, normalized):
     """At the state ``y = (u, r, x, y, z)``: ``(L, phi, c, s, P, ||grad||^2, ||grad_a||^2)`` and the partials
     ``(1/n, L_rho, L_c, L_S, L_Q, L_Pa)`` (``L_rho = 0`` for the weight-normalized models), as the reduced engine
@@ -190,7 +190,7 @@ def _observe(y, consts, k, normalized):
     return (L, phi, c, s, Qs + Da_p, g2, ga2), (inv_n, L_rho, L_c, L_S, L_Q, L_Pa)
 
 
-@njit(inline="always")
+@_jit
 def _eval(y, consts, k, normalized, ew, ea, K, row):
     """The field at ``y`` with rates ``(ew, ea)`` into ``K[row]``; returns the observation."""
     obs, (inv_n, L_rho, L_c, L_S, L_Q, L_Pa) = _observe(y, consts, k, normalized)
@@ -238,7 +238,7 @@ def _initial_step(y, f0, consts, k, normalized, ew, ea, rtol, atol, interval, K,
     return min(100.0 * h0, h1, interval), 1
 
 
-@njit(inline="always")
+@_jit
 def _dense(y, Q, h, theta, out):
     """The dense output at ``t + theta h`` (scipy's ``RkDenseOutput``: ``y + h Q (theta, theta^2, theta^3,
     theta^4)``) into ``out``."""
@@ -305,7 +305,7 @@ def _locate(code, level, y, Q, h, hi, g_hi, consts, k, normalized, tf, tmp):
     return b
 
 
-@njit(inline="always")
+@_jit
 def _stop_now(obs, finite, tol, trap_on, phs, tf, k, Ss, Qs):
     """The stop decision at one state apart from the step budget: a reason code, or -1."""
     L, phi, c, s, P, g2, ga2 = obs
@@ -323,13 +323,13 @@ def _stop_now(obs, finite, tol, trap_on, phs, tf, k, Ss, Qs):
     return -1
 
 
-@njit(inline="always")
+@_jit
 def _finite(obs):
     L, phi, c, s, P, g2, ga2 = obs
     return math.isfinite(L) and math.isfinite(phi) and math.isfinite(P) and math.isfinite(g2)
 
 
-@njit(inline="always")
+@_jit
 def _record(out, r, rec, obs, y, consts, k):
     L, phi, c, s, P, g2, ga2 = obs
     out.traj[r, rec, 0] = L
@@ -340,222 +340,276 @@ def _record(out, r, rec, obs, y, consts, k):
 
 
 @_jit
-def _run_one(r, eng, ws, prob, stops, out):
-    """Integrate run ``r`` from time 0 to its stop (module docstring)."""
+def _attempt(ws, ctx, rates, ctl, t, t_end, h_abs):
+    """One accepted step from ``(t, y = Y[0])`` with scipy's RK45 control (module docstring): the stages into
+    ``K``, the new state into ``Y[1]``; returns ``(ok, t_new, h, next h_abs, observation at t_new, evaluations)``,
+    ``ok`` False when the step would fall below the minimum step."""
     K, Y, Q = ws
-    y = Y[0]
-    y_new = Y[1]
-    tmp = Y[2]
-    consts = eng.consts[r]
-    k = eng.k
-    normalized = eng.normalized
-    rtol = eng.rtol
-    atol = eng.atol
-    Ss, Qs = consts[3], consts[4]
-    sr = r if prob.seg_end.shape[0] > 1 else 0
-    nseg = prob.seg_end.shape[1]
+    y, y_new, tmp = Y[0], Y[1], Y[2]
+    consts, k, normalized, tf = ctx
+    ew, ea = rates
+    rtol, atol = ctl
+    min_step = 10.0 * (np.nextafter(t, np.inf) - t)
+    h_abs = max(h_abs, min_step)
+    rejected = False
+    nfev = 0
+    while True:
+        if h_abs < min_step:
+            return False, t, 0.0, h_abs, _observe(y, consts, k, normalized)[0], nfev
+        t_new = min(t + h_abs, t_end)
+        h = t_new - t
+        h_abs = abs(h)
+        for st in range(1, 6):
+            for i in range(NY):
+                acc = 0.0
+                for j in range(st):
+                    acc += A[st, j] * K[j, i]
+                tmp[i] = y[i] + h * acc
+            _eval(tmp, consts, k, normalized, ew, ea, K, st)
+        for i in range(NY):
+            acc = 0.0
+            for j in range(6):
+                acc += B[j] * K[j, i]
+            y_new[i] = y[i] + h * acc
+        obs_new = _eval(y_new, consts, k, normalized, ew, ea, K, 6)
+        nfev += 6
+        err = 0.0
+        for i in range(NY):
+            acc = 0.0
+            for j in range(7):
+                acc += E[j] * K[j, i]
+            sc = atol + max(abs(y[i]), abs(y_new[i])) * rtol
+            err += (acc * h / sc) ** 2
+        err_norm = math.sqrt(err / NY)
+        if err_norm < 1.0:
+            factor = MAX_FACTOR if err_norm == 0.0 else min(MAX_FACTOR, SAFETY * err_norm ** ERROR_EXPONENT)
+            if rejected:
+                factor = min(1.0, factor)
+            return True, t_new, h, h_abs * factor, obs_new, nfev
+        if not math.isfinite(err_norm):  # a non-finite stage: shrink as after a large error
+            err_norm = 1e300
+        h_abs *= max(MIN_FACTOR, SAFETY * err_norm ** ERROR_EXPONENT)
+        rejected = True
+
+
+@_jit
+def _dense_coefficients(K, Q):
+    """``Q = K^T P_DENSE``: the dense output's coefficients of the step just taken."""
+    for i in range(NY):
+        for j in range(4):
+            acc = 0.0
+            for st in range(7):
+                acc += K[st, i] * P_DENSE[st, j]
+            Q[i, j] = acc
+
+
+@_jit
+def _step_stop(ws, ctx, h, obs_new, tol, trap):
+    """The stop of the step just taken, if any: ``(code, theta)``, the earliest located one (ties in the driver's
+    order), ``code`` -1 if none.  ``trap = (trapped test on, phi_s)``."""
+    K, Y, Q = ws
+    y, y_new, tmp = Y[0], Y[1], Y[2]
+    consts, k, normalized, tf = ctx
+    L1, phi1, c1, s1, P1, g21, ga21 = obs_new
+    if L1 > tol[2]:
+        return driver.STOP_DIVERGED, 1.0
+    theta = 1.0
+    code = -1
+    for ev, level, g in ((EV_LOSS, tol[0], L1 - tol[0]), (EV_GRAD, tol[1], g21 - tol[1])):
+        if _triggered(ev, g):
+            th = _locate(ev, level, y, Q, h, 1.0, g, consts, k, normalized, tf, tmp)
+            if code < 0 or th < theta:
+                theta = th
+                code = driver.STOP_LOSS if ev == EV_LOSS else driver.STOP_GRAD
+    trap_on, phs = trap
+    if trap_on and phs >= 0.0 and phi1 > phs and P1 < 0.0:
+        g = _event_value(EV_TRAP, 0.0, y_new, consts, k, normalized, tf)
+        if _triggered(EV_TRAP, g):
+            th = _locate(EV_TRAP, 0.0, y, Q, h, 1.0, g, consts, k, normalized, tf, tmp)
+            if code < 0 or th < theta:
+                theta = th
+                code = driver.STOP_TRAPPED
+    return code, theta
+
+
+@_jit
+def _step_events(ws, ctx, t, h, theta, obs_end, levels, ev):
+    """The events of the step just taken, up to ``theta`` (the stop, or 1): ``ev = (slow_end, steps_tol, pts,
+    tol_eps)``; returns the updated ``(slow_end, steps_tol)`` (``pts`` is updated in place)."""
+    K, Y, Q = ws
+    y, tmp = Y[0], Y[2]
+    consts, k, normalized, tf = ctx
+    slow_end, steps_tol, pts, tol_eps = ev
+    L1, phi1, c1, s1, P1, g21, ga21 = obs_end
+    if slow_end < 0.0 and P1 > 0.0:
+        slow_end = t + h * _locate(EV_SLOW, 0.0, y, Q, h, theta, -P1, consts, k, normalized, tf, tmp)
+    if steps_tol < 0.0 and L1 <= tol_eps:
+        steps_tol = t + h * _locate(EV_EPS, tol_eps, y, Q, h, theta, L1 - tol_eps, consts, k, normalized, tf, tmp)
+    for lv in range(3):
+        if L1 > levels[lv]:
+            pts[2 * lv] = -1.0
+        elif pts[2 * lv] < 0.0:
+            th = _locate(EV_LEVEL, levels[lv], y, Q, h, theta, L1 - levels[lv], consts, k, normalized, tf, tmp)
+            _dense(y, Q, h, th, tmp)
+            pts[2 * lv] = t + h * th
+            pts[2 * lv + 1] = _observe(tmp, consts, k, normalized)[0][0]
+    return slow_end, steps_tol
+
+
+@_jit
+def _step_records(ws, ctx, t, h, theta, obs_end, prob, out, r, rec):
+    """Record the trajectory at the record times in ``(t, t + theta h]`` (dense output); returns the next index."""
+    K, Y, Q = ws
+    y, y_new, tmp = Y[0], Y[1], Y[2]
+    consts, k, normalized, tf = ctx
+    t_hi = t + theta * h
     m = prob.record_steps.shape[0]
-    T = float(stops.max_steps)
-    L_ref = _loss_ref(Ss, Qs)
+    while rec < m and prob.record_steps[rec] <= t_hi:
+        th = (prob.record_steps[rec] - t) / h
+        if th >= theta:
+            obs_r = obs_end
+            for i in range(NY):
+                tmp[i] = y_new[i]
+        else:
+            _dense(y, Q, h, th, tmp)
+            obs_r = _observe(tmp, consts, k, normalized)[0]
+        _record(out, r, rec, obs_r, tmp, consts, k)
+        rec += 1
+    return rec
+
+
+@_jit
+def _point_events(obs, t, levels, ev, finite):
+    """The events at one state (a segment's start): ``ev = (slow_end, steps_tol, pts, tol_eps)`` as in
+    :func:`_step_events`."""
+    slow_end, steps_tol, pts, tol_eps = ev
+    L, phi, c, s, P, g2, ga2 = obs
+    if finite and P > 0.0 and slow_end < 0.0:
+        slow_end = t
+    if finite and L <= tol_eps and steps_tol < 0.0:
+        steps_tol = t
+    for lv in range(3):
+        if L > levels[lv]:
+            pts[2 * lv] = -1.0
+        elif pts[2 * lv] < 0.0:
+            pts[2 * lv] = t
+            pts[2 * lv + 1] = L
+    return slow_end, steps_tol
+
+
+@_jit
+def _segment(prob, sr, seg, t, T):
+    """The segment of time ``t`` from ``seg`` on and its end (at most ``T``)."""
+    nseg = prob.seg_end.shape[1]
+    while seg < nseg - 1 and t >= prob.seg_end[sr, seg]:
+        seg += 1
+    return seg, (min(float(prob.seg_end[sr, seg]), T) if seg < nseg - 1 else T)
+
+
+@_jit
+def _thresholds(consts, prob, stops):
+    """``(tol, tol_eps, levels)``: the stop levels, the steps-to-tol level and the rate levels, scaled by
+    ``L_ref``."""
+    L_ref = _loss_ref(consts[3], consts[4])
     if not L_ref > 0.0:
         L_ref = 1.0
     tol = (stops.loss_tol * L_ref, stops.grad_tol * stops.grad_tol * L_ref if stops.grad_tol >= 0.0 else -1.0,
            stops.divergence * L_ref)
-    tol_eps = stops.eps_steps * L_ref
     levels = (prob.rate_levels[0] * L_ref, prob.rate_levels[1] * L_ref, prob.rate_levels[2] * L_ref)
+    return tol, stops.eps_steps * L_ref, levels
+
+
+@_jit
+def _run_one(r, eng, ws, prob, stops, out):
+    """Integrate run ``r`` from time 0 to its stop (module docstring)."""
+    K, Y, Q = ws
+    y, y_new = Y[0], Y[1]
+    consts = eng.consts[r]
+    ctx = (consts, eng.k, eng.normalized, 1.0)
+    ctl = (eng.rtol, eng.atol)
+    sr = r if prob.seg_end.shape[0] > 1 else 0
+    nseg = prob.seg_end.shape[1]
+    T = float(stops.max_steps)
+    tol, tol_eps, levels = _thresholds(consts, prob, stops)
     pts = np.full(6, -1.0)
     phs = prob.phi_saddle[r] if prob.phi_saddle.shape[0] > 1 else prob.phi_saddle[0]
-    tf = 1.0
     for i in range(NY):
         y[i] = eng.start[r, _IDX[i]]
-    t = 0.0
-    seg = 0
-    rec = 0
-    slow_end = -1.0
-    steps_tol = -1.0
-    nsteps = 0
-    nfev = 0
+    t, seg, rec, slow_end, steps_tol, nsteps, nfev, t_stop = 0.0, 0, 0, -1.0, -1.0, 0, 0, 0.0
     reason = -1
-    t_stop = 0.0
     final = (0.0, 0.0, 0.0, 0.0)
-    while True:
-        # A segment starts at t: its rates, the stop rules at the current state, then its integration.
-        while seg < nseg - 1 and t >= prob.seg_end[sr, seg]:
-            seg += 1
-        ew = prob.eta_w[sr, seg]
-        ea = prob.eta_a[sr, seg]
-        t_end = min(float(prob.seg_end[sr, seg]), T) if seg < nseg - 1 else T
-        trap_on = stops.stop_trapped and normalized and seg == nseg - 1
-        obs = _eval(y, consts, k, normalized, ew, ea, K, 0)
+    while reason < 0:
+        # A segment starts at t: its rates, the events and stops at the current state, then its integration.
+        seg, t_end = _segment(prob, sr, seg, t, T)
+        rates = (prob.eta_w[sr, seg], prob.eta_a[sr, seg])
+        trap = (stops.stop_trapped and eng.normalized and seg == nseg - 1, phs)
+        obs = _eval(y, consts, eng.k, eng.normalized, rates[0], rates[1], K, 0)
         nfev += 1
         finite = _finite(obs)
-        L, phi, c, s, P, g2, ga2 = obs
-        if finite and P > 0.0 and slow_end < 0.0:
-            slow_end = t
-        if finite and L <= tol_eps and steps_tol < 0.0:
-            steps_tol = t
-        for lv in range(3):
-            if L > levels[lv]:
-                pts[2 * lv] = -1.0
-            elif pts[2 * lv] < 0.0:
-                pts[2 * lv] = t
-                pts[2 * lv + 1] = L
-        while rec < m and prob.record_steps[rec] <= t:
-            _record(out, r, rec, obs, y, consts, k)
-            rec += 1
-        reason = _stop_now(obs, finite, tol, trap_on, phs, tf, k, Ss, Qs)
+        slow_end, steps_tol = _point_events(obs, t, levels, (slow_end, steps_tol, pts, tol_eps), finite)
+        for i in range(NY):
+            y_new[i] = y[i]
+        rec = _step_records(ws, ctx, t, 1.0, 0.0, obs, prob, out, r, rec)  # the records at time t
+        reason = _stop_now(obs, finite, tol, trap[0], phs, 1.0, eng.k, consts[3], consts[4])
         if reason < 0 and t >= T:
             reason = driver.STOP_MAX_STEPS
         if reason >= 0:
             t_stop = t
+            L, phi, c, s, P, g2, ga2 = obs
             final = (L, phi, P, math.sqrt(g2)) if finite else (math.inf, phi, P, math.inf)
             break
-        h_abs, ne = _initial_step(y, K[0], consts, k, normalized, ew, ea, rtol, atol, t_end - t, K, tmp)
+        h_abs, ne = _initial_step(y, K[0], consts, eng.k, eng.normalized, rates[0], rates[1], ctl[0], ctl[1],
+                                  t_end - t, K, Y[2])
         nfev += ne
-        while True:  # accepted steps of this segment
-            min_step = 10.0 * (np.nextafter(t, np.inf) - t)
-            h_abs = max(h_abs, min_step)
-            rejected = False
-            ok = True
-            while True:  # attempts of one step
-                if h_abs < min_step:
-                    ok = False
-                    break
-                t_new = t + h_abs
-                if t_new > t_end:
-                    t_new = t_end
-                h = t_new - t
-                h_abs = abs(h)
-                for st in range(1, 6):
-                    for i in range(NY):
-                        acc = 0.0
-                        for j in range(st):
-                            acc += A[st, j] * K[j, i]
-                        tmp[i] = y[i] + h * acc
-                    _eval(tmp, consts, k, normalized, ew, ea, K, st)
-                for i in range(NY):
-                    acc = 0.0
-                    for j in range(6):
-                        acc += B[j] * K[j, i]
-                    y_new[i] = y[i] + h * acc
-                obs_new = _eval(y_new, consts, k, normalized, ew, ea, K, 6)
-                nfev += 6
-                err = 0.0
-                for i in range(NY):
-                    acc = 0.0
-                    for j in range(7):
-                        acc += E[j] * K[j, i]
-                    sc = atol + max(abs(y[i]), abs(y_new[i])) * rtol
-                    err += (acc * h / sc) ** 2
-                err_norm = math.sqrt(err / NY)
-                if err_norm < 1.0:
-                    factor = MAX_FACTOR if err_norm == 0.0 else min(MAX_FACTOR, SAFETY * err_norm ** ERROR_EXPONENT)
-                    if rejected:
-                        factor = min(1.0, factor)
-                    h_abs *= factor
-                    break
-                if not math.isfinite(err_norm):  # a non-finite stage: shrink as after a large error
-                    err_norm = 1e300
-                h_abs *= max(MIN_FACTOR, SAFETY * err_norm ** ERROR_EXPONENT)
-                rejected = True
-            if not ok:
+        while t < t_end:
+            ok, t_new, h, h_abs, obs_new, ne = _attempt(ws, ctx, rates, ctl, t, t_end, h_abs)
+            nfev += ne
+            finite_new = ok and _finite(obs_new)
+            for i in range(NY):
+                finite_new = finite_new and math.isfinite(y_new[i])
+            if not finite_new:  # below the minimum step, or the step would leave the finite states: stop here
                 reason = driver.STOP_DIVERGED
                 t_stop = t
-                obs = _eval(y, consts, k, normalized, ew, ea, K, 0)
-                L, phi, c, s, P, g2, ga2 = obs
+                L, phi, c, s, P, g2, ga2 = _observe(y, consts, eng.k, eng.normalized)[0]
                 final = (L, phi, P, math.sqrt(g2))
                 break
             nsteps += 1
-            finite_new = _finite(obs_new)
-            for i in range(NY):
-                finite_new = finite_new and math.isfinite(y_new[i])
-            if not finite_new:  # the step would leave the finite states: stop at this one
-                reason = driver.STOP_DIVERGED
-                t_stop = t
-                obs = _eval(y, consts, k, normalized, ew, ea, K, 0)
-                L, phi, c, s, P, g2, ga2 = obs
-                final = (L, phi, P, math.sqrt(g2))
-                break
-            # the dense output of the step
-            for i in range(NY):
-                for j in range(4):
-                    acc = 0.0
-                    for st in range(7):
-                        acc += K[st, i] * P_DENSE[st, j]
-                    Q[i, j] = acc
-            L1, phi1, c1, s1, P1, g21, ga21 = obs_new
-            # the stops: the earliest located one (ties in the driver's order)
-            theta = 1.0
-            code = -1
-            if L1 > tol[2]:
-                code = driver.STOP_DIVERGED
+            _dense_coefficients(K, Q)
+            code, theta = _step_stop(ws, ctx, h, obs_new, tol, trap)
+            if code < 0 and t_new >= T:
+                code = driver.STOP_MAX_STEPS
+            obs_end = obs_new
+            if code >= 0 and theta < 1.0:  # the stop lies inside the step: its state from the dense output
+                _dense(y, Q, h, theta, y_new)
+                obs_end = _observe(y_new, consts, eng.k, eng.normalized)[0]
             else:
-                cands = ((EV_LOSS, tol[0], L1 - tol[0]), (EV_GRAD, tol[1], g21 - tol[1]))
-                for ev, level, g in cands:
-                    if _triggered(ev, g):
-                        th = _locate(ev, level, y, Q, h, 1.0, g, consts, k, normalized, tf, tmp)
-                        if th < theta or code < 0:
-                            theta = th
-                            code = driver.STOP_LOSS if ev == EV_LOSS else driver.STOP_GRAD
-                if trap_on and phs >= 0.0:
-                    g = _event_value(EV_TRAP, 0.0, y_new, consts, k, normalized, tf)
-                    if _triggered(EV_TRAP, g) and phi1 > phs and P1 < 0.0:
-                        th = _locate(EV_TRAP, 0.0, y, Q, h, 1.0, g, consts, k, normalized, tf, tmp)
-                        if code < 0 or th < theta:
-                            theta = th
-                            code = driver.STOP_TRAPPED
-                if code < 0 and t_new >= T:
-                    code = driver.STOP_MAX_STEPS
-            if code >= 0 and theta < 1.0:
-                _dense(y, Q, h, theta, tmp)
-                obs_end, _ = _observe(tmp, consts, k, normalized)
-                for i in range(NY):
-                    y_new[i] = tmp[i]
-            else:
-                obs_end = obs_new
                 theta = 1.0
-            t_hi = t + theta * h if theta < 1.0 else t_new
-            L1, phi1, c1, s1, P1, g21, ga21 = obs_end
-            # the events up to the end (the stop, or the step's end)
-            if slow_end < 0.0 and P1 > 0.0:
-                slow_end = t + h * _locate(EV_SLOW, 0.0, y, Q, h, theta, -P1, consts, k, normalized, tf, tmp)
-            if steps_tol < 0.0 and L1 <= tol_eps:
-                steps_tol = t + h * _locate(EV_EPS, tol_eps, y, Q, h, theta, L1 - tol_eps, consts, k, normalized,
-                                            tf, tmp)
-            for lv in range(3):
-                if L1 > levels[lv]:
-                    pts[2 * lv] = -1.0
-                elif pts[2 * lv] < 0.0:
-                    th = _locate(EV_LEVEL, levels[lv], y, Q, h, theta, L1 - levels[lv], consts, k, normalized, tf,
-                                 tmp)
-                    _dense(y, Q, h, th, tmp)
-                    pts[2 * lv] = t + h * th
-                    pts[2 * lv + 1] = _observe(tmp, consts, k, normalized)[0][0]
-            while rec < m and prob.record_steps[rec] <= t_hi:
-                th = (prob.record_steps[rec] - t) / h
-                if th >= theta:
-                    obs_r = obs_end
-                    for i in range(NY):
-                        tmp[i] = y_new[i]
-                else:
-                    _dense(y, Q, h, th, tmp)
-                    obs_r, _ = _observe(tmp, consts, k, normalized)
-                _record(out, r, rec, obs_r, tmp, consts, k)
-                rec += 1
+            slow_end, steps_tol = _step_events(ws, ctx, t, h, theta, obs_end, levels,
+                                               (slow_end, steps_tol, pts, tol_eps))
+            rec = _step_records(ws, ctx, t, h, theta, obs_end, prob, out, r, rec)
             for i in range(NY):
                 y[i] = y_new[i]
             if code >= 0:
                 reason = code
-                t_stop = t_hi
+                t_stop = t + theta * h if theta < 1.0 else t_new
+                L1, phi1, c1, s1, P1, g21, ga21 = obs_end
                 final = (L1, phi1, P1, math.sqrt(g21))
                 break
             t = t_new
             for i in range(NY):
                 K[0, i] = K[6, i]
-            if t >= t_end:
-                break
-        if reason >= 0:
-            break
+    for f in range(6):
+        eng.out[r, f] = 0.0
+    for i in range(NY):
+        eng.out[r, _IDX[i]] = y[i]
+    _store(r, eng, out, prob, (reason, t_stop, slow_end, steps_tol, rec), pts, final, (nsteps, nfev))
+
+
+@_jit
+def _store(r, eng, out, prob, ends, pts, final, counts):
+    """The run's outputs: stop, events, rate points, final observation, NaN trajectory after the stop, and the
+    solver's counts."""
+    reason, t_stop, slow_end, steps_tol, rec = ends
     out.stop_reason[r] = reason
     out.stop_step[r] = t_stop
     out.slow_end[r] = slow_end
@@ -564,15 +618,11 @@ def _run_one(r, eng, ws, prob, stops, out):
         out.rate_pts[r, f] = pts[f]
     for f in range(4):
         out.final[r, f] = final[f]
-    for q in range(rec, m):
+    for q in range(rec, prob.record_steps.shape[0]):
         for f in range(4):
             out.traj[r, q, f] = np.nan
-    for f in range(6):
-        eng.out[r, f] = 0.0
-    for i in range(NY):
-        eng.out[r, _IDX[i]] = y[i]
-    eng.nsteps[r] = nsteps
-    eng.nfev[r] = nfev
+    eng.nsteps[r] = counts[0]
+    eng.nfev[r] = counts[1]
 
 
 @driver.entry_point(engine_file=__file__, fastmath=False, error_model="numpy")
