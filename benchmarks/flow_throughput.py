@@ -18,7 +18,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 from scipy.integrate import solve_ivp
 
 import sims

@@ -261,10 +261,12 @@ def simulate(
     so results are bit-identical whatever the thread count or the split of runs into calls.
 
     ``algorithm``: ``"gd"`` (population gradient descent, closed-form gradients), ``"sgd"`` (online SGD with a
-    fresh Gaussian minibatch of ``batch_size`` each step) or ``"gd-fixed"`` (GD on a fixed sample of
-    ``batch_size`` inputs drawn once per run).  ``init`` is a :class:`Init` sampler (default: ``w0 = 0`` for the
-    ResNet, a uniform unit ``w0`` for the CNNs, ``a0`` uniform in the ball of radius ``||a*||``) or explicit arrays
-    ``(w0, a0)``, shared (1-D) or per run (2-D).
+    fresh Gaussian minibatch of ``batch_size`` each step), ``"gd-fixed"`` (GD on a fixed sample of
+    ``batch_size`` inputs drawn once per run) or ``"flow"`` (gradient flow, the continuous-time limit of population
+    GD, integrated on the order parameters with the schedule's step sizes as rates and ``steps`` as the largest
+    flow time; times in place of steps in the result: :mod:`sims.runs.flow`).  ``init`` is a :class:`Init`
+    sampler (default: ``w0 = 0`` for the ResNet, a uniform unit ``w0`` for the CNNs, ``a0`` uniform in the ball
+    of radius ``||a*||``) or explicit arrays ``(w0, a0)``, shared (1-D) or per run (2-D).
 
     ``engine``: which engine trains (:mod:`sims.runs.registry`): None (the plain network's engine of
     ``algorithm``), a registered name, or an engine's options object: :class:`sims.Expansion` (a deep linear
