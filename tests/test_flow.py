@@ -316,7 +316,8 @@ def test_result_fields_and_engine_name():
     (dict(engine="reduced"), "engine"),
     (dict(engine=sims.Fade("linear", 10)), "engine"),
     (dict(engine="flow", algorithm="sgd"), "algorithm"),
-    (dict(vectors=False), "vectors"),
+    (dict(schedule=sims.Schedule.constant(0.1, 5.0)), "eta_a"),
+    (dict(vectors=False, teacher=(np.eye(4)[0], np.ones(4))), "vectors"),
 ])
 def test_bad_input_names_the_field(kwargs, match):
     base = dict(algorithm="flow", k=4, p=4, runs=2, steps=50, schedule=sims.Schedule.constant(0.1, 0.5))
@@ -330,3 +331,32 @@ def test_bad_input_names_the_field(kwargs, match):
 def test_bad_solver_tolerances(kwargs, match):
     with pytest.raises(ValueError, match=match):
         flow.Flow(**kwargs)
+
+
+@pytest.mark.parametrize("model", ("resnet", "cnn", "cnn-unnormalized"))
+def test_without_vectors_on_vector_draws_is_the_vector_flow(model):
+    """``vectors=False``: on the order parameters of vector draws the flow gives the vector pipeline's flow bit for
+    bit (same engine inputs), outcome codes equal and rates to 1e-12; drawn directly, it runs at any size."""
+    from sims.runs import order_runs
+    from sims.runs import simulate as sm
+
+    k = 16
+    ea = 0.9 * 4 * math.pi / (k + 2 * math.pi - 2)
+    schedule = sims.Schedule.constant(0.05, 0.5) if model == "cnn-unnormalized" else _two_stage(k)
+    kw = dict(_liu(model), runs=200, steps=3000, schedule=schedule, seed=9)
+    ref = sims.simulate(algorithm="flow", **kw)
+    v = theory.validation.shortcut_vector(None, 16)
+    op = order_runs.from_vectors(ref.w0 + v if model == "resnet" else ref.w0, ref.w_star, ref.a0, ref.a_star, v)
+    name, spec, opts = sm._select(None, None, "flow")
+    call = spec.validate(opts, sm._validate_common(spec, opts, **{**flow._SIMULATE_DEFAULTS, **kw,
+                                                                  "algorithm": "flow"}))
+    got = sm.run_without_vectors(call, op, flow_opts=opts)
+    for f in ("stop_reason", "steps", "final_loss", "final_phi", "steps_to_tol", "slow_phase_end", "trajectory"):
+        np.testing.assert_array_equal(getattr(got, f), getattr(ref, f), err_msg=f)
+    np.testing.assert_array_equal(got.outcome, ref.outcome)
+    np.testing.assert_allclose(got.theory_rate, ref.theory_rate, rtol=1e-12)
+    assert np.isfinite(ref.theory_rate).sum() > 50 and ea > 0
+    big = sims.simulate(algorithm="flow", **dict(kw, k=10**6, p=10**6, runs=300, schedule=_two_stage(10**6)),
+                        vectors=False)
+    assert big.order is not None and big.w is None and np.all(np.isfinite(big.final_loss))
+    assert np.all(big.final_loss <= big.trajectory[:, 0, 0])  # the flow never increases the loss

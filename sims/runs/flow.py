@@ -11,12 +11,16 @@ slowest Hessian mode (the flow's limit of GD's ``(1 - eta_i lambda_i)^2``); the 
 the coordinates as for the reduced engine (:func:`sims.runs.plain.rebuild`); ``extras["flow_steps"]`` and
 ``extras["flow_nfev"]`` count each run's accepted steps and field evaluations.  The schedule gives the rates of
 each segment (its step sizes, read as rates per unit of time); ``steps`` is the largest flow time.
+``vectors=False`` runs the flow on the order parameters alone, as it does GD
+(:func:`sims.runs.simulate.run_without_vectors`).
 
 Refused (``ValueError`` naming the field): a schedule with noise (the flow is deterministic), SGD settings
 (``batch_size``), an engine that takes finite steps (``engine="vector"``, ``"reduced"``, ...) with
 ``algorithm="flow"``, and tolerances of the solver outside ``[1e-14, 1e-2]`` (``rtol``) or ``(0, 1e-2]``
-(``atol``).  GD's stability limit on ``eta_a`` does not apply to the flow (it has none); the solver's steps shrink
-instead.
+(``atol``), and ``eta_a`` above GD's stability limit unless ``allow_unstable=True``: the flow itself has no such
+limit, but an explicit solver's steps shrink like ``1 / (eta_a lambda_1)`` (at ``k = 10^6`` with ``eta_a`` chosen
+for ``k = 16``, a run would take some 10^8 steps), and rates no GD can follow are not the limit of the GD the
+flow stands for.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 
 from sims.engines import flow
 from sims.runs.plain import rebuild, reduced_coordinates
-from sims.runs.registry import Built, Call, EngineSpec, Finished, Setup, register_engine
+from sims.runs.registry import Built, Call, EngineSpec, Finished, Setup, check_stable, register_engine
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class FlowSpec(EngineSpec):
                 raise ValueError(f"algorithm='flow' needs a noise-free schedule: schedule.segments[{i}] has noise "
                                  f"(noise_w = {seg.noise_w:g}, noise_a = {seg.noise_a:g}); gradient flow is "
                                  "deterministic")
+        check_stable(call)
         return call
 
     def make_outputs(self, opts: Flow, runs: int, m: int) -> flow.FlowOutputs:

@@ -13,6 +13,7 @@ import numpy as np
 
 import theory
 from sims.engines import driver, reduced
+from sims.engines import flow as flow_engine
 from sims.engines.rng import stream_states
 from sims.runs import classify as _classify
 from sims.runs import flow as _flow  # noqa: F401 (registers the gradient-flow engine)
@@ -287,9 +288,9 @@ def simulate(
     ``result.order`` holds the initial order parameters and the final coordinates (:class:`SimulationResult`).
     The shortcut direction does not enter such a run (the order parameters' law is the same for every ``v``;
     ``settings["shortcut"]`` is None).
-    Allowed only where the order-parameter engine runs: ``algorithm="gd"``, a noise-free schedule, ``engine`` None,
-    ``"gd"`` or ``"reduced"``, ``teacher`` a :class:`Teacher` and ``init`` a :class:`Init` (or None), not arrays;
-    anything else is a ``ValueError``.
+    Allowed only where the order-parameter engines run: ``algorithm="gd"`` or ``"flow"``, a noise-free schedule,
+    ``engine`` None, ``"gd"``, ``"reduced"`` or ``"flow"``, ``teacher`` a :class:`Teacher` and ``init`` a
+    :class:`Init` (or None), not arrays; anything else is a ``ValueError``.
     """
     if not isinstance(vectors, (bool, np.bool_)):
         raise ValueError(f"vectors must be True or False; got {vectors!r}")
@@ -305,7 +306,7 @@ def simulate(
         res = run_engine(spec, opts, call)
     else:
         _check_without_vectors(name, call)
-        res = run_without_vectors(call)
+        res = run_without_vectors(call, flow_opts=opts if name == "flow" else None)
     if isinstance(engine, str) and engine not in ALGORITHMS:
         res.settings["engine"] = name
     return res
@@ -315,12 +316,10 @@ def _check_without_vectors(name: str, call: registry.Call) -> None:
     """Refuse ``vectors=False`` (``ValueError`` naming ``vectors`` and why) where the order-parameter engine does
     not run."""
     why = None
-    if call.algorithm == "flow":
-        why = "algorithm 'flow' runs on the vector pipeline only (its results rebuild the vectors)"
-    elif call.algorithm != "gd":
+    if call.algorithm not in ("gd", "flow"):
         why = f"algorithm {call.algorithm!r} samples inputs (only population GD, algorithm='gd', has order parameters)"
-    elif name not in ("gd", "reduced"):
-        why = f"engine {name!r} trains vectors (use engine None, 'gd' or 'reduced')"
+    elif name not in ("gd", "reduced", "flow"):
+        why = f"engine {name!r} trains vectors (use engine None, 'gd', 'reduced' or 'flow')"
     elif any(seg.noise_w > 0.0 or seg.noise_a > 0.0 for seg in call.schedule.segments):
         why = "the schedule adds noise (a perturbed step leaves the order parameters' subspace)"
     elif not isinstance(call.teacher, Teacher):
@@ -471,12 +470,14 @@ def run_engine(spec: registry.EngineSpec, opts: Any, call: registry.Call) -> Sim
                            phi_s=prob.phi_saddle)
 
 
-def run_without_vectors(call: registry.Call, op: OrderParameters | None = None) -> SimulationResult:
+def run_without_vectors(call: registry.Call, op: OrderParameters | None = None,
+                        flow_opts: Any = None) -> SimulationResult:
     """The pipeline of ``simulate(..., vectors=False)`` after validation: memory check (no vectors), the order
     parameters drawn from the runs' streams (or ``op``, e.g. those of vector draws,
     :func:`sims.runs.order_runs.from_vectors`), the reduced engine's start, the schedule resolved at it, the run
     on the driver (teachers known by their invariants only: the problem's ``WS, AS`` are ``(runs, 0)``), and
-    classification and rates from the final coordinates."""
+    classification and rates from the final coordinates.  ``flow_opts``: integrate gradient flow instead
+    (:class:`sims.Flow`, :mod:`sims.engines.flow`), on the same inputs."""
     R, k, p, tol = call.runs, call.k, call.p, call.tolerances
     check_memory(k=k, p=p, runs=R, steps=call.steps, n_record=call.n_record, threads=call.threads, vectors=False)
     states = stream_states(call.seed, call.run_offset, call.run_offset + R)
@@ -490,13 +491,17 @@ def run_without_vectors(call: registry.Call, op: OrderParameters | None = None) 
         raise ValueError("schedule: the prescribed warmup needs a weight-normalized model ('resnet' or 'cnn')")
     sched = call.schedule.resolve(call.steps, runs=R, phi0=phi0, norm0=norm0, k=k, gram=order_runs.gram(op))
     rec = record_steps(call.steps, call.n_record)
-    eng, entry = reduced.engine(start, consts, k, call.model.normalized)
+    if flow_opts is None:
+        eng, entry = reduced.engine(start, consts, k, call.model.normalized)
+        work, out = reduced.workspace, driver.make_outputs(R, rec.size)
+    else:
+        eng = flow_engine.engine(start, consts, k, call.model.normalized, flow_opts.rtol, flow_opts.atol)
+        entry, work, out = flow_engine.run_range, flow_engine.workspace, flow_engine.make_outputs(R, rec.size)
     phi_s = _classify.saddle_angles_gram(k, op.Ss, op.Qs)
     none = np.empty((R, 0))
     prob = driver.make_problem(none, none, phi_s, sched, states, rec, tol.rate_window)
-    out = driver.make_outputs(R, rec.size)
-    driver.run_batch(entry, reduced.workspace, eng, prob, driver.make_stops(tol, call.steps, tol.stop_trapped),
-                     out, R, call.threads)
+    driver.run_batch(entry, work, eng, prob, driver.make_stops(tol, call.steps, tol.stop_trapped), out, R,
+                     call.threads)
     final = eng.out
     lref = theory.closed_forms.loss_ref(op.Ss, op.Qs)
     lref = np.where(lref > 0, lref, 1.0)
@@ -504,14 +509,18 @@ def run_without_vectors(call: registry.Call, op: OrderParameters | None = None) 
     code = _classify.classify_gram(final_loss=out.final[:, 0], final_phi=out.final[:, 1], head=tuple(final[:, 3:6].T),
                                    gram=order_runs.gram(op), k=k, scale=scale, stop_reason=out.stop_reason,
                                    loss_ref=lref, loss_tol=tol.loss_tol, phi_s=phi_s)
-    rates = _rates_gram(out.rate_pts, code, call.model, final, consts, (k, p), sched, tol.linear_rtol)
+    rates = _rates_gram(out.rate_pts, code, call.model, final, consts, (k, p), sched, tol.linear_rtol,
+                        flow_opts is not None)
     base = dict(model=call.model.name, k=k, p=p, runs=R, steps=call.steps, schedule=call.schedule,
                 teacher=call.teacher, init=call.init, algorithm=call.algorithm, batch_size=call.batch_size,
                 shortcut=None, seed=call.seed, run_offset=call.run_offset,
                 tolerances=tol, n_record=call.n_record, allow_unstable=call.allow_unstable, vectors=False)
     vectors = dict.fromkeys(("w", "a", "w0", "a0", "w_star", "a_star"))
-    return _result(_settings_dict(**base), call, sched, rec, out, code, rates, lref, vectors,
-                   order_runs.order_columns(op, final))
+    extras = order_runs.order_columns(op, final)
+    if flow_opts is not None:
+        base["flow"] = {"rtol": flow_opts.rtol, "atol": flow_opts.atol}
+        extras.update(flow_steps=eng.nsteps, flow_nfev=eng.nfev)
+    return _result(_settings_dict(**base), call, sched, rec, out, code, rates, lref, vectors, extras)
 
 
 def check_memory(*, k: int, p: int, runs: int, steps: int, n_record: int, algorithm: str = "gd",
@@ -684,7 +693,7 @@ def _normalized_rate(glob, etas, sizes, n, qs, phi, dev, flow=False):
     return predicted, share
 
 
-def _rates_gram(rate_pts, code, model, final, consts, sizes, sched, linear_rtol):
+def _rates_gram(rate_pts, code, model, final, consts, sizes, sched, linear_rtol, flow=False):
     """:func:`_rates` of runs known by their order parameters: ``final`` the reduced engine's final coordinates
     ``(u, r1, r2, x, y, z)`` per run, ``consts`` its constants (``Q0, S0, P0, Ss, Qs, ...``), ``sizes = (k, p)``."""
     R = len(code)
@@ -696,14 +705,14 @@ def _rates_gram(rate_pts, code, model, final, consts, sizes, sched, linear_rtol)
         u, r1, r2, x, y, z = final.T
         Q0, S0, P0, Ss, Qs = consts[:, :5].T
         if not model.normalized:
-            predicted, share = order_runs.unnormalized_rates(glob, (ew, ea), (k, p), final, consts)
+            predicted, share = order_runs.unnormalized_rates(glob, (ew, ea), (k, p), final, consts, flow)
             linear &= share >= 0.9
             return fitted, linear, predicted
         n = np.sqrt(u * u + r1 * r1 + r2 * r2)
         phi = np.arccos(np.clip(u / n, -1.0, 1.0))
         Ds, _, Dq = theory.closed_forms.gram_deviations(x, y, z, Q0, S0, P0, k, Ss, Qs)
         d1 = Ds**2 / k
-        predicted, share = _normalized_rate(glob, (ew, ea), (k, p), n, Qs, phi, (d1, Dq - d1))
+        predicted, share = _normalized_rate(glob, (ew, ea), (k, p), n, Qs, phi, (d1, Dq - d1), flow)
         linear &= share >= 0.9
         return fitted, linear, predicted
 
