@@ -162,7 +162,7 @@ def workspace(eng: FlowGD, p: int, k: int) -> tuple[np.ndarray, np.ndarray, np.n
             unshared_empty(NY * 4).reshape(NY, 4))
 
 
-@_jit
+@njit(inline="always")
 def _observe(y, consts, k, normalized):
     """At the state ``y = (u, r, x, y, z)``: ``(L, phi, c, s, P, ||grad||^2, ||grad_a||^2)`` and the partials
     ``(1/n, L_rho, L_c, L_S, L_Q, L_Pa)`` (``L_rho = 0`` for the weight-normalized models), as the reduced engine
@@ -190,7 +190,7 @@ def _observe(y, consts, k, normalized):
     return (L, phi, c, s, Qs + Da_p, g2, ga2), (inv_n, L_rho, L_c, L_S, L_Q, L_Pa)
 
 
-@_jit
+@njit(inline="always")
 def _eval(y, consts, k, normalized, ew, ea, K, row):
     """The field at ``y`` with rates ``(ew, ea)`` into ``K[row]``; returns the observation."""
     obs, (inv_n, L_rho, L_c, L_S, L_Q, L_Pa) = _observe(y, consts, k, normalized)
