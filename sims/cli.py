@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -153,14 +154,39 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print (or write to ``--output``) the JSON Schema of a sweep file, or the configuration reference in MyST
+    Markdown (``--format markdown``), both generated from :mod:`sims.studies.config`."""
+    from sims.studies import config, store
+
+    if args.format == "markdown":
+        text = config.reference_markdown()
+    else:
+        text = json.dumps(config.json_schema(), indent=2)
+    if args.output is None:
+        print(text)
+        return 0
+    out = Path(args.output)
+    if out.is_dir():
+        raise CLIError(f"--output {str(out)!r} is a directory; give a file name")
+    try:
+        store.atomic_write(out, (text + "\n").encode())  # all or nothing: no partial file on error
+    except store.StoreError as exc:
+        raise CLIError(f"--output: {exc}") from None
+    print(out)  # as plot does: the file written
+    return 0
+
+
 PLOTS = ("landscape", "basins", "trajectories", "success-rates", "two-phase", "expansions", "all")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    """Write a figure (PNG and PDF) into ``--out`` (default ``figures/``)."""
+    """Draw figures with :mod:`sims.plots` and write each as PNG and PDF (:func:`sims.plots.save_figure`) into
+    ``--out`` (default ``figures/``); print the paths written."""
     import tempfile
 
     from sims import plots
+    from sims.methods import expansion
 
     out = Path(args.out)
     try:
@@ -171,18 +197,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     written = []
     for name in names:
         if name == "landscape":
-            written += plots.landscape(out / "landscape")
+            written += plots.save_figure(plots.landscape(), out / "landscape", close=True)
         elif name == "basins":
-            written += plots.basins(out / "basins")
+            written += plots.save_figure(plots.basins().figure, out / "basins", close=True)
         elif name == "trajectories":
-            written += plots.trajectories(out / "trajectories")
+            written += plots.save_figure(plots.trajectories(), out / "trajectories", close=True)
         elif name == "expansions":
             with tempfile.TemporaryDirectory() as tmp:
                 spec = tables.spec("expand", trials=min(args.trials, 100))
                 outcome = sweep.run_sweep(spec, Path(tmp) / "expand", quiet=True)
                 rows = tables.expand_rows(outcome.summary, outcome.runs, spec)
-            written += plots.expansions(rows, out / "expansions")
-            written += plots.end_to_end(out / "end_to_end")
+            written += plots.save_figure(plots.expansions(rows), out / "expansions", close=True)
+            written += plots.save_figure(plots.end_to_end(expansion.deviation_study()).figure, out / "end_to_end",
+                                         close=True)
         else:
             table = "liu2019" if name == "success-rates" else "two-phase"
             sweep_dir = Path(args.sweep) if args.sweep else None
@@ -197,8 +224,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
                     # the per-run table is not read here (and a --no-runs sweep has no runs.parquet)
                     outcome = sweep.SweepOutcome(sweep_dir, None, pd.read_csv(sweep_dir / "summary.csv"), 0, 0, 0.0)
                 if name == "success-rates":
-                    written += plots.success_rates(outcome.summary, out / "success_rates",
-                                                   title="Liu et al. 2019: ResNet (w0 = 0) vs CNN (random w0)")
+                    ax = plots.success_rates(outcome.summary,
+                                             title="Liu et al. 2019: ResNet (w0 = 0) vs CNN (random w0)")
+                    written += plots.save_figure(ax.figure, out / "success_rates", close=True)
                 else:
                     written += tables.two_phase_figure(spec, out)
     print("\n".join(str(w) for w in written))
@@ -234,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--trials", type=_positive_int("--trials", 1, 10**9), default=200,
                     help="trials per cell when a table has to be run for the figure (default 200)")
     pl.set_defaults(func=cmd_plot)
+    sc = sub.add_parser("schema", help="print the JSON Schema of a sweep file (for editors), or its reference")
+    sc.add_argument("--format", choices=("json", "markdown"), default="json",
+                    help="json: the JSON Schema (default); markdown: the configuration reference (MyST Markdown)")
+    sc.add_argument("--output", default=None, metavar="FILE", help="write to FILE instead of standard output")
+    sc.set_defaults(func=cmd_schema)
     ls = sub.add_parser("landscape", help="fixed points of the population landscape for one teacher")
     ls.add_argument("--k", type=_positive_int("--k"), default=4, help="number of patches (default 4)")
     ls.add_argument("--p", type=_positive_int("--p"), default=8, help="patch dimension (default 8)")
@@ -244,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import matplotlib
+
+    # The command line only writes figures to files: Agg, whatever backend the environment would pick.
+    matplotlib.use("Agg")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,20 +1,33 @@
-"""Figures (matplotlib, Agg): one consistent style, labeled axes, a colorblind-safe palette (Okabe-Ito).
+"""Figures in matplotlib's idiom: one consistent style, labeled axes, a colorblind-safe palette (Okabe-Ito).
 
-Every function writes ``<stem>.png`` and ``<stem>.pdf`` and returns the two paths.
+Every plotting function draws on the ``ax=`` it is given (``fig=`` for the multi-panel figures) and returns that
+Axes or Figure; without one it makes a new figure of a suitable size in the package's style (:func:`style`).
+Nothing is written to disk: :func:`save_figure` writes a figure as PNG and PDF (``shallowres plot`` and the tables
+use it).  Where a figure needs simulations, computing the data and drawing it are separate functions
+(:func:`basins_data` and :func:`draw_basins`, :func:`trajectories_data` and :func:`draw_trajectories`), so the data
+can be kept, inspected and redrawn; :func:`basins` and :func:`trajectories` do both.
+
+No backend is chosen here: a notebook shows the figures inline, the command line draws with Agg.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure, FigureBase
+from matplotlib.font_manager import FontProperties
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-import theory  # noqa: E402
+import theory
 
 #: Okabe & Ito (2008) colorblind-safe palette.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -31,27 +44,155 @@ STYLE = {
     "axes.grid": True,
     "grid.alpha": 0.3,
 }
+#: The suffixes :func:`save_figure` writes, in order.
+FORMATS = ("png", "pdf")
 
 
-def save(fig: plt.Figure, stem: str | Path) -> list[Path]:
-    """Write PNG and PDF next to each other and close the figure."""
+# ---------------------------------------------------------------------------------------------------------------
+# Style, new axes, saving
+
+
+def style() -> contextlib.AbstractContextManager:
+    """The package's rc settings (:data:`STYLE`) as a context manager.
+
+    Axes made inside it look like the ones the plotting functions make themselves (no top/right spines, a light
+    grid, small fonts), e.g. ``with plots.style(): fig, ax = plt.subplots()``.  The functions draw inside it too,
+    so their labels and legends take its font sizes on any Axes.
+    """
+    return plt.rc_context(STYLE)
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
+    """``ax`` itself, or the Axes of a new figure of ``figsize`` (inches) in the package's style."""
+    if ax is None:
+        with style():
+            _, ax = plt.subplots(figsize=figsize)
+            _pin_ticks(ax)
+        return ax
+    if not isinstance(ax, Axes):
+        raise ValueError(f"ax must be a matplotlib Axes or None; got {type(ax).__name__}")
+    return ax
+
+
+def _panels(fig: FigureBase | None, n: int, figsize: tuple[float, float], *, sharey: bool) -> np.ndarray:
+    """A row of ``n`` Axes on ``fig`` (which must be empty), or on a new figure of ``figsize`` inches."""
+    if fig is None:
+        with style():
+            fig = plt.figure(figsize=figsize)
+    elif not isinstance(fig, FigureBase):
+        raise ValueError(f"fig must be a matplotlib Figure (or SubFigure) or None; got {type(fig).__name__}")
+    elif fig.axes:
+        raise ValueError(f"fig must be empty (the function lays out its own panels); it holds {len(fig.axes)} Axes")
+    with style():
+        axes = fig.subplots(1, n, sharey=sharey, squeeze=False)[0]
+        for ax in axes:
+            _pin_ticks(ax)
+    return axes
+
+
+def _pin_ticks(ax: Axes) -> None:
+    """Fix the style's tick-label size and grid alpha on ``ax``: matplotlib makes ticks only when it draws, from
+    the rc settings of that moment (outside :func:`style` in a notebook or in :func:`save_figure`)."""
+    size = FontProperties(size=plt.rcParams["xtick.labelsize"]).get_size_in_points()
+    ax.tick_params(axis="both", which="both", labelsize=size, grid_alpha=plt.rcParams["grid.alpha"])
+
+
+def save_figure(fig: FigureBase, stem: str | Path, *, close: bool = False) -> list[Path]:
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.pdf`` (at 200 dpi, tight bounding box); return the two paths.
+
+    Both files are rendered in memory first, so an error while drawing writes nothing (not even the directory);
+    each is then written to a temporary file and renamed into place, so no file is ever left half-written.  The
+    parent directory is created if needed; existing files of the same names are replaced.
+
+    Parameters
+    ----------
+    fig
+        The figure (a SubFigure saves its whole parent figure).
+    stem
+        The path without suffix, e.g. ``figures/basins``.
+    close
+        Also close the figure in pyplot (for scripts that make many figures; a notebook keeps it to show it).
+
+    Returns
+    -------
+    ``[<stem>.png, <stem>.pdf]``.
+    """
+    if not isinstance(fig, FigureBase):
+        raise ValueError(f"fig must be a matplotlib Figure; got {type(fig).__name__}")
     stem = Path(stem)
+    if not stem.name or stem.suffix.lower() in {f".{f}" for f in FORMATS}:
+        raise ValueError(f"stem must be a file path without the .png/.pdf suffix (both are added); got {str(stem)!r}")
+    root = fig
+    while not isinstance(root, Figure):  # a SubFigure: its parent, up to the figure that owns the canvas
+        root = root.figure
+    paths = [stem.parent / f"{stem.name}.{fmt}" for fmt in FORMATS]
+    try:
+        blobs = []
+        for fmt in FORMATS:
+            buf = io.BytesIO()
+            root.savefig(buf, format=fmt, dpi=STYLE["savefig.dpi"], bbox_inches="tight")
+            blobs.append(buf.getvalue())
+    finally:
+        if close:
+            plt.close(root)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    for path, blob in zip(paths, blobs, strict=True):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_bytes(blob)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return paths
 
 
-def success_rates(summary: pd.DataFrame, stem: str | Path, *, title: str = "") -> list[Path]:
-    """``p_global`` with Wilson 95% intervals per ``(k, p)`` cell, one series per method."""
-    with plt.rc_context(STYLE):
-        cells = summary[["k", "p"]].drop_duplicates().sort_values(["k", "p"]).to_records(index=False)
-        labels = [f"k={k}\np={p}" for k, p in cells]
-        methods = list(dict.fromkeys(summary["method"]))
-        fig, ax = plt.subplots(figsize=(max(4.5, 0.62 * len(cells) + 1.5), 3.2))
-        width = 0.8 / max(1, len(methods))
+def _require(frame: pd.DataFrame, name: str, columns: Sequence[str]) -> None:
+    """``ValueError`` unless ``frame`` is a non-empty DataFrame with ``columns``."""
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"{name} must be a pandas DataFrame; got {type(frame).__name__}")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name} lacks the columns {missing} (it needs {list(columns)})")
+    if frame.empty:
+        raise ValueError(f"{name} has no rows")
+
+
+def _int_at_least(name: str, value: int, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}; got {value!r}")
+
+
+def _yerr(mid: pd.Series, lo: pd.Series, hi: pd.Series) -> np.ndarray:
+    """Asymmetric error bars from an interval (clipped at 0 against rounding)."""
+    return np.maximum(0.0, np.array([mid - lo, hi - mid], dtype=float))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables: success rates, restarts, loss curves, expansions
+
+
+def success_rates(summary: pd.DataFrame, *, ax: Axes | None = None, title: str = "") -> Axes:
+    """``p_global`` with Wilson 95% intervals per ``(k, p)`` cell, one series (errorbar) per method.
+
+    Parameters
+    ----------
+    summary
+        A sweep summary: columns ``method, k, p, p_global, p_global_lo, p_global_hi``, one row per cell.
+    ax
+        Where to draw; default a new figure whose width grows with the number of cells.
+    title
+        Axes title (none if empty).
+
+    Returns
+    -------
+    The Axes, with one errorbar container per method (in the summary's order) and a legend.
+    """
+    _require(summary, "summary", ("method", "k", "p", "p_global", "p_global_lo", "p_global_hi"))
+    cells = summary[["k", "p"]].drop_duplicates().sort_values(["k", "p"]).to_records(index=False)
+    ax = _axes(ax, (max(4.5, 0.62 * len(cells) + 1.5), 3.2))
+    methods = list(dict.fromkeys(summary["method"]))
+    width = 0.8 / len(methods)
+    with style():
         for j, method in enumerate(methods):
             sub = summary[summary["method"] == method].set_index(["k", "p"])
             x, y, lo, hi = [], [], [], []
@@ -60,53 +201,90 @@ def success_rates(summary: pd.DataFrame, stem: str | Path, *, title: str = "") -
                     row = sub.loc[(k, p)]
                     x.append(i - 0.4 + width * (j + 0.5))
                     y.append(row["p_global"])
-                    lo.append(row["p_global"] - row["p_global_lo"])
-                    hi.append(row["p_global_hi"] - row["p_global"])
-            ax.errorbar(x, y, yerr=np.maximum(0.0, [lo, hi]), fmt=MARKERS[j % len(MARKERS)],
-                        color=PALETTE[j % len(PALETTE)], ms=4, capsize=2, lw=1, label=method)
-        ax.set_xticks(range(len(cells)), labels)
+                    lo.append(row["p_global_lo"])
+                    hi.append(row["p_global_hi"])
+            y, lo, hi = (pd.Series(v, dtype=float) for v in (y, lo, hi))
+            ax.errorbar(x, y, yerr=_yerr(y, lo, hi), fmt=MARKERS[j % len(MARKERS)], color=PALETTE[j % len(PALETTE)],
+                        ms=4, capsize=2, lw=1, label=method)
+        ax.set_xticks(range(len(cells)), [f"k={k}\np={p}" for k, p in cells])
         ax.set_ylim(-0.02, 1.05)
         ax.set_ylabel("P(global minimum)  [fraction of runs]")
         ax.set_xlabel("grid cell (patches k, patch dimension p)")
         if title:
             ax.set_title(title)
         ax.legend(loc="lower left", ncol=2, frameon=False)
-        return save(fig, stem)
+    return ax
 
 
-def restarts(rows: pd.DataFrame, stem: str | Path) -> list[Path]:
-    """Observed success after ``m`` restarts (with intervals) against ``1 - (1 - q)^m``, one panel per ``p``."""
-    with plt.rc_context(STYLE):
-        ps = sorted(rows["p"].unique())
-        fig, axes = plt.subplots(1, len(ps), figsize=(3.0 * len(ps), 2.8), sharey=True, squeeze=False)
-        for ax, p in zip(axes[0], ps, strict=True):
+def restarts(rows: pd.DataFrame, *, fig: FigureBase | None = None) -> FigureBase:
+    """Observed success within ``m`` restarts (Wilson 95%) against ``1 - (1 - q)^m``: one panel per ``p``, one
+    colour per ``k`` (markers: observed; lines: predicted).
+
+    Parameters
+    ----------
+    rows
+        :func:`sims.studies.tables.restart_rows`: columns ``k, p, m, observed, observed_lo, observed_hi,
+        predicted``.
+    fig
+        An empty figure to lay the panels out on; default a new one.
+
+    Returns
+    -------
+    The figure.
+    """
+    _require(rows, "rows", ("k", "p", "m", "observed", "observed_lo", "observed_hi", "predicted"))
+    ps = sorted(rows["p"].unique())
+    axes = _panels(fig, len(ps), (3.0 * len(ps), 2.8), sharey=True)
+    with style():
+        for ax, p in zip(axes, ps, strict=True):
             sub = rows[rows["p"] == p]
             for j, k in enumerate(sorted(sub["k"].unique())):
                 s = sub[sub["k"] == k].sort_values("m")
                 c = PALETTE[j % len(PALETTE)]
-                yerr = np.maximum(0.0, [s["observed"] - s["observed_lo"], s["observed_hi"] - s["observed"]])
-                ax.errorbar(s["m"], s["observed"], yerr=yerr, fmt=MARKERS[j % len(MARKERS)], color=c, ms=4,
-                            capsize=2, lw=0, elinewidth=1, label=f"k={k}")
+                ax.errorbar(s["m"], s["observed"], yerr=_yerr(s["observed"], s["observed_lo"], s["observed_hi"]),
+                            fmt=MARKERS[j % len(MARKERS)], color=c, ms=4, capsize=2, lw=0, elinewidth=1,
+                            label=f"k={k}")
                 ax.plot(s["m"], s["predicted"], color=c, lw=1, alpha=0.8)
             ax.set_xscale("log", base=2)
             ax.set_xlabel("restarts m")
             ax.set_title(f"p = {p}")
-        axes[0][0].set_ylabel("P(success within m restarts)")
-        axes[0][-1].legend(frameon=False, fontsize=7)
+        axes[0].set_ylabel("P(success within m restarts)")
+        axes[-1].legend(frameon=False, fontsize=7)
+        fig = axes[0].figure
         fig.suptitle("markers: observed (Wilson 95%); lines: 1 - (1 - q)^m", fontsize=8)
-        return save(fig, stem)
+    return fig
 
 
-def loss_curves(curves: list[tuple[str, np.ndarray, np.ndarray]], stem: str | Path, *, title: str = "") -> list[Path]:
-    """Loss (relative to the zero network's) against step on a log scale; ``curves``: ``(label, steps, loss)``."""
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5.0, 3.2))
-        seen: dict[str, int] = {}
+def loss_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], *, ax: Axes | None = None,
+                title: str = "") -> Axes:
+    """Loss (relative to the zero network's) against step, log-log; one colour per label, one legend entry each.
+
+    Parameters
+    ----------
+    curves
+        ``(label, steps, loss)`` triples; ``steps`` from 0 (drawn at ``step + 1``), ``loss`` positive.
+    ax
+        Where to draw; default a new figure.
+    title
+        Axes title (none if empty).
+
+    Returns
+    -------
+    The Axes, one line per curve in the given order.
+    """
+    if len(curves) == 0:
+        raise ValueError("curves must hold at least one (label, steps, loss) triple")
+    for i, curve in enumerate(curves):
+        if len(curve) != 3 or np.shape(curve[1]) != np.shape(curve[2]) or np.ndim(curve[1]) != 1:
+            raise ValueError(f"curves[{i}] must be (label, steps, loss) with steps and loss 1-D of equal length")
+    ax = _axes(ax, (5.0, 3.2))
+    seen: dict[str, int] = {}
+    with style():
         for label, steps, loss in curves:
+            first = label not in seen
             j = seen.setdefault(label, len(seen))
             ax.plot(np.maximum(steps, 0) + 1, loss, color=PALETTE[j % len(PALETTE)], lw=1, alpha=0.8,
-                    label=label if list(seen).index(label) == j and label not in ax.get_legend_handles_labels()[1]
-                    else None)
+                    label=label if first else None)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("step + 1")
@@ -114,29 +292,129 @@ def loss_curves(curves: list[tuple[str, np.ndarray, np.ndarray]], stem: str | Pa
         if title:
             ax.set_title(title)
         ax.legend(frameon=False)
-        return save(fig, stem)
+    return ax
+
+
+def expansions(rows: pd.DataFrame, *, fig: FigureBase | None = None) -> FigureBase:
+    """P(global) with Wilson intervals against depth: one panel per method (model x warmup), one series per target
+    and rate.
+
+    Parameters
+    ----------
+    rows
+        Rows of :func:`sims.methods.expansion.compare` (or the ``expand`` table): columns ``method, target, rate,
+        depth, p_global, p_global_lo, p_global_hi``.
+    fig
+        An empty figure to lay the panels out on; default a new one.
+
+    Returns
+    -------
+    The figure.
+    """
+    _require(rows, "rows", ("method", "target", "rate", "depth", "p_global", "p_global_lo", "p_global_hi"))
+    methods = list(dict.fromkeys(rows["method"]))
+    axes = _panels(fig, len(methods), (2.9 * len(methods), 3.0), sharey=True)
+    series = rows[["target", "rate"]].drop_duplicates().sort_values(["target", "rate"]).to_records(index=False)
+    with style():
+        for ax, method in zip(axes, methods, strict=True):
+            sub = rows[rows["method"] == method]
+            for j, (target, rate) in enumerate(series):
+                s = sub[(sub["target"] == target) & (sub["rate"] == rate)].sort_values("depth")
+                if s.empty:
+                    continue
+                ax.errorbar(s["depth"] + 0.06 * (j - len(series) / 2), s["p_global"],
+                            yerr=_yerr(s["p_global"], s["p_global_lo"], s["p_global_hi"]),
+                            fmt=MARKERS[j % len(MARKERS)] + "-", ms=3, lw=0.8, capsize=2,
+                            color=PALETTE[j % len(PALETTE)], label=f"{target}, r={rate}")
+            ax.set_title(method, fontsize=8)
+            ax.set_xlabel("depth N (number of factors)")
+            ax.set_xticks(sorted(rows["depth"].unique()))
+        axes[0].set_ylabel("P(global minimum)")
+        axes[-1].legend(frameon=False, fontsize=6)
+    return axes[0].figure
+
+
+def end_to_end(deviations: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
+    """Deviation of factor GD from the end-to-end formula, balanced against unbalanced inits.
+
+    Parameters
+    ----------
+    deviations
+        :func:`sims.methods.expansion.deviation_study` output (drawn by
+        :func:`sims.methods.expansion.plot_deviation`: one line per run, one colour per case).
+    ax
+        Where to draw; default a new figure.
+
+    Returns
+    -------
+    The Axes.
+    """
+    from sims.methods import expansion
+
+    _require(deviations, "deviations", ("run", "step", "deviation"))
+    ax = _axes(ax, (5.5, 3.5))
+    with style():
+        expansion.plot_deviation(deviations, ax=ax)
+        ax.set_title("factor GD vs the end-to-end formula (balanced: small; unbalanced: order one)", fontsize=8)
+    return ax
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Figure recipes behind ``shallowres plot NAME``
+# The landscape
 
 
-def landscape(stem: str | Path, *, k: int = 4, ratios: tuple[float, ...] = (0.0, 0.4, 0.8, 1.2)) -> list[Path]:
-    """Loss along the angle with ``a`` optimized, ``min_a L(phi, a)``, for teachers with ``||a*|| = 1`` and
-    ``1.a* = ratio * sqrt((k + pi - 1)/pi)`` (the spurious point exists iff ``ratio < 1``); global, saddle and
-    spurious points marked."""
+def teacher_with_ratio(k: int, ratio: float) -> np.ndarray:
+    """A unit-norm ``a*`` with ``1.a* = ratio * sqrt((k + pi - 1) / pi)`` (the existence threshold), ``k >= 2``.
 
-    with plt.rc_context(STYLE):
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(7.6, 3.0))
-        phis = np.linspace(0.0, np.pi, 361)
+    The spurious point exists iff ``ratio < 1``; ``1.a*`` is capped at ``sqrt(k)`` (``a* = 1_k / sqrt(k)``).
+    """
+    _int_at_least("k", k, 2)
+    ones = np.ones(k) / np.sqrt(k)
+    perp = np.zeros(k)
+    perp[0], perp[1] = 1.0, -1.0
+    perp /= np.linalg.norm(perp)
+    s = ratio * np.sqrt(theory.m_eigenvalues(k)[0] / np.pi)
+    along = min(s / np.sqrt(k), 1.0)  # component along 1/sqrt(k)
+    return along * ones + np.sqrt(max(0.0, 1.0 - along**2)) * perp
+
+
+def landscape(*, k: int = 4, ratios: Sequence[float] = (0.0, 0.4, 0.8, 1.2), n: int = 361,
+              fig: FigureBase | None = None) -> FigureBase:
+    """The reduced landscape ``min_a L(phi, a)`` (left) and the optimal ``a``'s alignment ``a(phi).a*`` (right)
+    for unit teachers with ``1.a* = ratio x`` the existence threshold (:func:`teacher_with_ratio`).
+
+    Left: one line per ratio, then its markers: o the global minimum (``phi = 0``) and, where the spurious point
+    exists (``ratio < 1``), x the saddle ``phi_s`` and a square the spurious minimum (``phi = pi``).  Right: one
+    line per ratio, a dotted vertical line at each saddle angle.
+
+    Parameters
+    ----------
+    k
+        Number of patches, ``>= 2``.
+    ratios
+        ``1.a*`` in units of the threshold ``sqrt((k + pi - 1) / pi)``.
+    n
+        Angles from 0 to pi per curve.
+    fig
+        An empty figure to lay the two panels out on; default a new one.
+
+    Returns
+    -------
+    The figure.
+    """
+    _int_at_least("k", k, 2)
+    _int_at_least("n", n, 2)
+    if len(ratios) == 0 or not np.all(np.isfinite(ratios)):
+        raise ValueError(f"ratios must be a non-empty sequence of finite numbers; got {ratios!r}")
+    ax, ax2 = _panels(fig, 2, (7.6, 3.0), sharey=False)
+    phis = np.linspace(0.0, np.pi, n)
+    with style():
         for j, ratio in enumerate(ratios):
             a_star = teacher_with_ratio(k, ratio)
             c = PALETTE[j % len(PALETTE)]
-            loss = np.array([theory.reduced_loss(float(x), a_star) for x in phis])
-            align = np.array([theory.alignment_at(float(x), a_star) for x in phis])
-            label = f"1.a* = {ratio:.1f} x threshold"
-            ax.plot(phis, loss, color=c, lw=1.3, label=label)
-            ax2.plot(phis, align, color=c, lw=1.3)
+            ax.plot(phis, [theory.reduced_loss(float(x), a_star) for x in phis], color=c, lw=1.3,
+                    label=f"1.a* = {ratio:.1f} x threshold")
+            ax2.plot(phis, [theory.alignment_at(float(x), a_star) for x in phis], color=c, lw=1.3)
             ax.plot([0.0], [0.0], "o", color=c, ms=4)
             phi_s = theory.saddle_angle(a_star)
             if phi_s is not None:
@@ -151,27 +429,80 @@ def landscape(stem: str | Path, *, k: int = 4, ratios: tuple[float, ...] = (0.0,
         ax2.set_xlabel("angle phi  [rad]")
         ax2.set_ylabel("a(phi).a*  (sign decides the basin)")
         ax2.set_title("alignment of the optimal a")
-        return save(fig, stem)
+    return ax.figure
 
 
-def teacher_with_ratio(k: int, ratio: float) -> np.ndarray:
-    """A unit-norm ``a*`` with ``1.a* = ratio * sqrt((k + pi - 1) / pi)`` (the existence threshold), ``k >= 2``."""
-    ones = np.ones(k) / np.sqrt(k)
-    perp = np.zeros(k)
-    perp[0], perp[1] = 1.0, -1.0
-    perp /= np.linalg.norm(perp)
-    s = ratio * np.sqrt(theory.m_eigenvalues(k)[0] / np.pi)
-    along = min(s / np.sqrt(k), 1.0)  # component along 1/sqrt(k)
-    return along * ones + np.sqrt(max(0.0, 1.0 - along**2)) * perp
+# ---------------------------------------------------------------------------------------------------------------
+# Dynamics in the (phi, a.a*) plane: basins and trajectories
 
 
-def basins(stem: str | Path, *, k: int = 4, p: int = 4, model: str = "cnn", steps: int = 4000, n: int = 41,
-           eta_w: float = 0.25, eta_a: float | None = None) -> list[Path]:
-    """Outcome of GD from a grid of starting points ``(phi_0, a_0 = t a*)`` in the ``(phi, a.a*)`` plane, with a
-    few trajectories on top (teacher ``1.a* = 0``, ``||a*|| = 1``, so the spurious point exists)."""
+@dataclass(frozen=True)
+class BasinsData:
+    """Outcome of training from a grid of starts ``(phi_0, a_0 = t a*)``, and a few paths (:func:`basins_data`).
+
+    Attributes
+    ----------
+    model, k, p, steps, eta_w, eta_a
+        The setting (constant step sizes).
+    a_star
+        The teacher's second layer (unit norm, ``1.a* = 0``: the spurious point exists).
+    phi, t
+        The grid's axes: starting angles ``phi_0`` (shape ``(n,)``) and starting ``a.a* / ||a*||^2`` (``(n,)``).
+    outcome
+        Outcome code per start, an index into ``outcomes``; shape ``(len(t), len(phi))`` (row ``i``: ``t[i]``).
+    outcomes
+        The outcome names (:data:`sims.runs.classify.OUTCOMES`).
+    paths
+        ``(phi, a.a* / ||a*||^2)`` along a few runs, each a pair of 1-D arrays starting at its grid point.
+    saddle
+        The saddle angle ``phi_s`` of ``a_star``.
+    """
+
+    model: str
+    k: int
+    p: int
+    steps: int
+    eta_w: float
+    eta_a: float
+    a_star: np.ndarray
+    phi: np.ndarray
+    t: np.ndarray
+    outcome: np.ndarray
+    outcomes: tuple[str, ...]
+    paths: tuple[tuple[np.ndarray, np.ndarray], ...]
+    saddle: float
+
+
+def basins_data(*, k: int = 4, p: int = 4, model: str = "cnn", steps: int = 4000, n: int = 41, eta_w: float = 0.25,
+                eta_a: float | None = None, n_paths: int = 9) -> BasinsData:
+    """Run GD from an ``n x n`` grid of starts in the ``(phi, a.a*)`` plane and classify each run's end.
+
+    The teacher has ``||a*|| = 1`` and ``1.a* = 0`` (so the spurious point exists) and ``w* = e_1``; the starts are
+    ``phi_0`` in ``[0.02, pi - 0.02]`` (the filter at that angle, :func:`theory.filter_at_angle`) and
+    ``a_0 = t a*`` with ``t`` in ``[-1.5, 1.5]``.
+
+    Parameters
+    ----------
+    k, p, model, steps
+        The network and the step budget (validated by :func:`sims.simulate`).
+    n
+        Grid points per axis, ``>= 2``.
+    eta_w, eta_a
+        Constant step sizes; ``eta_a`` defaults to ``0.9 x`` the optimal ``eta_a`` for ``k``.
+    n_paths
+        Runs whose paths are kept, spread evenly over the grid.
+
+    Returns
+    -------
+    :class:`BasinsData`.
+    """
+    from sims.runs.classify import OUTCOMES
     from sims.runs.schedules import Schedule, optimal_eta_a
     from sims.runs.simulate import simulate
 
+    _int_at_least("n", n, 2)
+    _int_at_least("n_paths", n_paths, 0)
+    _int_at_least("p", p, 2)  # a start at an angle strictly between 0 and pi needs a second coordinate
     eta_a = 0.9 * optimal_eta_a(k) if eta_a is None else eta_a
     a_star = teacher_with_ratio(k, 0.0)
     w_star = np.zeros(p)
@@ -183,33 +514,96 @@ def basins(stem: str | Path, *, k: int = 4, p: int = 4, model: str = "cnn", step
     a0 = grid_t.ravel()[:, None] * a_star[None, :]
     res = simulate(model=model, k=k, p=p, runs=w0.shape[0], steps=steps, schedule=Schedule.constant(eta_w, eta_a),
                    teacher=(w_star, a_star), init=(w0, a0), n_record=64)
-    from sims.runs.classify import OUTCOMES
-
     code = np.array([OUTCOMES.index(o) for o in res.outcome]).reshape(grid_phi.shape)
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5.0, 3.6))
-        from matplotlib.colors import ListedColormap
+    qs = float(a_star @ a_star)
+    paths = []
+    for i in np.unique(np.linspace(0, w0.shape[0] - 1, n_paths).astype(int)):
+        tr = res.trajectory_of(int(i))
+        paths.append((tr["phi"], tr["alignment"] / qs))
+    return BasinsData(model=str(model), k=k, p=p, steps=steps, eta_w=float(eta_w), eta_a=float(eta_a), a_star=a_star,
+                      phi=phis, t=ts, outcome=code, outcomes=tuple(OUTCOMES), paths=tuple(paths),
+                      saddle=float(theory.saddle_angle(a_star)))
 
-        cmap = ListedColormap([PALETTE[0], PALETTE[3], PALETTE[4], "0.8", "0.3"])
-        ax.pcolormesh(grid_phi, grid_t, code, cmap=cmap, vmin=-0.5, vmax=4.5, shading="nearest", alpha=0.55)
-        for i in np.linspace(0, w0.shape[0] - 1, 9).astype(int):
-            tr = res.trajectory_of(int(i))
-            ax.plot(tr["phi"], tr["alignment"] / (a_star @ a_star), color="k", lw=0.8, alpha=0.8)
-            ax.plot(tr["phi"][:1], tr["alignment"][:1] / (a_star @ a_star), "k.", ms=4)
-        phi_s = theory.saddle_angle(a_star)
-        ax.axvline(phi_s, color="k", ls=":", lw=0.8)
+
+def draw_basins(data: BasinsData, *, ax: Axes | None = None) -> Axes:
+    """Draw :class:`BasinsData`: the outcome map (one colour per outcome, a legend of all outcomes), the kept paths
+    (black, a dot at each start) and the saddle angle (dotted).
+
+    Returns
+    -------
+    The Axes: one QuadMesh (the map, its array the outcome codes), per path a line and its start dot.
+    """
+    if not isinstance(data, BasinsData):
+        raise ValueError(f"data must be a BasinsData (from basins_data); got {type(data).__name__}")
+    ax = _axes(ax, (5.0, 3.6))
+    n_out = len(data.outcomes)
+    cmap = ListedColormap([PALETTE[0], PALETTE[3], PALETTE[4], "0.8", "0.3"][:n_out])
+    with style():
+        grid_phi, grid_t = np.meshgrid(data.phi, data.t)
+        ax.pcolormesh(grid_phi, grid_t, data.outcome, cmap=cmap, vmin=-0.5, vmax=n_out - 0.5, shading="nearest",
+                      alpha=0.55)
+        for phi, align in data.paths:
+            ax.plot(phi, align, color="k", lw=0.8, alpha=0.8)
+            ax.plot(phi[:1], align[:1], "k.", ms=4)
+        ax.axvline(data.saddle, color="k", ls=":", lw=0.8)
         ax.set_xlim(0, np.pi)
         ax.set_xlabel("angle phi  [rad]")
         ax.set_ylabel("a.a* / ||a*||^2")
-        handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i), alpha=0.55) for i in range(5)]
-        ax.legend(handles, OUTCOMES, loc="upper right", fontsize=7, frameon=True)
-        ax.set_title(f"{model}: basins of GD (k = {k}, p = {p}, 1.a* = 0); dotted: saddle angle")
-        return save(fig, stem)
+        handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i), alpha=0.55) for i in range(n_out)]
+        ax.legend(handles, data.outcomes, loc="upper right", fontsize=7, frameon=True)
+        ax.set_title(f"{data.model}: basins of GD (k = {data.k}, p = {data.p}, 1.a* = 0); dotted: saddle angle")
+    return ax
 
 
-def trajectories(stem: str | Path, *, k: int = 16, p: int = 16, runs: int = 12, steps: int = 3000) -> list[Path]:
-    """``(phi, a.a*)`` paths of the ResNet from ``w0 = 0`` (prescribed warmup, and no warmup) and of the CNN from
-    random ``w0``, same teachers (``v.w* >= 0``, spurious point present)."""
+def basins(*, k: int = 4, p: int = 4, model: str = "cnn", steps: int = 4000, n: int = 41, eta_w: float = 0.25,
+           eta_a: float | None = None, ax: Axes | None = None) -> Axes:
+    """:func:`basins_data` drawn by :func:`draw_basins` (the parameters are theirs); returns the Axes."""
+    return draw_basins(basins_data(k=k, p=p, model=model, steps=steps, n=n, eta_w=eta_w, eta_a=eta_a), ax=ax)
+
+
+@dataclass(frozen=True)
+class TrajectoryPanel:
+    """The ``(phi, a.a* / ||a*||^2)`` paths of one setup's runs.
+
+    Attributes
+    ----------
+    label
+        The setup, e.g. ``"resnet, prescribed warmup"``.
+    phi, alignment
+        Per run, the path's angle and ``a.a* / ||a*||^2`` (1-D arrays of equal length, from the start on).
+    outcome
+        Per run, its outcome name (``"global"`` is drawn blue, anything else vermillion).
+    """
+
+    label: str
+    phi: tuple[np.ndarray, ...]
+    alignment: tuple[np.ndarray, ...]
+    outcome: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TrajectoriesData:
+    """:func:`trajectories_data`: the size ``(k, p)`` and one :class:`TrajectoryPanel` per setup."""
+
+    k: int
+    p: int
+    panels: tuple[TrajectoryPanel, ...]
+
+
+def trajectories_data(*, k: int = 16, p: int = 16, runs: int = 12, steps: int = 3000, seed: int = 4
+                      ) -> TrajectoriesData:
+    """Paths of the ResNet from ``w0 = 0`` (prescribed warmup, and no warmup) and of the CNN from a random ``w0``
+    (no warmup), same teachers (``v.w* >= 0``, spurious point present); ``eta_w = 1/k``, ``eta_a = 0.9 x`` optimal.
+
+    Parameters
+    ----------
+    k, p, runs, steps, seed
+        Passed to :func:`sims.simulate` (which validates them) for each of the three setups.
+
+    Returns
+    -------
+    :class:`TrajectoriesData`, panels in the order above.
+    """
     from sims.runs.samplers import Init, Teacher
     from sims.runs.schedules import Schedule, optimal_eta_a
     from sims.runs.simulate import simulate
@@ -218,59 +612,50 @@ def trajectories(stem: str | Path, *, k: int = 16, p: int = 16, runs: int = 12, 
     setups = [("resnet, prescribed warmup", "resnet", Schedule.prescribed_warmup(eta_w, eta_a)),
               ("resnet, no warmup", "resnet", Schedule.constant(eta_w, eta_a)),
               ("cnn, no warmup", "cnn", Schedule.constant(eta_w, eta_a))]
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 3, figsize=(9.0, 3.0), sharey=True)
-        for ax, (label, model, sched) in zip(axes, setups, strict=True):
-            res = simulate(model=model, k=k, p=p, runs=runs, steps=steps, schedule=sched, seed=4,
-                           teacher=Teacher(require_spurious=True), n_record=200,
-                           init=Init(w="zero" if theory.Model.of(model).shortcut else "sphere"))
-            for r in range(runs):
-                tr = res.trajectory_of(r)
-                c = PALETTE[0] if res.outcome[r] == "global" else PALETTE[3]
-                qs = res.a_star[r] @ res.a_star[r]
-                ax.plot(tr["phi"], tr["alignment"] / qs, color=c, lw=0.9, alpha=0.8)
-                ax.plot(tr["phi"][:1], tr["alignment"][:1] / qs, ".", color=c, ms=4)
-            ax.set_title(f"{label}\n{np.mean(res.outcome == 'global'):.0%} of {runs} runs global", fontsize=8)
+    panels = []
+    for label, model, sched in setups:
+        res = simulate(model=model, k=k, p=p, runs=runs, steps=steps, schedule=sched, seed=seed,
+                       teacher=Teacher(require_spurious=True), n_record=200,
+                       init=Init(w="zero" if theory.Model.of(model).shortcut else "sphere"))
+        trs = [res.trajectory_of(r) for r in range(runs)]
+        qs = [float(res.a_star[r] @ res.a_star[r]) for r in range(runs)]
+        panels.append(TrajectoryPanel(label=label, phi=tuple(tr["phi"] for tr in trs),
+                                      alignment=tuple(tr["alignment"] / q for tr, q in zip(trs, qs, strict=True)),
+                                      outcome=tuple(str(o) for o in res.outcome)))
+    return TrajectoriesData(k=k, p=p, panels=tuple(panels))
+
+
+def draw_trajectories(data: TrajectoriesData, *, fig: FigureBase | None = None) -> FigureBase:
+    """Draw :class:`TrajectoriesData`, one panel per setup (shared y axis): per run its path and a dot at its start,
+    blue if it reached the global minimum, vermillion otherwise; each title gives the fraction global.
+
+    Returns
+    -------
+    The figure.
+    """
+    if not isinstance(data, TrajectoriesData) or not data.panels:
+        raise ValueError("data must be a TrajectoriesData with at least one panel (from trajectories_data)")
+    axes = _panels(fig, len(data.panels), (3.0 * len(data.panels), 3.0), sharey=True)
+    with style():
+        for ax, panel in zip(axes, data.panels, strict=True):
+            for phi, align, outcome in zip(panel.phi, panel.alignment, panel.outcome, strict=True):
+                c = PALETTE[0] if outcome == "global" else PALETTE[3]
+                ax.plot(phi, align, color=c, lw=0.9, alpha=0.8)
+                ax.plot(phi[:1], align[:1], ".", color=c, ms=4)
+            runs = len(panel.outcome)
+            share = np.mean(np.array(panel.outcome) == "global") if runs else 0.0
+            ax.set_title(f"{panel.label}\n{share:.0%} of {runs} runs global", fontsize=8)
             ax.set_xlabel("angle phi  [rad]")
             ax.set_xlim(0, np.pi)
         axes[0].set_ylabel("a.a* / ||a*||^2")
-        fig.suptitle(f"(phi, a.a*) trajectories, k = {k}, p = {p}; dots: starts; blue: global, vermillion: spurious",
-                     fontsize=9, y=1.04)
-        return save(fig, stem)
+        fig = axes[0].figure
+        fig.suptitle(f"(phi, a.a*) trajectories, k = {data.k}, p = {data.p}; dots: starts; blue: global, "
+                     "vermillion: spurious", fontsize=9, y=1.04)
+    return fig
 
 
-def expansions(rows: pd.DataFrame, stem: str | Path) -> list[Path]:
-    """P(global) with Wilson intervals against depth, one panel per method (model x warmup), one series per
-    target and rate (rows of :func:`sims.methods.expansion.compare`)."""
-    with plt.rc_context(STYLE):
-        methods = list(dict.fromkeys(rows["method"]))
-        fig, axes = plt.subplots(1, len(methods), figsize=(2.9 * len(methods), 3.0), sharey=True, squeeze=False)
-        series = rows[["target", "rate"]].drop_duplicates().sort_values(["target", "rate"]).to_records(index=False)
-        for ax, method in zip(axes[0], methods, strict=True):
-            sub = rows[rows["method"] == method]
-            for j, (target, rate) in enumerate(series):
-                s = sub[(sub["target"] == target) & (sub["rate"] == rate)].sort_values("depth")
-                if s.empty:
-                    continue
-                x = s["depth"] + 0.06 * (j - len(series) / 2)
-                yerr = np.maximum(0.0, [s["p_global"] - s["p_global_lo"], s["p_global_hi"] - s["p_global"]])
-                ax.errorbar(x, s["p_global"], yerr=yerr, fmt=MARKERS[j % len(MARKERS)] + "-", ms=3, lw=0.8,
-                            capsize=2, color=PALETTE[j % len(PALETTE)], label=f"{target}, r={rate}")
-            ax.set_title(method, fontsize=8)
-            ax.set_xlabel("depth N (number of factors)")
-            ax.set_xticks(sorted(rows["depth"].unique()))
-        axes[0][0].set_ylabel("P(global minimum)")
-        axes[0][-1].legend(frameon=False, fontsize=6)
-        return save(fig, stem)
-
-
-def end_to_end(stem: str | Path) -> list[Path]:
-    """Deviation of factor GD from the end-to-end formula, balanced against unbalanced inits
-    (:func:`sims.methods.expansion.deviation_study`, drawn by :func:`sims.methods.expansion.plot_deviation`)."""
-    from sims.methods import expansion
-
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(5.5, 3.5))
-        expansion.plot_deviation(expansion.deviation_study(), ax=ax)
-        ax.set_title("factor GD vs the end-to-end formula (balanced: small; unbalanced: order one)", fontsize=8)
-        return save(fig, stem)
+def trajectories(*, k: int = 16, p: int = 16, runs: int = 12, steps: int = 3000, fig: FigureBase | None = None
+                 ) -> FigureBase:
+    """:func:`trajectories_data` drawn by :func:`draw_trajectories` (the parameters are theirs); returns the
+    figure."""
+    return draw_trajectories(trajectories_data(k=k, p=p, runs=runs, steps=steps), fig=fig)

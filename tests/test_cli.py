@@ -63,7 +63,7 @@ def test_unknown_key_lists_the_valid_ones(tmp_path):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--set", "k=0"], "k must be an integer in [1, 4096]; got 0"),
+        (["--set", "k=0"], "k must be an integer in [1, 1000000]; got 0"),
         (["--set", "schedule.eta_a_rel=3.0"], "exceeds the stability limit"),
         (["--trials", "0"], "--trials must be an integer in [1, 1000000000]; got 0"),
         (["--set", "nonsense"], "--set takes FIELD=VALUE"),

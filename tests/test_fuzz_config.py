@@ -472,8 +472,8 @@ SWEEP_FIELDS = [
 ]
 
 BASE_FIELDS = [
-    Field(("base", "k"), r"\bk\b", _k_ok, lambda s: bad_int(1, 4096)),
-    Field(("base", "p"), r"\bp\b", _p_ok, lambda s: bad_int(1, 4096)),
+    Field(("base", "k"), r"\bk\b", _k_ok, lambda s: bad_int(1, 10**6)),
+    Field(("base", "p"), r"\bp\b", _p_ok, lambda s: bad_int(1, 10**6)),
     Field(("base", "steps"), r"\bsteps\b|\bT1\b", lambda s: st.integers(stage_steps(s["base"]["schedule"]), 15),
           lambda s: bad_int(0, 10**9)),
     Field(("base", "n_record"), "n_record", lambda s: st.integers(2, 64), lambda s: bad_int(2, 100_000)),
@@ -721,7 +721,7 @@ def test_one_field_mutated(case):
 # Anything goes
 
 SIZE_KEYS = {"trials": (1, 3, 1, 10**9), "chunk": (1, 3, 1, 10**7), "steps": (0, 12, 0, 10**9),
-             "k": (1, 4, 1, 4096), "p": (1, 4, 1, 4096), "batch_size": (1, 4, 1, 10**6)}
+             "k": (1, 4, 1, 10**6), "p": (1, 4, 1, 10**6), "batch_size": (1, 4, 1, 10**6)}
 TABLE_KEYS = {
     "teacher": ("w", "phi_max", "angle", "a", "a_value", "require_spurious", "fixed_seed"),
     "init": ("w", "w_scale", "a", "a_radius"),

@@ -1,6 +1,7 @@
-"""The README's examples run as written: every ```python block (each in a fresh namespace, in a temporary working
-directory, with the imports it shows), the ```toml sweep file, and every `shallowres ...` command of the ```bash
-blocks (in-process through ``sims.cli.main``).  Where a line of Python states its result in a comment (a Python
+"""The examples of the README and of the documentation's pages (``docs/**/*.md``: the user guide, getting started)
+run as written: every ```python block (each in a fresh namespace, in a temporary working directory, with the imports
+it shows), the ```toml sweep file, and every `shallowres ...` command of the ```bash blocks (in-process through
+``sims.cli.main``, each distinct command once).  Where a line of Python states its result in a comment (a Python
 literal, or ``name = number``), the value is checked too; where a command's section shows its table, the printed
 table must contain it."""
 
@@ -21,15 +22,17 @@ import theory
 from sims import cli
 from sims.studies import sweep
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-TEXT = README.read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[1]
+#: The README and the documentation's Markdown pages (the built site under docs/_build is not a source).
+DOCUMENTS = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").rglob("*.md") if "_build" not in p.parts)
+TEXTS = {p.relative_to(ROOT).as_posix(): p.read_text(encoding="utf-8") for p in DOCUMENTS}
 FENCE = re.compile(r"^```(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
-HEADING = re.compile(r"^(#{2,3}) (.+)$", re.M)
+HEADING = re.compile(r"^(#{1,3}) (.+)$", re.M)
 
 
-def _section_of(pos: int) -> str:
+def _section_of(text: str, pos: int) -> str:
     title = "top"
-    for m in HEADING.finditer(TEXT):
+    for m in HEADING.finditer(text):
         if m.start() > pos:
             break
         title = m.group(2).strip()
@@ -37,11 +40,13 @@ def _section_of(pos: int) -> str:
 
 
 def _blocks(lang: str) -> list[tuple[str, int, str]]:
-    """``(section title, line number in README.md, code)`` of every fenced block of one language."""
+    """``(document: section title, line number in the document, code)`` of every fenced block of one language."""
     out = []
-    for m in FENCE.finditer(TEXT):
-        if m.group(1) == lang:
-            out.append((_section_of(m.start()), TEXT.count("\n", 0, m.start(2)) + 1, m.group(2)))
+    for name, text in TEXTS.items():
+        for m in FENCE.finditer(text):
+            if m.group(1) == lang:
+                out.append((f"{name}: {_section_of(text, m.start())}", text.count("\n", 0, m.start(2)) + 1,
+                            m.group(2)))
     return out
 
 
@@ -126,11 +131,11 @@ def run_python_block(code: str, filename: str) -> tuple[dict, int]:
                 continue
             src = ast.get_source_segment(code, stmt)
             if claim[0] == "literal":
-                assert value == claim[1], f"{filename}: {src} gives {value!r}; the README says {claim[1]!r}"
+                assert value == claim[1], f"{filename}: {src} gives {value!r}; the document says {claim[1]!r}"
             else:
                 _, name, number, decimals = claim
                 assert abs(float(value) - number) <= 0.5 * 10.0**-decimals, (
-                    f"{filename}: {src} gives {value!r}; the README says {name} = {number}")
+                    f"{filename}: {src} gives {value!r}; the document says {name} = {number}")
             checked += 1
         else:
             exec(compile(ast.Module([stmt], type_ignores=[]), filename, "exec"), ns)
@@ -138,7 +143,8 @@ def run_python_block(code: str, filename: str) -> tuple[dict, int]:
 
 
 def test_readme_has_the_examples_we_expect():
-    """Guards the extraction itself: an empty parametrization would test nothing."""
+    """Guards the extraction itself: an empty parametrization would test nothing; the user guide's pages are read."""
+    assert "docs/guide/landscape.md" in TEXTS and "docs/guide/sweeps.md" in TEXTS
     assert len(PY_BLOCKS) >= 4
     assert len(BASH_BLOCKS) >= 1
     assert len(TOML_BLOCKS) >= 1
@@ -149,16 +155,16 @@ def test_readme_has_the_examples_we_expect():
 
 @pytest.mark.parametrize(("section", "line", "code"), PY_BLOCKS, ids=[_slug(s, n) for s, n, _ in PY_BLOCKS])
 def test_python_block_runs_as_written(sandbox, section, line, code):
-    ns, _ = run_python_block(code, f"README.md:{line}")
+    ns, _ = run_python_block(code, f"{section.split(':')[0]}:{line}")
     assert any(not k.startswith("__") for k in ns)  # it did something
 
 
 def test_a_failing_block_fails_the_test():
     with pytest.raises(ZeroDivisionError):
         run_python_block("x = 1\n1 / 0\n", "bad")
-    with pytest.raises(AssertionError, match="the README says 3"):
+    with pytest.raises(AssertionError, match="the document says 3"):
         run_python_block("1 + 1  # 3\n", "bad")
-    with pytest.raises(AssertionError, match="the README says phi = 1.5"):
+    with pytest.raises(AssertionError, match="the document says phi = 1.5"):
         run_python_block("import math\nmath.pi / 2  # phi = 1.5 rad\n", "bad")
     _, checked = run_python_block("import math\nmath.pi / 2  # phi = 1.5708 rad\n'a'\n# 'a' -- explained\n", "ok")
     assert checked == 2
@@ -180,7 +186,7 @@ def test_toml_block_is_a_valid_sweep_file(section, line, code):
 # ---------------------------------------------------------------------------------------------------------------
 # Shell commands
 
-NOT_RUN_HERE = ("pip", "pytest")  # installing, and the whole test suite
+NOT_RUN_HERE = ("pip", "pytest", "sphinx-build")  # installing, the test suite, the site (tests/test_docs.py)
 
 
 def _shell_commands() -> list[list[str]]:
@@ -199,7 +205,8 @@ def _shell_commands() -> list[list[str]]:
 
 
 COMMANDS = _shell_commands()
-SHALLOWRES = [c for c in COMMANDS if c[0] == "shallowres"]
+#: Each distinct command once (the README and the getting-started page show the same main job).
+SHALLOWRES = list({shlex.join(c): c for c in COMMANDS if c[0] == "shallowres"}.values())
 
 
 def test_every_shell_command_is_run_or_known():
@@ -208,15 +215,17 @@ def test_every_shell_command_is_run_or_known():
     others = [c for c in COMMANDS if c[0] != "shallowres"]
     assert all(c[0] in NOT_RUN_HERE for c in others), others
     assert len(SHALLOWRES) >= 1
-    assert len(SHALLOWRES) + len(others) == len(COMMANDS)
+    assert all(c[0] == "shallowres" for c in COMMANDS if c not in others)
 
 
 def _section_table(heading: str) -> list[str]:
-    """The first markdown table under a heading, as lines."""
-    m = re.search(rf"^#+ {re.escape(heading)}\s*$", TEXT, re.M)
-    if m is None:
+    """The first markdown table under a heading (in whichever document has it), as lines."""
+    found = [(text, m) for text in TEXTS.values() for m in [re.search(rf"^#+ {re.escape(heading)}\s*$", text, re.M)]
+             if m is not None]
+    if not found:
         return []
-    rest = TEXT[m.end():]
+    text, m = found[0]
+    rest = text[m.end():]
     nxt = HEADING.search(rest)
     body = rest[: nxt.start()] if nxt else rest
     lines, started = [], False
@@ -236,15 +245,15 @@ def test_shallowres_command_runs(sandbox, capsys, argv):
     assert rc == 0, err
     assert out.strip()
     table = _section_table(f"`{shlex.join(argv)}`")
-    if table:  # the README shows this command's table: the command prints exactly those lines
+    if table:  # the page shows this command's table: the command prints exactly those lines
         printed = {line.strip() for line in out.splitlines()}
         missing = [line for line in table if line not in printed]
-        assert not missing, f"README rows not printed by {shlex.join(argv)}: {missing[:3]}"
-    if argv[1] == "table":  # the sweep directory was written where the README says (default runs/NAME)
+        assert not missing, f"rows of the page not printed by {shlex.join(argv)}: {missing[:3]}"
+    if argv[1] == "table":  # the sweep directory was written where the document says (default runs/NAME)
         assert (sandbox / "runs" / argv[2] / "summary.csv").exists()
 
 
-LANDSCAPE = re.findall(r"`(shallowres landscape [^`]*)`", TEXT)
+LANDSCAPE = [c for text in TEXTS.values() for c in re.findall(r"`(shallowres landscape [^`]*)`", text)]
 
 
 def test_landscape_command_in_the_text_prints_the_same_facts(capsys):

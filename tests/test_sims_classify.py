@@ -391,3 +391,21 @@ def test_compiled_saddle_angles_are_theory_saddle_angle_bit_for_bit():
         A[102] = 0.0
         want = np.array([-1.0 if (phi := theory.saddle_angle(a)) is None else phi for a in A])
         np.testing.assert_array_equal(saddle_angles_brent(A, missing=-1.0), want)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 16, 64])
+def test_compiled_saddle_bisection_is_the_theory_bisection_to_the_bit(k):
+    """The pipeline's saddle angles (compiled, parallel) are theory.saddle_angles' bisection to the bit, on teachers
+    of every kind: Gaussian, near the existence boundary, nearly parallel to 1 (phi_s near pi), and 1.a* = 0."""
+    rng = np.random.default_rng(k)
+    A = rng.normal(size=(20_000, k))
+    A[:2000] += 3.0 * rng.normal(size=(2000, 1))  # large 1.a*: many without a spurious point, some at the edge
+    A[2000:3000] = 1.0 + 1e-3 * rng.normal(size=(1000, k))  # nearly parallel to 1: phi_s near pi if it exists
+    if k > 1:
+        A[3000:4000] -= A[3000:4000].mean(axis=1, keepdims=True)  # 1.a* = 0: phi_s = pi/2
+    expected = theory.saddle_angles(A, missing=-1.0)
+    np.testing.assert_array_equal(clf.saddle_angles_batch(A), expected)
+    np.testing.assert_array_equal(clf.saddle_angles_gram(k, A.sum(axis=1), np.einsum("ij,ij->i", A, A)),
+                                  theory.algebra.saddle_angles_of_sums(k, A.sum(axis=1),
+                                                                       np.einsum("ij,ij->i", A, A), missing=-1.0))
+    assert (expected >= 0).any() == (k > 1)

@@ -73,7 +73,7 @@ def test_overrides_change_single_fields_and_the_fingerprint():
     [
         ("[sweep]\nnmae = 'x'\n", "unknown key 'nmae' in [sweep]; valid keys: chunk, description, name, seed, trials"),
         ("[base]\nmodle = 'cnn'\n", "unknown key 'modle' in [base]; valid keys:"),
-        ("[base]\nk = 0\n", "k must be an integer in [1, 4096]; got 0"),
+        ("[base]\nk = 0\n", "k must be an integer in [1, 1000000]; got 0"),
         ("[sweep]\ntrials = -1\n", "sweep.trials must be an integer in [1, 1000000000]; got -1"),
         ("[base]\nmodel = 'vgg'\n", "model must be one of"),
         ("[base]\nschedule = { kind = 'cosine' }\n", "schedule.kind must be one of"),

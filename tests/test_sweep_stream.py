@@ -3,11 +3,13 @@ chunks, and the memory they need."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 import tomllib
+from dataclasses import replace
 
 import pandas as pd
 import pyarrow as pa
@@ -225,3 +227,35 @@ def test_sigkill_of_a_no_runs_sweep_then_resume_equals_uninterrupted(tmp_path):
     clean = sweep.run_sweep(spec, tmp_path / "clean", quiet=True)
     assert (out / "summary.csv").read_bytes() == (tmp_path / "clean" / "summary.csv").read_bytes()
     pd.testing.assert_frame_equal(sweep.collect(out, spec), clean.runs, check_exact=True)
+
+
+def test_a_sweep_runs_on_the_order_parameters_only_where_every_cell_can(tmp_path):
+    """A sweep whose cells are all population GD without noise runs them on the order parameters alone
+    (``simulate(vectors=False)``: the chunks equal that call's runs), one with another engine keeps the vectors in
+    every cell (so the cells stay paired run by run), and the choice is part of the fingerprint and the metadata."""
+    import numpy as np
+
+    from sims import simulate
+
+    spec = sweep.build_spec(tomllib.loads(STREAM))
+    assert all(c.order_parameters for c in spec.cells) and spec.vectors is False
+    outcome = sweep.run_sweep(spec, tmp_path / "a", quiet=True)
+    runs = pd.read_parquet(outcome.out / "runs.parquet")
+    cell = spec.cells[3]
+    res = simulate(**sweep.simulation_kwargs_fast(cell.params), runs=spec.trials, seed=spec.seed, vectors=False)
+    mine = runs[runs["cell"] == 3].sort_values("run")
+    np.testing.assert_array_equal(mine["final_loss"].to_numpy(), res.final_loss)
+    np.testing.assert_array_equal(mine["outcome"].to_numpy(), res.outcome)
+    assert json.loads((outcome.out / "metadata.json").read_text())["vectors"] is False
+
+    raw = tomllib.loads(STREAM)
+    raw["methods"]["fade"] = {"model": "resnet", "engine": {"kind": "fade", "steps": 50}}
+    mixed = sweep.build_spec(raw)
+    assert not mixed.cells[-1].order_parameters and mixed.vectors is True
+    with_vectors = replace(spec, cells=tuple(replace(c, order_parameters=False) for c in spec.cells))
+    assert with_vectors.vectors and with_vectors.fingerprint() != spec.fingerprint()  # same cells, other draws
+    vec = simulate(**sweep.simulation_kwargs_fast(mixed.cells[3].params), runs=mixed.trials, seed=mixed.seed)
+    out = sweep.run_sweep(mixed, tmp_path / "b", quiet=True)
+    mixed_runs = pd.read_parquet(out.out / "runs.parquet")
+    np.testing.assert_array_equal(mixed_runs[mixed_runs["cell"] == 3].sort_values("run")["final_loss"].to_numpy(),
+                                  vec.final_loss)

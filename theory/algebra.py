@@ -186,8 +186,21 @@ def saddle_angles(a_star: Any, *, missing: float = math.nan) -> Any:
     with a root finder near ``pi``; the two agree to ~1e-15.
     """
     A, single = _rows(a_star)
-    exists = _margin_and_denominator(A)[0] > 0.0
-    return _out(_bisect_saddle(_saddle_g(A), exists, missing), single)
+    return _out(_bisect_saddle(*saddle_targets(A), missing), single)
+
+
+def saddle_targets(a_star: Any) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`saddle_angles` bisects on, per row of ``a_star`` (R, k): ``g(phi_s)``
+    (:func:`saddle_kernel_value`) and where the spurious point exists, so that a compiled bisection (the engines')
+    can run the same halvings.
+
+    >>> from theory.algebra import saddle_targets
+    >>> g_s, exists = saddle_targets([[1.0, -1.0, 0.5, 0.2]])
+    >>> bool(exists[0]), round(float(g_s[0]), 6)
+    (True, 0.922693)
+    """
+    A = _rows(a_star)[0]
+    return _saddle_g(A), _margin_and_denominator(A)[0] > 0.0
 
 
 def saddle_angles_of_sums(k: int, S_star: Any, Q_star: Any, *, missing: float = math.nan) -> np.ndarray:
@@ -199,13 +212,25 @@ def saddle_angles_of_sums(k: int, S_star: Any, Q_star: Any, *, missing: float = 
     the unscaled margin ``(k + pi - 1) Q* - pi S*^2 > 0`` (never for ``k = 1``), which agrees with the scaled one
     except within rounding of the boundary.
     """
+    return _bisect_saddle(*saddle_targets_of_sums(k, S_star, Q_star), missing)
+
+
+def saddle_targets_of_sums(k: int, S_star: Any, Q_star: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`saddle_targets` from the teachers' sums ``S* = 1.a*`` and ``Q* = ||a*||^2`` (arrays ``(R,)``): what
+    :func:`saddle_angles_of_sums` bisects on.
+
+    >>> from theory.algebra import saddle_targets_of_sums
+    >>> g_s, exists = saddle_targets_of_sums(4, [0.7], [2.29])
+    >>> bool(exists[0]), round(float(g_s[0]), 6)
+    (True, 0.922693)
+    """
     k = _check_k(k)
     Ss = np.atleast_1d(np.asarray(S_star, dtype=np.float64))
     Qs = np.atleast_1d(np.asarray(Q_star, dtype=np.float64))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         g_s = _cf.saddle_kernel_value(k, Ss, Qs)
         exists = (_cf.spurious_margin(k, Ss, Qs) > 0.0) & (k > 1)
-    return _bisect_saddle(g_s, exists, missing)
+    return g_s, exists
 
 
 def _bisect_saddle(g_s: np.ndarray, exists: np.ndarray, missing: float) -> np.ndarray:

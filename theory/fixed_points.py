@@ -48,7 +48,34 @@ def matrix_N(phi: float, k: int) -> np.ndarray:
 
 
 def optimal_a(phi: float, a_star: Any) -> np.ndarray:
-    """The second layer minimizing the loss at fixed angle ``phi``: ``M^{-1} N(phi) a*``."""
+    """The second layer minimizing the loss at fixed angle ``phi``: ``M^{-1} N(phi) a*``.
+
+    Parameters
+    ----------
+    phi : float
+        The angle between the effective filter and ``w*``, in ``[0, pi]``.
+    a_star : array_like
+        Teacher second layer, shape ``(k,)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``a(phi)``, shape ``(k,)``; ``a(0) = a*`` and ``a(pi) = a_sp``.
+
+    Raises
+    ------
+    ValueError
+        If ``phi`` lies outside ``[0, pi]``, ``a_star`` is not a finite vector, or the result overflows.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> a_star = np.array([1.0, -1.0, 0.5, 0.2])
+    >>> np.round(theory.optimal_a(0.0, a_star), 12)
+    array([ 1. , -1. ,  0.5,  0.2])
+    >>> np.round(theory.optimal_a(np.pi / 2, a_star), 4)   # g(pi/2) = 1: N = 1 1^T
+    array([0.114, 0.114, 0.114, 0.114])
+    """
     a_star = as_vector(a_star, "a_star")
     if not 0.0 <= phi <= math.pi:
         raise ValueError(f"phi must lie in [0, pi]; got {phi}")
@@ -69,7 +96,33 @@ def alignment_at(phi: float, a_star: Any) -> float:
 
 
 def spurious_point(a_star: Any) -> np.ndarray | None:
-    """``a_sp = M^{-1} (1 1^T - I) a*`` of the spurious local minimum, or None when it does not exist."""
+    """``a_sp = M^{-1} (1 1^T - I) a*`` of the spurious local minimum, or None when it does not exist.
+
+    The point ``phi = pi, a = a_sp`` is a local minimum iff ``(1.a*)^2 < ((k + pi - 1) / pi) ||a*||^2``.
+
+    Parameters
+    ----------
+    a_star : array_like
+        Teacher second layer, shape ``(k,)``.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``a_sp``, shape ``(k,)``, or None when ``phi = pi`` is not a local minimum.
+
+    Raises
+    ------
+    ValueError
+        If ``a_star`` is not a finite, non-empty 1-D array.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> np.round(theory.spurious_point(np.array([1.0, -1.0, 0.5, 0.2])), 4)
+    array([-0.2997,  0.6341, -0.0663,  0.0738])
+    >>> theory.spurious_point(np.ones(4)) is None      # a* = 1_k never has one
+    True
+    """
     a_star = as_vector(a_star, "a_star")
     if not spurious_exists(a_star):
         return None
@@ -118,12 +171,35 @@ def saddle_targets(a_star: Any) -> np.ndarray:
 
 
 def saddle_angle(a_star: Any) -> float | None:
-    """The interior angle ``phi_s`` with ``a(phi_s) . a* = 0`` separating the basins, or None.
+    """The interior angle ``phi_s`` where ``a(phi_s)^T a* = 0``, which separates the basins, or None.
 
     It exists iff the spurious minimum does; ``phi_s >= pi / 2`` always (equality iff ``1.a* = 0``).  It is the
     root of :func:`theory.saddle_equation`, solved here in ``delta = pi - phi`` with the cancellation-free
     ``g(phi_s) = margin / denom`` (:func:`saddle_targets`) by ``scipy.optimize.brentq`` on
     :func:`arc_cosine_from_pi` (:func:`theory.saddle_angles` solves it for a batch by bisection).
+
+    Parameters
+    ----------
+    a_star : array_like
+        Teacher second layer, shape ``(k,)``.
+
+    Returns
+    -------
+    float or None
+        ``phi_s`` in ``[pi / 2, pi)``, or None when there is no spurious minimum (and so no saddle).
+
+    Raises
+    ------
+    ValueError
+        If ``a_star`` is not a finite, non-empty 1-D array.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> round(theory.saddle_angle(np.array([1.0, -1.0, 0.5, 0.2])), 4)
+    1.6208
+    >>> theory.saddle_angle(np.array([1.0, -1.0])) == np.pi / 2     # 1.a* = 0
+    True
     """
     a_star = as_vector(a_star, "a_star")
     # a(phi).a* = Ss^2/(k+pi-1) + (g(phi) - 1) (Qs - Ss^2/(k+pi-1)) / (pi - 1) = 0 fixes
@@ -139,7 +215,32 @@ def saddle_angle(a_star: Any) -> float | None:
 
 
 def reduced_loss(phi: float, a_star: Any) -> float:
-    """Loss along the angle with ``a`` optimized, ``min_a L(phi, a)`` (normalized models, any ``p``)."""
+    """Loss along the angle with ``a`` optimized, ``min_a L(phi, a)`` (normalized models, any ``p``).
+
+    Parameters
+    ----------
+    phi : float
+        The angle, in ``[0, pi]``.
+    a_star : array_like
+        Teacher second layer, shape ``(k,)``.
+
+    Returns
+    -------
+    float
+        ``L(phi, a(phi))``; 0 at ``phi = 0``.
+
+    Raises
+    ------
+    ValueError
+        If ``phi`` lies outside ``[0, pi]`` or ``a_star`` is not a finite vector.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> a_star = np.array([1.0, -1.0, 0.5, 0.2])
+    >>> theory.reduced_loss(0.0, a_star), round(theory.reduced_loss(np.pi, a_star), 4)
+    (0.0, 0.3344)
+    """
     a_star = as_vector(a_star, "a_star")
     # A 2-D filter at angle phi has the same invariants as any p-dimensional one.
     w = np.array([math.cos(phi), math.sin(phi)])
@@ -177,12 +278,70 @@ def global_minimum(w_star: Any, a_star: Any, *, model: Model | str = "resnet", s
     """A global minimizer ``(w, a)`` (loss 0): ``w~ = w*``, ``a = a*``; for the ResNet ``w = w* - v``.
 
     Normalized models have a whole ray of them (``w~ = lambda w*``); this returns ``lambda = 1``.
+
+    Parameters
+    ----------
+    w_star : array_like
+        Teacher filter of unit norm, shape ``(p,)``.
+    a_star : array_like
+        Teacher second layer, shape ``(k,)``.
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model, default "resnet"
+        The architecture: the ResNet's ``w`` is the effective filter minus the shortcut.
+    shortcut : array_like, optional
+        The ResNet's shortcut direction (default ``1_p / sqrt(p)``).
+
+    Returns
+    -------
+    w, a : numpy.ndarray
+        The filter ``(p,)`` and the second layer ``(k,)``.
+
+    Raises
+    ------
+    ValueError
+        If ``w_star`` is not of unit norm or an array is not a finite vector.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> w, a = theory.global_minimum(np.eye(4)[0], np.array([1.0, -1.0, 0.5, 0.2]))
+    >>> w                                   # w* - v with v = 1_4 / 2
+    array([ 0.5, -0.5, -0.5, -0.5])
     """
     return filter_at_angle(0.0, w_star, model=model, shortcut=shortcut), as_vector(a_star, "a_star").copy()
 
 
 def spurious_minimum(w_star: Any, a_star: Any, *, model: Model | str = "resnet", shortcut: Any = None):
-    """``(w, a)`` at the spurious point (``w~ = -w*``, ``a = a_sp``), or None when it does not exist."""
+    """``(w, a)`` at the spurious point (``w~ = -w*``, ``a = a_sp``), or None when it does not exist.
+
+    Parameters
+    ----------
+    w_star : array_like
+        Teacher filter of unit norm, shape ``(p,)``.
+    a_star : array_like
+        Teacher second layer, shape ``(k,)``.
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model, default "resnet"
+        The architecture: the ResNet's ``w`` is the effective filter minus the shortcut.
+    shortcut : array_like, optional
+        The ResNet's shortcut direction (default ``1_p / sqrt(p)``).
+
+    Returns
+    -------
+    tuple of numpy.ndarray or None
+        ``(w, a)``, or None when the teacher has no spurious minimum.
+
+    Raises
+    ------
+    ValueError
+        If ``w_star`` is not of unit norm or an array is not a finite vector.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> w_star, a_star = np.eye(4)[0], np.array([1.0, -1.0, 0.5, 0.2])
+    >>> w, a = theory.spurious_minimum(w_star, a_star)
+    >>> round(theory.angle(w, w_star=w_star), 12) == round(np.pi, 12)
+    True
+    """
     a_sp = spurious_point(a_star)
     if a_sp is None:
         return None
@@ -190,7 +349,37 @@ def spurious_minimum(w_star: Any, a_star: Any, *, model: Model | str = "resnet",
 
 
 def saddle_point(w_star: Any, a_star: Any, *, model: Model | str = "resnet", shortcut: Any = None):
-    """``(w, a)`` at the interior saddle (angle ``phi_s``, ``a = a(phi_s)``), or None (no saddle, or p = 1)."""
+    """``(w, a)`` at the interior saddle (angle ``phi_s``, ``a = a(phi_s)``), or None (no saddle, or p = 1).
+
+    Parameters
+    ----------
+    w_star : array_like
+        Teacher filter of unit norm, shape ``(p,)``.
+    a_star : array_like
+        Teacher second layer, shape ``(k,)``.
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model, default "resnet"
+        The architecture: the ResNet's ``w`` is the effective filter minus the shortcut.
+    shortcut : array_like, optional
+        The ResNet's shortcut direction (default ``1_p / sqrt(p)``).
+
+    Returns
+    -------
+    tuple of numpy.ndarray or None
+        ``(w, a)``, or None when there is no saddle or ``p = 1`` (a 1-D filter has no interior angle).
+
+    Raises
+    ------
+    ValueError
+        If ``w_star`` is not of unit norm or an array is not a finite vector.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> w_star, a_star = np.eye(4)[0], np.array([1.0, -1.0, 0.5, 0.2])
+    >>> w, a = theory.saddle_point(w_star, a_star)
+    >>> theory.classify_stationary_point(w, a, w_star=w_star, a_star=a_star).kind
+    'saddle'
+    """
     phi_s = saddle_angle(a_star)
     if phi_s is None or unit_teacher(w_star).size == 1:
         return None
@@ -220,7 +409,43 @@ def classify_stationary_point(w: Any, a: Any, *, w_star: Any, a_star: Any, model
     ``-(a.a*) delta^3 / (6 pi)`` with ``delta = pi - phi``, so only such a probe can tell a minimum.  A relaxed
     probe (``10 probe`` along the zero mode, then a Newton step over the positive modes) finds descent along
     curves as well.
-    Points whose gradient norm exceeds ``grad_tol`` are ``"not stationary"``.
+
+    Parameters
+    ----------
+    w, a : array_like
+        The point, shapes ``(p,)`` and ``(k,)``.
+    w_star, a_star : array_like
+        The teacher (``w_star`` of unit norm).
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model, default "resnet"
+        The architecture.
+    shortcut : array_like, optional
+        The ResNet's shortcut direction (default ``1_p / sqrt(p)``).
+    grad_tol : float, default 1e-8
+        Points whose gradient norm exceeds it are ``"not stationary"``.
+    eig_tol : float, default 1e-9
+        Eigenvalues within ``eig_tol`` times the largest one of 0 count as zero modes.
+    probe : float, default 1e-2
+        Distance of the probes along the zero modes.
+
+    Returns
+    -------
+    StationaryPoint
+        ``kind`` (``"minimum"``, ``"saddle"``, ``"maximum"`` or ``"not stationary"``), the gradient norm, the
+        tangent eigenvalues (ascending) and the number of zero modes settled by probing.
+
+    Raises
+    ------
+    ValueError
+        Naming the field, for bad arrays (as :func:`population_loss`).
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> w_star, a_star = np.eye(4)[0], np.array([1.0, -1.0, 0.5, 0.2])
+    >>> res = theory.classify_stationary_point(*theory.spurious_minimum(w_star, a_star), w_star=w_star,
+    ...                                        a_star=a_star)
+    >>> res.kind, res.degenerate        # a minimum, decided by probing the zero modes
+    ('minimum', 3)
     """
     kw = {"w_star": w_star, "a_star": a_star, "model": model, "shortcut": shortcut}
     w = as_vector(w, "w")

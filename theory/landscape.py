@@ -132,7 +132,52 @@ def _hessian(w, a, w_star, a_star, model, v) -> np.ndarray:
 
 def population_loss(w: Any, a: Any, *, w_star: Any, a_star: Any, model: Model | str = "resnet", shortcut: Any = None,
                     normalize: bool = False) -> float:
-    """Population loss ``1/2 E[(f(Z; w, a) - f(Z; w*, a*))^2]`` under Gaussian input, in closed form."""
+    """Population loss ``1/2 E[(f(Z; w, a) - f(Z; w*, a*))^2]`` under Gaussian input, in closed form.
+
+    The loss is ``(a^T M a - 2 a^T N(phi) a* + a*^T M a*) / (4 pi)`` in the angle ``phi`` between the effective
+    filter and ``w*`` (see the science page); it is exact, so simulations and fixed points are checked against it.
+
+    Parameters
+    ----------
+    w : array_like
+        Student filter, shape ``(p,)``. For the ResNet the residual branch (``w = 0`` is the network at its
+        shortcut); for the weight-normalized CNN any nonzero vector.
+    a : array_like
+        Student second layer, shape ``(k,)``.
+    w_star : array_like
+        Teacher filter, shape ``(p,)``, of unit norm (or any nonzero vector with ``normalize=True``).
+    a_star : array_like
+        Teacher second layer, shape ``(k,)``.
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model, default "resnet"
+        The architecture (:data:`theory.MODELS`).
+    shortcut : array_like, optional
+        The ResNet's shortcut direction ``v``, a nonzero ``(p,)`` vector (default ``1_p / sqrt(p)``).
+    normalize : bool, default False
+        Rescale ``w_star`` to unit norm instead of refusing it.
+
+    Returns
+    -------
+    float
+        The population loss, ``>= 0``; ``0`` exactly at the global minimum.
+
+    Raises
+    ------
+    ValueError
+        Naming the field: an empty, 2-D, non-finite or mismatched array, ``w_star`` not of unit norm, a zero
+        effective filter (CNN ``w = 0``, ResNet ``w = -v``), a zero shortcut, an unknown model, or inputs so
+        large that the result overflows float64.
+
+    Examples
+    --------
+    The ResNet at its zero init has the loss of the zero network, ``L_ref = E[f*^2] / 2``:
+
+    >>> import numpy as np, theory
+    >>> w_star, a_star = np.eye(4)[0], np.array([1.0, -1.0, 0.5, 0.2])
+    >>> round(theory.population_loss(np.zeros(4), np.zeros(4), w_star=w_star, a_star=a_star), 6)
+    0.429261
+    >>> theory.population_loss(w_star, a_star, w_star=w_star, a_star=a_star, model="cnn")
+    0.0
+    """
     args = _inputs(w, a, w_star, a_star, model, shortcut, normalize)
     with float_guard("population_loss"):
         return finite_result(_loss(*args), "population_loss")
@@ -140,7 +185,53 @@ def population_loss(w: Any, a: Any, *, w_star: Any, a_star: Any, model: Model | 
 
 def population_gradient(w: Any, a: Any, *, w_star: Any, a_star: Any, model: Model | str = "resnet",
                         shortcut: Any = None, normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(grad_w L, grad_a L)`` in closed form (chain rule through shortcut and normalization)."""
+    """``(grad_w L, grad_a L)`` in closed form (chain rule through shortcut and normalization).
+
+    ``grad_a L = (M a - N(phi) a*) / (2 pi)``; for the normalized models ``grad_w L`` is orthogonal to the
+    effective filter, so GD never shrinks ``||w~||``.
+
+    Parameters
+    ----------
+    w : array_like
+        Student filter, shape ``(p,)``. For the ResNet the residual branch (``w = 0`` is the network at its
+        shortcut); for the weight-normalized CNN any nonzero vector.
+    a : array_like
+        Student second layer, shape ``(k,)``.
+    w_star : array_like
+        Teacher filter, shape ``(p,)``, of unit norm (or any nonzero vector with ``normalize=True``).
+    a_star : array_like
+        Teacher second layer, shape ``(k,)``.
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model, default "resnet"
+        The architecture (:data:`theory.MODELS`).
+    shortcut : array_like, optional
+        The ResNet's shortcut direction ``v``, a nonzero ``(p,)`` vector (default ``1_p / sqrt(p)``).
+    normalize : bool, default False
+        Rescale ``w_star`` to unit norm instead of refusing it.
+
+    Returns
+    -------
+    grad_w : numpy.ndarray
+        Gradient in ``w``, shape ``(p,)``.
+    grad_a : numpy.ndarray
+        Gradient in ``a``, shape ``(k,)``.
+
+    Raises
+    ------
+    ValueError
+        Naming the field: an empty, 2-D, non-finite or mismatched array, ``w_star`` not of unit norm, a zero
+        effective filter (CNN ``w = 0``, ResNet ``w = -v``), a zero shortcut, an unknown model, or inputs so
+        large that the result overflows float64.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> w_star, a_star = np.eye(4)[0], np.array([1.0, -1.0, 0.5, 0.2])
+    >>> gw, ga = theory.population_gradient(np.zeros(4), np.full(4, 0.1), w_star=w_star, a_star=a_star)
+    >>> np.round(ga, 4)
+    array([-0.159 ,  0.1317, -0.0863, -0.0427])
+    >>> bool(abs(gw @ (np.zeros(4) + np.ones(4) / 2)) < 1e-15)  # orthogonal to w~ = w + v
+    True
+    """
     args = _inputs(w, a, w_star, a_star, model, shortcut, normalize)
     with float_guard("population_gradient"):
         grad_w, grad_a = _gradient(*args)
@@ -149,7 +240,53 @@ def population_gradient(w: Any, a: Any, *, w_star: Any, a_star: Any, model: Mode
 
 def population_hessian(w: Any, a: Any, *, w_star: Any, a_star: Any, model: Model | str = "resnet", shortcut: Any = None,
                        normalize: bool = False) -> np.ndarray:
-    """Full ``(p+k) x (p+k)`` Hessian in ``(w, a)`` coordinates, ``w`` first."""
+    """Full ``(p+k) x (p+k)`` Hessian in ``(w, a)`` coordinates, ``w`` first.
+
+    The only singular partial, ``L_cc ~ 1 / sin(phi)``, enters multiplied by ``sin(phi)^2``, so the Hessian is
+    finite at ``phi = 0`` and ``pi``.
+
+    Parameters
+    ----------
+    w : array_like
+        Student filter, shape ``(p,)``. For the ResNet the residual branch (``w = 0`` is the network at its
+        shortcut); for the weight-normalized CNN any nonzero vector.
+    a : array_like
+        Student second layer, shape ``(k,)``.
+    w_star : array_like
+        Teacher filter, shape ``(p,)``, of unit norm (or any nonzero vector with ``normalize=True``).
+    a_star : array_like
+        Teacher second layer, shape ``(k,)``.
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model, default "resnet"
+        The architecture (:data:`theory.MODELS`).
+    shortcut : array_like, optional
+        The ResNet's shortcut direction ``v``, a nonzero ``(p,)`` vector (default ``1_p / sqrt(p)``).
+    normalize : bool, default False
+        Rescale ``w_star`` to unit norm instead of refusing it.
+
+    Returns
+    -------
+    numpy.ndarray
+        The symmetric Hessian, shape ``(p + k, p + k)``.
+
+    Raises
+    ------
+    ValueError
+        Naming the field: an empty, 2-D, non-finite or mismatched array, ``w_star`` not of unit norm, a zero
+        effective filter (CNN ``w = 0``, ResNet ``w = -v``), a zero shortcut, an unknown model, or inputs so
+        large that the result overflows float64.
+
+    See Also
+    --------
+    tangent_hessian : the same without the flat scale direction of the normalized models.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> w_star, a_star = np.eye(4)[0], np.array([1.0, -1.0, 0.5, 0.2])
+    >>> H = theory.population_hessian(*theory.global_minimum(w_star, a_star), w_star=w_star, a_star=a_star)
+    >>> H.shape, bool(np.allclose(H, H.T))
+    ((8, 8), True)
+    """
     args = _inputs(w, a, w_star, a_star, model, shortcut, normalize)
     with float_guard("population_hessian"):
         return finite_result(_hessian(*args), "population_hessian")
@@ -160,6 +297,34 @@ def tangent_basis(w: Any, k: int, *, model: Model | str = "resnet", shortcut: An
 
     Normalized models are invariant to the scale of ``w~``, so the direction ``(u, 0)`` is flat and dropped;
     the unnormalized CNN keeps all ``p + k`` directions.
+
+    Parameters
+    ----------
+    w : array_like
+        Student filter, shape ``(p,)``.
+    k : int
+        Length of the second layer.
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model, default "resnet"
+        The architecture.
+    shortcut : array_like, optional
+        The ResNet's shortcut direction (default ``1_p / sqrt(p)``).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(p + k, p + k - 1)`` for the normalized models, ``(p + k, p + k)`` otherwise.
+
+    Raises
+    ------
+    ValueError
+        If ``w`` is not a finite vector or gives a zero effective filter.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> B = theory.tangent_basis(np.zeros(4), 4)           # the ResNet at w = 0: u = v
+    >>> B.shape, bool(np.allclose(B.T @ B, np.eye(7)))
+    ((8, 7), True)
     """
     model = Model.of(model)
     w = as_vector(w, "w")
@@ -178,7 +343,52 @@ def tangent_basis(w: Any, k: int, *, model: Model | str = "resnet", shortcut: An
 
 def tangent_hessian(w: Any, a: Any, *, w_star: Any, a_star: Any, model: Model | str = "resnet", shortcut: Any = None,
                     normalize: bool = False) -> np.ndarray:
-    """The Hessian restricted to the tangent space (``B^T H B`` with :func:`tangent_basis` ``B``)."""
+    """The Hessian restricted to the tangent space (``B^T H B`` with :func:`tangent_basis` ``B``).
+
+    Fixed points of the normalized models are classified by this matrix: the full Hessian always has a zero
+    eigenvalue along the flat scale direction.
+
+    Parameters
+    ----------
+    w : array_like
+        Student filter, shape ``(p,)``. For the ResNet the residual branch (``w = 0`` is the network at its
+        shortcut); for the weight-normalized CNN any nonzero vector.
+    a : array_like
+        Student second layer, shape ``(k,)``.
+    w_star : array_like
+        Teacher filter, shape ``(p,)``, of unit norm (or any nonzero vector with ``normalize=True``).
+    a_star : array_like
+        Teacher second layer, shape ``(k,)``.
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model, default "resnet"
+        The architecture (:data:`theory.MODELS`).
+    shortcut : array_like, optional
+        The ResNet's shortcut direction ``v``, a nonzero ``(p,)`` vector (default ``1_p / sqrt(p)``).
+    normalize : bool, default False
+        Rescale ``w_star`` to unit norm instead of refusing it.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(p + k - 1, p + k - 1)`` for the normalized models, ``(p + k, p + k)`` otherwise.
+
+    Raises
+    ------
+    ValueError
+        Naming the field: an empty, 2-D, non-finite or mismatched array, ``w_star`` not of unit norm, a zero
+        effective filter (CNN ``w = 0``, ResNet ``w = -v``), a zero shortcut, an unknown model, or inputs so
+        large that the result overflows float64.
+
+    Examples
+    --------
+    At the global minimum the filter modes have eigenvalue ``||a*||^2 / 2`` and the ``a`` modes those of
+    ``M / (2 pi)``:
+
+    >>> import numpy as np, theory
+    >>> w_star, a_star = np.eye(4)[0], np.array([1.0, -1.0, 0.5, 0.2])
+    >>> T = theory.tangent_hessian(*theory.global_minimum(w_star, a_star), w_star=w_star, a_star=a_star)
+    >>> np.round(np.linalg.eigvalsh(T), 4)
+    array([0.3408, 0.3408, 0.3408, 0.9775, 1.145 , 1.145 , 1.145 ])
+    """
     H = population_hessian(w, a, w_star=w_star, a_star=a_star, model=model, shortcut=shortcut, normalize=normalize)
     B = tangent_basis(w, len(np.atleast_1d(a)), model=model, shortcut=shortcut)
     return B.T @ H @ B
@@ -187,7 +397,40 @@ def tangent_hessian(w: Any, a: Any, *, w_star: Any, a_star: Any, model: Model | 
 def angle(
     w: Any, *, w_star: Any, model: Model | str = "resnet", shortcut: Any = None, normalize: bool = False
 ) -> float:
-    """The angle ``phi`` in ``[0, pi]`` between the effective filter and ``w*``."""
+    """The angle ``phi`` in ``[0, pi]`` between the effective filter and ``w*``.
+
+    Computed as ``atan2(||t||, u.w*)`` with ``t = (I - u u^T) w*``, which keeps full precision near ``0`` and
+    ``pi`` (``arccos`` would not).
+
+    Parameters
+    ----------
+    w : array_like
+        Student filter, shape ``(p,)``.
+    w_star : array_like
+        Teacher filter of unit norm (or any nonzero vector with ``normalize=True``).
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model, default "resnet"
+        The architecture.
+    shortcut : array_like, optional
+        The ResNet's shortcut direction (default ``1_p / sqrt(p)``).
+    normalize : bool, default False
+        Rescale ``w_star`` to unit norm instead of refusing it.
+
+    Returns
+    -------
+    float
+        The angle in radians.
+
+    Raises
+    ------
+    ValueError
+        Naming the field, for bad arrays, mismatched lengths or a zero effective filter.
+
+    Examples
+    --------
+    >>> import numpy as np, theory
+    >>> round(theory.angle(np.zeros(4), w_star=np.eye(4)[0]), 6)   # u = v = 1/2: cos(phi) = 1/2
+    1.047198
+    """
     model = Model.of(model)
     w_star = unit_teacher(w_star, normalize=normalize)
     w = as_vector(w, "w", length=w_star.size, length_of="w_star")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from theory import closed_forms as _cf
 from theory import fixed_points as _fp
@@ -123,4 +123,43 @@ def arc_cosine_rows(phi):
     out = np.empty(phi.shape[0])
     for i in range(phi.shape[0]):
         out[i] = _arc_cosine_strict(phi[i], math.cos(phi[i]), math.sin(phi[i]))
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _bisect_saddle_rows(g_s, exists, missing, out):
+    for i in prange(g_s.shape[0]):
+        lo = 0.0
+        hi = math.pi
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            if _arc_cosine_strict(mid, math.cos(mid), math.sin(mid)) > g_s[i]:  # g decreases: the root is right
+                lo = mid
+            else:
+                hi = mid
+        out[i] = 0.5 * (lo + hi) if exists[i] else missing
+
+
+def bisect_saddle(g_s: np.ndarray, exists: np.ndarray, missing: float) -> np.ndarray:
+    """:func:`theory.algebra.saddle_angles`' bisection (64 halvings of ``[0, pi]`` on ``g(phi) > g_s``), compiled and
+    parallel over rows: the same operations in the same order with :mod:`math`'s ``cos`` and ``sin``, so the same
+    bits (a test compares them on a million teachers), about 20x faster on two threads.
+
+    Parameters
+    ----------
+    g_s : numpy.ndarray
+        ``(R,)`` values of ``g(phi_s)`` (:func:`theory.saddle_kernel_value`), any float64 (NaN compares false).
+    exists : numpy.ndarray
+        ``(R,)`` booleans: where the spurious point exists (elsewhere the result is ``missing``).
+    missing : float
+        The value of rows without a saddle.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(R,)`` saddle angles, or ``missing``.
+    """
+    g_s = np.ascontiguousarray(g_s, dtype=np.float64)
+    out = np.empty(g_s.shape[0])
+    _bisect_saddle_rows(g_s, np.ascontiguousarray(exists, dtype=np.bool_), float(missing), out)
     return out

@@ -173,6 +173,20 @@ _PI_LO = 1.2246467991473531772e-16  # pi - float(pi)
 
 
 @njit(inline="always")
+def _atan_poly(t):
+    """fdlibm's arctangent polynomial ``sum_j AT_j t^(2j+2)``, j = 0..10, of the reduced argument ``t``, by Estrin's
+    scheme (pairs, then pairs of pairs): 4 dependent steps instead of Horner's 6, and the arctangent is on the
+    critical path of every step."""
+    t2 = t * t
+    t4 = t2 * t2
+    t8 = t4 * t4
+    r0 = (_AT0 + _AT1 * t2) + (_AT2 + _AT3 * t2) * t4
+    r1 = (_AT4 + _AT5 * t2) + (_AT6 + _AT7 * t2) * t4
+    r2 = (_AT8 + _AT9 * t2) + _AT10 * t4
+    return t2 * ((r0 + r1 * t8) + r2 * (t8 * t8))
+
+
+@njit(inline="always")
 def atan2_upper(y, x):
     """``atan2(y, x)`` for ``y >= 0`` (an angle in ``[0, pi]``), inlined and with one division: fdlibm's reduction
     of ``|y / x|`` written on ``(y, |x|)`` directly, then its polynomial.  Within 1 ulp of libm's ``atan2`` (94% of
@@ -195,15 +209,7 @@ def atan2_upper(y, x):
     else:
         i = 3
         t = -ax / y
-    # sum_j AT_j t^(2j+2), j = 0..10, by Estrin's scheme (pairs, then pairs of pairs): 4 dependent steps instead
-    # of Horner's 6, and the arctangent is on the critical path of every step.
-    t2 = t * t
-    t4 = t2 * t2
-    t8 = t4 * t4
-    r0 = (_AT0 + _AT1 * t2) + (_AT2 + _AT3 * t2) * t4
-    r1 = (_AT4 + _AT5 * t2) + (_AT6 + _AT7 * t2) * t4
-    r2 = (_AT8 + _AT9 * t2) + _AT10 * t4
-    u = t2 * ((r0 + r1 * t8) + r2 * (t8 * t8))
+    u = _atan_poly(t)
     if i < 0:
         z = t - t * u
     else:
@@ -229,12 +235,6 @@ def atan2_select(y, x):
     hi = _ATAN_HI[0] if b1 else (_ATAN_HI[1] if b2 else (_ATAN_HI[2] if b3 else _ATAN_HI[3]))
     lo = _ATAN_LO[0] if b1 else (_ATAN_LO[1] if b2 else (_ATAN_LO[2] if b3 else _ATAN_LO[3]))
     t = (y * p - ax * q) / (ax * p + y * q)
-    t2 = t * t
-    t4 = t2 * t2
-    t8 = t4 * t4
-    r0 = (_AT0 + _AT1 * t2) + (_AT2 + _AT3 * t2) * t4
-    r1 = (_AT4 + _AT5 * t2) + (_AT6 + _AT7 * t2) * t4
-    r2 = (_AT8 + _AT9 * t2) + _AT10 * t4
-    u = t2 * ((r0 + r1 * t8) + r2 * (t8 * t8))
+    u = _atan_poly(t)
     z = (t - t * u) if b0 else (hi - ((t * u - lo) - t))
     return (_PI - (z - _PI_LO)) if x < 0.0 else z

@@ -269,6 +269,16 @@ _DEFAULTS: dict[str, Callable] = {"teacher": _teacher_vectors, "gates": _gates_a
 
 
 @njit(inline="always")
+def store_traj(out, r, rec, q):
+    """Store the trajectory point ``q`` (the four values of an engine's ``traj_point``: loss, angle, alignment,
+    head distance) of run ``r`` at record ``rec``."""
+    out.traj[r, rec, 0] = q[0]
+    out.traj[r, rec, 1] = q[1]
+    out.traj[r, rec, 2] = q[2]
+    out.traj[r, rec, 3] = q[3]
+
+
+@njit(inline="always")
 def track_rate_levels(t, L, levels, pts):
     """Keep, per loss level ``levels[lv]`` (``rate_levels[lv] * L_ref``), the step and loss of the last downward
     crossing (a rise above the level forgets it): the points :func:`sims.runs.simulate.fitted_rates` measures the
@@ -389,11 +399,7 @@ def _template(lo, hi, eng, ws, prob, stops, out):
                 pts = track_rate_levels(t, L, levels, pts)
             note(eng, ws, carry, r, t, L, phi, P, finite)
             while rec < m and prob.record_steps[rec] == t:
-                q0, q1, q2, q3 = traj_point(eng, ws, carry, L, phi, P)
-                out.traj[r, rec, 0] = q0
-                out.traj[r, rec, 1] = q1
-                out.traj[r, rec, 2] = q2
-                out.traj[r, rec, 3] = q3
+                store_traj(out, r, rec, traj_point(eng, ws, carry, L, phi, P))
                 on_record(eng, ws, r, rec)
                 rec += 1
             while seg < nseg - 1 and t >= prob.seg_end[sr, seg]:

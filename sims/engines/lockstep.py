@@ -47,6 +47,7 @@ from numba import njit
 
 from sims.engines import driver
 from sims.engines.common import unshared_empty
+from sims.engines.driver import store_traj
 from theory import closed_forms as _tcf
 
 #: Runs advanced side by side by one thread.
@@ -391,11 +392,7 @@ def _scalar_step(eng, ews, LI, LF, prob, stops, out, i, k, last_noisy):
                 LF[(PT0 + f) * LANES + i] = pts[f]
         note(eng, ews, carry, r, t, L, phi, P, finite)
         while rec < m and prob.record_steps[rec] == t:
-            q0, q1, q2, q3 = traj_point(eng, ews, carry, L, phi, P)
-            out.traj[r, rec, 0] = q0
-            out.traj[r, rec, 1] = q1
-            out.traj[r, rec, 2] = q2
-            out.traj[r, rec, 3] = q3
+            store_traj(out, r, rec, traj_point(eng, ews, carry, L, phi, P))
             rec += 1
         LI[REC * LANES + i] = rec
         LI[NEXT_REC * LANES + i] = prob.record_steps[rec] if rec < m else -1

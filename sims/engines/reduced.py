@@ -38,6 +38,7 @@ from numba import njit
 
 from sims.engines import lockstep
 from sims.engines.common import atan2_select, unshared_empty
+from sims.engines.gd import _note_fading  # the loss and angle at the deployment step, as the vector engine keeps them
 from sims.engines.lockstep import LANES
 from theory import closed_forms as _tcf
 
@@ -230,13 +231,6 @@ def _make_hooks(normalized: bool, moving: bool = False) -> dict:
         return ((un, r1n, r2n, xn, yn, zn), consts), ok
 
     return dict(observe=observe, gates=gates, step=step)
-
-
-@njit(inline="always")
-def _note_fading(eng, ews, carry, r, t, L, phi, P, finite):
-    if t == eng.t_deployed:
-        eng.fade_end[r, 0] = L
-        eng.fade_end[r, 1] = phi
 
 
 @njit(inline="always")

@@ -63,8 +63,30 @@ FADE_ENGINES: tuple[str, ...] = ("auto", "vector")
 def fold_shortcut(w: Any, a: Any, *, shortcut: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Fold the shortcut of a trained ResNet ``(w, a)`` into a plain CNN ``(w + v, a)`` computing the same function.
 
-    ``w``: ``(p,)`` or a batch ``(R, p)``; ``a``: ``(k,)`` or ``(R, k)`` (returned as a copy).  ``shortcut``: the
-    ResNet's shortcut direction (default ``1_p / sqrt(p)``), normalized to unit length as in :mod:`theory`.
+    Parameters
+    ----------
+    w : array_like
+        The ResNet's filter (its residual branch), ``(p,)`` or a batch ``(R, p)``.
+    a : array_like
+        The second layer, ``(k,)`` or ``(R, k)`` (returned as a copy).
+    shortcut : array_like, optional
+        The ResNet's shortcut direction (default ``1_p / sqrt(p)``), normalized to unit length as in :mod:`theory`.
+
+    Returns
+    -------
+    w, a : numpy.ndarray
+        The plain CNN's filter ``w + v`` and second layer.
+
+    Raises
+    ------
+    ValueError
+        If an array is not finite, the shapes do not match, or the shortcut is zero.
+
+    Examples
+    --------
+    >>> import numpy as np, sims
+    >>> sims.fold_shortcut(np.zeros(4), np.ones(4))     # v = 1_4 / 2
+    (array([0.5, 0.5, 0.5, 0.5]), array([1., 1., 1., 1.]))
     """
     w_arr = np.array(w, dtype=np.float64)
     a_arr = np.array(a, dtype=np.float64)
@@ -248,15 +270,39 @@ def simulate_fading(*, k: int, p: int, runs: int, steps: int, schedule: Schedule
                     teacher: Teacher | tuple[Any, Any] | None = None, init: Init | None = None, shortcut: Any = None,
                     seed: int = 0, run_offset: int = 0, tolerances: Tolerances | None = None, n_record: int = 64,
                     allow_unstable: bool = False, threads: int | None = None) -> SimulationResult:
-    """Train ``runs`` networks with a fading shortcut (population GD) and return the deployed plain CNNs:
-    ``sims.simulate(engine=fade, model="resnet", ...)``.
+    """Train ``runs`` networks with a fading shortcut (population GD) and return the deployed plain CNNs.
 
-    Arguments as :func:`sims.simulate` with ``model="resnet"`` (default init ``w0 = 0``, the network starts at the
-    shortcut), plus ``fade`` (a :class:`Fade` with ``fade.steps <= steps``).  Run ``r`` draws teacher and init
-    exactly as ``sims.simulate(model="resnet", ...)`` with the same seed does, so the two are paired run by run;
-    results are bit-identical for any thread count and any split of runs (``run_offset``).  ``result.w`` is the
-    deployed CNN filter (``lambda = 0``), ``result.w0`` the ResNet's initial ``w``; the outcome classifies the plain
-    CNN ``(w, a)`` against the theory's fixed points.
+    The same as ``sims.simulate(engine=fade, model="resnet", ...)``.
+
+    Parameters
+    ----------
+    k, p, runs, steps, schedule, teacher, init, shortcut
+        As :func:`sims.simulate` with ``model="resnet"`` (default init ``w0 = 0``: the network starts at the
+        shortcut).  Run ``r`` draws teacher and init exactly as ``sims.simulate(model="resnet", ...)`` with the same
+        seed does, so the two are paired run by run; results are bit-identical for any thread count and split.
+    seed, run_offset, tolerances, n_record, allow_unstable, threads
+        As :func:`sims.simulate`.
+    fade : Fade
+        The fade of the shortcut's weight from 1 to 0, with ``fade.steps <= steps``.
+
+    Returns
+    -------
+    SimulationResult
+        ``result.w`` is the deployed CNN filter (``lambda = 0``), ``result.w0`` the ResNet's initial ``w``; the
+        outcome classifies the plain CNN ``(w, a)`` against the theory's fixed points.
+
+    Raises
+    ------
+    ValueError
+        As :func:`sims.simulate`, and for a fade longer than ``steps``.
+
+    Examples
+    --------
+    >>> import sims
+    >>> res = sims.simulate_fading(k=4, p=4, runs=50, steps=2000, schedule=sims.methods.distill.liu_two_stage(4),
+    ...                            fade=sims.Fade("cosine", steps=200), teacher=sims.Teacher(require_spurious=True))
+    >>> res.counts()["global"]
+    50
     """
     if not isinstance(fade, Fade):
         raise ValueError(f"fade must be a sims.Fade; got {type(fade).__name__}")

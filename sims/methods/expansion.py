@@ -287,10 +287,35 @@ def contract(factors: Any, layout: Layout | None = None, *, w: Any = None, a: An
              ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Factors -> ``(w, a)``, the contracted weights (``w`` is the ResNet's residual branch, without ``v``).
 
-    ``factors``: ``{"w": [W_1, ..., W_N], "a": [...]}`` (each product ``W_N ... W_1`` must be a row), or a flat
-    buffer ``(size,)`` / ``(R, size)`` with its :class:`Layout` (e.g. ``result.extras["factors"]``).  A layer that
-    is not expanded is passed through from ``w=`` / ``a=`` (``None`` if not given).  Exact: the product of the
-    factors, evaluated right to left."""
+    Exact: the product of the factors, evaluated right to left.
+
+    Parameters
+    ----------
+    factors : dict or numpy.ndarray
+        ``{"w": [W_1, ..., W_N], "a": [...]}`` (each product ``W_N ... W_1`` must be a row), or a flat buffer
+        ``(size,)`` / ``(R, size)`` with its :class:`Layout` (e.g. ``result.extras["factors"]``).
+    layout : Layout, optional
+        The buffer's layout (needed for a flat buffer).
+    w, a : array_like, optional
+        A layer that is not expanded is passed through from these (``None`` if not given).
+
+    Returns
+    -------
+    w, a : numpy.ndarray or None
+        The contracted filter and second layer.
+
+    Raises
+    ------
+    ValueError
+        For unknown keys, factors whose shapes do not chain to a row, or a buffer that does not match its layout.
+
+    Examples
+    --------
+    >>> import numpy as np, sims
+    >>> w, a = sims.contract({"w": [np.ones((2, 4)), np.array([[0.5, -0.5]])]}, a=np.ones(3))
+    >>> w, a
+    (array([0., 0., 0., 0.]), array([1., 1., 1.]))
+    """
     if isinstance(factors, dict):
         unknown = set(factors) - {"w", "a"}
         if unknown:

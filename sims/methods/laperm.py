@@ -262,17 +262,45 @@ def simulate_laperm(*, k: int, p: int, runs: int, steps: int, schedule: Schedule
                     adam: tuple[float, float, float] = (0.9, 0.999, 1e-8), seed: int = 0, run_offset: int = 0,
                     tolerances: Tolerances | None = None, n_record: int = 64, allow_unstable: bool = False,
                     threads: int | None = None) -> SimulationResult:
-    """Train ``runs`` weight-normalized CNNs by LaPerm (module docstring) and return a :class:`SimulationResult`:
-    ``sims.simulate(engine=LaPerm(sync_every, inner, init, permute, adam), model="cnn", ...)``.
+    """Train ``runs`` weight-normalized CNNs by LaPerm (module docstring) and return a :class:`SimulationResult`.
 
-    ``sync_every``, ``inner``, ``permute``, ``adam``: as :class:`LaPerm`; ``init``: the distribution of the initial
-    values (:attr:`LaPerm.dist`); ``teacher`` defaults to ``Teacher(w="sphere")``
-    (isotropic: a permutation keeps ``1.w``, so a teacher tied to the ``1`` direction would favour permutations).
-    Run ``r`` draws its teacher and Gaussian initial values exactly as ``sims.simulate(model="cnn",
-    init=Init(w="gaussian", a="gaussian"))`` with the same seed; results are bit-identical for any thread count and
-    run split.
-    ``result.w``/``result.a`` are the synchronized weights (a permutation of ``result.w0``/``result.a0``) and are
-    classified against the theory's fixed points; ``result.extras`` holds the permutation-level results.
+    The same as ``sims.simulate(engine=LaPerm(sync_every, inner, init, permute, adam), model="cnn", ...)``.
+
+    Parameters
+    ----------
+    k, p, runs, steps, schedule, seed, run_offset, tolerances, n_record, allow_unstable, threads
+        As :func:`sims.simulate`.
+    sync_every, inner, permute, adam
+        As :class:`LaPerm` (``sync_every=0``: plain training from the same initial values).
+    init : {"gaussian", "uniform"}, default "gaussian"
+        The distribution of the initial values (:attr:`LaPerm.dist`).
+    teacher : Teacher or tuple of array_like, optional
+        Default ``Teacher(w="sphere")`` (isotropic: a permutation keeps ``1.w``, so a teacher tied to the ``1``
+        direction would favour permutations).  Run ``r`` draws its teacher and Gaussian initial values exactly as
+        ``sims.simulate(model="cnn", init=Init(w="gaussian", a="gaussian"))`` with the same seed; results are
+        bit-identical for any thread count and run split.
+
+    Returns
+    -------
+    SimulationResult
+        ``result.w``/``result.a`` are the synchronized weights (a permutation of ``result.w0``/``result.a0``) and
+        are classified against the theory's fixed points; ``result.extras`` holds the permutation-level results
+        (``oracle_loss``: the best loss any permutation reaches; ``perm_optimal``: whether the run found it).
+
+    Raises
+    ------
+    ValueError
+        As :func:`sims.simulate`, and for unknown ``inner``, ``init`` or ``permute`` names.
+
+    Examples
+    --------
+    A permutation keeps ``1.a`` and ``||a||``, so LaPerm cannot reach the teacher here:
+
+    >>> import sims
+    >>> res = sims.simulate_laperm(k=4, p=4, runs=20, steps=500, schedule=sims.methods.laperm.du_constant(4),
+    ...                            sync_every=10)
+    >>> res.counts()["global"]
+    0
     """
     opts = LaPerm(sync_every=sync_every, inner=inner, dist=init, permute=permute, adam=adam)
     return simulate(engine=opts, model="cnn", k=k, p=p, runs=runs, steps=steps, schedule=schedule, teacher=teacher,

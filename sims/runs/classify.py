@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import theory
+from sims.engines import closed_forms as _cf
 from sims.engines import driver
 from theory import closed_forms
 
@@ -59,11 +60,12 @@ def spurious_exists_batch(a_star: np.ndarray) -> np.ndarray:
 
 
 def saddle_angles_batch(a_star: np.ndarray) -> np.ndarray:
-    """Saddle angle ``phi_s`` per row, ``-1`` where there is none (:func:`theory.saddle_angles`, by bisection).
+    """Saddle angle ``phi_s`` per row, ``-1`` where there is none: :func:`theory.saddle_angles`' bisection,
+    compiled and parallel (:func:`sims.engines.closed_forms.bisect_saddle`, the same bits).
 
     The engines take it as ``phi_saddle`` (``< 0``: no saddle, no ``trapped`` stop).
     """
-    return theory.saddle_angles(np.atleast_2d(a_star), missing=-1.0)
+    return _cf.bisect_saddle(*theory.algebra.saddle_targets(np.atleast_2d(a_star)), -1.0)
 
 
 def classify(
@@ -124,7 +126,7 @@ def _decide(final_loss, final_phi, dist, nst, stop_reason, loss_ref, loss_tol, t
 
 def saddle_angles_gram(k: int, Ss: np.ndarray, Qs: np.ndarray) -> np.ndarray:
     """:func:`saddle_angles_batch` from the teachers' sums ``Ss = 1.a*`` and ``Qs = ||a*||^2`` (``-1``: none)."""
-    return theory.algebra.saddle_angles_of_sums(k, Ss, Qs, missing=-1.0)
+    return _cf.bisect_saddle(*theory.algebra.saddle_targets_of_sums(k, Ss, Qs), -1.0)
 
 
 def head_distance_gram(coords: tuple[np.ndarray, np.ndarray, np.ndarray], gram: tuple[np.ndarray, ...],
@@ -173,7 +175,29 @@ def classify_gram(
 
 
 def wilson(successes: np.ndarray | int, n: np.ndarray | int, z: float = 1.959963984540054):
-    """Wilson score interval (95% by default) for a binomial proportion: ``(lo, hi)``."""
+    """Wilson score interval (95% by default) for a binomial proportion: ``(lo, hi)``.
+
+    Every success rate the tables report carries this interval; unlike the normal approximation it stays inside
+    ``[0, 1]`` and is not degenerate at 0 or ``n`` successes.
+
+    Parameters
+    ----------
+    successes, n : int or numpy.ndarray
+        Successes and trials (broadcast together).
+    z : float, default 1.96
+        The normal quantile of the confidence level.
+
+    Returns
+    -------
+    lo, hi : numpy.ndarray
+        The interval's bounds.
+
+    Examples
+    --------
+    >>> from sims.runs.classify import wilson
+    >>> [round(float(x), 4) for x in wilson(60, 100)]
+    [0.502, 0.6906]
+    """
     s = np.asarray(successes, dtype=float)
     n = np.asarray(n, dtype=float)
     phat = s / n

@@ -195,7 +195,7 @@ def _cosines(U: np.ndarray, p: int, teacher: Teacher) -> tuple[np.ndarray, np.nd
         return np.full(R, math.cos(teacher.angle)), np.full(R, math.sin(teacher.angle))
     half = (p - 1) / 2.0
     mass = special.betainc(half, half, math.sin(teacher.phi_max / 2.0) ** 2) if teacher.w == "cap" else 1.0
-    y = np.clip(special.betaincinv(half, half, (1.0 - U) * mass), 0.0, 1.0)
+    y = np.clip(samplers.betaincinv_threads(half, (1.0 - U) * mass), 0.0, 1.0)
     return 1.0 - 2.0 * y, 2.0 * np.sqrt(y * (1.0 - y))
 
 

@@ -253,47 +253,92 @@ def simulate(
     threads: int | None = None,
     engine: Any = None,
     expansion: Any = None,
-    vectors: bool = True,
+    vectors: bool | str = True,
 ) -> SimulationResult:
     """Train ``runs`` independent networks and return a :class:`SimulationResult`.
 
     Each run ``r`` (numbered from ``run_offset``) draws its teacher (unless ``teacher=(w_star, a_star)`` fixes
     one for all), its initialization and any noise from its own stream ``SeedSequence(seed, spawn_key=(r,))``,
-    so results are bit-identical whatever the thread count or the split of runs into calls.
+    so results are bit-identical whatever the thread count or the split of runs into calls.  Every engine draws
+    the same teachers and inits from the same seed, so engines are paired run by run.
 
-    ``algorithm``: ``"gd"`` (population gradient descent, closed-form gradients), ``"sgd"`` (online SGD with a
-    fresh Gaussian minibatch of ``batch_size`` each step), ``"gd-fixed"`` (GD on a fixed sample of
-    ``batch_size`` inputs drawn once per run) or ``"flow"`` (gradient flow, the continuous-time limit of population
-    GD, integrated on the order parameters with the schedule's step sizes as rates and ``steps`` as the largest
-    flow time; times in place of steps in the result: :mod:`sims.runs.flow`).  ``init`` is a :class:`Init`
-    sampler (default: ``w0 = 0`` for the ResNet, a uniform unit ``w0`` for the CNNs, ``a0`` uniform in the ball
-    of radius ``||a*||``) or explicit arrays ``(w0, a0)``, shared (1-D) or per run (2-D).
+    Parameters
+    ----------
+    model : {"resnet", "cnn", "cnn-unnormalized"} or theory.Model, default "resnet"
+        The student (and teacher) architecture.
+    k, p : int
+        Number of patches and patch dimension.
+    runs, steps : int
+        Independent networks, and the step budget of each.
+    schedule : Schedule
+        Per-layer step sizes (:class:`Schedule`: constant, two-stage, layerwise, piecewise, perturbed, prescribed
+        warmup).
+    teacher : Teacher or tuple of array_like, optional
+        A :class:`Teacher` sampler (default ``Teacher()``) or explicit ``(w_star, a_star)``.
+    init : Init or tuple of array_like, optional
+        An :class:`Init` sampler (default: ``w0 = 0`` for the ResNet, a uniform unit ``w0`` for the CNNs, ``a0``
+        uniform in the ball of radius ``||a*||``) or explicit ``(w0, a0)``, shared (1-D) or per run (2-D).
+    algorithm : {"gd", "sgd", "gd-fixed", "flow"}, default "gd"
+        Population GD on the closed forms, online SGD with a fresh Gaussian minibatch of ``batch_size`` each step,
+        GD on a fixed sample of ``batch_size`` inputs drawn once per run, or gradient flow (the continuous-time
+        limit of population GD on the order parameters, the schedule's step sizes as rates and ``steps`` as the
+        largest flow time; times in place of steps in the result: :mod:`sims.runs.flow`).
+    batch_size : int, optional
+        Minibatch (``"sgd"``) or sample size (``"gd-fixed"``), ``>= 1``.
+    shortcut : array_like, optional
+        The ResNet's shortcut direction (default ``1_p / sqrt(p)``).
+    seed, run_offset : int, default 0
+        The streams' seed, and the number of the first run.
+    tolerances : Tolerances, optional
+        Stop levels (``loss_tol``, ``grad_tol``, divergence) relative to ``L_ref``.
+    n_record : int, default 64
+        Log-spaced trajectory points kept per run.
+    allow_unstable : bool, default False
+        Allow ``eta_a`` above the stability limit ``4 pi / (k + pi - 1)``.
+    threads : int, optional
+        Threads of the kernels (default: all cores); results do not depend on it.
+    engine : None, str or options object
+        Which engine trains (:mod:`sims.runs.registry`): None (the plain network's engine of ``algorithm``), a
+        registered name (:func:`engine_names`), or an options object: :class:`sims.Expansion`, :class:`sims.Fade`,
+        :class:`sims.LaPerm`, :class:`sims.Flow` (the gradient-flow solver's tolerances).  ``expansion=X`` is an
+        alias of ``engine=X``.
+    expansion : Expansion, optional
+        Alias of ``engine``.
+    vectors : bool or "auto", default True
+        ``False`` runs on the order parameters alone: each run's ``c0 = w~0.w*``, ``r0`` and the Gram entries of
+        ``(a0, 1, a*)`` are drawn directly with the law of the vector draws (the same law, not the same numbers;
+        :func:`sims.runs.order_samplers.draw_order_parameters`), trained by :mod:`sims.engines.reduced`, and
+        scheduled, classified and rated from Gram forms (:func:`sims.runs.classify.classify_gram`).  Work and memory
+        are O(1) per run and step whatever ``k`` and ``p`` are; the result's vectors are None and ``result.order``
+        holds the order parameters; the shortcut direction does not enter.  It needs ``algorithm="gd"`` (or
+        ``"flow"``: the flow on the order parameters), a noise-free schedule, ``engine`` None, ``"gd"``,
+        ``"reduced"`` or ``"flow"``, and samplers rather than arrays.
+        ``"auto"``: without vectors wherever that is allowed, with them elsewhere.
 
-    ``engine``: which engine trains (:mod:`sims.runs.registry`): None (the plain network's engine of
-    ``algorithm``), a registered name, or an engine's options object: :class:`sims.Expansion` (a deep linear
-    expansion of ``w`` and/or ``a``, :mod:`sims.methods.expansion`), :class:`sims.Fade` (the ResNet whose
-    shortcut weight fades to 0, :mod:`sims.methods.distill`), :class:`sims.LaPerm` (train-by-reconnect of the CNN,
-    :mod:`sims.methods.laperm`).  Every engine draws the same teachers and inits from the same seed, so engines are
-    paired run by run.  ``expansion=X`` is an alias of ``engine=X``.
+    Returns
+    -------
+    SimulationResult
+        Per-run outcome, stop reason, final loss and angle, steps to tolerance, fitted and predicted rates,
+        trajectories, and the final and initial weights.
 
-    ``vectors=False``: run without any vector of length ``k`` or ``p`` per run, on the order parameters alone.
-    Each run's order parameters (``c0 = w~0.w*``, ``r0``, the Gram entries of ``(a0, 1, a*)``) are drawn directly
-    with the law of the vector draws (:func:`sims.runs.order_samplers.draw_order_parameters`; the same law, not the
-    same numbers), from the same per-run streams (so bit-identical for any thread count and split of runs), and
-    trained by the order-parameter engine (:mod:`sims.engines.reduced`); the schedule (the prescribed warmup
-    included), the classification and the rates are computed from the order parameters
-    (:func:`sims.runs.schedules.prescribed_warmup_steps_gram`, :func:`sims.runs.classify.classify_gram`).  Work
-    and memory are O(1) per run and step whatever ``k`` and ``p`` are (the memory check counts no vectors), so
-    e.g. ``k = p = 10**6`` runs.  The result's vectors (``w, a, w0, a0, w_star, a_star``) are None and
-    ``result.order`` holds the initial order parameters and the final coordinates (:class:`SimulationResult`).
-    The shortcut direction does not enter such a run (the order parameters' law is the same for every ``v``;
-    ``settings["shortcut"]`` is None).
-    Allowed only where the order-parameter engines run: ``algorithm="gd"`` or ``"flow"``, a noise-free schedule,
-    ``engine`` None, ``"gd"``, ``"reduced"`` or ``"flow"``, ``teacher`` a :class:`Teacher` and ``init`` a
-    :class:`Init` (or None), not arrays; anything else is a ``ValueError``.
+    Raises
+    ------
+    ValueError
+        Naming the field: negative or non-finite step sizes, ``eta_a`` above the stability limit (unless
+        ``allow_unstable``), ``T1 > steps``, ``runs = 0``, a CNN with ``w0 = 0``, an unknown name, an option the
+        engine does not take, or a request larger than the machine's memory.
+
+    Examples
+    --------
+    >>> import sims
+    >>> res = sims.simulate(model="resnet", k=4, p=4, runs=100, steps=2000,
+    ...                     schedule=sims.Schedule.prescribed_warmup(eta_w=1/4, eta_a=1.0),
+    ...                     teacher=sims.Teacher(w="cap", require_spurious=True), seed=0)
+    >>> res.counts()
+    {'global': 100, 'spurious': 0, 'saddle': 0, 'not_converged': 0, 'diverged': 0}
     """
-    if not isinstance(vectors, (bool, np.bool_)):
-        raise ValueError(f"vectors must be True or False; got {vectors!r}")
+    if not (isinstance(vectors, (bool, np.bool_)) or (isinstance(vectors, str) and vectors == "auto")):
+        raise ValueError(f"vectors must be True, False or 'auto'; got {vectors!r}")
     name, spec, opts = _select(engine, expansion, algorithm)
     if isinstance(engine, str) and engine in ALGORITHMS:
         algorithm = engine
@@ -302,19 +347,23 @@ def simulate(
                             seed=seed, run_offset=run_offset, tolerances=tolerances, n_record=n_record,
                             allow_unstable=bool(allow_unstable), threads=threads)
     call = spec.validate(opts, call)
+    why = _why_vectors(name, call)
+    if isinstance(vectors, str):
+        vectors = why is not None
     if vectors:
         res = run_engine(spec, opts, call)
+    elif why is not None:
+        raise ValueError(f"vectors=False needs the order-parameter engine, which does not run here: {why}")
     else:
-        _check_without_vectors(name, call)
         res = run_without_vectors(call, flow_opts=opts if name == "flow" else None)
     if isinstance(engine, str) and engine not in ALGORITHMS:
         res.settings["engine"] = name
     return res
 
 
-def _check_without_vectors(name: str, call: registry.Call) -> None:
-    """Refuse ``vectors=False`` (``ValueError`` naming ``vectors`` and why) where the order-parameter engine does
-    not run."""
+def _why_vectors(name: str, call: registry.Call) -> str | None:
+    """Why a call needs vectors (the order-parameter engine does not run it), or None where ``vectors=False`` is
+    allowed."""
     why = None
     if call.algorithm not in ("gd", "flow"):
         why = f"algorithm {call.algorithm!r} samples inputs (only population GD, algorithm='gd', has order parameters)"
@@ -326,8 +375,7 @@ def _check_without_vectors(name: str, call: registry.Call) -> None:
         why = "teacher is given as vectors (pass a sims.Teacher sampler)"
     elif call.explicit is not None:
         why = "init is given as arrays (pass a sims.Init sampler)"
-    if why is not None:
-        raise ValueError(f"vectors=False needs the order-parameter engine, which does not run here: {why}")
+    return why
 
 
 def _select(engine: Any, expansion: Any, algorithm: Any) -> tuple[str, registry.EngineSpec, Any]:

@@ -10,6 +10,10 @@ A sweep file has four tables (see ``sims/studies/configs/example.toml``)::
                "f1,f2" -> list of [v1, v2] points (the fields vary together)
     [methods.LABEL]  overrides of base fields; every method is crossed with the whole grid
 
+The tables are declared as pydantic models in :mod:`sims.studies.config` (types, ranges, defaults, descriptions;
+``shallowres schema`` prints them as a JSON Schema): :func:`build_spec` validates ``[sweep]`` and every cell with
+them, so a bad value is one line naming the cell, the field and what it accepts, and nothing has been written.
+
 ``engine`` selects the engine of :func:`sims.simulate` (:func:`make_engine`): ``kind = "fade"``, ``"laperm"``,
 ``"expansion"`` with their options, or any registered engine's name; without it the plain network runs.
 
@@ -47,7 +51,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,46 +59,27 @@ import numpy as np
 import pandas as pd
 
 import theory
-from sims.methods.distill import FADE_KINDS, Fade
-from sims.methods.expansion import INITS as EXPANSION_INITS
-from sims.methods.expansion import TARGETS as EXPANSION_TARGETS
+from sims.methods.distill import Fade
 from sims.methods.expansion import Expansion
-from sims.methods.laperm import INIT_DISTS as LAPERM_INITS
-from sims.methods.laperm import INNER as LAPERM_INNER
-from sims.methods.laperm import PERMUTE as LAPERM_PERMUTE
 from sims.methods.laperm import LaPerm
 from sims.runs import classify
-from sims.runs.registry import engine_names
 from sims.runs.samplers import Init, Teacher
-from sims.runs.schedules import Schedule, Segment, optimal_eta_a
+from sims.runs.schedules import Schedule, Segment
 from sims.runs.simulate import FRAME_COLUMNS, Tolerances, simulate
-from sims.studies import store
+from sims.studies import config, store
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-SWEEP_KEYS = {"name": str, "trials": int, "seed": int, "chunk": int, "description": str}
-BASE_KEYS = ("model", "k", "p", "steps", "algorithm", "batch_size", "n_record", "allow_unstable", "teacher", "init",
-             "schedule", "tolerances", "engine")
-SCALAR_LIMITS = {"k": (1, 4096), "p": (1, 4096), "steps": (0, 10**9), "batch_size": (1, 10**6),
-                 "n_record": (2, 100_000), "trials": (1, 10**9), "seed": (0, 2**63 - 1), "chunk": (1, 10**7)}
-SCHEDULE_KINDS = ("constant", "two-stage", "layerwise", "piecewise", "perturbed", "prescribed-warmup")
+#: Re-exported from :mod:`sims.studies.config`, where the schema is declared.
+SWEEP_KEYS = config.SWEEP_KEYS
+BASE_KEYS = config.BASE_KEYS
+DEFAULT_BASE = config.DEFAULT_BASE
+SCHEDULE_KINDS = config.SCHEDULE_KINDS
+ENGINE_KINDS = config.ENGINE_KINDS
+STEP_RULES = config.STEP_RULES
 #: How deep arrays and tables may nest in a sweep file (a schedule's segments sit 6 levels down).
 MAX_DEPTH = 16
-_SCHEDULE_KEYS = {
-    "constant": ("eta_w", "eta_a"),
-    "two-stage": ("T1", "eta_w1", "eta_a1", "eta_w2", "eta_a2"),
-    "layerwise": ("T1", "eta_a1", "eta_w2", "eta_a2"),
-    "perturbed": ("eta_w", "eta_a", "noise", "half_life", "noise_a"),
-    "prescribed-warmup": ("eta_w", "eta_a", "eta_a_warmup", "safety"),
-    "piecewise": ("segments",),
-}
-DEFAULT_BASE: dict[str, Any] = {
-    "model": "resnet", "k": 16, "p": 16, "steps": 20000, "algorithm": "gd", "batch_size": None, "n_record": 32,
-    "allow_unstable": False, "teacher": {}, "init": {}, "schedule": {"kind": "prescribed-warmup", "eta_w_rel": 0.25,
-                                                                   "eta_a_rel": 0.9},
-    "tolerances": {},
-}
 #: A sweep of at least ``LARGE_TRIALS`` runs per cell whose chunk is not given explicitly (``--chunk``, the
 #: ``chunk`` override) runs chunks of ``LARGE_CHUNK`` runs if its file's are smaller: a chunk's fixed costs (the
 #: draws' and the engine's parallel start, the classification, one Parquet file, two fsyncs) are then a small
@@ -123,6 +108,9 @@ class Cell:
     #: Columns of the cell's per-run table: :data:`sims.runs.simulate.FRAME_COLUMNS`, and for a cell with an
     #: ``engine`` also ``loss_ref`` and the engine's per-run ``extras`` (found by the dry run of :func:`build_spec`).
     columns: tuple[str, ...] = FRAME_COLUMNS
+    #: Whether the cell can run without vectors, on the order parameters alone (``simulate(vectors=False)``: the
+    #: order-parameter engine runs it), as its dry run found.
+    order_parameters: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,10 +126,19 @@ class SweepSpec:
     #: explicit chunk; see :func:`build_spec`).
     chunk_auto: bool = False
 
+    @property
+    def vectors(self) -> bool:
+        """Whether the cells run with the per-run vectors: False when every cell can run on the order parameters
+        alone (the per-run table holds no vector), True otherwise.  One choice for the whole sweep, because the two
+        draw the same law but not the same numbers: so the cells stay paired run by run."""
+        return not all(c.order_parameters for c in self.cells)
+
     def fingerprint(self) -> str:
         """Hash of everything that determines the results and the chunk layout."""
         payload = {"trials": self.trials, "seed": self.seed, "chunk": self.chunk,
                    "cells": [[c.method, c.params] for c in self.cells]}
+        if not self.vectors:  # (absent for sweeps with vectors: their fingerprints are those of earlier releases)
+            payload["vectors"] = False
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def chunks(self) -> list[tuple[int, int, int, int]]:
@@ -250,10 +247,7 @@ def _check_depth(value: Any, path: tuple[str, ...], depth: int = 0) -> None:
             stack.extend((v, d + 1, at) for v in val)
 
 
-def _show(text: Any) -> str:
-    """A key or label from the user as printed in a message: as is when printable, else quoted and escaped (so a
-    message stays one line)."""
-    return text if isinstance(text, str) and text.isprintable() else repr(text)
+_show = config.show
 
 
 def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) -> SweepSpec:
@@ -270,7 +264,6 @@ def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) 
         if not isinstance(raw.get(table, {}), dict):
             raise SweepError(f"[{table}] must be a table; got {raw[table]!r}")
     sweep = raw.get("sweep", {})
-    _unknown(sweep, SWEEP_KEYS, "[sweep]")
     base = raw.get("base", {})
     _unknown(base, BASE_KEYS, "[base]")
     field_overrides = {}
@@ -305,18 +298,9 @@ def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) 
         if not isinstance(over, dict):
             raise SweepError(f"methods.{_show(label)} must be a table of overrides; got {over!r}")
         _unknown(over, BASE_KEYS, f"[methods.{_show(label)}]")
-    name = sweep.get("name", "sweep")
-    if not (isinstance(name, str) and 0 < len(name) <= 100 and name.isprintable() and name not in (".", "..")
-            and not set(name) & set("/\\")):
-        raise SweepError(f"sweep.name must be 1 to 100 printable characters without '/' or '\\' (it names "
-                         f"the default output directory runs/NAME); got {name!r}")
-    if not isinstance(sweep.get("description", ""), str):
-        raise SweepError(f"sweep.description must be a string; got {sweep['description']!r}")
-    trials = _bounded_int(sweep.get("trials", 1000), "sweep.trials")
-    seed = _bounded_int(sweep.get("seed", 0), "sweep.seed")
-    chunk = _bounded_int(sweep.get("chunk", 1000), "sweep.chunk")
-    auto = "chunk" not in (overrides or {}) and trials >= LARGE_TRIALS and chunk < LARGE_CHUNK
-    chunk = LARGE_CHUNK if auto else chunk
+    head = _validated(config.SweepTable, sweep, prefix="sweep.", table="[sweep]")
+    auto = "chunk" not in (overrides or {}) and head.trials >= LARGE_TRIALS and head.chunk < LARGE_CHUNK
+    chunk = LARGE_CHUNK if auto else head.chunk
     base = _merge(DEFAULT_BASE, base)
     cells = []
     for label, over in methods.items():
@@ -327,92 +311,52 @@ def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) 
                     _set_dotted(params, key, val)
             for key, val in field_overrides.items():  # command-line overrides win over methods and grid
                 _set_dotted(params, key, val)
-            # Every cell is validated by a one-run dry run, which also gives its per-run columns.
+            # Every cell is validated by the schema and a one-run dry run, which also gives its per-run columns.
             where = f"cell {len(cells)} (method {label!r})"
-            cells.append(Cell(len(cells), label, params, _checked_kwargs(params, where)[1]))
-    return SweepSpec(str(name), trials, seed, chunk, tuple(cells), grid_keys, raw, chunk_auto=auto)
+            _, columns, order = _checked_kwargs(params, where)
+            cells.append(Cell(len(cells), label, params, columns, order))
+    return SweepSpec(head.name, head.trials, head.seed, chunk, tuple(cells), grid_keys, raw, chunk_auto=auto)
 
 
-def _bounded_int(value: Any, name: str) -> int:
-    lo, hi = SCALAR_LIMITS[name.split(".")[-1]]
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise SweepError(f"{name} must be an integer in [{lo}, {hi}]; got {value!r}")
-    return value
+def _validated(model: type[Any], data: Any, **how: str) -> Any:
+    """``data`` validated by a model of :mod:`sims.studies.config`; a problem is a :class:`SweepError` of one line
+    naming the field and what it accepts (``how``: where it is, see :func:`sims.studies.config.explain`)."""
+    return config.validate(model, data, error=SweepError, **how)
 
 
-def _rate(params: dict[str, Any], key: str, k: int, where: str, prefix: str = "schedule.") -> float:
-    """A step size given absolutely (``key``) or relative (``key_rel``): ``eta_a`` relative to the fastest
-    contracting ``a``-step ``4 pi / (k + 2 pi - 2)``, ``eta_w`` relative to ``2 / k``.  ``prefix`` names the
-    table in messages (``schedule.`` or ``schedule.segments[i].``)."""
-    rel = params.get(f"{key}_rel")
-    if rel is not None and key in params:
-        raise SweepError(f"{where}: give either {prefix}{key} or {prefix}{key}_rel, not both")
-    if rel is None and key not in params:
-        raise SweepError(f"{where}: {prefix}{key} (or {prefix}{key}_rel) is required")
-    name, val = (key, params[key]) if rel is None else (f"{key}_rel", rel)
+def _eta(table: Any, stem: str, k: int, where: str, at: str = "schedule.") -> float | None:
     try:
-        ok = not isinstance(val, bool) and isinstance(val, (int, float)) and math.isfinite(val) and val >= 0
-    except OverflowError:  # an integer beyond float range
-        ok = False
-    if ok and rel is not None:
-        val = val * (optimal_eta_a(k) if key.startswith("eta_a") else 2.0 / k)
-        ok = math.isfinite(val)
-    if not ok:
-        raise SweepError(f"{where}: {prefix}{name} must be a finite number >= 0; got {params[name]!r}")
-    return float(val)
-
-
-def make_schedule(sched: dict[str, Any], k: int, where: str = "base") -> Schedule:
-    """Build a :class:`Schedule` from its TOML table (``kind`` plus that kind's keys)."""
-    if not isinstance(sched, dict):
-        raise SweepError(f"{where}: schedule must be a table with a 'kind'")
-    kind = sched.get("kind")
-    if kind not in SCHEDULE_KINDS:
-        raise SweepError(f"{where}: schedule.kind must be one of {', '.join(SCHEDULE_KINDS)}; got {kind!r}")
-    keys = _SCHEDULE_KEYS[kind]
-    valid = ("kind",) + keys + tuple(f"{x}_rel" for x in keys if x.startswith("eta"))
-    _unknown(sched, valid, f"{where}: schedule (kind {kind!r})")
-    try:
-        if kind == "constant":
-            return Schedule.constant(_rate(sched, "eta_w", k, where), _rate(sched, "eta_a", k, where))
-        if kind in ("two-stage", "layerwise"):
-            T1 = sched.get("T1")
-            if isinstance(T1, bool) or not isinstance(T1, int) or T1 < 0:
-                raise SweepError(f"{where}: schedule.T1 must be an integer >= 0; got {T1!r}")
-            ew1 = 0.0 if kind == "layerwise" else _rate(sched, "eta_w1", k, where)
-            return Schedule.two_stage(T1, ew1, _rate(sched, "eta_a1", k, where), _rate(sched, "eta_w2", k, where),
-                                      _rate(sched, "eta_a2", k, where))
-        if kind == "perturbed":
-            na = sched.get("noise_a")
-            return Schedule.perturbed(_rate(sched, "eta_w", k, where), _rate(sched, "eta_a", k, where),
-                                      noise=sched.get("noise", 0.0), half_life=sched.get("half_life", math.inf),
-                                      noise_a=na)
-        if kind == "prescribed-warmup":
-            has_warm = "eta_a_warmup" in sched or "eta_a_warmup_rel" in sched
-            warm = _rate(sched, "eta_a_warmup", k, where) if has_warm else None
-            return Schedule.prescribed_warmup(_rate(sched, "eta_w", k, where), _rate(sched, "eta_a", k, where),
-                                              eta_a_warmup=warm, safety=sched.get("safety", 1.0))
-        segs = sched.get("segments")
-        if not isinstance(segs, list) or not segs:
-            raise SweepError(f"{where}: schedule.segments must be a non-empty list of tables")
-        out = []
-        for i, seg in enumerate(segs):
-            if not isinstance(seg, dict):
-                raise SweepError(f"{where}: schedule.segments[{i}] must be a table")
-            _unknown(seg, ("steps", "eta_w", "eta_a", "eta_w_rel", "eta_a_rel", "noise_w", "noise_a"),
-                     f"{where}: schedule.segments[{i}]")
-            last = i == len(segs) - 1
-            at = f"schedule.segments[{i}]."
-            out.append(Segment(None if last else seg.get("steps"), _rate(seg, "eta_w", k, where, at),
-                               _rate(seg, "eta_a", k, where, at), seg.get("noise_w", 0.0), seg.get("noise_a", 0.0)))
-        return Schedule.piecewise(out)
-    except SweepError:
-        raise
-    except (ValueError, TypeError) as exc:
+        return table.eta(stem, k, at)
+    except ValueError as exc:
         raise SweepError(f"{where}: {exc}") from None
 
 
-FIXED_TEACHER_KEYS = ("fixed_seed", "require_spurious")
+def _schedule(s: Any, k: int, where: str) -> Schedule:
+    """The :class:`Schedule` of a validated schedule table (steps given relative are made absolute at ``k``)."""
+    def eta(stem: str) -> float | None:
+        return _eta(s, stem, k, where)
+
+    try:
+        if isinstance(s, config.Constant):
+            return Schedule.constant(eta("eta_w"), eta("eta_a"))
+        if isinstance(s, (config.TwoStage, config.Layerwise)):
+            ew1 = 0.0 if isinstance(s, config.Layerwise) else eta("eta_w1")
+            return Schedule.two_stage(s.T1, ew1, eta("eta_a1"), eta("eta_w2"), eta("eta_a2"))
+        if isinstance(s, config.Perturbed):
+            return Schedule.perturbed(eta("eta_w"), eta("eta_a"), noise=s.noise, half_life=s.half_life,
+                                      noise_a=s.noise_a)
+        if isinstance(s, config.PrescribedWarmup):
+            return Schedule.prescribed_warmup(eta("eta_w"), eta("eta_a"), eta_a_warmup=eta("eta_a_warmup"),
+                                              safety=s.safety)
+        last = len(s.segments) - 1  # the last segment fills the budget: its steps are not used
+        return Schedule.piecewise([Segment(None if i == last else seg.steps,
+                                           _eta(seg, "eta_w", k, where, f"schedule.segments[{i}]."),
+                                           _eta(seg, "eta_a", k, where, f"schedule.segments[{i}]."),
+                                           seg.noise_w, seg.noise_a) for i, seg in enumerate(s.segments)])
+    except SweepError:
+        raise
+    except ValueError as exc:  # the Schedule's own checks
+        raise SweepError(f"{where}: {exc}") from None
 
 
 def fixed_teacher(seed: int, k: int, p: int, require_spurious: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -428,230 +372,79 @@ def fixed_teacher(seed: int, k: int, p: int, require_spurious: bool) -> tuple[np
     raise SweepError(f"teacher.require_spurious: no teacher with a spurious point found for k = {k}")
 
 
-def _teacher_from(table: Any, k: int, p: int, where: str):
-    """A :class:`Teacher` sampler, or with ``fixed_seed`` one fixed ``(w*, a*)`` shared by all runs of the cell."""
-    if isinstance(table, dict) and "fixed_seed" in table:
-        _unknown(table, FIXED_TEACHER_KEYS, f"{where}: teacher (with fixed_seed)")
-        seed = table["fixed_seed"]
-        lo, hi = SCALAR_LIMITS["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or not lo <= seed <= hi:
-            raise SweepError(f"{where}: teacher.fixed_seed must be an integer in [{lo}, {hi}]; got {seed!r}")
-        req = table.get("require_spurious", False)
-        if not isinstance(req, bool):
-            raise SweepError(f"{where}: teacher.require_spurious must be true or false; got {req!r}")
-        if req and k < 2:
-            raise SweepError(f"{where}: teacher.require_spurious needs k >= 2 (k = 1 never has a spurious point)")
-        return fixed_teacher(seed, k, p, req)
-    return _dataclass_from(Teacher, table, "teacher", where)
-
-
-#: What a number field of a sampler or tolerance table accepts (messages for values of the wrong type).
-_NUMBER_RANGES = {"phi_max": "a number in (0, pi]", "angle": "a number in [0, pi]", "w_scale": "a number >= 1e-100",
-                  "a_radius": "a number >= 0", "divergence": "a number > 0", "a_value": "a list of k finite numbers",
-                  "rate_window": "a list of three loss levels hi > mid > lo > 0"}
-
-
-def _float(value: Any) -> float | None:
-    """``value`` as a float if it is a number (not a bool) within float range, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
+def _options(cls: type, table: Any, name: str, where: str, **extra: Any) -> Any:
+    """A :class:`Teacher`, :class:`Init` or :class:`Tolerances` of the keys the table gives (lists as tuples; the
+    class's defaults for the others), with the class's own validation."""
+    given = {key: tuple(v) if isinstance(v, list) else v for key, v in table.model_dump(exclude_unset=True).items()}
     try:
-        return float(value)
-    except OverflowError:
-        return None
-
-
-def _dataclass_from(cls, table: Any, name: str, where: str):
-    """A :class:`Teacher`, :class:`Init` or :class:`Tolerances` from its TOML table: unknown keys and values of
-    the wrong type (by the field's annotation: bool, number, list of numbers) are errors naming the field; the
-    ranges are checked by the class's own validation."""
-    if not isinstance(table, dict):
-        raise SweepError(f"{where}: {name} must be a table; got {table!r}")
-    valid = [f.name for f in fields(cls)] + (["fixed_seed"] if cls is Teacher else [])
-    _unknown(table, valid, f"{where}: {name}")
-    table = dict(table)
-    for f in fields(cls):
-        if f.name not in table:
-            continue
-        val, kind = table[f.name], str(f.type)
-        expect = _NUMBER_RANGES.get(f.name, "a finite number >= 0")
-        if kind == "bool" and not isinstance(val, bool):
-            raise SweepError(f"{where}: {name}.{f.name} must be true or false; got {val!r}")
-        if kind.startswith("float"):
-            table[f.name] = _float(val)
-            if table[f.name] is None:
-                raise SweepError(f"{where}: {name}.{f.name} must be {expect}; got {val!r}")
-        if kind.startswith("tuple"):
-            nums = [_float(x) for x in val] if isinstance(val, list) else [None]
-            if None in nums:
-                raise SweepError(f"{where}: {name}.{f.name} must be {expect}; got {val!r}")
-            table[f.name] = tuple(nums)
-    try:
-        return cls(**table)
+        return cls(**given, **extra)
     except (TypeError, ValueError) as exc:
         raise SweepError(f"{where}: {name}: {exc}") from None
 
 
 def simulation_kwargs(params: dict[str, Any], *, where: str = "base") -> dict[str, Any]:
     """Keyword arguments of :func:`_simulate_cell` for one cell (those of :func:`sims.simulate` plus ``engine``),
-    validated by a one-run dry run (ranges name the field)."""
-    kw, _ = _checked_kwargs(params, where)
+    validated by the schema and a one-run dry run (messages name the field and its range)."""
+    return _checked_kwargs(params, where)[0]
+
+
+def _cell_kwargs(params: dict[str, Any], where: str) -> dict[str, Any]:
+    """The keyword arguments of a cell: its table validated by :class:`sims.studies.config.Cell`, and the
+    schedule, engine, teacher, init and tolerances objects built from it."""
+    cell = _validated(config.Cell, params, where=where)
+    kw: dict[str, Any] = {key: getattr(cell, key) for key in ("k", "p", "steps", "n_record", "model", "algorithm")}
+    if cell.batch_size is not None:
+        kw["batch_size"] = cell.batch_size
+    kw["allow_unstable"] = cell.allow_unstable
+    engine, step_rule = _engine(cell.engine, where)
+    kw["schedule"] = _schedule(cell.schedule, cell.k, where)
+    if step_rule == "matched":
+        kw["schedule"] = matched_schedule(kw["schedule"], engine, cell.k, where)
+    if isinstance(cell.teacher, config.FixedTeacher):
+        kw["teacher"] = fixed_teacher(cell.teacher.fixed_seed, cell.k, cell.p, cell.teacher.require_spurious)
+    else:
+        kw["teacher"] = _options(Teacher, cell.teacher, "teacher", where)
+    w0 = {} if cell.init.w else {"w": "zero" if theory.Model.of(cell.model).shortcut else "sphere"}
+    kw["init"] = None if isinstance(engine, LaPerm) else _options(Init, cell.init, "init", where, **w0)
+    kw["tolerances"] = _options(Tolerances, cell.tolerances, "tolerances", where)
+    kw["engine"] = engine
     return kw
 
 
-def _checked_kwargs(params: dict[str, Any], where: str) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """The cell's keyword arguments and its per-run columns, from a one-run dry run that checks everything the
-    simulation checks (models, stability, samplers, stages <= steps, the engine's options)."""
-    _unknown(params, BASE_KEYS, where)
-    kw: dict[str, Any] = {}
-    for key in ("k", "p", "steps", "n_record"):
-        kw[key] = _bounded_int(params[key], key)
-    try:
-        model = theory.Model.of(params["model"])
-    except ValueError as exc:
-        raise SweepError(f"{where}: {exc}") from None
-    kw["model"] = params["model"]
-    kw["algorithm"] = params["algorithm"]
-    if params.get("batch_size") is not None:
-        kw["batch_size"] = _bounded_int(params["batch_size"], "batch_size")
-    kw["allow_unstable"] = params.get("allow_unstable", False)
-    if not isinstance(kw["allow_unstable"], bool):
-        raise SweepError(f"{where}: allow_unstable must be true or false; got {kw['allow_unstable']!r}")
-    engine, step_rule = make_engine(params.get("engine"), where)
-    kw["schedule"] = make_schedule(params["schedule"], kw["k"], where)
-    if step_rule == "matched":
-        kw["schedule"] = matched_schedule(kw["schedule"], engine, kw["k"], where)
-    kw["teacher"] = _teacher_from(params["teacher"], kw["k"], kw["p"], where)
-    init = params.get("init", {})
-    if isinstance(engine, LaPerm) and init not in (None, {}):
-        raise SweepError(f"{where}: engine.kind = 'laperm' draws its own initial values (engine.dist = 'gaussian' or "
-                         f"'uniform'): leave init empty; got init = {init!r}")
-    if isinstance(init, dict) and "w" not in init:
-        init = dict(init, w="zero" if model.shortcut else "sphere")
-    kw["init"] = None if isinstance(engine, LaPerm) else _dataclass_from(Init, init, "init", where)
-    if model.shortcut and kw["p"] == 1 and kw["init"] is not None and kw["init"].w == "sphere":
-        raise SweepError(f"{where}: init.w = 'sphere' cannot start the ResNet at p = 1: w0 = -v (no direction) in "
-                         "about half the runs; use init.w = 'zero' or 'gaussian', or p >= 2")
-    kw["tolerances"] = _dataclass_from(Tolerances, params.get("tolerances", {}), "tolerances", where)
-    kw["engine"] = engine
+def _checked_kwargs(params: dict[str, Any], where: str) -> tuple[dict[str, Any], tuple[str, ...], bool]:
+    """The cell's keyword arguments, its per-run columns and whether it runs without vectors, from a one-run dry
+    run that checks everything the simulation checks (models, stability, samplers, stages <= steps, the engine's
+    options)."""
+    kw = _cell_kwargs(params, where)
     staged = sum(s.steps for s in kw["schedule"].segments[:-1])  # every stage but the last, which fills the budget
-    if isinstance(engine, Fade):
-        staged = max(staged, engine.steps)  # the fade must be over within the dry run's budget too
+    if isinstance(kw["engine"], Fade):
+        staged = max(staged, kw["engine"].steps)  # the fade must be over within the dry run's budget too
     try:
-        res = _simulate_cell(dict(kw, steps=min(kw["steps"], max(1, staged))), runs=1, seed=0)
+        res = _simulate_cell(dict(kw, steps=min(kw["steps"], max(1, staged))), runs=1, seed=0, vectors="auto")
     except ValueError as exc:
         raise SweepError(f"{where}: {exc}") from None
-    return kw, tuple(run_frame(res, engine).columns)
+    return kw, tuple(run_frame(res, kw["engine"]).columns), not res.has_vectors
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Engines
-
-
-#: Engine kinds with options in a sweep file; any other registered engine name (:func:`sims.engine_names`, e.g. one
-#: registered by :func:`sims.register_engine`) is selected by ``engine = { kind = NAME }`` alone.
-ENGINE_KINDS: tuple[str, ...] = ("fade", "laperm", "expansion")
-STEP_RULES: tuple[str, ...] = ("same", "matched")
-#: The keys of each engine kind's table (besides ``kind``): the fields of its options object.
-ENGINE_KEYS: dict[str, tuple[str, ...]] = {
-    "fade": ("schedule", "steps", "values"),
-    "laperm": ("K", "inner", "dist", "permute", "adam"),
-    "expansion": ("target", "depth", "rate", "init", "scale", "pretrain_steps", "pretrain_batch", "pretrain_eta",
-                  "step_rule"),
-}
-
-
-def _choice(table: dict[str, Any], key: str, choices: tuple[str, ...], default: str, where: str) -> str:
-    val = table.get(key, default)
-    if not isinstance(val, str) or val not in choices:
-        raise SweepError(f"{where}: engine.{key} must be one of {', '.join(choices)}; got {val!r}")
-    return val
-
-
-def _engine_int(table: dict[str, Any], key: str, lo: int, hi: int, default: int, where: str) -> int:
-    val = table.get(key, default)
-    if isinstance(val, bool) or not isinstance(val, int) or not lo <= val <= hi:
-        raise SweepError(f"{where}: engine.{key} must be an integer in [{lo}, {hi}]; got {val!r}")
-    return val
-
-
-def _engine_numbers(table: dict[str, Any], key: str, n: int | None, what: str, where: str) -> tuple[float, ...] | None:
-    val = table.get(key)
-    if val is None:
-        return None
-    nums = [_float(x) for x in val] if isinstance(val, list) else [None]
-    if None in nums or (n is not None and len(nums) != n) or not all(math.isfinite(x) for x in nums):
-        raise SweepError(f"{where}: engine.{key} must be {what}; got {val!r}")
-    return tuple(nums)
-
-
-def make_engine(table: Any, where: str = "base") -> tuple[Any, str | None]:
-    """The ``engine=`` of :func:`sims.simulate` a cell's ``engine`` table selects, and its step rule.
+def _engine(e: Any, where: str) -> tuple[Any, str | None]:
+    """The ``engine=`` of :func:`sims.simulate` a validated engine table selects, and its step rule.
 
     ``(None, None)`` without one (the plain network, ``algorithm`` decides); a :class:`sims.Fade` for
-    ``kind = "fade"`` (``schedule``: the fade's kind, ``steps``: ``T_fade``, ``values``: a custom fade's table);
-    a :class:`sims.LaPerm` for ``kind = "laperm"`` (``K``: the synchronization period, 0 for none, i.e. the plain
-    inner optimizer; ``inner``, ``dist``, ``permute``, ``adam``); a :class:`sims.Expansion` for
-    ``kind = "expansion"`` (its fields, plus the sweep's ``step_rule``, see :func:`matched_schedule`); any other
-    registered engine name as that name (no options).
+    ``kind = "fade"``; a :class:`sims.LaPerm` for ``kind = "laperm"`` (``K = 0``: no synchronization, i.e. the
+    plain inner optimizer); a :class:`sims.Expansion` for ``kind = "expansion"`` (and the sweep's ``step_rule``,
+    see :func:`matched_schedule`); any other registered engine name as that name (no options).
     """
-    if table is None:
-        return None, None
-    if not isinstance(table, dict):
-        raise SweepError(f"{where}: engine must be a table with a 'kind'; got {table!r}")
-    kind = table.get("kind")
-    others = tuple(n for n in engine_names() if n not in ENGINE_KINDS)
-    if not isinstance(kind, str) or kind not in ENGINE_KINDS + others:
-        raise SweepError(f"{where}: engine.kind must be one of {', '.join(ENGINE_KINDS + others)} (registered "
-                         f"engines); got {kind!r}")
-    if kind not in ENGINE_KINDS:
-        _unknown(table, ("kind",), f"{where}: engine (kind {kind!r}, an engine without options)")
-        return kind, None
-    _unknown(table, ("kind",) + ENGINE_KEYS[kind], f"{where}: engine (kind {kind!r})")
     try:
-        if kind == "fade":
-            fade_kind = _choice(table, "schedule", FADE_KINDS, "linear", where)
-            if fade_kind == "custom":
-                values = _engine_numbers(table, "values", None, "a list of numbers 1 = lambda_0 >= ... >= "
-                                         "lambda_T = 0", where)
-                if "steps" in table:
-                    raise SweepError(f"{where}: engine.steps is len(engine.values) - 1 for a custom fade; leave it "
-                                     "out")
-                return Fade.custom(values), None
-            if "values" in table:
-                raise SweepError(f"{where}: engine.values is only for engine.schedule = 'custom'")
-            if "steps" not in table:
-                raise SweepError(f"{where}: engine.steps (T_fade, the step at which the shortcut weight reaches 0) is "
-                                 "required")
-            return Fade(fade_kind, _engine_int(table, "steps", 1, SCALAR_LIMITS["steps"][1], 1, where)), None
-        if kind == "laperm":
-            adam = _engine_numbers(table, "adam", 3, "three numbers [beta1, beta2, eps] with 0 <= beta1, beta2 < 1 "
-                                   "and eps > 0", where)
-            if adam is not None and not (0.0 <= adam[0] < 1.0 and 0.0 <= adam[1] < 1.0 and adam[2] > 0.0):
-                raise SweepError(f"{where}: engine.adam must be three numbers [beta1, beta2, eps] with 0 <= beta1, "
-                                 f"beta2 < 1 and eps > 0; got {table['adam']!r}")
-            K = _engine_int(table, "K", 0, SCALAR_LIMITS["steps"][1], 10, where)
-            return LaPerm(sync_every=K or None, inner=_choice(table, "inner", LAPERM_INNER, "gd", where),
-                          dist=_choice(table, "dist", LAPERM_INITS, "gaussian", where),
-                          permute=_choice(table, "permute", LAPERM_PERMUTE, "both", where),
-                          adam=adam if adam is not None else LaPerm.adam), None
-        step_rule = _choice(table, "step_rule", STEP_RULES, "same", where)
-        scale = table.get("scale")
-        if scale is not None and not (_float(scale) is not None and math.isfinite(_float(scale)) and scale > 0):
-            raise SweepError(f"{where}: engine.scale must be a finite number > 0; got {scale!r}")
-        ex = Expansion(target=_choice(table, "target", EXPANSION_TARGETS, "w", where),
-                       depth=_engine_int(table, "depth", 1, 64, 2, where),
-                       rate=_engine_int(table, "rate", 1, 1024, 1, where),
-                       init=_choice(table, "init", EXPANSION_INITS, "auto", where),
-                       scale=None if scale is None else float(scale),
-                       pretrain_steps=_engine_int(table, "pretrain_steps", 0, SCALAR_LIMITS["steps"][1], 300, where),
-                       pretrain_batch=_engine_int(table, "pretrain_batch", 1, SCALAR_LIMITS["batch_size"][1], 32,
-                                                  where),
-                       pretrain_eta=_engine_numbers(table, "pretrain_eta", 2, "two finite numbers [eta_w, eta_a] "
-                                                    ">= 0", where))
-        return ex, step_rule
-    except SweepError:
-        raise
+        if e is None or isinstance(e, config.RegisteredEngine):
+            return (None if e is None else e.kind), None
+        if isinstance(e, config.FadeEngine):
+            return (Fade.custom(tuple(e.values)) if e.schedule == "custom" else Fade(e.schedule, e.steps)), None
+        if isinstance(e, config.LaPermEngine):
+            return LaPerm(sync_every=e.K or None, inner=e.inner, dist=e.dist, permute=e.permute,
+                          adam=LaPerm.adam if e.adam is None else tuple(e.adam)), None
+        return Expansion(target=e.target, depth=e.depth, rate=e.rate, init=e.init, scale=e.scale,
+                         pretrain_steps=e.pretrain_steps, pretrain_batch=e.pretrain_batch,
+                         pretrain_eta=None if e.pretrain_eta is None else tuple(e.pretrain_eta)), e.step_rule
     except (ValueError, TypeError) as exc:
         raise SweepError(f"{where}: engine: {exc}") from None
 
@@ -682,11 +475,13 @@ def matched_schedule(schedule: Schedule, expansion: Expansion, k: int, where: st
     return replace(schedule, segments=segs)
 
 
-def _simulate_cell(kw: dict[str, Any], *, runs: int, seed: int, run_offset: int = 0, threads: int | None = None):
+def _simulate_cell(kw: dict[str, Any], *, runs: int, seed: int, run_offset: int = 0, threads: int | None = None,
+                   vectors: bool | str = True):
     """Run one cell (keyword arguments from :func:`simulation_kwargs`, ``engine`` included) by :func:`sims.simulate`.
     Every engine draws run ``r``'s teacher and init from the same stream, so the cells of a sweep are paired run by
-    run."""
-    return simulate(**kw, runs=runs, seed=seed, run_offset=run_offset, threads=threads)
+    run.  ``vectors``: :attr:`SweepSpec.vectors` (``"auto"`` in the dry run, which finds whether the cell can run
+    without them)."""
+    return simulate(**kw, runs=runs, seed=seed, run_offset=run_offset, threads=threads, vectors=vectors)
 
 
 def run_frame(res: Any, engine: Any) -> pd.DataFrame:
@@ -757,32 +552,18 @@ def _chunk_name(cell: int, chunk: int) -> str:
 
 
 def run_chunk(params: dict[str, Any], seed: int, first: int, runs: int, threads: int | None = None,
-              identity: dict[str, Any] | None = None) -> bytes:
+              identity: dict[str, Any] | None = None, vectors: bool = True) -> bytes:
     """Simulate one chunk and return its per-run table as Parquet bytes (what a Dask worker sends back), with
-    ``identity`` (fingerprint, cell, chunk, first run, runs) in the file's metadata."""
+    ``identity`` (fingerprint, cell, chunk, first run, runs) in the file's metadata.  ``vectors``: the sweep's
+    :attr:`SweepSpec.vectors` (False: the chunk runs on the order parameters alone)."""
     kw = simulation_kwargs_fast(params)
-    res = _simulate_cell(kw, runs=runs, seed=seed, run_offset=first, threads=threads)
+    res = _simulate_cell(kw, runs=runs, seed=seed, run_offset=first, threads=threads, vectors=vectors)
     return store.table_bytes(run_table(res, kw["engine"]), identity or {})
 
 
 def simulation_kwargs_fast(params: dict[str, Any]) -> dict[str, Any]:
     """Like :func:`simulation_kwargs` without the dry run (the spec was validated when it was built)."""
-    k = params["k"]
-    init = params.get("init") or {}
-    if "w" not in init:
-        init = dict(init, w="zero" if theory.Model.of(params["model"]).shortcut else "sphere")
-    kw = {key: params[key] for key in ("k", "p", "steps", "n_record", "model", "algorithm")}
-    if params.get("batch_size") is not None:
-        kw["batch_size"] = params["batch_size"]
-    kw["allow_unstable"] = bool(params.get("allow_unstable", False))
-    kw["schedule"] = make_schedule(params["schedule"], k)
-    kw["engine"], step_rule = make_engine(params.get("engine"))
-    if step_rule == "matched":
-        kw["schedule"] = matched_schedule(kw["schedule"], kw["engine"], k)
-    kw["teacher"] = _teacher_from(params["teacher"], params["k"], params["p"], "cell")
-    kw["init"] = None if isinstance(kw["engine"], LaPerm) else _dataclass_from(Init, init, "init", "cell")
-    kw["tolerances"] = _dataclass_from(Tolerances, params.get("tolerances") or {}, "tolerances", "cell")
-    return kw
+    return _cell_kwargs(params, "cell")
 
 
 def _to_parquet(df: pd.DataFrame) -> bytes:
@@ -1084,14 +865,14 @@ def _compute(spec: SweepSpec, todo, client, local_cluster: bool):
     if client is None:
         for name, unit, ident in todo:
             yield name, unit, ident, run_chunk(spec.cells[unit[0]].params, spec.seed, unit[2], unit[3],
-                                               identity=ident)
+                                               identity=ident, vectors=spec.vectors)
         return
     from dask.distributed import as_completed
 
     threads = 1 if local_cluster else None
     with client.as_current():
         futures = {client.submit(run_chunk, spec.cells[unit[0]].params, spec.seed, unit[2], unit[3], threads,
-                                 ident, pure=False, key=f"{spec.fingerprint()}-{unit[0]}-{unit[1]}"):
+                                 ident, spec.vectors, pure=False, key=f"{spec.fingerprint()}-{unit[0]}-{unit[1]}"):
                    (name, unit, ident) for name, unit, ident in todo}
         try:
             for fut in as_completed(futures):
@@ -1331,6 +1112,9 @@ def metadata(spec: SweepSpec) -> dict[str, Any]:
         "trials": spec.trials,
         "seed": spec.seed,
         "chunk": spec.chunk,
+        # False: every cell ran on the order parameters alone (simulate(vectors=False): the same law of teachers
+        # and starts, drawn directly)
+        "vectors": spec.vectors,
         "grid_keys": list(spec.grid_keys),
         "cells": [{"index": c.index, "method": c.method, "params": c.params} for c in spec.cells],
         "python": sys.version.split()[0],

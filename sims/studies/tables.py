@@ -44,7 +44,32 @@ def config(name: str) -> dict[str, Any]:
 
 
 def spec(name: str, **overrides: Any) -> sweep.SweepSpec:
-    """The table's sweep with ``overrides`` (trials, seed, chunk, or dotted base fields)."""
+    """The table's sweep with ``overrides`` (trials, seed, chunk, or dotted base fields).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`TABLES`.
+    **overrides
+        ``trials``, ``seed``, ``chunk`` or dotted fields of the sweep's cells (``None`` values are ignored).
+
+    Returns
+    -------
+    sims.studies.sweep.SweepSpec
+        The validated sweep (every cell checked by a one-run dry run).
+
+    Raises
+    ------
+    sims.studies.sweep.SweepError
+        For an unknown table or an override out of range (naming the field).
+
+    Examples
+    --------
+    >>> from sims.studies import tables
+    >>> spec = tables.spec("liu2019", trials=10)
+    >>> spec.trials, len(spec.cells)
+    (10, 45)
+    """
     return sweep.build_spec(config(name), overrides={k: v for k, v in overrides.items() if v is not None})
 
 
@@ -162,24 +187,26 @@ def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: st
             caption = ("Deep linear expansions (product of N factors, ExpandNets rate r) of w, a or both, GD on the "
                        f"factors, k = p = 8, step rule {', '.join(rules)}: P(global) in % [Wilson 95%]; depth 1 is "
                        "the unexpanded network")
-            figs = plots.expansions(rows, out / "expansions")
+            figs = plots.save_figure(plots.expansions(rows), out / "expansions", close=True)
         else:
             caption = CAPTIONS[name]
-            figs = plots.success_rates(rows, out / "success_rates", title=TITLES[name])
+            figs = plots.save_figure(plots.success_rates(rows, title=TITLES[name]).figure, out / "success_rates",
+                                     close=True)
     elif name == "liu2019":
         frame = liu2019_frame(summary)
         caption = ("P(global minimum) in % [Wilson 95%], GD on the population loss; teachers with v.w* >= 0 and a "
                    f"spurious point; {int(summary['trials'].iloc[0])} trials per cell")
-        figs = plots.success_rates(summary, out / "success_rates",
-                                   title="Liu et al. 2019: ResNet (w0 = 0) vs CNN (random w0)")
+        ax = plots.success_rates(summary, title="Liu et al. 2019: ResNet (w0 = 0) vs CNN (random w0)")
+        figs = plots.save_figure(ax.figure, out / "success_rates", close=True)
     elif name == "du2018":
         rr = restart_rows(outcome.runs)
         rr.to_csv(out / "restarts.csv", index=False)
         frame = du2018_frame(summary, rr)
         caption = ("CNN from random init, one fixed teacher per cell: q = P(global) [Wilson 95%], and success within "
                    "m restarts, observed on disjoint groups of m runs, against 1 - (1 - q)^m")
-        figs = plots.success_rates(summary, out / "success_rates", title="Du et al. 2018: CNN from random init")
-        figs += plots.restarts(rr, out / "restarts")
+        ax = plots.success_rates(summary, title="Du et al. 2018: CNN from random init")
+        figs = plots.save_figure(ax.figure, out / "success_rates", close=True)
+        figs += plots.save_figure(plots.restarts(rr), out / "restarts", close=True)
     else:
         frame = two_phase_frame(summary, outcome.runs)
         caption = "Slow phase (steps until a.a* > 0) and fast phase (per-step loss contraction) of GD"
@@ -198,11 +225,12 @@ def two_phase_figure(spec_: sweep.SweepSpec, out: Path, *, k: int = 16, p: int =
         if cell.params["k"] != k or cell.params["p"] != p:
             continue
         kw = sweep.simulation_kwargs_fast(dict(cell.params, n_record=256))
-        res = simulate(runs=runs, seed=spec_.seed, **kw)
+        res = simulate(runs=runs, seed=spec_.seed, vectors=spec_.vectors, **kw)
         for r in range(runs):
             tr = res.trajectory_of(r)
             curves.append((cell.method, tr["step"], np.maximum(tr["loss"] / res.loss_ref[r], 1e-16)))
-    return plots.loss_curves(curves, out / "loss_curves", title=f"two phases of GD, k = {k}, p = {p}")
+    ax = plots.loss_curves(curves, title=f"two phases of GD, k = {k}, p = {p}")
+    return plots.save_figure(ax.figure, out / "loss_curves", close=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
