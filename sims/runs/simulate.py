@@ -280,9 +280,8 @@ def simulate(
         uniform in the ball of radius ``||a*||``) or explicit ``(w0, a0)``, shared (1-D) or per run (2-D).
     algorithm : {"gd", "sgd", "gd-fixed", "flow"}, default "gd"
         Population GD on the closed forms, online SGD with a fresh Gaussian minibatch of ``batch_size`` each step,
-        GD on a fixed sample of ``batch_size`` inputs drawn once per run, or gradient flow (the continuous-time
-        limit of population GD on the order parameters, the schedule's step sizes as rates and ``steps`` as the
-        largest flow time; times in place of steps in the result: :mod:`sims.runs.flow`).
+        GD on a fixed sample of ``batch_size`` inputs drawn once per run, or population GD's gradient flow (step
+        sizes as rates, ``steps`` the largest flow time, times in place of steps: :mod:`sims.runs.flow`).
     batch_size : int, optional
         Minibatch (``"sgd"``) or sample size (``"gd-fixed"``), ``>= 1``.
     shortcut : array_like, optional
@@ -300,8 +299,7 @@ def simulate(
     engine : None, str or options object
         Which engine trains (:mod:`sims.runs.registry`): None (the plain network's engine of ``algorithm``), a
         registered name (:func:`engine_names`), or an options object: :class:`sims.Expansion`, :class:`sims.Fade`,
-        :class:`sims.LaPerm`, :class:`sims.Flow` (the gradient-flow solver's tolerances).  ``expansion=X`` is an
-        alias of ``engine=X``.
+        :class:`sims.LaPerm`, :class:`sims.Flow`.  ``expansion=X`` is an alias of ``engine=X``.
     expansion : Expansion, optional
         Alias of ``engine``.
     vectors : bool or "auto", default True
@@ -310,9 +308,8 @@ def simulate(
         :func:`sims.runs.order_samplers.draw_order_parameters`), trained by :mod:`sims.engines.reduced`, and
         scheduled, classified and rated from Gram forms (:func:`sims.runs.classify.classify_gram`).  Work and memory
         are O(1) per run and step whatever ``k`` and ``p`` are; the result's vectors are None and ``result.order``
-        holds the order parameters; the shortcut direction does not enter.  It needs ``algorithm="gd"`` (or
-        ``"flow"``: the flow on the order parameters), a noise-free schedule, ``engine`` None, ``"gd"``,
-        ``"reduced"`` or ``"flow"``, and samplers rather than arrays.
+        holds the order parameters; the shortcut direction does not enter.  It needs ``algorithm`` "gd" or "flow",
+        a noise-free schedule, ``engine`` None, "gd", "reduced" or "flow", and samplers rather than arrays.
         ``"auto"``: without vectors wherever that is allowed, with them elsewhere.
 
     Returns
@@ -346,19 +343,23 @@ def simulate(
                             teacher=teacher, init=init, algorithm=algorithm, batch_size=batch_size, shortcut=shortcut,
                             seed=seed, run_offset=run_offset, tolerances=tolerances, n_record=n_record,
                             allow_unstable=bool(allow_unstable), threads=threads)
-    call = spec.validate(opts, call)
+    res = _run(name, spec, opts, spec.validate(opts, call), vectors)
+    if isinstance(engine, str) and engine not in ALGORITHMS:
+        res.settings["engine"] = name
+    return res
+
+
+def _run(name: str, spec: registry.EngineSpec, opts: Any, call: registry.Call, vectors: bool | str) -> SimulationResult:
+    """Run a validated call with vectors (:func:`run_engine`) or without (:func:`run_without_vectors`; ``"auto"``:
+    wherever that is allowed)."""
     why = _why_vectors(name, call)
     if isinstance(vectors, str):
         vectors = why is not None
     if vectors:
-        res = run_engine(spec, opts, call)
-    elif why is not None:
+        return run_engine(spec, opts, call)
+    if why is not None:
         raise ValueError(f"vectors=False needs the order-parameter engine, which does not run here: {why}")
-    else:
-        res = run_without_vectors(call, flow_opts=opts if name == "flow" else None)
-    if isinstance(engine, str) and engine not in ALGORITHMS:
-        res.settings["engine"] = name
-    return res
+    return run_without_vectors(call, flow_opts=opts if name == "flow" else None)
 
 
 def _why_vectors(name: str, call: registry.Call) -> str | None:
