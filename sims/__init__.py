@@ -9,6 +9,7 @@ from sims.methods.distill import Fade, fold_shortcut, simulate_fading
 from sims.methods.expansion import Expansion, contract
 from sims.methods.laperm import LaPerm, simulate_laperm
 from sims.runs.classify import OUTCOMES
+from sims.runs.flow import Flow
 from sims.runs.registry import Built, Call, Draws, EngineSpec, Finished, Setup, Start, engine_names, register_engine
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule, Segment
@@ -23,6 +24,7 @@ __all__ = [
     "Expansion",
     "Fade",
     "Finished",
+    "Flow",
     "Init",
     "LaPerm",
     "Schedule",

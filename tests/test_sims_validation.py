@@ -81,7 +81,7 @@ SIMULATE_CASES = [
     ({"threads": 0}, r"^threads must be an integer"),
     ({"model": "mlp"}, r"^model must be one of 'resnet', 'cnn', 'cnn-unnormalized'"),
     ({"model": None}, r"^model must be one of"),
-    ({"algorithm": "adam"}, r"^algorithm must be one of \('gd', 'sgd', 'gd-fixed'\)"),
+    ({"algorithm": "adam"}, r"^algorithm must be one of \('gd', 'sgd', 'gd-fixed', 'flow'\)"),
     ({"algorithm": "sgd", "batch_size": 0}, r"^batch_size must be an integer >= 1"),
     ({"algorithm": "sgd", "batch_size": -5}, r"^batch_size must be an integer >= 1"),
     ({"algorithm": "sgd"}, r"^batch_size must be an integer >= 1"),  # batch_size is required for sgd

@@ -162,3 +162,15 @@ def scaled_deviations(rho, Ds, Dp, Dq, Ss, Qs):
         Dp*rho + Qs*(rho - 1),
         2*Dp*rho*(rho - 1) + Dq*rho**2 + Qs*(rho - 1)**2,
     )
+
+
+def flow_field(u, r1, r2, x, y, z, inv_n, L_rho, L_c, L_S, L_Q, L_Pa, eta_w, eta_a, dlam, vu, v1, v2):
+    """d(u, r1, r2, x, y, z)/dt of gradient flow with per-layer rates (eta_w, eta_a) and a shortcut weight moving at rate dlam, inv_n = 1/||w~||; L_rho = 0 for the weight-normalized models (theory.order_parameters)."""
+    return (
+        dlam*vu - eta_w*(L_c*inv_n**3*(r1**2 + r2**2) + L_rho*inv_n*u),
+        dlam*v1 - eta_w*(-L_c*inv_n**3*r1*u + L_rho*inv_n*r1),
+        dlam*v2 - eta_w*(-L_c*inv_n**3*r2*u + L_rho*inv_n*r2),
+        -2*L_Q*eta_a*x,
+        -eta_a*(2*L_Q*y + L_S),
+        -eta_a*(L_Pa + 2*L_Q*z),
+    )

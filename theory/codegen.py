@@ -141,6 +141,10 @@ def source() -> str:
         _function("scaled_deviations", "(Ds, Dp, Dq) of b = rho a from those of a (theory.order_parameters).",
                   order_parameters.scaled_deviations(),
                   ", ".join(str(a) for a in order_parameters.SCALE_ARGUMENTS)),
+        _function("flow_field", "d(u, r1, r2, x, y, z)/dt of gradient flow with per-layer rates (eta_w, eta_a) and a "
+                  "shortcut weight moving at rate dlam, inv_n = 1/||w~||; L_rho = 0 for the weight-normalized models "
+                  "(theory.order_parameters).", order_parameters.flow_field(),
+                  ", ".join(str(a) for a in order_parameters.FLOW_ARGUMENTS)),
     ]
     phi_g, g_max = derivation.g_max()
     constants = (

@@ -31,10 +31,30 @@ with ``L_Pa = 2 L_Q + L_P`` (the coefficient of ``a*`` in ``grad_a`` at ``a = a*
 for the normalized models) and the filter gradient ``(g_u, g_r) = L_c (r^2, -u r) / n^3 + [unnormalized]
 L_rho (u, r) / n``.  A shortcut whose weight moves by ``dl`` adds ``dl v`` to ``w~`` (a third coordinate).
 
+**Gradient flow.**  The continuous-time limit of GD with per-layer rates, time ``t`` counted in steps (units of
+``1/eta``, so that ``t`` steps of GD with small steps approximate flow time ``t``), is ``dw/dt = -eta_w grad_w L``,
+``da/dt = -eta_a grad_a L``; a shortcut whose weight ``lambda(t)`` moves adds ``lambda'(t) v`` to ``dw~/dt``.  In
+the coordinates (``w~ = u w* + r1 e1 + r2 e2``, ``r^2 = r1^2 + r2^2``, ``n = sqrt(u^2 + r^2)``; ``r2`` moves only
+with a moving shortcut) it is the vector field (:func:`flow_field`)
+
+    du/dt  = -eta_w (L_c r^2 / n^3 + L_rho u / n) + lambda' v_u,
+    dri/dt = -eta_w (-L_c u ri / n^3 + L_rho ri / n) + lambda' v_i        (i = 1, 2),
+    dx/dt  = -eta_a 2 L_Q x,   dy/dt = -eta_a (2 L_Q y + L_S),   dz/dt = -eta_a (2 L_Q z + L_Pa),
+
+with ``L_rho`` taken as 0 for the weight-normalized models (their loss does not depend on ``rho = ||w~||``).  The
+filter part is ``-eta_w`` times the gradient of ``L(c = u/n, rho = n)`` in the orthonormal coordinates ``(u, r1,
+r2)`` (proof ``flow_filter``), the head part ``-eta_a`` times the coordinates of ``grad_a`` in ``(a0, 1, a*)``
+(``flow_head``).  The GD map on the coordinates with step sizes ``(eta_w, eta_a)`` and shortcut jump ``dl``
+(:func:`gd_map`, the map the reduced engine runs) is *exactly* one explicit Euler step of this field: its increment
+divided by the step is the field, with no remainder (``flow_map``), because the coordinates are linear in the
+vectors and GD is Euler's method for the vector flow.  So the finite-step engine converges to the flow like
+Euler's method, with a global error O(eta) at a fixed flow time; derived quantities that are nonlinear in the
+coordinates (the angle, the loss) have one-step increments that match their rates only to O(eta).
+
 Every identity above is proven here with sympy (:func:`proofs`); the functions the engines evaluate are
 generated into :mod:`theory.closed_forms` by :mod:`theory.codegen`: :func:`deviation_loss`,
 :func:`deviation_gradient` (``L_rho, L_c, L_S, L_Q, L_Pa``), :func:`gram_deviations` (``Ds, Dp, Dq`` of ``a``
-from ``(x, y, z)``) and :func:`scaled_deviations` (those of ``b = rho a``).
+from ``(x, y, z)``), :func:`scaled_deviations` (those of ``b = rho a``) and :func:`flow_field`.
 """
 
 from __future__ import annotations
@@ -53,6 +73,11 @@ x, y, z = sp.symbols("x y z", real=True)
 Q0, S0, P0 = sp.symbols("Q0 S0 P0", real=True)
 k = sp.Symbol("k", positive=True)
 u, r = sp.symbols("u r", real=True)
+r1, r2 = sp.symbols("r1 r2", real=True)
+inv_n = sp.Symbol("inv_n", positive=True)
+L_rho_, L_c_, L_S_, L_Q_, L_Pa_ = sp.symbols("L_rho L_c L_S L_Q L_Pa", real=True)
+eta_w, eta_a, dlam = sp.symbols("eta_w eta_a dlam", real=True)
+vu, v1, v2 = sp.symbols("vu v1 v2", real=True)
 
 #: Arguments of the generated deviation-form loss and gradient, in order.
 DEVIATION_ARGUMENTS: tuple[sp.Symbol, ...] = (rho, phi, c, s, omc, Ds, Dp, Dq, Ss, Qs)
@@ -60,6 +85,11 @@ DEVIATION_ARGUMENTS: tuple[sp.Symbol, ...] = (rho, phi, c, s, omc, Ds, Dp, Dq, S
 GRAM_ARGUMENTS: tuple[sp.Symbol, ...] = (x, y, z, Q0, S0, P0, k, Ss, Qs)
 #: Arguments of the generated map from the deviations of ``a`` to those of ``b = rho a``.
 SCALE_ARGUMENTS: tuple[sp.Symbol, ...] = (rho, Ds, Dp, Dq, Ss, Qs)
+#: Arguments of the generated gradient-flow field: the coordinates, ``1/n``, the partials of
+#: :func:`deviation_gradient` (``L_rho`` passed as 0 for the weight-normalized models), the rates and the shortcut
+#: weight's rate ``dlam`` with the shortcut direction's coordinates ``(v_u, v_1, v_2)``.
+FLOW_ARGUMENTS: tuple[sp.Symbol, ...] = (u, r1, r2, x, y, z, inv_n, L_rho_, L_c_, L_S_, L_Q_, L_Pa_, eta_w, eta_a,
+                                         dlam, vu, v1, v2)
 
 
 def _b_invariants() -> dict[sp.Symbol, sp.Expr]:
@@ -106,6 +136,31 @@ def scaled_deviations() -> tuple[sp.Expr, sp.Expr, sp.Expr]:
             rho**2 * Dq + 2 * rho * (rho - 1) * Dp + (rho - 1) ** 2 * Qs)
 
 
+@cache
+def flow_field() -> tuple[sp.Expr, ...]:
+    """``d(u, r1, r2, x, y, z)/dt`` of gradient flow with per-layer rates ``(eta_w, eta_a)`` and a shortcut whose
+    weight moves at rate ``dlam`` (module docstring), in :data:`FLOW_ARGUMENTS`."""
+    rr = r1**2 + r2**2
+    return (
+        -eta_w * (L_c_ * rr * inv_n**3 + L_rho_ * u * inv_n) + dlam * vu,
+        -eta_w * (-L_c_ * u * r1 * inv_n**3 + L_rho_ * r1 * inv_n) + dlam * v1,
+        -eta_w * (-L_c_ * u * r2 * inv_n**3 + L_rho_ * r2 * inv_n) + dlam * v2,
+        -eta_a * 2 * L_Q_ * x,
+        -eta_a * (2 * L_Q_ * y + L_S_),
+        -eta_a * (2 * L_Q_ * z + L_Pa_),
+    )
+
+
+def gd_map() -> tuple[sp.Expr, ...]:
+    """One GD step on the coordinates as :mod:`sims.engines.reduced` takes it (step sizes ``eta_w, eta_a``, the
+    shortcut's weight jumping by ``dlam``): ``w~ <- alpha w~ + beta w* + dlam v`` with ``alpha = 1 + eta_w (L_c u /
+    n^3 - L_rho / n)``, ``beta = -eta_w L_c / n``, and ``(x, y, z) <- (x, y, z) - eta_a (coordinates of grad_a)``."""
+    alpha = 1 + eta_w * (L_c_ * u * inv_n**3 - L_rho_ * inv_n)
+    beta = -eta_w * L_c_ * inv_n
+    return (alpha * u + beta + dlam * vu, alpha * r1 + dlam * v1, alpha * r2 + dlam * v2,
+            x - eta_a * 2 * L_Q_ * x, y - eta_a * (2 * L_Q_ * y + L_S_), z - eta_a * (2 * L_Q_ * z + L_Pa_))
+
+
 def _on_circle(expr: sp.Expr) -> sp.Expr:
     """``expr`` with ``omc = 1 - c``: the identities hold on the unit circle of ``(c, s)``."""
     return sp.expand(expr.subs(omc, 1 - c))
@@ -132,7 +187,29 @@ def proofs() -> dict[str, bool]:
     out["gram"] = _gram_on_vectors()
     out["filter_step"] = _filter_gradient_in_plane()
     out["head_step"] = _head_gradient_in_coordinates()
+    out.update(_flow_proofs())
     return out
+
+
+def _flow_proofs() -> dict[str, bool]:
+    """``flow_filter``: the field's filter part is ``-eta_w dL/d(u, r1, r2)`` through ``c = u / n`` and ``rho = n``
+    (plus ``dlam v``); ``flow_head``: its head part is ``-eta_a`` times the coordinates of ``grad_a = 2 L_Q a +
+    L_P a* + L_S 1`` (``L_Pa = 2 L_Q + L_P``: proof ``head_step``); ``flow_map``: :func:`gd_map` minus the
+    coordinates is the field with the rates replaced by the step sizes and ``dlam`` by the jump, exactly."""
+    n = sp.sqrt(u**2 + r1**2 + r2**2)
+    field = [e.subs(inv_n, 1 / n) for e in flow_field()]
+    coords = (u, r1, r2)
+    grad = [L_c_ * sp.diff(u / n, q) + L_rho_ * sp.diff(n, q) for q in coords]
+    jump = (vu, v1, v2)
+    filt = all(sp.simplify(field[i] - (-eta_w * grad[i] + dlam * jump[i])) == 0 for i in range(3))
+    LQ, LS, LP = sp.symbols("L_Q L_S L_P", real=True)
+    head_coords = (2 * LQ * x, 2 * LQ * y + LS, 2 * LQ * z + 2 * LQ + LP)
+    sub = {L_Q_: LQ, L_S_: LS, L_Pa_: 2 * LQ + LP}
+    head = all(sp.expand(field[3 + i].subs(sub) + eta_a * head_coords[i]) == 0 for i in range(3))
+    state = (u, r1, r2, x, y, z)
+    euler = all(sp.simplify((m - q - f).subs(inv_n, 1 / n)) == 0
+                for m, q, f in zip(gd_map(), state, flow_field(), strict=True))
+    return {"flow_filter": filt, "flow_head": head, "flow_map": euler}
 
 
 def _gram_on_vectors() -> bool:

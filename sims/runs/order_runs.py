@@ -70,7 +70,7 @@ def from_vectors(WT0: np.ndarray, WS: np.ndarray, A0: np.ndarray, AS: np.ndarray
 
 
 def unnormalized_rates(glob: np.ndarray, etas: tuple[np.ndarray, np.ndarray], sizes: tuple[int, int],
-                       final: np.ndarray, consts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                       final: np.ndarray, consts: np.ndarray, flow: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(rate^2, share)`` of the unnormalized CNN's runs ``glob`` (NaN elsewhere) from their final coordinates
     ``final`` (rows ``u, r1, r2, x, y, z``) and constants ``consts`` (``Q0, S0, P0, Ss, Qs, ...``): what
     ``sims.runs.simulate._unnormalized_rate`` computes from the vectors (its docstring), without them.
@@ -79,13 +79,14 @@ def unnormalized_rates(glob: np.ndarray, etas: tuple[np.ndarray, np.ndarray], si
     the identity (``-L_c c / n^2 + L_rho / n`` on the filter's, ``2 L_Q`` on the head's), and the rescaling
     direction and the displacement from the minimum lie in that small space: the modes are those of the Hessian
     written in an orthonormal basis of it (at most 2 + 3 coordinates, the head's from the Gram matrix of
-    ``(a0, 1, a*)``) and the complements' (which hold no loss)."""
+    ``(a0, 1, a*)``) and the complements' (which hold no loss).  ``flow``: gradient flow, whose modes contract
+    by ``exp(-mu)`` per unit of time instead of ``|1 - mu|`` per step."""
     ew, ea = etas
     R = glob.shape[0]
     rate2 = np.full(R, np.nan)
     share = np.full(R, np.nan)
     for r in np.flatnonzero(glob):
-        rate, share[r] = _unnormalized_rate_gram(final[r], consts[r], float(ew[r]), float(ea[r]), sizes)
+        rate, share[r] = _unnormalized_rate_gram(final[r], consts[r], float(ew[r]), float(ea[r]), sizes, flow)
         rate2[r] = rate**2
     return rate2, share
 
@@ -101,7 +102,7 @@ def _head_frame(consts: np.ndarray, k: int) -> np.ndarray:
 
 
 def _unnormalized_rate_gram(state: np.ndarray, consts: np.ndarray, eta_w: float, eta_a: float,
-                            sizes: tuple[int, int]) -> tuple[float, float]:
+                            sizes: tuple[int, int], flow: bool = False) -> tuple[float, float]:
     """One run of :func:`unnormalized_rates`: ``(rate, share)``."""
     k, p = sizes
     if not (eta_w > 0 and eta_a > 0):
@@ -147,7 +148,7 @@ def _unnormalized_rate_gram(state: np.ndarray, consts: np.ndarray, eta_w: float,
     mu = np.concatenate([mu, extra])
     energy = np.concatenate([energy, np.zeros(len(extra))])
     order = np.argsort(mu, kind="stable")
-    factor = np.abs(1.0 - mu[order])
+    factor = np.exp(-mu[order]) if flow else np.abs(1.0 - mu[order])
     slow = int(np.argmax(factor))
     total = float(energy.sum())
     return float(factor[slow]), (float(energy[order][slow] / total) if total > 0 else float("nan"))

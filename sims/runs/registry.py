@@ -320,6 +320,7 @@ class Finished(NamedTuple):
     extras: dict[str, np.ndarray]
     theory_rate: bool = True
     stuck: np.ndarray | None = None
+    continuous: bool = False  # gradient flow: times in place of steps, rates per unit of time (sims.runs.flow)
 
 
 def no_noise(sched: Any) -> bool:
@@ -408,6 +409,12 @@ class EngineSpec:
         """The effective starting filter: ``w0 + v`` for the ResNet, ``w0`` for the CNNs."""
         WT0 = draws.W0 + call.shortcut if call.model.shortcut else draws.W0.copy()
         return Start(WT0, draws.A0, draws.W0, draws.A0)
+
+    def make_outputs(self, opts: Any, runs: int, m: int) -> Any:
+        """The output arrays the engine's entry point fills (default: the driver's, steps as integers)."""
+        from sims.engines import driver
+
+        return driver.make_outputs(runs, m)
 
     def build(self, opts: Any, call: Call, setup: Setup) -> Built:
         """The engine's compiled record on the working copies ``setup.WT, setup.A`` (every engine supplies it)."""

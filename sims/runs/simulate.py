@@ -13,15 +13,17 @@ import numpy as np
 
 import theory
 from sims.engines import driver, reduced
+from sims.engines import flow as flow_engine
 from sims.engines.rng import stream_states
 from sims.runs import classify as _classify
+from sims.runs import flow as _flow  # noqa: F401 (registers the gradient-flow engine)
 from sims.runs import memory, order_runs, plain, registry, samplers  # noqa: F401 (plain registers the plain engines)
 from sims.runs.order_samplers import OrderParameters, draw_order_parameters
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule
 from theory import Model
 
-ALGORITHMS: tuple[str, ...] = ("gd", "sgd", "gd-fixed")
+ALGORITHMS: tuple[str, ...] = ("gd", "sgd", "gd-fixed", "flow")
 #: A rate window spanning fewer steps than this does not count as a fit of the linear regime.
 MIN_WINDOW_STEPS = 4
 #: Columns of :meth:`SimulationResult.to_frame`, the per-run table of sweeps (``run`` is ``run_index``).
@@ -391,9 +393,10 @@ def simulate(
     init : Init or tuple of array_like, optional
         An :class:`Init` sampler (default: ``w0 = 0`` for the ResNet, a uniform unit ``w0`` for the CNNs, ``a0``
         uniform in the ball of radius ``||a*||``) or explicit ``(w0, a0)``, shared (1-D) or per run (2-D).
-    algorithm : {"gd", "sgd", "gd-fixed"}, default "gd"
+    algorithm : {"gd", "sgd", "gd-fixed", "flow"}, default "gd"
         Population GD on the closed forms, online SGD with a fresh Gaussian minibatch of ``batch_size`` each step,
-        or GD on a fixed sample of ``batch_size`` inputs drawn once per run.
+        GD on a fixed sample of ``batch_size`` inputs drawn once per run, or population GD's gradient flow (step
+        sizes as rates, ``steps`` the largest flow time, times in place of steps: :mod:`sims.runs.flow`).
     batch_size : int, optional
         Minibatch (``"sgd"``) or sample size (``"gd-fixed"``), ``>= 1``.
     shortcut : array_like, optional
@@ -411,7 +414,7 @@ def simulate(
     engine : None, str or options object
         Which engine trains (:mod:`sims.runs.registry`): None (the plain network's engine of ``algorithm``), a
         registered name (:func:`engine_names`), or an options object: :class:`sims.Expansion`, :class:`sims.Fade`,
-        :class:`sims.LaPerm`.  ``expansion=X`` is an alias of ``engine=X``.
+        :class:`sims.LaPerm`, :class:`sims.Flow`.  ``expansion=X`` is an alias of ``engine=X``.
     expansion : Expansion, optional
         Alias of ``engine``.
     vectors : bool or "auto", default True
@@ -420,8 +423,8 @@ def simulate(
         :func:`sims.runs.order_samplers.draw_order_parameters`), trained by :mod:`sims.engines.reduced`, and
         scheduled, classified and rated from Gram forms (:func:`sims.runs.classify.classify_gram`).  Work and memory
         are O(1) per run and step whatever ``k`` and ``p`` are; the result's vectors are None and ``result.order``
-        holds the order parameters; the shortcut direction does not enter.  It needs ``algorithm="gd"``, a
-        noise-free schedule, ``engine`` None, ``"gd"`` or ``"reduced"``, and samplers rather than arrays.
+        holds the order parameters; the shortcut direction does not enter.  It needs ``algorithm`` "gd" or "flow",
+        a noise-free schedule, ``engine`` None, "gd", "reduced" or "flow", and samplers rather than arrays.
         ``"auto"``: without vectors wherever that is allowed, with them elsewhere.
 
     Returns
@@ -455,29 +458,33 @@ def simulate(
                             teacher=teacher, init=init, algorithm=algorithm, batch_size=batch_size, shortcut=shortcut,
                             seed=seed, run_offset=run_offset, tolerances=tolerances, n_record=n_record,
                             allow_unstable=bool(allow_unstable), threads=threads)
-    call = spec.validate(opts, call)
+    res = _run(name, spec, opts, spec.validate(opts, call), vectors)
+    if isinstance(engine, str) and engine not in ALGORITHMS:
+        res.settings["engine"] = name
+    return res
+
+
+def _run(name: str, spec: registry.EngineSpec, opts: Any, call: registry.Call, vectors: bool | str) -> SimulationResult:
+    """Run a validated call with vectors (:func:`run_engine`) or without (:func:`run_without_vectors`; ``"auto"``:
+    wherever that is allowed)."""
     why = _why_vectors(name, call)
     if isinstance(vectors, str):
         vectors = why is not None
     if vectors:
-        res = run_engine(spec, opts, call)
-    elif why is not None:
+        return run_engine(spec, opts, call)
+    if why is not None:
         raise ValueError(f"vectors=False needs the order-parameter engine, which does not run here: {why}")
-    else:
-        res = run_without_vectors(call)
-    if isinstance(engine, str) and engine not in ALGORITHMS:
-        res.settings["engine"] = name
-    return res
+    return run_without_vectors(call, flow_opts=opts if name == "flow" else None)
 
 
 def _why_vectors(name: str, call: registry.Call) -> str | None:
     """Why a call needs vectors (the order-parameter engine does not run it), or None where ``vectors=False`` is
     allowed."""
     why = None
-    if call.algorithm != "gd":
+    if call.algorithm not in ("gd", "flow"):
         why = f"algorithm {call.algorithm!r} samples inputs (only population GD, algorithm='gd', has order parameters)"
-    elif name not in ("gd", "reduced"):
-        why = f"engine {name!r} trains vectors (use engine None, 'gd' or 'reduced')"
+    elif name not in ("gd", "reduced", "flow"):
+        why = f"engine {name!r} trains vectors (use engine None, 'gd', 'reduced' or 'flow')"
     elif any(seg.noise_w > 0.0 or seg.noise_a > 0.0 for seg in call.schedule.segments):
         why = "the schedule adds noise (a perturbed step leaves the order parameters' subspace)"
     elif not isinstance(call.teacher, Teacher):
@@ -495,6 +502,9 @@ def _select(engine: Any, expansion: Any, algorithm: Any) -> tuple[str, registry.
         if not registry.selects(expansion, "expansion"):
             raise ValueError(f"expansion must be a sims.Expansion; got {type(expansion).__name__}")
         engine = expansion
+    if algorithm == "flow" and engine is not None and engine != "flow" and not registry.selects(engine, "flow"):
+        raise ValueError(f"engine = {engine!r} takes finite steps; algorithm='flow' integrates gradient flow: pass "
+                         "engine=None, 'flow' or sims.Flow(...)")
     if isinstance(engine, str) and engine in ALGORITHMS:  # the plain engine of an algorithm, by name
         if algorithm not in ("gd", engine):
             raise ValueError(f"engine = {engine!r} contradicts algorithm = {algorithm!r}")
@@ -520,7 +530,7 @@ def _validate_common(spec: registry.EngineSpec, opts: Any, *, model: Any, k: Any
     run_offset = _check_int(run_offset, "run_offset", 0)
     seed = _check_int(seed, "seed", 0)
     n_record = _check_int(n_record, "n_record", 2, 100_000)  # step 0 and the last step at least
-    if algorithm != "gd":
+    if algorithm in ("sgd", "gd-fixed"):
         batch_size = _check_int(batch_size, "batch_size", 1)
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be a sims.Schedule; got {type(schedule).__name__}")
@@ -610,7 +620,7 @@ def run_engine(spec: registry.EngineSpec, opts: Any, call: registry.Call) -> Sim
                            np.ascontiguousarray(start.A0.copy()))
     built = spec.build(opts, call, setup)
     tol = call.tolerances
-    out = driver.make_outputs(call.runs, rec.size)
+    out = spec.make_outputs(opts, call.runs, rec.size)
     prob = driver.make_problem(draws.WS, draws.AS, _classify.saddle_angles_batch(draws.AS), sched, draws.states, rec,
                                tol.rate_window)  # the saddle angles serve the trapped stop and the classification
     stops = driver.make_stops(tol, call.steps, tol.stop_trapped and built.trapped)
@@ -624,12 +634,14 @@ def run_engine(spec: registry.EngineSpec, opts: Any, call: registry.Call) -> Sim
                            phi_s=prob.phi_saddle)
 
 
-def run_without_vectors(call: registry.Call, op: OrderParameters | None = None) -> SimulationResult:
+def run_without_vectors(call: registry.Call, op: OrderParameters | None = None,
+                        flow_opts: Any = None) -> SimulationResult:
     """The pipeline of ``simulate(..., vectors=False)`` after validation: memory check (no vectors), the order
     parameters drawn from the runs' streams (or ``op``, e.g. those of vector draws,
     :func:`sims.runs.order_runs.from_vectors`), the reduced engine's start, the schedule resolved at it, the run
     on the driver (teachers known by their invariants only: the problem's ``WS, AS`` are ``(runs, 0)``), and
-    classification and rates from the final coordinates."""
+    classification and rates from the final coordinates.  ``flow_opts``: integrate gradient flow instead
+    (:class:`sims.Flow`, :mod:`sims.engines.flow`), on the same inputs."""
     R, k, p, tol = call.runs, call.k, call.p, call.tolerances
     check_memory(k=k, p=p, runs=R, steps=call.steps, n_record=call.n_record, threads=call.threads, vectors=False)
     states = stream_states(call.seed, call.run_offset, call.run_offset + R)
@@ -643,13 +655,17 @@ def run_without_vectors(call: registry.Call, op: OrderParameters | None = None) 
         raise ValueError("schedule: the prescribed warmup needs a weight-normalized model ('resnet' or 'cnn')")
     sched = call.schedule.resolve(call.steps, runs=R, phi0=phi0, norm0=norm0, k=k, gram=order_runs.gram(op))
     rec = record_steps(call.steps, call.n_record)
-    eng, entry = reduced.engine(start, consts, k, call.model.normalized)
+    if flow_opts is None:
+        eng, entry = reduced.engine(start, consts, k, call.model.normalized)
+        work, out = reduced.workspace, driver.make_outputs(R, rec.size)
+    else:
+        eng = flow_engine.engine(start, consts, k, call.model.normalized, flow_opts.rtol, flow_opts.atol)
+        entry, work, out = flow_engine.run_range, flow_engine.workspace, flow_engine.make_outputs(R, rec.size)
     phi_s = _classify.saddle_angles_gram(k, op.Ss, op.Qs)
     none = np.empty((R, 0))
     prob = driver.make_problem(none, none, phi_s, sched, states, rec, tol.rate_window)
-    out = driver.make_outputs(R, rec.size)
-    driver.run_batch(entry, reduced.workspace, eng, prob, driver.make_stops(tol, call.steps, tol.stop_trapped),
-                     out, R, call.threads)
+    driver.run_batch(entry, work, eng, prob, driver.make_stops(tol, call.steps, tol.stop_trapped), out, R,
+                     call.threads)
     final = eng.out
     lref = theory.closed_forms.loss_ref(op.Ss, op.Qs)
     lref = np.where(lref > 0, lref, 1.0)
@@ -657,14 +673,18 @@ def run_without_vectors(call: registry.Call, op: OrderParameters | None = None) 
     code = _classify.classify_gram(final_loss=out.final[:, 0], final_phi=out.final[:, 1], head=tuple(final[:, 3:6].T),
                                    gram=order_runs.gram(op), k=k, scale=scale, stop_reason=out.stop_reason,
                                    loss_ref=lref, loss_tol=tol.loss_tol, phi_s=phi_s)
-    rates = _rates_gram(out.rate_pts, code, call.model, final, consts, (k, p), sched, tol.linear_rtol)
+    rates = _rates_gram(out.rate_pts, code, call.model, final, consts, (k, p), sched, tol.linear_rtol,
+                        flow_opts is not None)
     base = dict(model=call.model.name, k=k, p=p, runs=R, steps=call.steps, schedule=call.schedule,
                 teacher=call.teacher, init=call.init, algorithm=call.algorithm, batch_size=call.batch_size,
                 shortcut=None, seed=call.seed, run_offset=call.run_offset,
                 tolerances=tol, n_record=call.n_record, allow_unstable=call.allow_unstable, vectors=False)
     vectors = dict.fromkeys(("w", "a", "w0", "a0", "w_star", "a_star"))
-    return _result(_settings_dict(**base), call, sched, rec, out, code, rates, lref, vectors,
-                   order_runs.order_columns(op, final))
+    extras = order_runs.order_columns(op, final)
+    if flow_opts is not None:
+        base["flow"] = {"rtol": flow_opts.rtol, "atol": flow_opts.atol}
+        extras.update(flow_steps=eng.nsteps, flow_nfev=eng.nfev)
+    return _result(_settings_dict(**base), call, sched, rec, out, code, rates, lref, vectors, extras)
 
 
 def check_memory(*, k: int, p: int, runs: int, steps: int, n_record: int, algorithm: str = "gd",
@@ -707,7 +727,8 @@ def assemble_result(settings: dict[str, Any], call: registry.Call, setup: regist
     if fin.stuck is not None:
         code = np.where(fin.stuck & (code != _classify.SPURIOUS), _classify.SADDLE, code)
     if fin.theory_rate:
-        rates = _rates(out.rate_pts, code, fin.model, fin.WT, fin.A, draws.WS, draws.AS, sched, tol.linear_rtol)
+        rates = _rates(out.rate_pts, code, fin.model, fin.WT, fin.A, draws.WS, draws.AS, sched, tol.linear_rtol,
+                       fin.continuous)
     else:
         fitted, linear = fitted_rates(out.rate_pts, code, sched, tol.linear_rtol)
         rates = (fitted, linear, np.full(runs, np.nan))
@@ -749,10 +770,11 @@ def _result(settings: dict[str, Any], call: registry.Call, sched: Any, rec: np.n
     )
 
 
-def _rates(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
-    """Measured per-step loss contraction, whether the curve was geometric, and the theory's ``rate^2``."""
+def _rates(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol, flow=False):
+    """Measured per-step loss contraction, whether the curve was geometric, and the theory's ``rate^2`` (``flow``:
+    per unit of time of gradient flow, ``exp(-2 eta lambda)``)."""
     with np.errstate(over="ignore", invalid="ignore"):  # diverged runs may hold inf; they get NaN rates
-        return _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol)
+        return _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol, flow)
 
 
 def fitted_rates(rate_pts, code, sched, linear_rtol):
@@ -784,7 +806,7 @@ def _final_step_sizes(sched: Any, R: int) -> tuple[np.ndarray, np.ndarray]:
     return sched.eta_w[sr, last], sched.eta_a[sr, last]
 
 
-def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
+def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol, flow=False):
     R = len(code)
     glob = code == _classify.GLOBAL
     fitted, linear = fitted_rates(rate_pts, code, sched, linear_rtol)
@@ -793,7 +815,7 @@ def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
         predicted = np.full(R, np.nan)
         share = np.full(R, np.nan)
         for r in np.flatnonzero(glob):
-            rate, share[r] = _unnormalized_rate(WT[r], A[r], ew[r], ea[r], WS[r], AS[r])
+            rate, share[r] = _unnormalized_rate(WT[r], A[r], ew[r], ea[r], WS[r], AS[r], flow)
             predicted[r] = rate**2
         linear &= share >= 0.9  # as for the normalized models below: the slowest mode must carry the loss
         return fitted, linear, predicted
@@ -804,15 +826,16 @@ def _rates_impl(rate_pts, code, model, WT, A, WS, AS, sched, linear_rtol):
     d = A - AS
     d1 = d.sum(axis=1) ** 2 / k
     d2 = np.einsum("ij,ij->i", d, d) - d1
-    predicted, share = _normalized_rate(glob, (ew, ea), (k, p), n, qs, np.arccos(cos_phi), (d1, d2))
+    predicted, share = _normalized_rate(glob, (ew, ea), (k, p), n, qs, np.arccos(cos_phi), (d1, d2), flow)
     linear &= share >= 0.9
     return fitted, linear, predicted
 
 
-def _normalized_rate(glob, etas, sizes, n, qs, phi, dev):
+def _normalized_rate(glob, etas, sizes, n, qs, phi, dev, flow=False):
     """``(rate^2, share)`` of the normalized models at their final state: the Hessian's prediction (runs ``glob``,
     NaN elsewhere) and the slowest mode's share of the loss, from ``||w~||``, ``Qs``, ``phi`` and the squared
-    deviation ``a - a*`` along ``1`` and across it, ``dev = (d1, d2)``."""
+    deviation ``a - a*`` along ``1`` and across it, ``dev = (d1, d2)``.  ``flow``: gradient flow, whose mode ``i``
+    contracts by ``exp(-eta_i lambda_i)`` per unit of time."""
     # At the global minimum the Hessian is block diagonal with modes (w-tangent, Q*/(2 n^2)),
     # (a along 1, (k+pi-1)/(2 pi)), (a orthogonal to 1, (pi-1)/(2 pi)); GD contracts mode i by |1 - eta lambda_i|.
     (ew, ea), (k, p), (d1, d2) = etas, sizes, dev
@@ -822,7 +845,7 @@ def _normalized_rate(glob, etas, sizes, n, qs, phi, dev):
     lam = np.stack([qs / (2.0 * n**2), np.full(R, lam_ones), np.full(R, lam_perp)], axis=1)
     eta = np.stack([ew, ea, ea], axis=1)
     present = np.stack([np.full(R, p > 1), np.ones(R, bool), np.full(R, k > 1)], axis=1)
-    factor = np.where(present, np.abs(1.0 - eta * lam), 0.0)
+    factor = np.where(present, np.exp(-eta * lam) if flow else np.abs(1.0 - eta * lam), 0.0)
     slow = np.argmax(factor, axis=1)
     predicted[glob] = factor[glob, slow[glob]] ** 2
     # Share of the final loss in each mode (quadratic model): the asymptotic rate is only observable where the
@@ -834,7 +857,7 @@ def _normalized_rate(glob, etas, sizes, n, qs, phi, dev):
     return predicted, share
 
 
-def _rates_gram(rate_pts, code, model, final, consts, sizes, sched, linear_rtol):
+def _rates_gram(rate_pts, code, model, final, consts, sizes, sched, linear_rtol, flow=False):
     """:func:`_rates` of runs known by their order parameters: ``final`` the reduced engine's final coordinates
     ``(u, r1, r2, x, y, z)`` per run, ``consts`` its constants (``Q0, S0, P0, Ss, Qs, ...``), ``sizes = (k, p)``."""
     R = len(code)
@@ -846,19 +869,19 @@ def _rates_gram(rate_pts, code, model, final, consts, sizes, sched, linear_rtol)
         u, r1, r2, x, y, z = final.T
         Q0, S0, P0, Ss, Qs = consts[:, :5].T
         if not model.normalized:
-            predicted, share = order_runs.unnormalized_rates(glob, (ew, ea), (k, p), final, consts)
+            predicted, share = order_runs.unnormalized_rates(glob, (ew, ea), (k, p), final, consts, flow)
             linear &= share >= 0.9
             return fitted, linear, predicted
         n = np.sqrt(u * u + r1 * r1 + r2 * r2)
         phi = np.arccos(np.clip(u / n, -1.0, 1.0))
         Ds, _, Dq = theory.closed_forms.gram_deviations(x, y, z, Q0, S0, P0, k, Ss, Qs)
         d1 = Ds**2 / k
-        predicted, share = _normalized_rate(glob, (ew, ea), (k, p), n, Qs, phi, (d1, Dq - d1))
+        predicted, share = _normalized_rate(glob, (ew, ea), (k, p), n, Qs, phi, (d1, Dq - d1), flow)
         linear &= share >= 0.9
         return fitted, linear, predicted
 
 
-def _unnormalized_rate(w, a, eta_w, eta_a, w_star, a_star):
+def _unnormalized_rate(w, a, eta_w, eta_a, w_star, a_star, flow=False):
     """``(rate, share)`` of GD near a global minimum of the unnormalized CNN: the per-step contraction factor of the
     slowest mode that changes the function, and that mode's share of the loss (quadratic model).
 
@@ -880,7 +903,7 @@ def _unnormalized_rate(w, a, eta_w, eta_a, w_star, a_star):
     q, _ = np.linalg.qr(np.column_stack([e / np.linalg.norm(e), np.eye(p + k)]))
     B = q[:, 1 : p + k]
     mu, U = np.linalg.eigh(B.T @ S @ B)
-    factor = np.abs(1.0 - mu)
+    factor = np.exp(-mu) if flow else np.abs(1.0 - mu)  # flow: exp(-mu) per unit of time
     slow = int(np.argmax(factor))
     n = float(np.linalg.norm(w))
     x = np.concatenate([w - n * w_star, a - a_star / n])
