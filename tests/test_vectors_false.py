@@ -222,7 +222,7 @@ def test_the_result_without_vectors():
     (dict(schedule=Schedule.perturbed(0.1, ETA_A, noise=0.01)), "noise"),
     (dict(teacher=(np.eye(P)[0], np.ones(K))), "teacher is given as vectors"),
     (dict(init=(np.eye(P)[1], np.ones(K))), "init is given as arrays"),
-    (dict(vectors="no"), "vectors must be True or False"),
+    (dict(vectors="no"), "vectors must be True, False or 'auto'"),
 ])
 def test_bad_input_is_refused_naming_vectors(bad, why):
     kw = dict(dict(model="resnet", k=K, p=P, runs=3, steps=10, schedule=Schedule.constant(0.1, ETA_A),
