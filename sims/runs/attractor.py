@@ -47,6 +47,7 @@ from sims.engines import flow as flow_engine
 from sims.runs import classify as _classify
 from sims.runs import order_runs
 from sims.runs.schedules import ResolvedSchedule
+import theory
 from theory import Model
 from theory import closed_forms as tcf
 
@@ -69,9 +70,37 @@ def check_mode(mode: Any) -> str:
     return mode
 
 
+def global_level(k: int, Ss: np.ndarray, Qs: np.ndarray) -> np.ndarray:
+    """The loss below which gradient flow provably converges to the global minimum, relative to ``L_ref``:
+    ``L(pi, a(pi)) / L_ref``, per teacher (``1.a* = Ss``, ``||a*||^2 = Qs``; NaN where ``L_ref = 0``).
+
+    The stationary points are the global minimum (``phi = 0``, ``b = a*``), ``(pi, a(pi))`` and the saddle
+    ``(phi_s, a(phi_s))`` (``b = rho a``: the filter's gradient vanishes only where ``phi`` is 0 or ``pi`` or
+    ``a.a* = 0``, the head's only at ``a(phi)``).  Along ``R(phi) = L(phi, a(phi))``, ``dR/dphi`` has the sign of
+    ``a(phi).a*``, positive below ``phi_s`` and negative above, so the saddle's loss exceeds ``R(pi)``: every
+    stationary point but the global minimum has loss at least ``R(pi)``.  The flow never increases the loss and
+    stays bounded (weight-normalized: ``||w~||`` is conserved and the loss is coercive in ``a``; unnormalized:
+    ``||w||^2 - ||a||^2`` is conserved and ``||w|| a`` bounded), so from a loss below ``R(pi)`` it can only
+    converge to the global minimum.
+    """
+    g_pi = 0.0  # the arc-cosine kernel g(pi)
+    alpha, beta = theory.algebra.optimal_a_coefficients(g_pi, k, Ss)
+    S = alpha * k + beta * Ss
+    Q = alpha * alpha * k + 2.0 * alpha * beta * Ss + beta * beta * Qs
+    P = alpha * Ss + beta * Qs
+    lref = tcf.loss_ref(Ss, Qs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(lref > 0, tcf.loss(1.0, math.pi, -1.0, 0.0, S, Q, P, Ss, Qs) / lref, np.nan)
+
+
 def flow_outcomes(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: bool, rates: tuple[Any, Any],
                   tolerances: Any, time: float = FLOW_TIME, threads: int | None = None) -> np.ndarray:
-    """The outcome codes (:data:`sims.runs.classify.OUTCOMES`) of population gradient flow from given states.
+    """The basin codes (indices into :data:`BASINS`) of population gradient flow from given states.
+
+    The flow stops ``global`` as soon as its loss is below :func:`global_level` (with a margin: the level rounded
+    down to a power of ``2^(1/8)`` and times ``1 - 1e-6``, so that runs share a few levels and rounding cannot
+    matter), ``spurious`` when ``trapped``, at ``grad_tol``, or at the time budget; its end is classified by
+    :func:`sims.runs.classify.classify_gram`.
 
     Parameters
     ----------
@@ -86,8 +115,8 @@ def flow_outcomes(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: 
     rates : tuple of float or numpy.ndarray
         ``(eta_w, eta_a)``, shared or per run, finite and ``>= 0``.
     tolerances : sims.Tolerances
-        The stops ``loss_tol``, ``grad_tol`` (0 replaced by the default ``1e-10``) and ``divergence``; the
-        ``trapped`` stop is always on.
+        ``grad_tol`` (0 replaced by the default ``1e-10``), ``loss_tol`` (where no global level exists: a zero
+        teacher) and ``divergence``; the ``trapped`` stop is always on.
     time : float, default FLOW_TIME
         The flow's time budget, ``> 0``.
     threads : int, optional
@@ -96,10 +125,13 @@ def flow_outcomes(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: 
     Returns
     -------
     numpy.ndarray
-        int8 codes, one per run.
-    """
-    from sims.runs.simulate import Tolerances
+        int8 codes, one per run (a flow that cannot go on counts as ``undecided``).
 
+    Raises
+    ------
+    ValueError
+        For a time budget that is not a finite number > 0 or rates that are not finite and >= 0.
+    """
     R = start.shape[0]
     if not (isinstance(time, (int, float, np.integer, np.floating)) and math.isfinite(time) and time > 0):
         raise ValueError(f"time must be a finite number > 0; got {time!r}")
@@ -107,14 +139,30 @@ def flow_outcomes(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: 
     ea = np.broadcast_to(np.asarray(rates[1], dtype=np.float64), (R,))
     if not (np.all(np.isfinite(ew)) and np.all(np.isfinite(ea)) and np.all(ew >= 0) and np.all(ea >= 0)):
         raise ValueError("rates (eta_w, eta_a) must be finite and >= 0")
-    tol = Tolerances(loss_tol=tolerances.loss_tol or 1e-10, grad_tol=tolerances.grad_tol or 1e-10,
-                     divergence=tolerances.divergence, stop_trapped=True)
-    budget = int(math.ceil(time))
+    level = global_level(k, consts[:, 3], consts[:, 4])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level = np.exp2(np.floor(8.0 * np.log2(level * (1.0 - 1e-6))) / 8.0)
+    level = np.where(np.isfinite(level) & (level > 0), level, tolerances.loss_tol)
+    out = np.empty(R, dtype=np.int8)
+    for lv in np.unique(level):
+        idx = np.flatnonzero(level == lv)
+        out[idx] = _flow_group(start[idx], consts[idx], k, normalized, (ew[idx], ea[idx]), tolerances, float(lv),
+                               int(math.ceil(time)), threads)
+    return out
+
+
+def _flow_group(start, consts, k, normalized, rates, tolerances, loss_level, budget, threads):
+    """:func:`flow_outcomes` of runs sharing the global level ``loss_level``."""
+    from sims.runs.simulate import Tolerances
+
+    R = start.shape[0]
+    tol = Tolerances(loss_tol=loss_level, grad_tol=tolerances.grad_tol or 1e-10, divergence=tolerances.divergence,
+                     stop_trapped=True)
     eng = flow_engine.engine(np.ascontiguousarray(start, dtype=np.float64),
                              np.ascontiguousarray(consts, dtype=np.float64), k, normalized, RTOL, ATOL)
     out = flow_engine.make_outputs(R, 1)
-    sched = ResolvedSchedule(np.full((R, 1), budget, dtype=np.int64), np.ascontiguousarray(ew[:, None]),
-                             np.ascontiguousarray(ea[:, None]), np.zeros(1), np.zeros(1), 1.0)
+    sched = ResolvedSchedule(np.full((R, 1), budget, dtype=np.int64), np.ascontiguousarray(rates[0][:, None]),
+                             np.ascontiguousarray(rates[1][:, None]), np.zeros(1), np.zeros(1), 1.0)
     Ss, Qs = consts[:, 3], consts[:, 4]
     phi_s = _classify.saddle_angles_gram(k, Ss, Qs)
     none = np.empty((R, 0))
