@@ -70,37 +70,52 @@ def check_mode(mode: Any) -> str:
     return mode
 
 
-def global_level(k: int, Ss: np.ndarray, Qs: np.ndarray) -> np.ndarray:
-    """The loss below which gradient flow provably converges to the global minimum, relative to ``L_ref``:
-    ``L(pi, a(pi)) / L_ref``, per teacher (``1.a* = Ss``, ``||a*||^2 = Qs``; NaN where ``L_ref = 0``).
-
-    The stationary points are the global minimum (``phi = 0``, ``b = a*``), ``(pi, a(pi))`` and the saddle
-    ``(phi_s, a(phi_s))`` (``b = rho a``: the filter's gradient vanishes only where ``phi`` is 0 or ``pi`` or
-    ``a.a* = 0``, the head's only at ``a(phi)``).  Along ``R(phi) = L(phi, a(phi))``, ``dR/dphi`` has the sign of
-    ``a(phi).a*``, positive below ``phi_s`` and negative above, so the saddle's loss exceeds ``R(pi)``: every
-    stationary point but the global minimum has loss at least ``R(pi)``.  The flow never increases the loss and
-    stays bounded (weight-normalized: ``||w~||`` is conserved and the loss is coercive in ``a``; unnormalized:
-    ``||w||^2 - ||a||^2`` is conserved and ``||w|| a`` bounded), so from a loss below ``R(pi)`` it can only
-    converge to the global minimum.
-    """
-    g_pi = 0.0  # the arc-cosine kernel g(pi)
-    alpha, beta = theory.algebra.optimal_a_coefficients(g_pi, k, Ss)
+def reduced_loss(phi: np.ndarray, k: int, Ss: np.ndarray, Qs: np.ndarray) -> np.ndarray:
+    """``R(phi) = L(phi, a(phi))``, the loss at angle ``phi`` with the loss-optimal head ``a(phi) = alpha 1 + beta
+    a*`` (:func:`theory.algebra.optimal_a_coefficients`), from the teacher's sums ``Ss = 1.a*``, ``Qs = ||a*||^2``
+    (:func:`theory.reduced_loss` without the vector ``a*``)."""
+    c, s = np.cos(phi), np.sin(phi)
+    alpha, beta = theory.algebra.optimal_a_coefficients(tcf.arc_cosine(phi, c, s), k, Ss)
     S = alpha * k + beta * Ss
     Q = alpha * alpha * k + 2.0 * alpha * beta * Ss + beta * beta * Qs
     P = alpha * Ss + beta * Qs
+    return tcf.loss(1.0, phi, c, s, S, Q, P, Ss, Qs)
+
+
+def decisive_level(k: int, Ss: np.ndarray, Qs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(level, phi_s)``: per teacher, a loss level (relative to ``L_ref``; NaN where ``L_ref = 0``) below which
+    the basin is decided by the angle, and the saddle angle (``-1``: no spurious point).  Below the level, gradient
+    flow provably converges to the global minimum if ``phi < phi_s`` (or there is no saddle) and to the spurious
+    minimum if ``phi > phi_s``.
+
+    The stationary points are the global minimum (``phi = 0``, ``b = a*``; ``b = rho a``), ``(pi, a(pi))`` and the
+    saddle ``(phi_s, a(phi_s))``: the filter's gradient vanishes only where ``phi`` is 0 or ``pi`` or ``a.a* = 0``,
+    the head's only at ``a(phi)``.  Along ``R(phi) = L(phi, a(phi))`` (:func:`reduced_loss`), ``dR/dphi`` has the
+    sign of ``a(phi).a*``: with a spurious point it is positive below ``phi_s`` and negative above, so ``R`` peaks
+    at the saddle, ``L_s = R(phi_s) > R(pi)``; without one it is positive throughout and ``(pi, a(pi))`` is the
+    saddle, the only non-global stationary point.  The level is ``(R(pi) + L_s) / 2`` with a spurious point, and
+    ``R(pi) (1 - 1e-6)`` without.  No state on ``phi = phi_s`` has a loss below ``L_s`` (``R(phi_s)`` is the least
+    loss there), the flow never increases the loss, and it stays bounded (weight-normalized: ``||w~||`` is
+    conserved and the loss is coercive in ``a``; unnormalized: ``||w||^2 - ||a||^2`` is conserved and ``||w|| a``
+    bounded): from a loss below the level it stays on its side of ``phi_s`` and converges to a stationary point
+    there with a loss below ``L_s``, which is the global minimum below ``phi_s`` and the spurious minimum above.
+    """
+    phi_s = _classify.saddle_angles_gram(k, Ss, Qs)
     lref = tcf.loss_ref(Ss, Qs)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(lref > 0, tcf.loss(1.0, math.pi, -1.0, 0.0, S, Q, P, Ss, Qs) / lref, np.nan)
+        low = reduced_loss(np.full(np.shape(Ss), math.pi), k, Ss, Qs) / lref
+        top = reduced_loss(np.where(phi_s >= 0, phi_s, math.pi), k, Ss, Qs) / lref
+        level = np.where(phi_s >= 0, 0.5 * (low + top), low * (1.0 - 1e-6))
+    return np.where(lref > 0, level, np.nan), phi_s
 
 
 def flow_outcomes(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: bool, rates: tuple[Any, Any],
                   tolerances: Any, time: float = FLOW_TIME, threads: int | None = None) -> np.ndarray:
     """The basin codes (indices into :data:`BASINS`) of population gradient flow from given states.
 
-    The flow stops ``global`` as soon as its loss is below :func:`global_level` (with a margin: the level rounded
-    down to a power of ``2^(1/8)`` and times ``1 - 1e-6``, so that runs share a few levels and rounding cannot
-    matter), ``spurious`` when ``trapped``, at ``grad_tol``, or at the time budget; its end is classified by
-    :func:`sims.runs.classify.classify_gram`.
+    The flow stops when its loss falls below :func:`decisive_level` (then the angle decides: ``global`` below
+    ``phi_s``, ``spurious`` above), when ``trapped`` (``spurious``), at ``grad_tol``, or at the time budget (then
+    its end is classified by :func:`sims.runs.classify.classify_gram` with the run's tolerances).
 
     Parameters
     ----------
@@ -115,8 +130,9 @@ def flow_outcomes(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: 
     rates : tuple of float or numpy.ndarray
         ``(eta_w, eta_a)``, shared or per run, finite and ``>= 0``.
     tolerances : sims.Tolerances
-        ``grad_tol`` (0 replaced by the default ``1e-10``), ``loss_tol`` (where no global level exists: a zero
-        teacher) and ``divergence``; the ``trapped`` stop is always on.
+        ``grad_tol`` (0 replaced by the default ``1e-10``), ``loss_tol`` (the classification at the time budget,
+        and the stop where there is no decisive level: a zero teacher) and ``divergence``; the ``trapped`` stop is
+        always on.
     time : float, default FLOW_TIME
         The flow's time budget, ``> 0``.
     threads : int, optional
@@ -132,6 +148,8 @@ def flow_outcomes(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: 
     ValueError
         For a time budget that is not a finite number > 0 or rates that are not finite and >= 0.
     """
+    from sims.runs.simulate import Tolerances
+
     R = start.shape[0]
     if not (isinstance(time, (int, float, np.integer, np.floating)) and math.isfinite(time) and time > 0):
         raise ValueError(f"time must be a finite number > 0; got {time!r}")
@@ -139,32 +157,17 @@ def flow_outcomes(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: 
     ea = np.broadcast_to(np.asarray(rates[1], dtype=np.float64), (R,))
     if not (np.all(np.isfinite(ew)) and np.all(np.isfinite(ea)) and np.all(ew >= 0) and np.all(ea >= 0)):
         raise ValueError("rates (eta_w, eta_a) must be finite and >= 0")
-    level = global_level(k, consts[:, 3], consts[:, 4])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        level = np.exp2(np.floor(8.0 * np.log2(level * (1.0 - 1e-6))) / 8.0)
-    level = np.where(np.isfinite(level) & (level > 0), level, tolerances.loss_tol)
-    out = np.empty(R, dtype=np.int8)
-    for lv in np.unique(level):
-        idx = np.flatnonzero(level == lv)
-        out[idx] = _flow_group(start[idx], consts[idx], k, normalized, (ew[idx], ea[idx]), tolerances, float(lv),
-                               int(math.ceil(time)), threads)
-    return out
-
-
-def _flow_group(start, consts, k, normalized, rates, tolerances, loss_level, budget, threads):
-    """:func:`flow_outcomes` of runs sharing the global level ``loss_level``."""
-    from sims.runs.simulate import Tolerances
-
-    R = start.shape[0]
-    tol = Tolerances(loss_tol=loss_level, grad_tol=tolerances.grad_tol or 1e-10, divergence=tolerances.divergence,
-                     stop_trapped=True)
-    eng = flow_engine.engine(np.ascontiguousarray(start, dtype=np.float64),
-                             np.ascontiguousarray(consts, dtype=np.float64), k, normalized, RTOL, ATOL)
-    out = flow_engine.make_outputs(R, 1)
-    sched = ResolvedSchedule(np.full((R, 1), budget, dtype=np.int64), np.ascontiguousarray(rates[0][:, None]),
-                             np.ascontiguousarray(rates[1][:, None]), np.zeros(1), np.zeros(1), 1.0)
     Ss, Qs = consts[:, 3], consts[:, 4]
-    phi_s = _classify.saddle_angles_gram(k, Ss, Qs)
+    level, phi_s = decisive_level(k, Ss, Qs)
+    level = np.where(np.isnan(level), tolerances.loss_tol, level)
+    tol = Tolerances(loss_tol=tolerances.loss_tol, grad_tol=tolerances.grad_tol or 1e-10,
+                     divergence=tolerances.divergence, stop_trapped=True)
+    budget = int(math.ceil(time))
+    eng = flow_engine.engine(np.ascontiguousarray(start, dtype=np.float64),
+                             np.ascontiguousarray(consts, dtype=np.float64), k, normalized, RTOL, ATOL, level)
+    out = flow_engine.make_outputs(R, 1)
+    sched = ResolvedSchedule(np.full((R, 1), budget, dtype=np.int64), np.ascontiguousarray(ew[:, None]),
+                             np.ascontiguousarray(ea[:, None]), np.zeros(1), np.zeros(1), 1.0)
     none = np.empty((R, 0))
     prob = driver.make_problem(none, none, phi_s, sched, np.zeros((R, 4), dtype=np.uint64),
                                np.zeros(1, dtype=np.int64), tol.rate_window)
@@ -177,6 +180,9 @@ def _flow_group(start, consts, k, normalized, rates, tolerances, loss_level, bud
     code = _classify.classify_gram(final_loss=out.final[:, 0], final_phi=out.final[:, 1],
                                    head=tuple(final[:, 3:6].T), gram=tuple(consts[:, :5].T), k=k, scale=scale,
                                    stop_reason=out.stop_reason, loss_ref=lref, loss_tol=tol.loss_tol, phi_s=phi_s)
+    below = out.stop_reason == driver.STOP_LOSS
+    above_saddle = (phi_s >= 0) & (out.final[:, 1] > phi_s)
+    code = np.where(below, np.where(above_saddle, _classify.SPURIOUS, _classify.GLOBAL), code)
     return np.where(code == _classify.DIVERGED, _classify.NOT_CONVERGED, code).astype(np.int8)
 
 
