@@ -42,12 +42,12 @@ from typing import Any
 
 import numpy as np
 
+import theory
 from sims.engines import driver
 from sims.engines import flow as flow_engine
 from sims.runs import classify as _classify
 from sims.runs import order_runs
 from sims.runs.schedules import ResolvedSchedule
-import theory
 from theory import Model
 from theory import closed_forms as tcf
 

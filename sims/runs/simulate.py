@@ -15,10 +15,9 @@ import theory
 from sims.engines import driver, reduced
 from sims.engines import flow as flow_engine
 from sims.engines.rng import stream_states
-from sims.runs import attractor
+from sims.runs import attractor, memory, order_runs, plain, registry, samplers  # noqa: F401 (plain registers the plain engines)
 from sims.runs import classify as _classify
 from sims.runs import flow as _flow  # noqa: F401 (registers the gradient-flow engine)
-from sims.runs import memory, order_runs, plain, registry, samplers  # noqa: F401 (plain registers the plain engines)
 from sims.runs.order_samplers import OrderParameters, draw_order_parameters
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule
