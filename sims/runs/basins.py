@@ -276,8 +276,14 @@ def boundary(*, model: str = "cnn", k: int = 4, p: int = 4, steps: int = 4000, e
 
     Parameters
     ----------
-    model, k, p, steps, eta_w, eta_a
-        The setting, as for :func:`plane_runs`.
+    model : {"cnn", "resnet", "cnn-unnormalized"}, default "cnn"
+        The network, as for :func:`plane_runs`.
+    k, p : int, default 4
+        Patches and patch dimension, as for :func:`plane_runs`.
+    steps : int, default 4000
+        The flow time after which an undecided probe stops.
+    eta_w, eta_a : float
+        The layers' rates (``eta_a`` defaults to 0.9 times the optimal step for ``k``).
     tol : float, default 1e-6
         Half the final bracket width on the line's coordinate, in ``(0, 0.1]``.
     along : {"phi", "t"}, default "phi"
