@@ -2,12 +2,12 @@
 with atomic per-chunk persistence and resume, into a directory that ends with the per-run table, the summary and
 the metadata (:mod:`sims.studies.summary`).
 
-The modules of a sweep, in the order they depend on each other:
+The modules of a sweep, each importing only the ones before it:
 
 - :mod:`sims.studies.config`: the sweep file's schema (pydantic models);
+- :mod:`sims.studies.store`: the chunks on disk, verified, and the directory's lock;
 - :mod:`sims.studies.per_run`: the per-run table of one simulation result (what a chunk holds);
 - :mod:`sims.studies.spec`: a sweep file validated and expanded into its cells (:func:`build_spec`);
-- :mod:`sims.studies.store`: the chunks on disk, verified, and the directory's lock;
 - :mod:`sims.studies.summary`: the joined per-run table, the summary with Wilson intervals, the metadata;
 - this module: the chunks computed, checked (output directory, memory), resumed (:func:`run_sweep`).
 
