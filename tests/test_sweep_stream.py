@@ -156,8 +156,8 @@ def test_large_sweeps_get_large_chunks_unless_the_chunk_is_given():
 
 
 def test_a_directory_written_with_the_files_chunk_is_resumed_not_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "LARGE_TRIALS", 30)
-    monkeypatch.setattr(sweep, "LARGE_CHUNK", 16)
+    monkeypatch.setattr("sims.studies.spec.LARGE_TRIALS", 30)  # where build_spec reads it
+    monkeypatch.setattr("sims.studies.spec.LARGE_CHUNK", 16)
     first = sweep.run_sweep(stream_spec(chunk=8), tmp_path, quiet=True)  # as written before the automatic chunk
     auto = stream_spec()
     assert auto.chunk_auto and auto.chunk == 16 and auto.fingerprint() != stream_spec(chunk=8).fingerprint()
