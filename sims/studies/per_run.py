@@ -1,6 +1,6 @@
 """The per-run table of a simulation result: one row per run, the columns
-:data:`sims.runs.simulate.FRAME_COLUMNS` (outcome, steps to tolerance, rates, final angles...) and, for a run of an
-engine, its reference loss and per-run extras.
+:data:`sims.runs.simulate.FRAME_COLUMNS` (outcome, stop reason, final loss and angle, steps to tolerance, fitted and
+theoretical rates, ...) and, for a run of an engine, its reference loss and per-run extras.
 
 A sweep's dry run finds each cell's columns from it (:mod:`sims.studies.spec`), and every chunk of a sweep is this
 table written to Parquet (:func:`run_table`, built straight from the result's arrays: a large chunk never passes
