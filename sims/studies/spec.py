@@ -239,8 +239,48 @@ def _check_depth(value: Any, path: tuple[str, ...], depth: int = 0) -> None:
 
 
 def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) -> SweepSpec:
-    """Validate a parsed sweep file (plus ``overrides``: ``trials``, ``seed``, ``chunk``, ``name`` or any dotted
-    base field, applied to every cell after methods and grid) and expand its grid into cells."""
+    """Validate a parsed sweep file and expand it into its cells, one per method and grid point.
+
+    A cell's fields are the schema's defaults, then ``[base]``, then its method's overrides, then its grid point,
+    then ``overrides``, which win over all.  ``[sweep]`` and every cell are validated by the schema
+    (:mod:`sims.studies.config`) and every cell runs once (a dry run of one run, which also finds its per-run
+    columns), so a bad value fails here, in one line naming the cell and the field, before anything is written.
+    A sweep of at least :data:`LARGE_TRIALS` runs per cell without a ``chunk`` override runs chunks of
+    :data:`LARGE_CHUNK` runs if its file's are smaller.
+
+    Parameters
+    ----------
+    raw : dict
+        The parsed sweep file (:func:`load_toml`): its tables ``sweep``, ``base``, ``grid`` and ``methods``.
+    overrides : dict, optional
+        ``trials``, ``seed``, ``chunk``, ``name`` or any dotted base field (``"schedule.eta_w"``), applied to every
+        cell after its method and grid point (the command line's ``--set``).
+
+    Returns
+    -------
+    SweepSpec
+        The sweep's settings and its cells, every method crossed with the whole grid.
+
+    Raises
+    ------
+    SweepError
+        For an unknown key, a value out of range (naming the cell, the field and what it accepts), a grid axis that
+        is not a non-empty list, or a cell the simulation refuses in its dry run.
+
+    Examples
+    --------
+    >>> from sims.studies.spec import build_spec
+    >>> raw = {"sweep": {"name": "demo", "trials": 8, "seed": 0, "chunk": 4},
+    ...        "base": {"k": 4, "p": 4, "steps": 2000},
+    ...        "methods": {"resnet": {"model": "resnet"}, "cnn": {"model": "cnn", "init": {"w": "sphere"}}}}
+    >>> spec = build_spec(raw, overrides={"trials": 6})
+    >>> spec.trials, [c.method for c in spec.cells], len(spec.chunks())   # two chunks of at most 4 runs a cell
+    (6, ['resnet', 'cnn'], 4)
+    >>> build_spec(raw, overrides={"steps": -1})
+    Traceback (most recent call last):
+    ...
+    sims.studies.spec.SweepError: cell 0 (method 'resnet'): steps must be an integer in [0, 1000000000]; got -1
+    """
     if not isinstance(raw, dict):
         raise SweepError(f"a sweep file must be a table of tables; got {type(raw).__name__}")
     _check_depth(raw, ())

@@ -285,7 +285,39 @@ def to_parquet(df: pd.DataFrame) -> bytes:
 
 
 def load_summary(out: str | os.PathLike) -> pd.DataFrame:
-    """The summary of a finished sweep directory."""
+    """Read the summary of a finished sweep directory.
+
+    The summary is the directory's ``summary.csv``: one row per cell, :data:`SUMMARY_COLUMNS` first (method,
+    ``k``, ``p``, trials, the rate of global minima with its Wilson 95% interval, ...).  Reading it needs neither
+    the sweep file nor the chunks; ``shallowres summarize DIR`` prints it.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The sweep directory (:func:`sims.studies.sweep.run_sweep`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The summary, as :func:`pandas.read_csv` reads ``summary.csv``.
+
+    Raises
+    ------
+    SweepError
+        If the directory holds no finished sweep (no ``summary.csv``).
+
+    Examples
+    --------
+    >>> from sims.studies import summary, sweep
+    >>> spec = sweep.build_spec({"sweep": {"name": "demo", "trials": 6, "seed": 0, "chunk": 6},
+    ...                          "base": {"k": 4, "p": 4, "steps": 2000},
+    ...                          "methods": {"resnet": {"model": "resnet"}, "cnn": {"model": "cnn"}}})
+    >>> _ = sweep.run_sweep(spec, "demo", quiet=True)
+    >>> summary.load_summary("demo")[["method", "k", "p", "trials", "p_global"]]
+       method  k  p  trials  p_global
+    0  resnet  4  4       6       1.0
+    1     cnn  4  4       6       1.0
+    """
     path = Path(out) / "summary.csv"
     if not path.exists():
         raise SweepError(f"{str(out)!r} holds no finished sweep (no summary.csv)")

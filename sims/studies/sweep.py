@@ -259,18 +259,63 @@ def run_sweep(
     log: Callable[[str], None] | None = None,
     runs: bool = True,
 ) -> SweepOutcome:
-    """Run (or resume) a sweep into ``out``; in-process by default, on Dask with ``workers`` or ``scheduler``.
-
-    The summary is streamed from the chunks (:func:`summarize_chunks`); ``runs``: also write the joined per-run
-    table ``runs.parquet`` (streamed too, :func:`write_runs`).  Without it (``--no-runs``) the chunks are the
-    per-run record (a later run of the same sweep with ``runs=True`` resumes them all and writes the table).
+    """Run (or resume) a sweep into a directory; in-process by default, on Dask with ``workers`` or ``scheduler``.
 
     Before anything is written, the directory and the memory are checked (:func:`check_output_dir`,
-    :func:`check_memory`).  The directory is then locked for the whole run (:func:`sims.studies.store.directory_lock`;
-    ``wait``: seconds to wait for another sweep holding it, ``math.inf`` for as long as it takes).  On resume every
-    chunk on disk is verified against the manifest; damaged ones are reported in one line through ``log``
-    (default: standard error) and recomputed.  A failed write (disk full, permission denied) stops the sweep
-    with a :class:`SweepError` naming the directory and the cause; the chunks finished before it are kept.
+    :func:`check_memory`).  The directory is then locked for the whole run (:func:`sims.studies.store.directory_lock`).
+    On resume every chunk on disk is verified against the manifest; damaged ones are reported in one line through
+    ``log`` and recomputed, so a resumed sweep ends with the result of an uninterrupted one.  The summary is
+    streamed from the chunks (:func:`sims.studies.summary.summarize_chunks`), and so is ``runs.parquet``
+    (:func:`sims.studies.summary.write_runs`): the memory does not grow with the sweep.  A sweep that fails before
+    writing a chunk leaves no directory behind.
+
+    Parameters
+    ----------
+    spec : SweepSpec
+        The sweep (:func:`build_spec`).
+    out : str or os.PathLike
+        The sweep directory: new, empty, or holding this same sweep (which is then resumed).
+    workers : int, optional
+        Run on a local Dask cluster of this many single-threaded worker processes.
+    scheduler : str, optional
+        Run on the Dask cluster of this scheduler (``"tcp://HOST:PORT"``).
+    quiet : bool, default False
+        Show no progress bar.
+    connect_timeout : float, default 5.0
+        Seconds to wait for the ``scheduler``.
+    on_chunk : callable, optional
+        Called with the cell index of every chunk once it is written.
+    wait : float, default 0.0
+        Seconds to wait for another sweep holding the directory's lock (``math.inf``: as long as it takes).
+    log : callable, optional
+        Receives the one-line reports (damaged chunks, waiting for the lock); by default they go to standard error.
+    runs : bool, default True
+        Also write the joined per-run table ``runs.parquet``.  Without it (``--no-runs``) the chunks are the
+        per-run record; a later run of the same sweep with ``runs=True`` resumes them all and writes the table.
+
+    Returns
+    -------
+    SweepOutcome
+        The summary, the chunks computed now and those resumed, and the damaged chunks recomputed; its ``runs``
+        (the per-run table) is read when first asked for.
+
+    Raises
+    ------
+    SweepError
+        For a directory holding another sweep, not writable or locked by another sweep; a sweep this machine has
+        no memory for; an unreachable scheduler; a chunk failing on the Dask cluster; a failed write (disk full,
+        permission denied), after which the chunks finished before it are kept and rerunning resumes them.
+
+    Examples
+    --------
+    >>> from sims.studies import sweep
+    >>> spec = sweep.build_spec({"sweep": {"name": "demo", "trials": 8, "seed": 0, "chunk": 4},
+    ...                          "base": {"k": 4, "p": 4, "steps": 2000}})
+    >>> outcome = sweep.run_sweep(spec, "demo", quiet=True)     # writes the directory ./demo
+    >>> outcome.computed_chunks, outcome.resumed_chunks, list(outcome.summary["trials"])
+    (2, 0, [8])
+    >>> sweep.run_sweep(spec, "demo", quiet=True).resumed_chunks  # again: every chunk is verified and resumed
+    2
     """
     t0 = time.perf_counter()
     out = Path(out)
