@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import theory
-from sims.studies import sweep, tables
+from sims.studies import config, sweep, tables
 
 
 class CLIError(Exception):
@@ -112,7 +112,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         if "=" not in item:
             raise CLIError(f"--set takes FIELD=VALUE; got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = sweep.parse_value(value.strip(), name=f"--set {sweep._show(key.strip())}")
+        out[key.strip()] = sweep.parse_value(value.strip(), name=f"--set {config.show(key.strip())}")
     for key in ("trials", "seed", "chunk"):
         if getattr(args, key) is not None:
             out[key] = getattr(args, key)
@@ -157,7 +157,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print (or write to ``--output``) the JSON Schema of a sweep file, or the configuration reference in MyST
     Markdown (``--format markdown``), both generated from :mod:`sims.studies.config`."""
-    from sims.studies import config, store
+    from sims.studies import store
 
     if args.format == "markdown":
         text = config.reference_markdown()

@@ -6,7 +6,7 @@ Each table is a sweep (chunked, resumable, on Dask if asked) plus a rendering (M
 computed from the persisted per-run table only.  The papers' own numbers are not available to us; the tables
 report ours with Wilson 95% intervals and the settings in full.
 
-The summary is streamed from the chunks (:func:`sims.studies.sweep.summarize_chunks`), so ``liu2019`` reads nothing
+The summary is streamed from the chunks (:func:`sims.studies.summary.summarize_chunks`), so ``liu2019`` reads nothing
 else and runs at any size (``shallowres table liu2019 --trials 1000000 --no-runs``: 45 million runs, well under a
 gigabyte of memory); ``du2018``, ``two-phase`` and the methods' tables also read the per-run table
 (:attr:`sims.studies.sweep.SweepOutcome.runs`, joined from the chunks if ``--no-runs`` skipped ``runs.parquet``).
@@ -27,6 +27,8 @@ from sims import plots
 from sims.runs import classify
 from sims.runs.simulate import simulate
 from sims.studies import store, sweep
+from sims.studies.spec import dotted_value
+from sims.studies.summary import to_parquet
 
 TABLES: tuple[str, ...] = ("liu2019", "du2018", "two-phase", "distill", "laperm", "expand")
 FORMATS: tuple[str, ...] = ("markdown", "latex", "csv")
@@ -216,11 +218,11 @@ def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: st
     summary, out = outcome.summary, outcome.out  # outcome.runs is read only by the tables that use it
     if name in METHOD_TABLES:
         rows = METHOD_TABLES[name](summary, outcome.runs, spec_)
-        store.atomic_write(out / "summary.parquet", sweep._to_parquet(rows))
+        store.atomic_write(out / "summary.parquet", to_parquet(rows))
         store.atomic_write(out / "summary.csv", rows.to_csv(index=False).encode())
         frame = display_frame(rows, METHOD_COLUMNS[name])
         if name == "expand":
-            rules = sorted({str(sweep._param(c.params, "engine.step_rule") or "same") for c in spec_.cells})
+            rules = sorted({str(dotted_value(c.params, "engine.step_rule") or "same") for c in spec_.cells})
             caption = ("Deep linear expansions (product of N factors, ExpandNets rate r) of w, a or both, GD on the "
                        f"factors, k = p = 8, step rule {', '.join(rules)}: P(global) in % [Wilson 95%]; depth 1 is "
                        "the unexpanded network")
