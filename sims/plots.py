@@ -255,6 +255,66 @@ def restarts(rows: pd.DataFrame, *, fig: FigureBase | None = None) -> FigureBase
     return fig
 
 
+def scaling(summary: pd.DataFrame, *, fig: FigureBase | None = None) -> FigureBase:
+    """P(global) against ``k`` (log scale) as the network grows: one panel per method, one colour per ``p``,
+    solid lines and filled markers for gradient descent, dashed lines and open markers for gradient flow (Wilson
+    95% bars).
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        A sweep summary with columns ``method, k, p, p_global, p_global_lo, p_global_hi`` and optionally
+        ``algorithm`` (``gd`` or ``flow``; without it every row is GD): the ``scaling`` table's.
+    fig : matplotlib.figure.Figure or SubFigure, optional
+        An empty figure to lay the panels out on; default a new one.
+
+    Returns
+    -------
+    matplotlib.figure.Figure or SubFigure
+        The figure: per panel one errorbar container per ``(p, algorithm)`` present.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing or the table is empty, or ``fig`` already has axes.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from sims import plots
+    >>> summary = pd.DataFrame({"method": ["cnn"] * 4, "k": [10, 100, 10, 100], "p": [10] * 4,
+    ...                         "algorithm": ["gd", "gd", "flow", "flow"], "p_global": [0.6, 0.55, 0.6, 0.5],
+    ...                         "p_global_lo": [0.5, 0.45, 0.5, 0.4], "p_global_hi": [0.7, 0.65, 0.7, 0.6]})
+    >>> fig = plots.scaling(summary)
+    >>> [ax.get_title() for ax in fig.axes], fig.axes[0].get_xscale()
+    (['cnn'], 'log')
+    """
+    _require(summary, "summary", ("method", "k", "p", "p_global", "p_global_lo", "p_global_hi"))
+    data = summary if "algorithm" in summary else summary.assign(algorithm="gd")
+    methods = list(dict.fromkeys(data["method"]))
+    ps = sorted(data["p"].unique())
+    axes = _panels(fig, len(methods), (3.2 * len(methods), 2.9), sharey=True)
+    with style():
+        for ax, m in zip(axes, methods, strict=True):
+            for j, p in enumerate(ps):
+                for alg, line, face in (("gd", "-", None), ("flow", "--", "none")):
+                    s = data[(data["method"] == m) & (data["p"] == p) & (data["algorithm"] == alg)].sort_values("k")
+                    if s.empty:
+                        continue
+                    c = PALETTE[j % len(PALETTE)]
+                    ax.errorbar(s["k"], s["p_global"], yerr=_yerr(s["p_global"], s["p_global_lo"], s["p_global_hi"]),
+                                fmt=MARKERS[j % len(MARKERS)] + line, color=c, mfc=face or c, ms=4, capsize=2, lw=1,
+                                label=f"p={p} ({alg})")
+            ax.set_xscale("log")
+            ax.set_xlabel("k (patches)")
+            ax.set_title(m)
+        axes[0].set_ylabel("P(global minimum)")
+        axes[-1].legend(frameon=False, fontsize=6)
+        fig = axes[0].figure
+        fig.suptitle("solid: gradient descent; dashed: gradient flow (Wilson 95%)", fontsize=8)
+    return fig
+
+
 def loss_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], *, ax: Axes | None = None,
                 title: str = "") -> Axes:
     """Loss (relative to the zero network's) against step, log-log; one colour per label, one legend entry each.

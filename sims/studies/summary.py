@@ -125,8 +125,28 @@ def _run_tables(out: Path, spec: SweepSpec) -> Iterator[pa.Table]:
     """Every chunk's Arrow table, in the order of :meth:`SweepSpec.chunks`, with its cell's columns first
     (:func:`_with_cell_columns`): the pieces of the per-run table when every cell has the same columns."""
     types, values = _cell_column_types(spec), _cell_values(spec)
+    algorithms = {c.params["algorithm"] == "flow" for c in spec.cells}
     for cell, chunk, _, _ in spec.chunks():
-        yield _with_cell_columns(store.read_chunk(out, chunk_name(cell, chunk)), values[cell], types)
+        table = store.read_chunk(out, chunk_name(cell, chunk))
+        if len(algorithms) > 1:  # gradient flow's times are floats, the steps of the other cells integers
+            table = _times_as_floats(table)
+        yield _with_cell_columns(table, values[cell], types)
+
+
+#: The per-run columns that count steps, and for gradient flow its (real) time.
+TIME_COLUMNS: tuple[str, ...] = ("steps", "steps_to_tol", "slow_phase_end")
+
+
+def _times_as_floats(table: pa.Table) -> pa.Table:
+    """A chunk's table with its :data:`TIME_COLUMNS` as float64 (exact for step counts below 2^53): the joined
+    table of a sweep with gradient-flow and finite-step cells has one type per column."""
+    import pyarrow as pa
+
+    for name in TIME_COLUMNS:
+        i = table.schema.get_field_index(name)
+        if i >= 0 and table.schema.field(i).type != pa.float64():
+            table = table.set_column(i, name, table.column(i).cast(pa.float64()))
+    return table
 
 
 def write_runs(out: Path, spec: SweepSpec) -> None:

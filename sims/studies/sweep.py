@@ -150,7 +150,8 @@ def check_memory(spec: SweepSpec, *, workers: int | None = None, remote: bool = 
     local Dask cluster runs ``workers`` chunks at once.  On a remote ``scheduler`` the workers' memory is theirs
     (each chunk is checked where it runs).  The results are streamed from the chunks (:func:`summarize_chunks`,
     :func:`write_runs`): what grows with the sweep is one cell's summary columns (:data:`SUMMARY_ROW_BYTES` per
-    run), not the per-run table (a table that reads it checks :func:`check_table_memory` when it does).
+    run), not the per-run table (a table that reads it checks :func:`check_table_memory` when it does).  A sweep
+    without vectors (:attr:`SweepSpec.vectors`) needs no memory that grows with ``k`` or ``p``.
     """
     from sims.runs.memory import available_bytes, format_size, simulate_bytes
 
@@ -160,7 +161,8 @@ def check_memory(spec: SweepSpec, *, workers: int | None = None, remote: bool = 
     def chunk_bytes(runs: int) -> int:
         return max(simulate_bytes(k=c.params["k"], p=c.params["p"], runs=runs, steps=c.params["steps"],
                                   n_record=c.params["n_record"], algorithm=c.params["algorithm"],
-                                  batch_size=c.params.get("batch_size"), threads=threads) for c in spec.cells)
+                                  batch_size=c.params.get("batch_size"), threads=threads, vectors=spec.vectors)
+                   for c in spec.cells)
 
     at_once = 0 if remote else (workers or 1)
     table = SUMMARY_ROW_BYTES * spec.trials
