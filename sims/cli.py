@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import theory
-from sims.studies import sweep, tables
+from sims.studies import config, sweep, tables
 
 
 class CLIError(Exception):
@@ -112,7 +112,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         if "=" not in item:
             raise CLIError(f"--set takes FIELD=VALUE; got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = sweep.parse_value(value.strip(), name=f"--set {sweep._show(key.strip())}")
+        out[key.strip()] = sweep.parse_value(value.strip(), name=f"--set {config.show(key.strip())}")
     for key in ("trials", "seed", "chunk"):
         if getattr(args, key) is not None:
             out[key] = getattr(args, key)
@@ -157,7 +157,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print (or write to ``--output``) the JSON Schema of a sweep file, or the configuration reference in MyST
     Markdown (``--format markdown``), both generated from :mod:`sims.studies.config`."""
-    from sims.studies import config, store
+    from sims.studies import store
 
     if args.format == "markdown":
         text = config.reference_markdown()
@@ -198,6 +198,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for name in names:
         if name == "landscape":
             written += plots.save_figure(plots.landscape(), out / "landscape", close=True)
+        elif name == "basins" and args.algorithm == "flow":  # 400 x 400 starts and the boundary: seconds
+            ax = plots.basins(n=400, algorithm="flow", boundary=True, n_paths=0)
+            written += plots.save_figure(ax.figure, out / "basins_flow", close=True)
         elif name == "basins":
             written += plots.save_figure(plots.basins().figure, out / "basins", close=True)
         elif name == "trajectories":
@@ -261,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--sweep", default=None, help="finished table sweep to plot (default: run one at --trials)")
     pl.add_argument("--trials", type=_positive_int("--trials", 1, 10**9), default=200,
                     help="trials per cell when a table has to be run for the figure (default 200)")
+    pl.add_argument("--algorithm", choices=("gd", "flow"), default="gd",
+                    help="basins: of GD (basins.png), or of gradient flow from 400 x 400 starts with the boundary "
+                    "(basins_flow.png); default gd")
     pl.set_defaults(func=cmd_plot)
     sc = sub.add_parser("schema", help="print the JSON Schema of a sweep file (for editors), or its reference")
     sc.add_argument("--format", choices=("json", "markdown"), default="json",

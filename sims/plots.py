@@ -255,6 +255,66 @@ def restarts(rows: pd.DataFrame, *, fig: FigureBase | None = None) -> FigureBase
     return fig
 
 
+def scaling(summary: pd.DataFrame, *, fig: FigureBase | None = None) -> FigureBase:
+    """P(global) against ``k`` (log scale) as the network grows: one panel per method, one colour per ``p``,
+    solid lines and filled markers for gradient descent, dashed lines and open markers for gradient flow (Wilson
+    95% bars).
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        A sweep summary with columns ``method, k, p, p_global, p_global_lo, p_global_hi`` and optionally
+        ``algorithm`` (``gd`` or ``flow``; without it every row is GD): the ``scaling`` table's.
+    fig : matplotlib.figure.Figure or SubFigure, optional
+        An empty figure to lay the panels out on; default a new one.
+
+    Returns
+    -------
+    matplotlib.figure.Figure or SubFigure
+        The figure: per panel one errorbar container per ``(p, algorithm)`` present.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing or the table is empty, or ``fig`` already has axes.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from sims import plots
+    >>> summary = pd.DataFrame({"method": ["cnn"] * 4, "k": [10, 100, 10, 100], "p": [10] * 4,
+    ...                         "algorithm": ["gd", "gd", "flow", "flow"], "p_global": [0.6, 0.55, 0.6, 0.5],
+    ...                         "p_global_lo": [0.5, 0.45, 0.5, 0.4], "p_global_hi": [0.7, 0.65, 0.7, 0.6]})
+    >>> fig = plots.scaling(summary)
+    >>> [ax.get_title() for ax in fig.axes], fig.axes[0].get_xscale()
+    (['cnn'], 'log')
+    """
+    _require(summary, "summary", ("method", "k", "p", "p_global", "p_global_lo", "p_global_hi"))
+    data = summary if "algorithm" in summary else summary.assign(algorithm="gd")
+    methods = list(dict.fromkeys(data["method"]))
+    ps = sorted(data["p"].unique())
+    axes = _panels(fig, len(methods), (3.2 * len(methods), 2.9), sharey=True)
+    with style():
+        for ax, m in zip(axes, methods, strict=True):
+            for j, p in enumerate(ps):
+                for alg, line, face in (("gd", "-", None), ("flow", "--", "none")):
+                    s = data[(data["method"] == m) & (data["p"] == p) & (data["algorithm"] == alg)].sort_values("k")
+                    if s.empty:
+                        continue
+                    c = PALETTE[j % len(PALETTE)]
+                    ax.errorbar(s["k"], s["p_global"], yerr=_yerr(s["p_global"], s["p_global_lo"], s["p_global_hi"]),
+                                fmt=MARKERS[j % len(MARKERS)] + line, color=c, mfc=face or c, ms=4, capsize=2, lw=1,
+                                label=f"p={p} ({alg})")
+            ax.set_xscale("log")
+            ax.set_xlabel("k (patches)")
+            ax.set_title(m)
+        axes[0].set_ylabel("P(global minimum)")
+        axes[-1].legend(frameon=False, fontsize=6)
+        fig = axes[0].figure
+        fig.suptitle("solid: gradient descent; dashed: gradient flow (Wilson 95%)", fontsize=8)
+    return fig
+
+
 def loss_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], *, ax: Axes | None = None,
                 title: str = "") -> Axes:
     """Loss (relative to the zero network's) against step, log-log; one colour per label, one legend entry each.
@@ -456,6 +516,9 @@ class BasinsData:
         ``(phi, a.a* / ||a*||^2)`` along a few runs, each a pair of 1-D arrays starting at its grid point.
     saddle
         The saddle angle ``phi_s`` of ``a_star``.
+    algorithm
+        ``"gd"`` (GD with the step sizes ``eta_w, eta_a``) or ``"flow"`` (gradient flow with those rates, ``steps``
+        its time budget).
     """
 
     model: str
@@ -471,70 +534,108 @@ class BasinsData:
     outcomes: tuple[str, ...]
     paths: tuple[tuple[np.ndarray, np.ndarray], ...]
     saddle: float
+    algorithm: str = "gd"
+
+
+#: The algorithms :func:`basins_data` runs, and their names in titles.
+BASIN_ALGORITHMS = {"gd": "GD", "flow": "gradient flow"}
 
 
 def basins_data(*, k: int = 4, p: int = 4, model: str = "cnn", steps: int = 4000, n: int = 41, eta_w: float = 0.25,
-                eta_a: float | None = None, n_paths: int = 9) -> BasinsData:
-    """Run GD from an ``n x n`` grid of starts in the ``(phi, a.a*)`` plane and classify each run's end.
+                eta_a: float | None = None, n_paths: int = 9, algorithm: str = "gd") -> BasinsData:
+    """Run GD or gradient flow from an ``n x n`` grid of starts in the ``(phi, a.a*)`` plane and classify each
+    run's end.
 
     The teacher has ``||a*|| = 1`` and ``1.a* = 0`` (so the spurious point exists) and ``w* = e_1``; the starts are
     ``phi_0`` in ``[0.02, pi - 0.02]`` (the filter at that angle, :func:`theory.filter_at_angle`) and
-    ``a_0 = t a*`` with ``t`` in ``[-1.5, 1.5]``.
+    ``a_0 = t a*`` with ``t`` in ``[-1.5, 1.5]``.  GD trains the vectors; the flow runs on the starts' order
+    parameters (:func:`sims.runs.basins.plane_runs`, with the loose solver tolerances of an outcome map and the
+    provable stops), so ``n = 400`` takes seconds.
 
     Parameters
     ----------
     k, p, model, steps
-        The network and the step budget (validated by :func:`sims.simulate`).
+        The network and the step budget (for the flow: its time), validated by :func:`sims.simulate`.
     n
         Grid points per axis, ``>= 2``.
     eta_w, eta_a
-        Constant step sizes; ``eta_a`` defaults to ``0.9 x`` the optimal ``eta_a`` for ``k``.
+        Constant step sizes (the flow's rates); ``eta_a`` defaults to ``0.9 x`` the optimal ``eta_a`` for ``k``.
     n_paths
         Runs whose paths are kept, spread evenly over the grid.
+    algorithm
+        ``"gd"`` or ``"flow"``.
 
     Returns
     -------
     :class:`BasinsData`.
     """
+    from sims.runs import basins as plane
     from sims.runs.classify import OUTCOMES
     from sims.runs.schedules import Schedule, optimal_eta_a
     from sims.runs.simulate import simulate
 
+    if algorithm not in BASIN_ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {tuple(BASIN_ALGORITHMS)}; got {algorithm!r}")
     _int_at_least("n", n, 2)
     _int_at_least("n_paths", n_paths, 0)
     _int_at_least("p", p, 2)  # a start at an angle strictly between 0 and pi needs a second coordinate
     eta_a = 0.9 * optimal_eta_a(k) if eta_a is None else eta_a
     a_star = teacher_with_ratio(k, 0.0)
-    w_star = np.zeros(p)
-    w_star[0] = 1.0
-    phis = np.linspace(0.02, np.pi - 0.02, n)
-    ts = np.linspace(-1.5, 1.5, n)
+    phis = np.linspace(*plane.PHI_RANGE, n)
+    ts = np.linspace(*plane.T_RANGE, n)
     grid_phi, grid_t = np.meshgrid(phis, ts)
-    w0 = np.array([theory.filter_at_angle(float(x), w_star, model=model) for x in grid_phi.ravel()])
-    a0 = grid_t.ravel()[:, None] * a_star[None, :]
-    res = simulate(model=model, k=k, p=p, runs=w0.shape[0], steps=steps, schedule=Schedule.constant(eta_w, eta_a),
-                   teacher=(w_star, a_star), init=(w0, a0), n_record=64)
-    code = np.array([OUTCOMES.index(o) for o in res.outcome]).reshape(grid_phi.shape)
+    keep = np.unique(np.linspace(0, grid_phi.size - 1, n_paths).astype(int))
+    if algorithm == "flow":
+        kw = dict(model=model, k=k, p=p, steps=steps, eta_w=eta_w, eta_a=eta_a)
+        outcome = plane.plane_runs(grid_phi, grid_t, **kw).outcome
+        runs = range(keep.size)
+        if keep.size:
+            res = plane.plane_runs(grid_phi.ravel()[keep], grid_t.ravel()[keep], n_record=64, **kw)
+    else:
+        w_star = np.zeros(p)
+        w_star[0] = 1.0
+        w0 = np.array([theory.filter_at_angle(float(x), w_star, model=model) for x in grid_phi.ravel()])
+        a0 = grid_t.ravel()[:, None] * a_star[None, :]
+        res = simulate(model=model, k=k, p=p, runs=w0.shape[0], steps=steps,
+                       schedule=Schedule.constant(eta_w, eta_a), teacher=(w_star, a_star), init=(w0, a0), n_record=64)
+        outcome, runs = res.outcome, keep
+    code = np.array([OUTCOMES.index(o) for o in outcome]).reshape(grid_phi.shape)
     qs = float(a_star @ a_star)
     paths = []
-    for i in np.unique(np.linspace(0, w0.shape[0] - 1, n_paths).astype(int)):
+    for i in runs:
         tr = res.trajectory_of(int(i))
         paths.append((tr["phi"], tr["alignment"] / qs))
     return BasinsData(model=str(model), k=k, p=p, steps=steps, eta_w=float(eta_w), eta_a=float(eta_a), a_star=a_star,
                       phi=phis, t=ts, outcome=code, outcomes=tuple(OUTCOMES), paths=tuple(paths),
-                      saddle=float(theory.saddle_angle(a_star)))
+                      saddle=float(theory.saddle_angle(a_star)), algorithm=algorithm)
 
 
-def draw_basins(data: BasinsData, *, ax: Axes | None = None) -> Axes:
+def draw_basins(data: BasinsData, *, boundary: object = None, ax: Axes | None = None) -> Axes:
     """Draw :class:`BasinsData`: the outcome map (one colour per outcome, a legend of all outcomes), the kept paths
-    (black, a dot at each start) and the saddle angle (dotted).
+    (black, a dot at each start), the saddle angle (dotted) and, if given, the basin boundary.
+
+    Parameters
+    ----------
+    data
+        The map (:func:`basins_data`).
+    boundary
+        A :class:`sims.runs.basins.Boundary` (:func:`sims.runs.basins.boundary`) drawn over the map: a line through
+        its points (markers only where a line of the plane crosses it more than once), with the saddle point
+        ``(phi_s, a(phi_s).a*)`` marked x; None draws none.
+    ax
+        Where to draw; default a new figure.
 
     Returns
     -------
-    The Axes: one QuadMesh (the map, its array the outcome codes), per path a line and its start dot.
+    The Axes: one QuadMesh (the map, its array the outcome codes), per path a line and its start dot, the saddle
+    angle's line, then (with a boundary) the boundary's line and the saddle's marker.
     """
+    from sims.runs import basins as plane
+
     if not isinstance(data, BasinsData):
         raise ValueError(f"data must be a BasinsData (from basins_data); got {type(data).__name__}")
+    if boundary is not None and not isinstance(boundary, plane.Boundary):
+        raise ValueError(f"boundary must be a sims.runs.basins.Boundary or None; got {type(boundary).__name__}")
     ax = _axes(ax, (5.0, 3.6))
     n_out = len(data.outcomes)
     cmap = ListedColormap([PALETTE[0], PALETTE[3], PALETTE[4], "0.8", "0.3"][:n_out])
@@ -546,19 +647,42 @@ def draw_basins(data: BasinsData, *, ax: Axes | None = None) -> Axes:
             ax.plot(phi, align, color="k", lw=0.8, alpha=0.8)
             ax.plot(phi[:1], align[:1], "k.", ms=4)
         ax.axvline(data.saddle, color="k", ls=":", lw=0.8)
+        handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i), alpha=0.55) for i in range(n_out)]
+        labels = list(data.outcomes)
+        what = f"{data.model}: basins of {BASIN_ALGORITHMS.get(data.algorithm, data.algorithm)}"
+        title = f"{what} (k = {data.k}, p = {data.p}, 1.a* = 0); dotted: saddle angle"
+        if boundary is not None:
+            single = bool(np.all(boundary.crossings <= 1))
+            (line,) = ax.plot(boundary.phi, boundary.t, color=PALETTE[7], lw=1.4 if single else 0,
+                              marker=None if single else ".", ms=3)
+            phi_s, t_s = plane.saddle(data.k)
+            (mark,) = ax.plot([phi_s], [t_s], "x", color=PALETTE[7], ms=7, mew=1.5)
+            handles += [line, mark]
+            labels += [f"boundary (+/- {boundary.tol:.0e})", "saddle"]
+            title = f"{what} (k = {data.k}, p = {data.p}, 1.a* = 0)\nline: stable manifold of the saddle (x)"
         ax.set_xlim(0, np.pi)
+        ax.set_ylim(data.t[0], data.t[-1])
         ax.set_xlabel("angle phi  [rad]")
         ax.set_ylabel("a.a* / ||a*||^2")
-        handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i), alpha=0.55) for i in range(n_out)]
-        ax.legend(handles, data.outcomes, loc="upper right", fontsize=7, frameon=True)
-        ax.set_title(f"{data.model}: basins of GD (k = {data.k}, p = {data.p}, 1.a* = 0); dotted: saddle angle")
+        ax.legend(handles, labels, loc="upper right", fontsize=7, frameon=True)
+        ax.set_title(title)
     return ax
 
 
 def basins(*, k: int = 4, p: int = 4, model: str = "cnn", steps: int = 4000, n: int = 41, eta_w: float = 0.25,
-           eta_a: float | None = None, ax: Axes | None = None) -> Axes:
-    """:func:`basins_data` drawn by :func:`draw_basins` (the parameters are theirs); returns the Axes."""
-    return draw_basins(basins_data(k=k, p=p, model=model, steps=steps, n=n, eta_w=eta_w, eta_a=eta_a), ax=ax)
+           eta_a: float | None = None, algorithm: str = "gd", boundary: bool = False, tol: float = 1e-6,
+           n_paths: int = 9, ax: Axes | None = None) -> Axes:
+    """:func:`basins_data` drawn by :func:`draw_basins` (the parameters are theirs); with ``boundary=True`` also
+    :func:`sims.runs.basins.boundary` (to ``tol``, lines of fixed ``t``) in the same setting, drawn over the map.
+    Returns the Axes."""
+    from sims.runs import basins as plane
+
+    data = basins_data(k=k, p=p, model=model, steps=steps, n=n, eta_w=eta_w, eta_a=eta_a, n_paths=n_paths,
+                       algorithm=algorithm)
+    curve = None
+    if boundary:
+        curve = plane.boundary(model=model, k=k, p=p, steps=steps, eta_w=eta_w, eta_a=data.eta_a, tol=tol)
+    return draw_basins(data, boundary=curve, ax=ax)
 
 
 @dataclass(frozen=True)

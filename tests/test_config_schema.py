@@ -146,7 +146,7 @@ def test_the_reference_lists_every_field_of_every_table():
     ('engine={kind="expansion", rate=2000}', f"{WHERE}: engine.rate must be an integer in [1, 1024]; got 2000"),
     ('engine={kind="expansion", pretrain_eta=[0.1]}', f"{WHERE}: engine.pretrain_eta must be two finite numbers"),
     ('engine={kind="laperm", inner="sgd"}', f"{WHERE}: engine.inner must be one of gd, adam; got 'sgd'"),
-    ("algorithm=1", f"{WHERE}: algorithm must be one of gd, sgd, gd-fixed; got 1"),
+    ("algorithm=1", f"{WHERE}: algorithm must be one of gd, sgd, gd-fixed, flow; got 1"),
     # the rules between fields
     ('schedule={kind="constant", eta_w=0.1, eta_w_rel=0.5, eta_a=0.1}',
      f"{WHERE}: give either schedule.eta_w or schedule.eta_w_rel, not both"),

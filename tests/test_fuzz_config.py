@@ -582,7 +582,8 @@ def _schedule_fields(spec) -> list[Field]:
                           st.sampled_from(["eta_w", "eta_a", "noise_w", "noise_a"]), bad_float(_not_rate)),
             )
 
-        out.append(Field(("base", "schedule", "segments"), r"segments|stage lengths|eta_a", None, bad_segments))
+        out.append(Field(("base", "schedule", "segments"), r"segments|stage lengths|eta_a|schedule nests", None,
+                         bad_segments))
     return out
 
 

@@ -25,6 +25,7 @@ from sims import cli
 from sims.runs import memory
 from sims.runs.simulate import FRAME_COLUMNS
 from sims.studies import store, sweep
+from sims.studies.spec import chunk_name
 
 VICTIM = "cell0001-chunk00001.parquet"  # cell 1 (k = 8), runs 16..31
 
@@ -155,7 +156,7 @@ def test_every_chunk_carries_its_identity_and_the_manifest_its_checksum(clean):
     records, bad = store.read_manifest(clean)
     assert not bad and len(records) == len(spec.chunks())
     for cell, chunk, first, runs in spec.chunks():
-        name = sweep._chunk_name(cell, chunk)
+        name = chunk_name(cell, chunk)
         data = (clean / "chunks" / name).read_bytes()
         rec = records[name]
         assert (rec.size, rec.sha256, rec.rows) == (len(data), hashlib.sha256(data).hexdigest(), runs)

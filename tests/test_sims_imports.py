@@ -108,3 +108,24 @@ def test_modules_import_only_their_own_or_lower_layers(path):
             names = [a.name for a in node.names]
         bad += [f"line {node.lineno}: {n}" for n in names if (_layer(n) or 0) > own]
     assert not bad, f"{path} (layer {own}) imports a higher layer: {bad}"
+
+
+#: The modules of sims/studies in the order they build on each other: the sweep file's schema, the chunks on disk,
+#: the per-run table of one result, the cells of a sweep file, the results of a sweep, running a sweep, the papers'
+#: tables.  Each imports only modules before it (type-checking imports included).
+STUDIES = ("config", "store", "per_run", "spec", "summary", "sweep", "tables")
+
+
+def test_the_studies_modules_import_only_the_ones_before_them():
+    assert {p.stem for p in (SIMS / "studies").glob("*.py")} - {"__init__"} == set(STUDIES)  # a new one has a place
+    for i, name in enumerate(STUDIES):
+        used = set()
+        for node in ast.walk(ast.parse((SIMS / "studies" / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "sims.studies":
+                used.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sims.studies."):
+                used.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                used.update(a.name.split(".")[2] for a in node.names if a.name.startswith("sims.studies."))
+        later = used & set(STUDIES[i:])
+        assert not later, f"sims/studies/{name}.py imports {sorted(later)}, which come after it"

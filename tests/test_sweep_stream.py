@@ -16,7 +16,9 @@ import pyarrow as pa
 import pytest
 
 from sims import cli
-from sims.studies import store, sweep, tables
+from sims.runs.simulate import FRAME_COLUMNS
+from sims.studies import per_run, store, summary, sweep, tables
+from sims.studies.spec import simulate_cell
 
 STREAM = """
 [sweep]
@@ -52,7 +54,7 @@ def stream_spec(**overrides) -> sweep.SweepSpec:
 def test_streamed_summary_equals_the_in_memory_summary(tmp_path):
     spec = stream_spec()
     outcome = sweep.run_sweep(spec, tmp_path, quiet=True)
-    by_pandas = sweep._collect_frames(tmp_path, spec)  # the per-run table as it was joined before streaming
+    by_pandas = summary._collect_frames(tmp_path, spec)  # the per-run table as it was joined before streaming
     pd.testing.assert_frame_equal(sweep.collect(tmp_path, spec), by_pandas, check_exact=True)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "runs.parquet"), by_pandas, check_exact=True)
     in_memory = sweep.summarize_runs(by_pandas, spec)
@@ -72,12 +74,12 @@ def test_the_chunk_built_from_arrays_equals_the_one_built_from_a_frame(engine):
               "teacher": {"a": "gaussian"}, "init": {}, "engine": engine,
               "schedule": {"kind": "constant", "eta_w_rel": 0.5, "eta_a_rel": 0.9}, "tolerances": {}}
     kw = sweep.simulation_kwargs(params)
-    res = sweep._simulate_cell(kw, runs=25, seed=2)
+    res = simulate_cell(kw, runs=25, seed=2)
     table = sweep.run_table(res, kw["engine"])
     frame = pa.Table.from_pandas(sweep.run_frame(res, kw["engine"]), preserve_index=False)
-    assert table.schema.names == frame.schema.names and table.schema.names[:15] == list(sweep.FRAME_COLUMNS)
+    assert table.schema.names == frame.schema.names and table.schema.names[:15] == list(FRAME_COLUMNS)
     assert table.schema.equals(frame.schema.remove_metadata())
-    pd.testing.assert_frame_equal(sweep._to_frame(table), sweep._to_frame(frame), check_exact=True)  # NaN == NaN
+    pd.testing.assert_frame_equal(summary._to_frame(table), summary._to_frame(frame), check_exact=True)  # NaN == NaN
     if engine:
         assert "loss_ref" in table.schema.names and len(table.schema.names) > 16  # the engine's extras too
 
@@ -86,8 +88,8 @@ def test_text_columns_with_a_rare_value_are_converted_exactly():
     import numpy as np
 
     values = np.array(["global"] * 100 + ["saddle"], dtype=str)  # the rare value is past the sampled first ones
-    assert sweep._text_array(values).to_pylist() == values.tolist()
-    assert sweep._text_array(values).type == pa.large_string()
+    assert per_run._text_array(values).to_pylist() == values.tolist()
+    assert per_run._text_array(values).type == pa.large_string()
 
 
 def test_no_runs_writes_no_per_run_table_and_the_same_results(tmp_path, capsys):
@@ -154,8 +156,8 @@ def test_large_sweeps_get_large_chunks_unless_the_chunk_is_given():
 
 
 def test_a_directory_written_with_the_files_chunk_is_resumed_not_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "LARGE_TRIALS", 30)
-    monkeypatch.setattr(sweep, "LARGE_CHUNK", 16)
+    monkeypatch.setattr("sims.studies.spec.LARGE_TRIALS", 30)  # where build_spec reads it
+    monkeypatch.setattr("sims.studies.spec.LARGE_CHUNK", 16)
     first = sweep.run_sweep(stream_spec(chunk=8), tmp_path, quiet=True)  # as written before the automatic chunk
     auto = stream_spec()
     assert auto.chunk_auto and auto.chunk == 16 and auto.fingerprint() != stream_spec(chunk=8).fingerprint()

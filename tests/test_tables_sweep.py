@@ -173,3 +173,40 @@ def test_a_table_on_a_dask_cluster_equals_the_in_process_run(tmp_path):
     dask = sweep.run_sweep(spec, tmp_path / "dask", workers=2, quiet=True)
     pd.testing.assert_frame_equal(local.runs, dask.runs)
     assert local.runs["perm_optimal"].notna().sum() == 12 * 6  # the 12 LaPerm cells; the 4 plain-GD cells have none
+
+
+def test_the_scaling_table_is_gd_to_a_million_and_flow_to_ten_thousand_without_vectors():
+    """``scaling``: three methods by GD for k up to 10^6 and by gradient flow up to 10^4, p up to 10^6, every cell on
+    the order parameters alone (so its memory does not grow with k or p)."""
+    spec = tables.spec("scaling")
+    cells = [(c.method, c.params["k"], c.params["p"], c.params["algorithm"]) for c in spec.cells]
+    assert spec.vectors is False and len(cells) == len(set(cells)) == 90
+    assert {m for m, *_ in cells} == {"resnet-no-warmup", "resnet-prescribed-warmup", "cnn"}
+    assert max(k for _, k, _, a in cells if a == "gd") == 10**6 and max(p for _, _, p, _ in cells) == 10**6
+    assert max(k for _, k, _, a in cells if a == "flow") == 10**4
+    assert sweep.check_memory(spec) < 2**30  # 200 runs at k = p = 10^6: no vectors
+
+
+def test_the_scaling_table_renders_gd_and_flow_side_by_side(tmp_path):
+    spec = tables.spec("scaling", trials=4, k=10, steps=20_000)  # every cell at k = 10: the table's shape, quickly
+    outcome = sweep.run_sweep(spec, tmp_path / "s", quiet=True)
+    text, figs = tables.make("scaling", spec, outcome)
+    header = text.splitlines()[2]
+    for method in ("resnet-no-warmup", "resnet-prescribed-warmup", "cnn"):
+        assert f"{method} (gd)" in header and f"{method} (flow)" in header
+    assert sorted(f.name for f in figs) == ["scaling.pdf", "scaling.png"]
+    assert set(outcome.summary["algorithm"]) == {"gd", "flow"}
+
+
+def test_liu2019_flow_is_liu2019_by_gradient_flow_on_the_same_teachers(tmp_path):
+    """``liu2019-flow``: the liu2019 sweep with algorithm = "flow" in every cell (its own name and directory), the
+    same seed and so the same teachers and starts; the flow's outcome is GD's on almost every run (they differ
+    only near a basin boundary) and the prescribed warmup never fails."""
+    flow, gd = tables.spec("liu2019-flow", trials=40), tables.spec("liu2019", trials=40)
+    assert flow.name == "liu2019-flow" and flow.seed == gd.seed and len(flow.cells) == len(gd.cells) == 45
+    assert {c.params["algorithm"] for c in flow.cells} == {"flow"} and flow.fingerprint() != gd.fingerprint()
+    a = sweep.run_sweep(flow, tmp_path / "f", quiet=True)
+    text, _ = tables.make("liu2019-flow", flow, a)
+    assert "gradient flow" in text.splitlines()[0]
+    pres = a.summary[a.summary["method"] == "resnet-prescribed-warmup"]
+    assert (pres["p_global"] == 1.0).all()

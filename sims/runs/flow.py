@@ -38,11 +38,31 @@ from sims.runs.registry import Built, Call, EngineSpec, Finished, Setup, check_s
 
 @dataclass(frozen=True)
 class Flow:
-    """Options of the gradient-flow engine: the solver's relative and absolute tolerances (scipy's ``rtol``,
-    ``atol``: the local error estimate is kept below ``atol + rtol |y|`` in the RMS norm over the coordinates).
+    """Options of the gradient-flow engine: the solver's tolerances.
 
-    The defaults are tight: the coordinates are O(1) and tend to 0 at the global minimum (a loss of ``1e-10
-    L_ref`` puts them near ``1e-5``), where ``atol = 1e-12`` still leaves seven digits.
+    scipy's ``rtol``, ``atol``: the local error estimate is kept below ``atol + rtol |y|`` in the RMS norm over the
+    coordinates.  The defaults are tight: the coordinates are O(1) and tend to 0 at the global minimum (a loss of
+    ``1e-10 L_ref`` puts them near ``1e-5``), where ``atol = 1e-12`` still leaves seven digits.
+
+    Parameters
+    ----------
+    rtol : float, default 1e-10
+        Relative tolerance, in ``[1e-14, 1e-2]``.
+    atol : float, default 1e-12
+        Absolute tolerance, in ``(0, 1e-2]``.
+
+    Raises
+    ------
+    ValueError
+        For a tolerance out of its range (naming ``flow.rtol`` or ``flow.atol``).
+
+    Examples
+    --------
+    >>> import numpy as np, sims
+    >>> kw = dict(model="resnet", k=4, p=4, runs=3, steps=300, schedule=sims.Schedule.constant(0.5, 1.0), seed=0)
+    >>> res = sims.simulate(engine=sims.Flow(rtol=1e-8, atol=1e-10), algorithm="flow", **kw)
+    >>> res.outcome.tolist(), np.round(res.final_phi, 6)
+    (['global', 'spurious', 'global'], array([0.     , 1.73923, 0.     ]))
     """
 
     rtol: float = 1e-10
@@ -142,12 +162,41 @@ def refine(sched: Any, m: int) -> Any:
 
 
 def finite_step_twin(m: int, **kwargs: Any) -> Any:
-    """Finite-step population GD (the order-parameter engine) on the runs ``sims.simulate(algorithm="flow",
-    **kwargs)`` integrates, with steps ``m`` times smaller: the same draws, the schedule resolved as the flow
-    resolves it (the prescribed warmup at the given step sizes) and then refined (:func:`refine`), ``m`` times the
-    step budget, the trajectory recorded at ``m`` times the flow's record times.  Its ``steps`` (and the other
-    step counts) divided by ``m`` are comparable with the flow's times; as ``m`` grows its runs converge to the
-    flow's (Euler's method: the error at a fixed time is O(eta / m))."""
+    """Finite-step GD on the runs a gradient flow integrates, with steps ``m`` times smaller.
+
+    The order-parameter engine on the runs ``sims.simulate(algorithm="flow", **kwargs)`` integrates: the same
+    draws, the schedule resolved as the flow resolves it (the prescribed warmup at the given step sizes) and then
+    refined (:func:`refine`), ``m`` times the step budget, the trajectory recorded at ``m`` times the flow's record
+    times.  Its ``steps`` (and the other step counts) divided by ``m`` are comparable with the flow's times; as
+    ``m`` grows its runs converge to the flow's (Euler's method: the error at a fixed time is O(eta / m)).
+
+    Parameters
+    ----------
+    m : int
+        The refinement (>= 1): steps ``m`` times smaller, ``m`` times as many.
+    **kwargs
+        The arguments of ``sims.simulate(algorithm="flow", ...)`` (``algorithm`` and ``engine`` are set here).
+
+    Returns
+    -------
+    sims.SimulationResult
+        The finite-step runs (step counts in steps of the refined schedule).
+
+    Raises
+    ------
+    ValueError
+        For ``m < 1`` and whatever :func:`sims.simulate` refuses (naming the field).
+
+    Examples
+    --------
+    >>> import numpy as np, sims
+    >>> from sims.runs.flow import finite_step_twin
+    >>> kw = dict(model="resnet", k=4, p=4, runs=3, steps=300, schedule=sims.Schedule.constant(0.5, 1.0), seed=0)
+    >>> flow = sims.simulate(algorithm="flow", **kw)
+    >>> twin = finite_step_twin(10, **kw)
+    >>> flow.outcome.tolist(), np.round(flow.steps, 1), twin.steps / 10
+    (['global', 'spurious', 'global'], array([33.9,  3.8, 33.7]), array([33.4,  3.8, 33.4]))
+    """
     from sims.runs import simulate as sim
 
     m = sim._check_int(m, "m", 1)

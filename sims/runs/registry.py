@@ -295,6 +295,9 @@ class Finished(NamedTuple):
     stuck : numpy.ndarray, optional
         Runs at a stationary point of the engine's parameterization that is not the network's (reported
         ``saddle``, or ``spurious`` if they sit there), or None.
+    continuous : bool, default False
+        Whether the engine integrated gradient flow (:mod:`sims.runs.flow`): its step counts are times (floats)
+        and its rates are per unit of time.
 
     Examples
     --------
@@ -320,7 +323,7 @@ class Finished(NamedTuple):
     extras: dict[str, np.ndarray]
     theory_rate: bool = True
     stuck: np.ndarray | None = None
-    continuous: bool = False  # gradient flow: times in place of steps, rates per unit of time (sims.runs.flow)
+    continuous: bool = False
 
 
 def no_noise(sched: Any) -> bool:
@@ -505,7 +508,7 @@ def engine_names() -> tuple[str, ...]:
     --------
     >>> import sims
     >>> sims.engine_names()[:8]
-    ('vector', 'reduced', 'gd', 'sgd', 'gd-fixed', 'fade', 'expansion', 'laperm')
+    ('vector', 'reduced', 'gd', 'sgd', 'gd-fixed', 'flow', 'fade', 'expansion')
     """
     return tuple(_BY_NAME)
 

@@ -1,3 +1,5 @@
-"""Studies built from many runs: parameter sweeps with persisted, verified chunks (:mod:`~sims.studies.sweep`,
-:mod:`~sims.studies.store`), the papers' tables (:mod:`~sims.studies.tables`) and their configs
+"""Studies built from many runs: parameter sweeps (the file's schema :mod:`~sims.studies.config`, its cells
+:mod:`~sims.studies.spec`, running them :mod:`~sims.studies.sweep`, their persisted, verified chunks
+:mod:`~sims.studies.store`, the per-run tables :mod:`~sims.studies.per_run` and results
+:mod:`~sims.studies.summary`), the papers' tables (:mod:`~sims.studies.tables`) and their configs
 (``sims/studies/configs/``)."""

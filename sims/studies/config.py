@@ -458,7 +458,8 @@ class Cell(Table):
         "Patch dimension (cells with vectors are also bounded by the memory check)."))
     steps: int = Field(DEFAULT_BASE["steps"], ge=0, le=MAX_STEPS, description="Step budget per run.")
     algorithm: _choice(ALGORITHMS) = Field(DEFAULT_BASE["algorithm"], description=(
-        "gd (population gradient), sgd (a fresh minibatch each step), gd-fixed (a fixed training set)."))
+        "gd (population gradient), sgd (a fresh minibatch each step), gd-fixed (a fixed training set), flow "
+        "(gradient flow, the eta -> 0 limit of gd)."))
     batch_size: int | None = Field(DEFAULT_BASE["batch_size"], ge=1, le=10**6, description=(
         "Minibatch (sgd) or training-set (gd-fixed) size."))
     n_record: int = Field(DEFAULT_BASE["n_record"], ge=2, le=100_000, description=(

@@ -40,8 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-import pandas as pd
-
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -121,13 +119,6 @@ def table_bytes(table: pa.Table, identity: dict) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(meta), buf, **parquet_options(table.schema))
     return buf.getvalue()
-
-
-def chunk_bytes(frame: pd.DataFrame, identity: dict) -> bytes:
-    """:func:`table_bytes` of a pandas frame (the per-run table of a chunk)."""
-    import pyarrow as pa
-
-    return table_bytes(pa.Table.from_pandas(frame, preserve_index=False), identity)
 
 
 @dataclass(frozen=True)

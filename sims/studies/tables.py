@@ -6,7 +6,7 @@ Each table is a sweep (chunked, resumable, on Dask if asked) plus a rendering (M
 computed from the persisted per-run table only.  The papers' own numbers are not available to us; the tables
 report ours with Wilson 95% intervals and the settings in full.
 
-The summary is streamed from the chunks (:func:`sims.studies.sweep.summarize_chunks`), so ``liu2019`` reads nothing
+The summary is streamed from the chunks (:func:`sims.studies.summary.summarize_chunks`), so ``liu2019`` reads nothing
 else and runs at any size (``shallowres table liu2019 --trials 1000000 --no-runs``: 45 million runs, well under a
 gigabyte of memory); ``du2018``, ``two-phase`` and the methods' tables also read the per-run table
 (:attr:`sims.studies.sweep.SweepOutcome.runs`, joined from the chunks if ``--no-runs`` skipped ``runs.parquet``).
@@ -27,8 +27,13 @@ from sims import plots
 from sims.runs import classify
 from sims.runs.simulate import simulate
 from sims.studies import store, sweep
+from sims.studies.spec import dotted_value
+from sims.studies.summary import to_parquet
 
-TABLES: tuple[str, ...] = ("liu2019", "du2018", "two-phase", "distill", "laperm", "expand")
+TABLES: tuple[str, ...] = ("liu2019", "liu2019-flow", "du2018", "two-phase", "distill", "laperm", "expand", "scaling")
+#: Tables that are another table's sweep file with some base fields changed: ``liu2019-flow`` is ``liu2019`` by
+#: gradient flow (the same teachers and starts, the continuous-time limit of each method's steps).
+DERIVED: dict[str, tuple[str, dict[str, Any]]] = {"liu2019-flow": ("liu2019", {"algorithm": "flow"})}
 FORMATS: tuple[str, ...] = ("markdown", "latex", "csv")
 RESTARTS: tuple[int, ...] = (1, 2, 4, 8)
 
@@ -37,10 +42,14 @@ def config(name: str) -> dict[str, Any]:
     """The packaged sweep file of a table."""
     if name not in TABLES:
         raise sweep.SweepError(f"table must be one of {', '.join(TABLES)}; got {name!r}")
-    text = resources.files("sims.studies").joinpath("configs", f"{name}.toml").read_text()
     import tomllib
 
-    return tomllib.loads(text)
+    source, fields = DERIVED.get(name, (name, {}))
+    raw = tomllib.loads(resources.files("sims.studies").joinpath("configs", f"{source}.toml").read_text())
+    if fields:
+        raw["sweep"]["name"] = name
+        raw.setdefault("base", {}).update(fields)
+    return raw
 
 
 def spec(name: str, **overrides: Any) -> sweep.SweepSpec:
@@ -117,6 +126,22 @@ def liu2019_frame(summary: pd.DataFrame) -> pd.DataFrame:
         for m in methods:
             r = g[g["method"] == m]
             row[m] = _pct(*r[["p_global", "p_global_lo", "p_global_hi"]].iloc[0]) if len(r) else "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def scaling_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    """Rows ``(k, p)``, one column per method and algorithm (``method (gd)``, ``method (flow)``): P(global) in %
+    with its Wilson 95% interval; ``-`` where the sweep has no such cell (the flow stops at a smaller ``k``)."""
+    methods = list(dict.fromkeys(summary["method"]))
+    algorithms = list(dict.fromkeys(summary["algorithm"])) if "algorithm" in summary else ["gd"]
+    rows = []
+    for (k, p), g in summary.groupby(["k", "p"], sort=True):
+        row: dict[str, Any] = {"k": int(k), "p": int(p)}
+        for m in methods:
+            for alg in algorithms:
+                r = g[(g["method"] == m) & ((g["algorithm"] == alg) if "algorithm" in g else True)]
+                row[f"{m} ({alg})"] = _pct(*r[["p_global", "p_global_lo", "p_global_hi"]].iloc[0]) if len(r) else "-"
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -216,11 +241,11 @@ def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: st
     summary, out = outcome.summary, outcome.out  # outcome.runs is read only by the tables that use it
     if name in METHOD_TABLES:
         rows = METHOD_TABLES[name](summary, outcome.runs, spec_)
-        store.atomic_write(out / "summary.parquet", sweep._to_parquet(rows))
+        store.atomic_write(out / "summary.parquet", to_parquet(rows))
         store.atomic_write(out / "summary.csv", rows.to_csv(index=False).encode())
         frame = display_frame(rows, METHOD_COLUMNS[name])
         if name == "expand":
-            rules = sorted({str(sweep._param(c.params, "engine.step_rule") or "same") for c in spec_.cells})
+            rules = sorted({str(dotted_value(c.params, "engine.step_rule") or "same") for c in spec_.cells})
             caption = ("Deep linear expansions (product of N factors, ExpandNets rate r) of w, a or both, GD on the "
                        f"factors, k = p = 8, step rule {', '.join(rules)}: P(global) in % [Wilson 95%]; depth 1 is "
                        "the unexpanded network")
@@ -229,12 +254,19 @@ def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: st
             caption = CAPTIONS[name]
             figs = plots.save_figure(plots.success_rates(rows, title=TITLES[name]).figure, out / "success_rates",
                                      close=True)
-    elif name == "liu2019":
+    elif name in ("liu2019", "liu2019-flow"):
         frame = liu2019_frame(summary)
-        caption = ("P(global minimum) in % [Wilson 95%], GD on the population loss; teachers with v.w* >= 0 and a "
-                   f"spurious point; {int(summary['trials'].iloc[0])} trials per cell")
-        ax = plots.success_rates(summary, title="Liu et al. 2019: ResNet (w0 = 0) vs CNN (random w0)")
+        how = "gradient flow" if name == "liu2019-flow" else "GD"
+        caption = (f"P(global minimum) in % [Wilson 95%], {how} on the population loss; teachers with v.w* >= 0 and "
+                   f"a spurious point; {int(summary['trials'].iloc[0])} trials per cell")
+        ax = plots.success_rates(summary, title=f"Liu et al. 2019 by {how}: ResNet (w0 = 0) vs CNN (random w0)")
         figs = plots.save_figure(ax.figure, out / "success_rates", close=True)
+    elif name == "scaling":
+        frame = scaling_frame(summary)
+        caption = ("P(global minimum) in % [Wilson 95%] as k and p grow, by GD (Liu et al.'s step sizes) and by "
+                   "gradient flow; teachers with v.w* >= 0 and a spurious point; "
+                   f"{int(summary['trials'].iloc[0])} trials per cell")
+        figs = plots.save_figure(plots.scaling(summary), out / "scaling", close=True)
     elif name == "du2018":
         rr = restart_rows(outcome.runs)
         rr.to_csv(out / "restarts.csv", index=False)
