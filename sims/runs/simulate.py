@@ -29,7 +29,8 @@ MIN_WINDOW_STEPS = 4
 #: Columns of :meth:`SimulationResult.to_frame`, the per-run table of sweeps (``run`` is ``run_index``).
 FRAME_COLUMNS: tuple[str, ...] = ("run", "outcome", "stop_reason", "steps", "final_loss", "final_phi",
                                   "final_alignment", "final_grad_norm", "steps_to_tol", "slow_phase_end",
-                                  "fitted_rate", "theory_rate", "linear_regime", "warmup_steps", "warmup_eta_w")
+                                  "fitted_rate", "theory_rate", "linear_regime", "warmup_steps", "warmup_eta_w",
+                                  "basin")
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,8 @@ class SimulationResult:
         return out
 
     def to_frame(self):
-        """Per-run table (pandas DataFrame) of the scalar fields, columns :data:`FRAME_COLUMNS`."""
+        """Per-run table (pandas DataFrame) of the scalar fields, columns :data:`FRAME_COLUMNS` (``basin``: None
+        for a result without basins)."""
         import pandas as pd
 
         return pd.DataFrame({name: getattr(self, "run_index" if name == "run" else name) for name in FRAME_COLUMNS})
