@@ -5,10 +5,10 @@ GD out of steps in its slow phase) still has a destination: the attractor of the
 from its final ``(w, a)`` with its teacher.  :func:`basins` computes it for the runs of a
 :class:`sims.SimulationResult` and ``sims.simulate(..., basin="auto")`` stores it as ``result.basin``:
 
-- ``global``, ``spurious``, ``saddle``: the flow's outcome (:mod:`sims.runs.classify`, the same tolerances as the
-  run's own outcome): it stopped at the global minimum (``loss_tol``), provably entered the spurious basin
-  (``trapped``), stopped at a stationary point (``grad_tol``), or ended its time budget in one of those
-  neighborhoods;
+- ``global``, ``spurious``, ``saddle``: where the flow went: its loss fell below :func:`decisive_level` (then the
+  side of the saddle angle decides, provably), it provably entered the spurious basin (``trapped``), it stopped at
+  a stationary point (``grad_tol``), or it ended its time budget in one of the neighborhoods of
+  :mod:`sims.runs.classify` (the run's tolerances);
 - ``undecided``: the flow ended its time budget (:data:`FLOW_TIME` units of flow time) away from every fixed
   point, or its solver could not go on (a non-finite state: numerical trouble, the flow never increases the loss);
 - ``diverged``: the run itself diverged; there is no end state to flow from.
@@ -20,18 +20,18 @@ from its final ``(w, a)`` with its teacher.  :func:`basins` computes it for the 
 rates are the run's final step sizes (the last schedule segment's ``eta_w, eta_a``, read as rates per unit of
 time): the flow that GD with those steps follows as the steps shrink.  The basin depends on their ratio, not on
 their scale; a zero rate freezes its layer (the flow of a run whose last stage trains one layer only).  The stops
-are the run's ``loss_tol`` and ``grad_tol`` (the defaults where a run set 0, which would never stop the flow) and
-always the ``trapped`` stop (weight-normalized models), whose bound makes ``spurious`` a proof for those models.
+are the decisive level, the run's ``grad_tol`` (the default where a run set 0, which would never stop the flow),
+the ``trapped`` stop (always on; weight-normalized models) and the time budget.
 
 **What gets a basin.**  Every engine whose final state is a plain network: population GD (vector, reduced, flow),
 SGD and fixed-sample GD, perturbed GD; an expansion's contracted ``(w, a)`` (the plain network's flow from the
 contracted weights, not the factors' dynamics); the fading shortcut's deployed CNN (``result.w``, the filter with
 the shortcut's weight at the stop removed); LaPerm's CNN.
 
-**Where the flow is not needed** (``mode="auto"``): a run that stopped ``loss_tol`` has loss below the saddles' and
-the spurious point's, and the flow never increases the loss, so it converges to the global minimum; a run that
+**Where the flow is not needed** (``mode="auto"``): a run that stopped ``loss_tol`` has loss far below the saddle's
+and the spurious point's, and the flow never increases the loss, so it converges to the global minimum; a run that
 stopped ``trapped`` provably lies in the spurious basin; a diverged run has none.  Their basins are their outcomes
-(``loss_tol`` and ``trapped`` are the flow's own first checks, so flowing them gives the same: ``mode="flow"``
+(the decisive level and ``trapped`` are the flow's own first checks, so flowing them gives the same: ``mode="flow"``
 flows every run, and ``tests/test_basin.py`` checks that the two agree).
 """
 
