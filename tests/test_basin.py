@@ -159,3 +159,23 @@ def test_bad_input():
     with pytest.raises(ValueError, match="rates"):
         attractor.flow_outcomes(np.zeros((1, 6)), np.ones((1, 8)), k=4, normalized=True, rates=(math.nan, 1.0),
                                 tolerances=sims.Tolerances())
+
+
+ENGINES = {
+    "fade": dict(engine=sims.Fade("cosine", steps=100), model="resnet"),
+    "expansion": dict(engine=sims.Expansion(target="w", depth=2), model="resnet"),
+    "laperm": dict(engine=sims.LaPerm(sync_every=10), model="cnn"),
+}
+
+
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_engines_whose_end_is_a_plain_network_get_basins(name):
+    """The fading shortcut's deployed CNN, an expansion's contracted network and LaPerm's CNN get basins; for the
+    runs that ended at a minimum the flow agrees with the outcome (LaPerm's runs stop ``sync_fixed``, away from
+    every fixed point: their basins are the flow's)."""
+    res = sims.simulate(k=4, p=4, runs=20, steps=300, schedule=sims.Schedule.constant(0.5, 1.0), seed=3,
+                        **ENGINES[name])
+    assert set(res.basin) <= {"global", "spurious", "saddle"}, res.basin_counts()
+    ended = np.isin(res.outcome, ("global", "spurious"))
+    np.testing.assert_array_equal(res.basin_by_flow()[ended], res.outcome[ended])
+    np.testing.assert_array_equal(res.basin_by_flow(), res.basin)

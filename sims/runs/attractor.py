@@ -9,8 +9,9 @@ from its final ``(w, a)`` with its teacher.  :func:`basins` computes it for the 
   side of the saddle angle decides, provably), it provably entered the spurious basin (``trapped``), it stopped at
   a stationary point (``grad_tol``), or it ended its time budget in one of the neighborhoods of
   :mod:`sims.runs.classify` (the run's tolerances);
-- ``undecided``: the flow ended its time budget (:data:`FLOW_TIME` units of flow time) away from every fixed
-  point, or its solver could not go on (a non-finite state: numerical trouble, the flow never increases the loss);
+- ``undecided``: the flow ended its time budget (:func:`default_time`: as much flow time as the run had steps,
+  within ``[MIN_FLOW_TIME, FLOW_TIME]``) away from every fixed point, or its solver could not go on (a non-finite
+  state: numerical trouble, the flow never increases the loss);
 - ``diverged``: the run itself diverged; there is no end state to flow from.
 
 **The flow** (:mod:`sims.engines.flow`) runs on the order parameters of the final state: the filter plane
@@ -55,12 +56,22 @@ from theory import closed_forms as tcf
 BASINS: tuple[str, ...] = ("global", "spurious", "saddle", "undecided", "diverged")
 #: ``simulate(basin=...)``: flow the runs whose basin their stop leaves open, flow every run, or compute none.
 MODES: tuple[str, ...] = ("auto", "flow", "none")
-#: The flow's time budget (units of ``1/eta``, as the run's steps): ample for the flow from any end state to reach a
-#: stop or a fixed point's neighborhood (the slowest case measured, the CNN's approach to ``phi = pi`` without the
-#: ``trapped`` stop of the unnormalized model, takes a few thousand).
+#: The flow's default time budget (units of ``1/eta``, as the run's steps) is the run's own step budget, at least
+#: ``MIN_FLOW_TIME`` and at most ``FLOW_TIME`` (:func:`default_time`): as long again as the run had.  The cost of a
+#: flow that does not decide grows with its budget (about 1.6 us per solver step, one step per 1-2 units of time at
+#: liu2019's rates), and the flow of one run costs some 100 times a step of the lockstep GD engine: a budget tied to
+#: the run's keeps the basins a bounded fraction of the run's cost where runs are far from done (``k = 10^6`` after
+#: 1000 steps: the head's slow mode needs some 10^5 units of time).
+MIN_FLOW_TIME = 1_000
 FLOW_TIME = 100_000
 #: The solver's tolerances (:class:`sims.Flow`'s defaults).
 RTOL, ATOL = 1e-10, 1e-12
+
+
+def default_time(steps: Any) -> float:
+    """The default time budget of the flow from a run's end: its step budget, within ``[MIN_FLOW_TIME,
+    FLOW_TIME]``."""
+    return float(min(max(float(steps), MIN_FLOW_TIME), FLOW_TIME))
 
 
 def check_mode(mode: Any) -> str:
@@ -227,7 +238,7 @@ def _tolerances(settings: dict[str, Any]) -> Any:
     return Tolerances(**dict(fields, rate_window=tuple(fields["rate_window"])))
 
 
-def basins(result: Any, mode: str = "flow", *, time: float = FLOW_TIME, threads: int | None = None) -> np.ndarray:
+def basins(result: Any, mode: str = "flow", *, time: float | None = None, threads: int | None = None) -> np.ndarray:
     """Each run's basin (:data:`BASINS`, a str array): where population gradient flow from its final state goes.
 
     Parameters
@@ -237,8 +248,8 @@ def basins(result: Any, mode: str = "flow", *, time: float = FLOW_TIME, threads:
     mode : {"flow", "auto"}, default "flow"
         ``"flow"``: flow every run that did not diverge; ``"auto"``: only the runs whose stop leaves the basin
         open (not ``loss_tol``, ``trapped`` or ``diverged``; module docstring).
-    time : float, default FLOW_TIME
-        The flow's time budget.
+    time : float, optional
+        The flow's time budget (default :func:`default_time` of the run's step budget).
     threads : int, optional
         Threads of the flow (the result does not depend on it).
 
@@ -274,5 +285,6 @@ def basins(result: Any, mode: str = "flow", *, time: float = FLOW_TIME, threads:
         out[idx] = flow_outcomes(start[idx], consts[idx], k=int(result.settings["k"]),
                                  normalized=Model.of(result.settings["model"]).normalized,
                                  rates=final_rates(result.settings), tolerances=_tolerances(result.settings),
-                                 time=time, threads=threads)
+                                 time=default_time(result.settings["steps"]) if time is None else time,
+                                 threads=threads)
     return np.array(BASINS, dtype=object)[out].astype(str)

@@ -250,14 +250,15 @@ class SimulationResult:
                              "result.basin_by_flow()")
         return {name: int(np.sum(self.basin == name)) for name in attractor.BASINS}
 
-    def basin_by_flow(self, *, time: float = attractor.FLOW_TIME, threads: int | None = None) -> np.ndarray:
+    def basin_by_flow(self, *, time: float | None = None, threads: int | None = None) -> np.ndarray:
         """Every run's basin computed by the flow, including the runs whose stop decides it (``loss_tol``,
         ``trapped``; :func:`sims.runs.attractor.basins` with ``mode="flow"``): the check of ``basin="auto"``.
 
         Parameters
         ----------
-        time : float, default sims.runs.attractor.FLOW_TIME
-            The flow's time budget (units of ``1/eta``).
+        time : float, optional
+            The flow's time budget (units of ``1/eta``; default: the run's step budget, within ``[1000, 10^5]``,
+            :func:`sims.runs.attractor.default_time`).
         threads : int, optional
             Threads of the flow (the result does not depend on it).
 
