@@ -179,3 +179,18 @@ def test_engines_whose_end_is_a_plain_network_get_basins(name):
     ended = np.isin(res.outcome, ("global", "spurious"))
     np.testing.assert_array_equal(res.basin_by_flow()[ended], res.outcome[ended])
     np.testing.assert_array_equal(res.basin_by_flow(), res.basin)
+
+
+def test_a_flow_that_crawls_stops_undecided():
+    """The unnormalized CNN's flow from some inits passes near ``w = 0``, where the field is singular and the
+    solver's steps shrink to ``1e-11`` (it would not reach flow time 1 in hours): the step cap stops it there,
+    ``undecided``, within a fraction of a second."""
+    res = sims.simulate(model="cnn-unnormalized", k=6, p=5, runs=80, steps=0, seed=4, basin="none",
+                        schedule=sims.Schedule.constant(0.5, 0.5))
+    start, consts = attractor.final_coordinates(res)
+    one = slice(1, 2)  # run 1 crawls (measured: steps of 2e-11 from t = 0.49 on)
+    code = attractor.flow_outcomes(start[one], consts[one], k=6, normalized=False, rates=(0.5, 0.5),
+                                   tolerances=sims.Tolerances(), time=1)
+    assert attractor.BASINS[code[0]] == "undecided"
+    counts = Counter(res.basin_by_flow().tolist())
+    assert 0 < counts["undecided"] < 20 and counts["global"] + counts["spurious"] + counts["undecided"] == 80

@@ -120,7 +120,10 @@ class FlowGD(NamedTuple):
     :data:`STATE_FIELDS`, ``consts`` those of :class:`sims.engines.reduced.ReducedGD` (``Q0, S0, P0, Ss, Qs`` and
     the unused shortcut coordinates), the solver's tolerances, and per run the accepted steps and field
     evaluations.  ``loss_level``: per-run ``loss_tol`` (relative to ``L_ref``) in place of the stops' shared one,
-    or empty (``(0,)``: the shared one for every run)."""
+    or empty (``(0,)``: the shared one for every run).  ``max_nsteps``: a cap on each run's accepted steps (``<= 0``:
+    none); a run that reaches it stops ``diverged`` at its last state, as where the solver cannot go on (e.g. the
+    unnormalized CNN's filter passing near ``w = 0``, where the field is singular and the steps shrink to
+    ``1e-11``)."""
 
     start: np.ndarray  # (R, 6)
     out: np.ndarray  # (R, 6)
@@ -132,6 +135,7 @@ class FlowGD(NamedTuple):
     nsteps: np.ndarray  # (R,) int64
     nfev: np.ndarray  # (R,) int64
     loss_level: np.ndarray  # (R,) or (0,)
+    max_nsteps: int
 
 
 class FlowOutputs(NamedTuple):
@@ -147,13 +151,15 @@ class FlowOutputs(NamedTuple):
 
 
 def engine(start: np.ndarray, consts: np.ndarray, k: int, normalized: bool, rtol: float,
-           atol: float, loss_level: np.ndarray | None = None) -> FlowGD:
+           atol: float, loss_level: np.ndarray | None = None, max_nsteps: int = 0) -> FlowGD:
     """The record of ``R`` runs (outputs allocated); ``loss_level``: per-run ``loss_tol`` levels (relative to
-    ``L_ref``; None: the stops' shared ``loss_tol``)."""
+    ``L_ref``; None: the stops' shared ``loss_tol``); ``max_nsteps``: a cap on each run's accepted steps (0:
+    none)."""
     R = start.shape[0]
     level = np.empty(0) if loss_level is None else np.ascontiguousarray(loss_level, dtype=np.float64)
     return FlowGD(np.ascontiguousarray(start), np.zeros_like(start), np.ascontiguousarray(consts), int(k),
-                  bool(normalized), float(rtol), float(atol), np.zeros(R, np.int64), np.zeros(R, np.int64), level)
+                  bool(normalized), float(rtol), float(atol), np.zeros(R, np.int64), np.zeros(R, np.int64), level,
+                  int(max_nsteps))
 
 
 def make_outputs(R: int, m: int) -> FlowOutputs:
@@ -572,10 +578,10 @@ def _run_one(r, eng, ws, prob, stops, out):
         while t < t_end:
             ok, t_new, h, h_abs, obs_new, ne = _attempt(ws, ctx, rates, ctl, t, t_end, h_abs)
             nfev += ne
-            finite_new = ok and _finite(obs_new)
+            finite_new = ok and _finite(obs_new) and (eng.max_nsteps <= 0 or nsteps < eng.max_nsteps)
             for i in range(NY):
                 finite_new = finite_new and math.isfinite(y_new[i])
-            if not finite_new:  # below the minimum step, or the step would leave the finite states: stop here
+            if not finite_new:  # below the minimum step, past the step cap, or a non-finite state: stop here
                 reason = driver.STOP_DIVERGED
                 t_stop = t
                 L, phi, c, s, P, g2, ga2 = _observe(y, consts, eng.k, eng.normalized)[0]

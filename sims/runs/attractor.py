@@ -68,6 +68,14 @@ FLOW_TIME = 100_000
 RTOL, ATOL = 1e-10, 1e-12
 
 
+def max_solver_steps(time: float) -> int:
+    """The cap on the solver's steps of one flow with time budget ``time``: ``4 time + 10,000`` (the solver takes
+    0.5-1 steps per unit of time at liu2019's rates and at ``k = 10^6``); a flow that crawls (the unnormalized CNN's
+    filter near ``w = 0``, where the field is singular: steps of ``1e-11``) stops there, ``undecided``, after at
+    most some 0.1-0.7 s."""
+    return int(4 * time) + 10_000
+
+
 def default_time(steps: Any) -> float:
     """The default time budget of the flow from a run's end: its step budget, within ``[MIN_FLOW_TIME,
     FLOW_TIME]``."""
@@ -175,7 +183,8 @@ def flow_outcomes(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: 
                      divergence=tolerances.divergence, stop_trapped=True)
     budget = int(math.ceil(time))
     eng = flow_engine.engine(np.ascontiguousarray(start, dtype=np.float64),
-                             np.ascontiguousarray(consts, dtype=np.float64), k, normalized, RTOL, ATOL, level)
+                             np.ascontiguousarray(consts, dtype=np.float64), k, normalized, RTOL, ATOL, level,
+                             max_solver_steps(budget))
     out = flow_engine.make_outputs(R, 1)
     sched = ResolvedSchedule(np.full((R, 1), budget, dtype=np.int64), np.ascontiguousarray(ew[:, None]),
                              np.ascontiguousarray(ea[:, None]), np.zeros(1), np.zeros(1), 1.0)
