@@ -119,7 +119,8 @@ class FlowGD(NamedTuple):
     """Gradient flow on the order parameters of ``R`` runs: ``start``/``out`` the coordinates
     :data:`STATE_FIELDS`, ``consts`` those of :class:`sims.engines.reduced.ReducedGD` (``Q0, S0, P0, Ss, Qs`` and
     the unused shortcut coordinates), the solver's tolerances, and per run the accepted steps and field
-    evaluations."""
+    evaluations.  ``loss_level``: per-run ``loss_tol`` (relative to ``L_ref``) in place of the stops' shared one,
+    or empty (``(0,)``: the shared one for every run)."""
 
     start: np.ndarray  # (R, 6)
     out: np.ndarray  # (R, 6)
@@ -130,6 +131,7 @@ class FlowGD(NamedTuple):
     atol: float
     nsteps: np.ndarray  # (R,) int64
     nfev: np.ndarray  # (R,) int64
+    loss_level: np.ndarray  # (R,) or (0,)
 
 
 class FlowOutputs(NamedTuple):
@@ -145,11 +147,13 @@ class FlowOutputs(NamedTuple):
 
 
 def engine(start: np.ndarray, consts: np.ndarray, k: int, normalized: bool, rtol: float,
-           atol: float) -> FlowGD:
-    """The record of ``R`` runs (outputs allocated)."""
+           atol: float, loss_level: np.ndarray | None = None) -> FlowGD:
+    """The record of ``R`` runs (outputs allocated); ``loss_level``: per-run ``loss_tol`` levels (relative to
+    ``L_ref``; None: the stops' shared ``loss_tol``)."""
     R = start.shape[0]
+    level = np.empty(0) if loss_level is None else np.ascontiguousarray(loss_level, dtype=np.float64)
     return FlowGD(np.ascontiguousarray(start), np.zeros_like(start), np.ascontiguousarray(consts), int(k),
-                  bool(normalized), float(rtol), float(atol), np.zeros(R, np.int64), np.zeros(R, np.int64))
+                  bool(normalized), float(rtol), float(atol), np.zeros(R, np.int64), np.zeros(R, np.int64), level)
 
 
 def make_outputs(R: int, m: int) -> FlowOutputs:
@@ -510,13 +514,13 @@ def _segment(prob, sr, seg, t, T):
 
 
 @_jit
-def _thresholds(consts, prob, stops):
-    """``(tol, tol_eps, levels)``: the stop levels, the steps-to-tol level and the rate levels, scaled by
-    ``L_ref``."""
+def _thresholds(consts, prob, stops, loss_tol):
+    """``(tol, tol_eps, levels)``: the stop levels (``loss_tol`` the run's), the steps-to-tol level and the rate
+    levels, scaled by ``L_ref``."""
     L_ref = _loss_ref(consts[3], consts[4])
     if not L_ref > 0.0:
         L_ref = 1.0
-    tol = (stops.loss_tol * L_ref, stops.grad_tol * stops.grad_tol * L_ref if stops.grad_tol >= 0.0 else -1.0,
+    tol = (loss_tol * L_ref, stops.grad_tol * stops.grad_tol * L_ref if stops.grad_tol >= 0.0 else -1.0,
            stops.divergence * L_ref)
     levels = (prob.rate_levels[0] * L_ref, prob.rate_levels[1] * L_ref, prob.rate_levels[2] * L_ref)
     return tol, stops.eps_steps * L_ref, levels
@@ -533,7 +537,8 @@ def _run_one(r, eng, ws, prob, stops, out):
     sr = r if prob.seg_end.shape[0] > 1 else 0
     nseg = prob.seg_end.shape[1]
     T = float(stops.max_steps)
-    tol, tol_eps, levels = _thresholds(consts, prob, stops)
+    loss_tol = eng.loss_level[r] if eng.loss_level.shape[0] > 0 else stops.loss_tol
+    tol, tol_eps, levels = _thresholds(consts, prob, stops, loss_tol)
     pts = np.full(6, -1.0)
     phs = prob.phi_saddle[r] if prob.phi_saddle.shape[0] > 1 else prob.phi_saddle[0]
     for i in range(NY):

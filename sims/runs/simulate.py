@@ -15,9 +15,9 @@ import theory
 from sims.engines import driver, reduced
 from sims.engines import flow as flow_engine
 from sims.engines.rng import stream_states
+from sims.runs import attractor, memory, order_runs, plain, registry, samplers  # noqa: F401 (plain registers the plain engines)
 from sims.runs import classify as _classify
 from sims.runs import flow as _flow  # noqa: F401 (registers the gradient-flow engine)
-from sims.runs import memory, order_runs, plain, registry, samplers  # noqa: F401 (plain registers the plain engines)
 from sims.runs.order_samplers import OrderParameters, draw_order_parameters
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule
@@ -29,7 +29,8 @@ MIN_WINDOW_STEPS = 4
 #: Columns of :meth:`SimulationResult.to_frame`, the per-run table of sweeps (``run`` is ``run_index``).
 FRAME_COLUMNS: tuple[str, ...] = ("run", "outcome", "stop_reason", "steps", "final_loss", "final_phi",
                                   "final_alignment", "final_grad_norm", "steps_to_tol", "slow_phase_end",
-                                  "fitted_rate", "theory_rate", "linear_regime", "warmup_steps", "warmup_eta_w")
+                                  "fitted_rate", "theory_rate", "linear_regime", "warmup_steps", "warmup_eta_w",
+                                  "basin")
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,11 @@ class SimulationResult:
         schedule's first segment (length 0 for a one-segment schedule).
     extras : dict of str to numpy.ndarray, optional
         The engine's per-run extras (and the order parameters of a ``vectors=False`` result).
+    basin : numpy.ndarray or None, optional
+        Where population gradient flow from each run's final state goes, str (:data:`sims.runs.attractor.BASINS`:
+        ``global``, ``spurious``, ``saddle``, ``undecided``, ``diverged``): for a run still on its way (SGD near a
+        fixed point, perturbed GD, GD out of steps), the fixed point it was headed for.  None for
+        ``simulate(..., basin="none")``; :meth:`basin_by_flow` computes it by the flow for every run.
 
     Examples
     --------
@@ -178,6 +184,8 @@ class SimulationResult:
     (array([  0,   1,   5,  13,  33,  82, 200]), array([ 0,  1,  5, 13]))
     >>> list(res.to_frame().columns[:4])
     ['run', 'outcome', 'stop_reason', 'steps']
+    >>> res.basin.tolist()              # ended at the fixed points: the basins are the outcomes
+    ['global', 'spurious', 'global']
     """
 
     settings: dict[str, Any]
@@ -206,6 +214,7 @@ class SimulationResult:
     warmup_steps: np.ndarray
     warmup_eta_w: np.ndarray
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    basin: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.outcome.shape[0])
@@ -234,6 +243,32 @@ class SimulationResult:
         """Number of runs per outcome."""
         return {name: int(np.sum(self.outcome == name)) for name in _classify.OUTCOMES}
 
+    def basin_counts(self) -> dict[str, int]:
+        """Number of runs per basin (:data:`sims.runs.attractor.BASINS`); ``ValueError`` without basins."""
+        if self.basin is None:
+            raise ValueError("this result has no basins (simulate(..., basin='none')); compute them with "
+                             "result.basin_by_flow()")
+        return {name: int(np.sum(self.basin == name)) for name in attractor.BASINS}
+
+    def basin_by_flow(self, *, time: float | None = None, threads: int | None = None) -> np.ndarray:
+        """Every run's basin computed by the flow, including the runs whose stop decides it (``loss_tol``,
+        ``trapped``; :func:`sims.runs.attractor.basins` with ``mode="flow"``): the check of ``basin="auto"``.
+
+        Parameters
+        ----------
+        time : float, optional
+            The flow's time budget (units of ``1/eta``; default: the run's step budget, within ``[1000, 10^5]``,
+            :func:`sims.runs.attractor.default_time`).
+        threads : int, optional
+            Threads of the flow (the result does not depend on it).
+
+        Returns
+        -------
+        numpy.ndarray
+            One of :data:`sims.runs.attractor.BASINS` per run (``self.basin`` is left as it is).
+        """
+        return attractor.basins(self, "flow", time=time, threads=threads)
+
     def trajectory_of(self, run: int) -> dict[str, np.ndarray]:
         """The recorded trajectory of one run up to its stop: ``{"step": ..., "loss": ..., ...}``."""
         valid = ~np.isnan(self.trajectory[run, :, 0])
@@ -243,7 +278,8 @@ class SimulationResult:
         return out
 
     def to_frame(self):
-        """Per-run table (pandas DataFrame) of the scalar fields, columns :data:`FRAME_COLUMNS`."""
+        """Per-run table (pandas DataFrame) of the scalar fields, columns :data:`FRAME_COLUMNS` (``basin``: None
+        for a result without basins)."""
         import pandas as pd
 
         return pd.DataFrame({name: getattr(self, "run_index" if name == "run" else name) for name in FRAME_COLUMNS})
@@ -369,6 +405,7 @@ def simulate(
     engine: Any = None,
     expansion: Any = None,
     vectors: bool | str = True,
+    basin: str = "auto",
 ) -> SimulationResult:
     """Train ``runs`` independent networks and return a :class:`SimulationResult`.
 
@@ -426,6 +463,11 @@ def simulate(
         holds the order parameters; the shortcut direction does not enter.  It needs ``algorithm`` "gd" or "flow",
         a noise-free schedule, ``engine`` None, "gd", "reduced" or "flow", and samplers rather than arrays.
         ``"auto"``: without vectors wherever that is allowed, with them elsewhere.
+    basin : {"auto", "flow", "none"}, default "auto"
+        ``result.basin``, where population gradient flow from each run's final state goes
+        (:mod:`sims.runs.attractor`): ``"auto"`` flows the runs whose stop leaves it open (not ``loss_tol``,
+        ``trapped`` or diverged, whose basins are their outcomes), ``"flow"`` flows every run that did not
+        diverge, ``"none"`` leaves ``result.basin`` None.
 
     Returns
     -------
@@ -451,6 +493,7 @@ def simulate(
     """
     if not (isinstance(vectors, (bool, np.bool_)) or (isinstance(vectors, str) and vectors == "auto")):
         raise ValueError(f"vectors must be True, False or 'auto'; got {vectors!r}")
+    attractor.check_mode(basin)
     name, spec, opts = _select(engine, expansion, algorithm)
     if isinstance(engine, str) and engine in ALGORITHMS:
         algorithm = engine
@@ -461,6 +504,8 @@ def simulate(
     res = _run(name, spec, opts, spec.validate(opts, call), vectors)
     if isinstance(engine, str) and engine not in ALGORITHMS:
         res.settings["engine"] = name
+    if basin != "none":
+        res.basin = attractor.basins(res, basin, threads=call.threads)
     return res
 
 

@@ -38,10 +38,11 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 #: The first columns of the summary, one row per cell (the other columns follow).
-SUMMARY_COLUMNS = ("method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious")
+SUMMARY_COLUMNS = ("method", "k", "p", "trials", "p_global", "p_global_lo", "p_global_hi", "p_spurious",
+                   "p_basin_global", "p_basin_global_lo", "p_basin_global_hi", "p_basin_spurious")
 #: The per-run columns the summary reads (:func:`summarize_runs`, :func:`summarize_chunks`).
 SUMMARY_INPUTS: tuple[str, ...] = ("outcome", "steps_to_tol", "slow_phase_end", "linear_regime", "fitted_rate",
-                                   "theory_rate")
+                                   "theory_rate", "basin")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -233,6 +234,8 @@ def _summary_row(row: dict[str, Any], g: pd.DataFrame) -> dict[str, Any]:
     row["trials"] = n
     for name in classify.OUTCOMES:
         rate_with_interval(row, name, (g["outcome"] == name).to_numpy())
+    for name in ("global", "spurious"):  # where the runs were headed (sims.runs.attractor), beside where they ended
+        rate_with_interval(row, f"basin_{name}", (g["basin"] == name).to_numpy())
     reached = g.loc[g["steps_to_tol"] >= 0, "steps_to_tol"]
     row["steps_to_tol_median"] = float(reached.median()) if len(reached) else math.nan
     row["steps_to_tol_q1"] = float(reached.quantile(0.25)) if len(reached) else math.nan
