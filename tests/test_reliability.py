@@ -311,7 +311,9 @@ model = "resnet"
 k = 4096
 p = 4096
 steps = 10
-schedule = { kind = "constant", eta_w = 0.001, eta_a = 0.001 }
+# perturbed GD: the noise leaves the order parameters' subspace, so the cells need their vectors (a sweep without
+# them needs no memory that grows with k and p)
+schedule = { kind = "perturbed", eta_w = 0.001, eta_a = 0.001, noise = 0.01 }
 """
 
 
