@@ -360,3 +360,15 @@ def test_without_vectors_on_vector_draws_is_the_vector_flow(model):
                         vectors=False)
     assert big.order is not None and big.w is None and np.all(np.isfinite(big.final_loss))
     assert np.all(big.final_loss <= big.trajectory[:, 0, 0])  # the flow never increases the loss
+
+
+def test_a_flow_through_the_singular_filter_stops_as_diverged_instead_of_hanging():
+    """The unnormalized CNN's flow is singular where w -> 0 (the angle turns arbitrarily fast): the solver's steps
+    shrink without bound there (to about 1e-11 of a unit of time) instead of failing.  Such a run stops at the step
+    cap (sims.runs.flow.step_cap) as ``diverged``, at its last finite state, and the others finish as before."""
+    kw = dict(model="cnn-unnormalized", k=6, p=5, runs=80, steps=1, seed=4, schedule=sims.Schedule.constant(0.5, 0.5))
+    res = sims.simulate(algorithm="flow", **kw)
+    capped = res.extras["flow_steps"] >= sims.runs.flow.step_cap(1)
+    assert capped.any() and (res.stop_reason[capped] == "diverged").all()
+    assert np.isfinite(res.final_loss).all() and np.isfinite(res.w).all()
+    assert capped.sum() < kw["runs"] // 4  # only the runs through the singularity

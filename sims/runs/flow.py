@@ -79,6 +79,33 @@ class Flow:
             object.__setattr__(self, name, x)
 
 
+def step_cap(steps: int) -> int:
+    """The most solver steps a flow run may take before it stops as ``diverged``: ``1000 max(steps, 1) + 10^5``.
+
+    The flow is singular where the effective filter vanishes (the unnormalized CNN's ``w -> 0``: the angle turns
+    arbitrarily fast), and there the solver's steps shrink without bound (to about ``1e-11`` of a unit of time in a
+    run seen here) instead of failing, so without a cap such a run would never end.  A regular run needs a few
+    steps per unit of time at most (about 6 at ``k = 16``, fewer at large ``k``), far below the cap.
+
+    Parameters
+    ----------
+    steps : int
+        The run's flow-time budget (``simulate``'s ``steps``).
+
+    Returns
+    -------
+    int
+        The cap on accepted steps per run.
+
+    Examples
+    --------
+    >>> from sims.runs.flow import step_cap
+    >>> step_cap(20000)
+    20100000
+    """
+    return 1000 * max(int(steps), 1) + 100_000
+
+
 class FlowSpec(EngineSpec):
     """Gradient flow on the order parameters (:mod:`sims.engines.flow`): noise-free schedules, population loss."""
 
@@ -108,7 +135,8 @@ class FlowSpec(EngineSpec):
 
     def build(self, opts: Flow, call: Call, setup: Setup) -> Built:
         start, consts, basis = reduced_coordinates(setup.WT, setup.draws.WS, setup.A, setup.draws.AS)
-        eng = flow.engine(start, consts, call.k, call.model.normalized, opts.rtol, opts.atol)
+        eng = flow.engine(start, consts, call.k, call.model.normalized, opts.rtol, opts.atol,
+                          max_nsteps=step_cap(call.steps))
         return Built(flow.run_range, flow.workspace, eng, True, basis)
 
     def finish(self, opts: Flow, call: Call, setup: Setup, built: Built, out: Any) -> Finished:

@@ -17,7 +17,7 @@ from sims.engines import flow as flow_engine
 from sims.engines.rng import stream_states
 from sims.runs import attractor, memory, order_runs, plain, registry, samplers  # noqa: F401 (plain registers the plain engines)
 from sims.runs import classify as _classify
-from sims.runs import flow as _flow  # noqa: F401 (registers the gradient-flow engine)
+from sims.runs import flow as _flow  # (importing it registers the gradient-flow engine)
 from sims.runs.order_samplers import OrderParameters, draw_order_parameters
 from sims.runs.samplers import Init, Teacher
 from sims.runs.schedules import Schedule
@@ -704,7 +704,8 @@ def run_without_vectors(call: registry.Call, op: OrderParameters | None = None,
         eng, entry = reduced.engine(start, consts, k, call.model.normalized)
         work, out = reduced.workspace, driver.make_outputs(R, rec.size)
     else:
-        eng = flow_engine.engine(start, consts, k, call.model.normalized, flow_opts.rtol, flow_opts.atol)
+        eng = flow_engine.engine(start, consts, k, call.model.normalized, flow_opts.rtol, flow_opts.atol,
+                                 max_nsteps=_flow.step_cap(call.steps))
         entry, work, out = flow_engine.run_range, flow_engine.workspace, flow_engine.make_outputs(R, rec.size)
     phi_s = _classify.saddle_angles_gram(k, op.Ss, op.Qs)
     none = np.empty((R, 0))
