@@ -30,7 +30,7 @@ def test_population_gd_basin_by_flow_equals_outcome(cell, vectors):
     """Population GD on liu2019-like cells: every run ends global or spurious (by loss_tol or trapped), and the flow
     from its end, computed for every run, lands where the outcome says; ``basin="auto"`` (no flow for these
     runs) gives the same array."""
-    res = sims.simulate(runs=300, vectors=vectors, **LIU, **CELLS[cell])
+    res = sims.simulate(runs=100, vectors=vectors, **LIU, **CELLS[cell])
     decided = np.isin(res.outcome, ("global", "spurious"))
     assert decided.all(), res.counts()  # liu2019's cells: every run reaches a minimum within the budget
     assert Counter(res.outcome)["spurious"] > 0 or cell == "resnet-two-stage"

@@ -49,6 +49,11 @@ def test_the_fixture_covers_every_case_and_every_engine():
     assert {name.split("/")[2] for name in CASES if name.startswith("gd/")} == set(reg.SCHEDULES)
 
 
+#: Result fields added after the fixture was pinned: new information, not a change of the pinned results
+#: (``basin``: where gradient flow goes from each run's end, issue 16; tested in tests/test_basin.py).
+ADDED = {"basin"}
+
+
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict[str, np.ndarray]]:
     return {name: reg.arrays(call()) for name, call in CASES.items()}
@@ -58,7 +63,7 @@ def results() -> dict[str, dict[str, np.ndarray]]:
 def test_results_equal_the_pinned_outputs(name, results):
     got = results[name]
     stored = _stored(FIXTURE, name)
-    assert set(got) == set(stored), f"fields changed: {sorted(set(got) ^ set(stored))}"
+    assert set(got) - ADDED == set(stored), f"fields changed: {sorted((set(got) - ADDED) ^ set(stored))}"
     if name in NOT_BIT_STABLE:
         stored = {f: stored[f] for f in ("outcome", "stop_reason")}
     for field, want in stored.items():
@@ -74,7 +79,7 @@ def test_results_equal_the_pinned_outputs(name, results):
 def test_the_engine_refactor_changed_no_outcome(name, results):
     got = results[name]
     old = _stored(FIXTURE_V1, name)
-    assert set(got) == set(old)
+    assert set(got) - ADDED == set(old)
     np.testing.assert_array_equal(got["outcome"], old["outcome"])
     if not name.startswith("laperm"):
         np.testing.assert_array_equal(got["stop_reason"], old["stop_reason"])
