@@ -35,6 +35,7 @@ plain engine, so its results are bit-identical to ``sims.simulate`` without expa
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, replace
@@ -835,6 +836,35 @@ def _seconds_per_step(kw: dict[str, Any], expansion: Expansion | None, runs: int
     return max(best(2 * steps) - best(steps), 0.0) / (runs * steps)
 
 
+def _step_rule(ex: Expansion, rule: str, eta_w: float, eta_a: float, k: int) -> tuple[float, float]:
+    """The factors' steps of :func:`compare`: ``"same"``, or ``"matched"`` (an expanded layer's step divided by the
+    end-to-end gain ``N s^(2 - 2/N)``, ``s = 1`` for ``w`` and ``sqrt(k)`` for ``a``)."""
+    if rule == "matched" and ex.depth > 1:
+        if ex.expands_w:
+            eta_w = eta_w / ex.depth
+        if ex.expands_a:
+            eta_a = eta_a / (ex.depth * float(k) ** (1.0 - 1.0 / ex.depth))
+    return eta_w, eta_a
+
+
+def _outcome_columns(res: Any) -> dict[str, Any]:
+    """The outcome columns of a :func:`compare` row: ``trials``, ``p_global`` and ``p_spurious`` with Wilson 95%
+    intervals, the other outcomes' rates, and the median steps to tolerance over the runs that reached it."""
+    from sims.runs.classify import wilson
+
+    n = len(res)
+    row: dict[str, Any] = {"trials": n}
+    for name in ("global", "spurious"):
+        c = int(np.sum(res.outcome == name))
+        lo, hi = wilson(c, n)
+        row.update({f"p_{name}": c / n, f"p_{name}_lo": float(lo), f"p_{name}_hi": float(hi)})
+    for name in ("saddle", "not_converged", "diverged"):
+        row[f"p_{name}"] = float(np.mean(res.outcome == name))
+    reached = res.steps_to_tol[res.steps_to_tol >= 0]
+    row["steps_to_tol_median"] = float(np.median(reached)) if reached.size else math.nan
+    return row
+
+
 def compare(*, k: int = 8, p: int = 8, trials: int = 200, seed: int = 0, depths: tuple[int, ...] = (1, 2, 3, 4),
             rates: tuple[int, ...] = (1, 2, 4), targets: tuple[str, ...] = ("w", "a", "both"),
             models: tuple[str, ...] = ("resnet", "cnn"), warmups: tuple[bool, ...] = (False, True),
@@ -856,13 +886,10 @@ def compare(*, k: int = 8, p: int = 8, trials: int = 200, seed: int = 0, depths:
     end-to-end gain ``N s^(2 - 2/N)`` at its typical scale (``s = 1`` for ``w``, ``s = sqrt(k)``, the typical
     ``||a*||``, for ``a``), so that the contracted layer moves about as fast as without expansion.
 
-    Columns :data:`COMPARE_COLUMNS`: ``p_*`` outcome rates with Wilson 95% intervals
-    (:func:`sims.runs.classify.wilson`),
-    ``steps_to_tol_median`` the median of the steps to the loss level ``Tolerances().eps`` over the runs that reached
-    it, ``seconds_per_step`` the wall time per run-step from fixed-length runs of ``timing_runs`` x ``timing_steps``
-    and ``2 timing_steps`` steps (best of ``timing_repeats``, difference of the two, so per-call costs cancel; all
-    threads unless ``threads``).  Depth 1 is the unexpanded network
-    (dispatched to the plain engine: its rows are the plain engine's numbers, the same for every target and rate).
+    Columns :data:`COMPARE_COLUMNS`: ``p_*`` outcome rates with Wilson 95% intervals, ``steps_to_tol_median`` over
+    the runs that reached ``Tolerances().eps``, ``seconds_per_step`` the wall time per run-step from runs of
+    ``timing_steps`` and ``2 timing_steps`` steps (best of ``timing_repeats``, their difference, so per-call costs
+    cancel).  Depth 1 is the unexpanded network (the plain engine's numbers, the same for every target and rate).
     The ``expand`` table (:func:`sims.studies.tables.expand_rows`) runs the same cells as a resumable sweep.
 
     Parameters
@@ -924,7 +951,6 @@ def compare(*, k: int = 8, p: int = 8, trials: int = 200, seed: int = 0, depths:
     """
     import pandas as pd
 
-    from sims.runs.classify import wilson
     from sims.runs.samplers import Teacher as _Teacher
     from sims.runs.schedules import optimal_eta_a
 
@@ -935,55 +961,27 @@ def compare(*, k: int = 8, p: int = 8, trials: int = 200, seed: int = 0, depths:
             raise ValueError(f"targets: each must be one of {TARGETS}; got {t!r}")
     teacher = _Teacher(w="cap", phi_max=math.pi / 2, a="gaussian", require_spurious=True) if teacher is None \
         else teacher
-    eta_w0 = eta_w_rel * 2.0 / k
-    eta_a0 = eta_a_rel * optimal_eta_a(k)
     rows = []
-    cache: dict[tuple, dict[str, Any]] = {}
-    for model in models:
-        init_e2e = Init(w="zero" if Model.of(model).shortcut else "sphere", a="ball")
-        for warmup in warmups:
-            method = f"{model}-{'warmup' if warmup else 'no-warmup'}"
-            for target in targets:
-                for depth in depths:
-                    for rate in rates:
-                        ex = Expansion(target=target, depth=depth, rate=rate, init=init)
-                        ew, ea = eta_w0, eta_a0
-                        if step_rule == "matched" and depth > 1:
-                            if ex.expands_w:
-                                ew = eta_w0 / depth
-                            if ex.expands_a:
-                                ea = eta_a0 / (depth * float(k) ** (1.0 - 1.0 / depth))
-                        sched = _compare_schedule(k, warmup, ew, ea, warmup_steps, warmup_eta_w_rel * ew)
-                        kw = dict(model=model, k=k, p=p, schedule=sched, teacher=teacher, init=init_e2e, seed=seed,
-                                  threads=threads)
-                        key = (model, warmup) if ex.is_plain else (model, warmup, target, depth, rate)
-                        if key not in cache:
-                            t0 = time.perf_counter()
-                            res = simulate(**kw, runs=trials, steps=steps, n_record=2, expansion=ex)
-                            sps = _seconds_per_step(kw, ex, timing_runs, timing_steps, timing_repeats)
-                            cache[key] = {"res": res, "sps": sps}
-                            if progress:
-                                print(f"{method} {target} N={depth} r={rate}: {res.counts()} "
-                                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
-                        res, sps = cache[key]["res"], cache[key]["sps"]
-                        n = len(res)
-                        row = {"method": method, "model": model, "warmup": bool(warmup), "target": target,
-                               "depth": depth, "rate": rate, "trials": n}
-                        for name in ("global", "spurious"):
-                            c = int(np.sum(res.outcome == name))
-                            lo, hi = wilson(c, n)
-                            row[f"p_{name}"] = c / n
-                            row[f"p_{name}_lo"] = float(lo)
-                            row[f"p_{name}_hi"] = float(hi)
-                        for name in ("saddle", "not_converged", "diverged"):
-                            row[f"p_{name}"] = float(np.mean(res.outcome == name))
-                        reached = res.steps_to_tol[res.steps_to_tol >= 0]
-                        row["steps_to_tol_median"] = float(np.median(reached)) if reached.size else math.nan
-                        row["seconds_per_step"] = sps
-                        row["eta_w"] = ew
-                        row["eta_a"] = ea
-                        row["init"] = init
-                        rows.append(row)
+    cache: dict[tuple, tuple[Any, float]] = {}
+    for model, warmup, target, depth, rate in itertools.product(models, warmups, targets, depths, rates):
+        method = f"{model}-{'warmup' if warmup else 'no-warmup'}"
+        ex = Expansion(target=target, depth=depth, rate=rate, init=init)
+        ew, ea = _step_rule(ex, step_rule, eta_w_rel * 2.0 / k, eta_a_rel * optimal_eta_a(k), k)
+        sched = _compare_schedule(k, warmup, ew, ea, warmup_steps, warmup_eta_w_rel * ew)
+        kw = dict(model=model, k=k, p=p, schedule=sched, teacher=teacher, seed=seed, threads=threads,
+                  init=Init(w="zero" if Model.of(model).shortcut else "sphere", a="ball"))
+        key = (model, warmup) if ex.is_plain else (model, warmup, target, depth, rate)
+        if key not in cache:
+            t0 = time.perf_counter()
+            res = simulate(**kw, runs=trials, steps=steps, n_record=2, expansion=ex)
+            cache[key] = res, _seconds_per_step(kw, ex, timing_runs, timing_steps, timing_repeats)
+            if progress:
+                print(f"{method} {target} N={depth} r={rate}: {res.counts()} ({time.perf_counter() - t0:.1f} s)",
+                      flush=True)
+        res, sps = cache[key]
+        rows.append({"method": method, "model": model, "warmup": bool(warmup), "target": target, "depth": depth,
+                     "rate": rate, **_outcome_columns(res), "seconds_per_step": sps, "eta_w": ew, "eta_a": ea,
+                     "init": init})
     df = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
     df.attrs.update(k=k, p=p, seed=seed, steps=steps, step_rule=step_rule, threads=threads or numba.get_num_threads())
     return df

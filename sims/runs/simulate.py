@@ -455,19 +455,15 @@ def simulate(
     expansion : Expansion, optional
         Alias of ``engine``.
     vectors : bool or "auto", default True
-        ``False`` runs on the order parameters alone: each run's ``c0 = w~0.w*``, ``r0`` and the Gram entries of
-        ``(a0, 1, a*)`` are drawn directly with the law of the vector draws (the same law, not the same numbers;
-        :func:`sims.runs.order_samplers.draw_order_parameters`), trained by :mod:`sims.engines.reduced`, and
-        scheduled, classified and rated from Gram forms (:func:`sims.runs.classify.classify_gram`).  Work and memory
-        are O(1) per run and step whatever ``k`` and ``p`` are; the result's vectors are None and ``result.order``
-        holds the order parameters; the shortcut direction does not enter.  It needs ``algorithm`` "gd" or "flow",
-        a noise-free schedule, ``engine`` None, "gd", "reduced" or "flow", and samplers rather than arrays.
-        ``"auto"``: without vectors wherever that is allowed, with them elsewhere.
+        ``False`` runs on the order parameters alone, drawn directly with the law of the vector draws (the same law,
+        not the same numbers; :mod:`sims.runs.order_samplers`): O(1) work and memory per run and step whatever ``k``
+        and ``p``; the result's vectors are None and ``result.order`` holds the order parameters.  It needs
+        ``algorithm`` "gd" or "flow", a noise-free schedule, ``engine`` None, "gd", "reduced" or "flow", and
+        samplers rather than arrays.  ``"auto"``: without vectors wherever that is allowed.
     basin : {"auto", "flow", "none"}, default "auto"
-        ``result.basin``, where population gradient flow from each run's final state goes
-        (:mod:`sims.runs.attractor`): ``"auto"`` flows the runs whose stop leaves it open (not ``loss_tol``,
-        ``trapped`` or diverged, whose basins are their outcomes), ``"flow"`` flows every run that did not
-        diverge, ``"none"`` leaves ``result.basin`` None.
+        ``result.basin``, where gradient flow from each run's end goes (:mod:`sims.runs.attractor`): ``"auto"`` flows
+        the runs whose stop leaves it open (not ``loss_tol``, ``trapped`` or diverged), ``"flow"`` every run that
+        did not diverge, ``"none"`` leaves ``result.basin`` None.
 
     Returns
     -------
