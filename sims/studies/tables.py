@@ -119,29 +119,26 @@ def render(frame: pd.DataFrame, fmt: str, *, caption: str = "") -> str:
 
 def liu2019_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """Rows ``(k, p)``, one column per method: success rate in % with its Wilson 95% interval."""
-    methods = list(dict.fromkeys(summary["method"]))
-    rows = []
-    for (k, p), g in summary.groupby(["k", "p"], sort=True):
-        row: dict[str, Any] = {"k": int(k), "p": int(p)}
-        for m in methods:
-            r = g[g["method"] == m]
-            row[m] = _pct(*r[["p_global", "p_global_lo", "p_global_hi"]].iloc[0]) if len(r) else "-"
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return _success_frame(summary, [(m, {"method": m}) for m in dict.fromkeys(summary["method"])])
 
 
 def scaling_frame(summary: pd.DataFrame) -> pd.DataFrame:
     """Rows ``(k, p)``, one column per method and algorithm (``method (gd)``, ``method (flow)``): P(global) in %
     with its Wilson 95% interval; ``-`` where the sweep has no such cell (the flow stops at a smaller ``k``)."""
-    methods = list(dict.fromkeys(summary["method"]))
-    algorithms = list(dict.fromkeys(summary["algorithm"])) if "algorithm" in summary else ["gd"]
+    data = summary if "algorithm" in summary else summary.assign(algorithm="gd")
+    return _success_frame(data, [(f"{m} ({a})", {"method": m, "algorithm": a})
+                                 for m in dict.fromkeys(data["method"]) for a in dict.fromkeys(data["algorithm"])])
+
+
+def _success_frame(summary: pd.DataFrame, columns: list[tuple[str, dict[str, Any]]]) -> pd.DataFrame:
+    """Rows ``(k, p)``; per ``(label, values)`` of ``columns`` the success rate in % [Wilson 95%] of the summary row
+    with those column values (``-`` where there is none)."""
     rows = []
     for (k, p), g in summary.groupby(["k", "p"], sort=True):
         row: dict[str, Any] = {"k": int(k), "p": int(p)}
-        for m in methods:
-            for alg in algorithms:
-                r = g[(g["method"] == m) & ((g["algorithm"] == alg) if "algorithm" in g else True)]
-                row[f"{m} ({alg})"] = _pct(*r[["p_global", "p_global_lo", "p_global_hi"]].iloc[0]) if len(r) else "-"
+        for label, values in columns:
+            r = g[np.logical_and.reduce([g[c] == v for c, v in values.items()])]
+            row[label] = _pct(*r[["p_global", "p_global_lo", "p_global_hi"]].iloc[0]) if len(r) else "-"
         rows.append(row)
     return pd.DataFrame(rows)
 
