@@ -192,3 +192,15 @@ def test_accepted_ranges_come_from_the_declared_constraints():
     # and the same numbers are in the JSON Schema
     k = config.json_schema()["$defs"]["Cell"]["properties"]["k"]
     assert (k["minimum"], k["maximum"], k["type"]) == (1, 10**6, "integer")
+
+
+def test_an_unknown_key_with_a_dot_or_a_line_separator_is_named_on_one_line():
+    """The table is named from its own path, not by splitting the key's text (found by the fuzz test: a key
+    '\\u2028.' in [sweep] was printed raw, on two lines)."""
+    from sims.studies import spec
+
+    for table, key, where in (("sweep", "\u2028.", "in [sweep];"), ("sweep", "a.b", "in [sweep];")):
+        with pytest.raises(spec.SweepError) as info:
+            spec.build_spec({table: {"name": "x", key: ""}, "base": {"k": 1, "p": 1, "steps": 3}})
+        text = str(info.value)
+        assert text.isprintable() and "\n" not in text and where in text and repr(key) in text

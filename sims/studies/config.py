@@ -645,7 +645,7 @@ def explain(exc: ValidationError, data: Any, model: type[BaseModel], *, where: s
     path, value, parent, owner, field = _walk(model, data, loc)
     if kind == "extra_forbidden":
         keys = sorted({e["loc"][-1] for e in errors if e["type"] == kind and tuple(e["loc"])[:-1] == loc[:-1]})
-        at = path.rsplit(".", 1)[0] if "." in path else ""
+        at = _walk(model, data, loc[:-1])[0] if len(loc) > 1 else ""  # the table's path (a key may hold a '.')
         note = owner.note.format(kind=parent.get("kind")) if owner and isinstance(parent, dict) else ""
         place = (table or where) + (f": {prefix}{at}" if at else "") + (f" ({note})" if note else "")
         valid = sorted(set(owner.model_fields) | set(owner.also_valid)) if owner else []
