@@ -266,3 +266,19 @@ def test_landscape_command_in_the_text_prints_the_same_facts(capsys):
         a_star = np.array([float(x) for x in argv[argv.index("--a-star") + 1].split(",")])
         assert f"phi_s = {theory.saddle_angle(a_star):.6f} rad" in out
         assert f"largest stable eta_a = 4 pi / (k + pi - 1) = {theory.max_stable_eta_a(a_star.size):.6g}" in out
+
+
+LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+
+
+@pytest.mark.parametrize("doc", [d for d in TEXTS if d == "README.md" or d.startswith("docs/")])
+def test_every_relative_link_and_image_exists(doc):
+    """The README is read on GitHub, outside the Sphinx build that checks the docs' links: a moved page or figure
+    would leave a dead link there unnoticed."""
+    base = (ROOT / doc).parent
+    targets = [t for t in LINK.findall(TEXTS[doc]) if not re.match(r"[a-z]+:", t)]
+    missing = [t for t in targets if not (base / t).exists()]
+    assert not missing, f"{doc}: dead links {missing}"
+    if doc == "README.md":
+        assert {"docs/guide/order-parameters.md", "docs/guide/architecture.md", "docs/figures/basins_flow.png"} <= set(
+            targets)
