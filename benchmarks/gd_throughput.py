@@ -81,6 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _peers  # noqa: E402
 import numba  # noqa: E402
+from _report import judge_targets, write_result  # noqa: E402
 
 import sims  # noqa: E402
 from sims.engines import driver, gd  # noqa: E402
@@ -575,18 +576,10 @@ def main(argv=None) -> int:
         for label, lim in (("cold", 10.0), ("cached", 1.0)):
             if "first_call_s" in compile_info[label]:
                 v = compile_info[label]["first_call_s"]
-                targets[f"compile_{label}"] = {"value": v, "target": lim, "met": v < lim}
+                targets[f"compile_{label}"] = {"value": v, "target": lim, "upper": True}
     if sgd and "ratio_engine_to_numpy" in sgd:
-        targets["sgd_ratio"] = {"value": sgd["ratio_engine_to_numpy"], "target": 1.0,
-                                "met": sgd["ratio_engine_to_numpy"] >= 1.0}
-    if args.quick:  # 200 runs and a few steps per call: thread start-up and call overheads dominate
-        print("\n--quick: a smoke test; its numbers are not a measurement and no target is judged")
-        for t in targets.values():
-            t["met"] = None
-    else:
-        print("\ntargets:")
-        for name, t in targets.items():
-            print(f"  {name:20s} {t['value']:.3g} (target {t['target']:g}): {'met' if t['met'] else 'MISSED'}")
+        targets["sgd_ratio"] = {"value": sgd["ratio_engine_to_numpy"], "target": 1.0}
+    judge_targets(targets, args.quick)  # --quick: 200 runs, a few steps per call: start-up and overheads dominate
 
     result = {
         "machine": {**info, "python": platform.python_version(), "numba": numba.__version__, "numpy": np.__version__,
@@ -606,16 +599,7 @@ def main(argv=None) -> int:
         "wall_seconds": time.perf_counter() - t_start,
         "load_average": {"start": load_start, "end": load_average()},
     }
-    for name in ("torch", "jax"):
-        try:
-            mod = __import__(name)
-            result["machine"][name] = mod.__version__
-        except ImportError:
-            result["machine"][name] = "missing"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float))
-    print(f"\nwrote {out} ({result['wall_seconds']:.0f} s)")
+    write_result(result, args.out, ("torch", "jax"))
     return 0
 
 

@@ -53,7 +53,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 os.environ.setdefault("MKL_NUM_THREADS", "2")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -69,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _peers  # noqa: E402
 import gd_throughput as gdt  # noqa: E402
 import numba  # noqa: E402
+from _report import judge_targets, write_result  # noqa: E402
 
 import sims  # noqa: E402
 from sims.engines import driver, reduced  # noqa: E402
@@ -341,9 +341,6 @@ def main(argv=None) -> int:
     ratios["flatness_median"] = max(eng_med.values()) / min(eng_med.values())
     targets["rate_min_over_sizes"] = {"value": min(eng.values()), "target": TARGET_RATE}
     targets["flatness"] = {"value": ratios["flatness_best"], "target": TARGET_FLATNESS, "upper": True}
-    for t in targets.values():
-        t["met"] = None if args.quick else bool(t["value"] <= t["target"] if t.get("upper") else
-                                                t["value"] >= t["target"])
 
     print("\nratios (best calls; medians in the JSON):")
     if jax_rate:
@@ -356,13 +353,7 @@ def main(argv=None) -> int:
               f"{ratios['reduced_vs_vector_engine'][s]:.3g}x)")
     print(f"  flatness of the reduced engine's per-step cost, max/min over p = k in {SIZES}: "
           f"{ratios['flatness_best']:.3f} (medians: {ratios['flatness_median']:.3f})")
-    if args.quick:
-        print("\n--quick: a smoke test; its numbers are not a measurement and no target is judged")
-    else:
-        print("\ntargets:")
-        for name, t in targets.items():
-            rel = "<=" if t.get("upper") else ">="
-            print(f"  {name:22s} {t['value']:.3g} (target {rel} {t['target']:g}): {'met' if t['met'] else 'MISSED'}")
+    judge_targets(targets, args.quick)
 
     result = {
         "machine": {**info, "python": platform.python_version(), "numba": numba.__version__, "numpy": np.__version__,
@@ -378,16 +369,7 @@ def main(argv=None) -> int:
         "wall_seconds": time.perf_counter() - t_start,
         "load_average": {"start": load_start, "end": gdt.load_average()},
     }
-    try:
-        import jax
-
-        result["machine"]["jax"] = jax.__version__
-    except ImportError:
-        result["machine"]["jax"] = "missing"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float))
-    print(f"\nwrote {out} ({result['wall_seconds']:.0f} s)")
+    write_result(result, args.out, ("jax",))
     return 0
 
 

@@ -1,8 +1,82 @@
-"""Shared hooks: print the measured Monte Carlo agreement and finite-difference errors after the run."""
+"""Shared hooks: print the measured Monte Carlo agreement and finite-difference errors after the run; and the
+numba cache probe (every kernel compiled once in a child process, in the background while the suite runs)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+
+class _CacheProbe:
+    """``tests/ir_scan.py`` run twice on one fresh numba cache directory: the first child compiles every kernel,
+    saves every engine's results and scans the optimized IR; the second loads every kernel from that cache and
+    saves the results again.  The two children run one after the other in a background thread, started once the
+    tests that need them are collected, so their minutes of compiling overlap the rest of the suite."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._dir = ""
+        self._out: SimpleNamespace | None = None
+        self._error = ""
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._dir = tempfile.mkdtemp(prefix="shallowres-cache-probe-")
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        script = str(Path(__file__).with_name("ir_scan.py"))
+        env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(self._dir, "cache"))
+        runs = {}
+        for name, extra in (("cold", []), ("warm", ["--no-scan"])):
+            path = os.path.join(self._dir, f"{name}.npz")
+            proc = subprocess.run([sys.executable, script, "--results", path, *extra], env=env, capture_output=True,
+                                  text=True, timeout=1200)
+            if proc.returncode != 0:
+                self._error = f"{name} child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+                return
+            runs[name] = (path, proc)
+        self._out = SimpleNamespace(cold=runs["cold"][0], warm=runs["warm"][0], scan=runs["cold"][1].stdout,
+                                    summary=runs["cold"][1].stderr)
+
+    def result(self) -> SimpleNamespace:
+        self.start()
+        self._thread.join()
+        if self._out is None:
+            pytest.fail(self._error or "the cache probe did not finish")
+        return self._out
+
+    def cleanup(self) -> None:
+        if self._dir and (self._thread is None or not self._thread.is_alive()):
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+_PROBE = _CacheProbe()
+
+
+def pytest_collection_finish(session):
+    if any("numba_cache_probe" in getattr(item, "fixturenames", ()) for item in session.items):
+        _PROBE.start()
+
+
+def pytest_unconfigure(config):
+    _PROBE.cleanup()
+
+
+@pytest.fixture(scope="session")
+def numba_cache_probe() -> SimpleNamespace:
+    """The cache probe's outputs: ``cold`` and ``warm`` (paths of the ``.npz`` results of the compiling and of the
+    loading child), ``scan`` (the IR scan's offending loops, one JSON line each) and ``summary`` (its stderr)."""
+    return _PROBE.result()
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -14,9 +14,12 @@ that cannot fail for distinct allocations (same index into two arrays longer tha
 those apart from the harmful kind (offset indexing, as in the SGD backward pass that showed the defect) is not
 worth it when splitting a loop costs nothing measurable.
 
-Run as a script (``python tests/ir_scan.py``) it compiles every kernel from scratch (inspection is impossible for
-code loaded from numba's cache, so it points ``NUMBA_CACHE_DIR`` at a fresh directory) and prints one JSON line
-per offending loop; ``tests/test_sims_determinism.py`` runs it in a subprocess and requires no output.
+Run as a script (``python tests/ir_scan.py``) it runs every engine (:func:`engine_results`, compiling every kernel
+from scratch: inspection is impossible for code loaded from numba's cache, so without ``NUMBA_CACHE_DIR`` it points
+numba at a fresh directory) and prints one JSON line per offending loop.  ``tests/conftest.py`` runs it once per
+test session in the background (the numba cache probe): a first child compiles, saves the engines' results and
+scans; a second loads every kernel from the first one's cache and saves the results again.
+``tests/test_sims_determinism.py`` requires no offending loop, and the two children's results bit-identical.
 """
 
 from __future__ import annotations
@@ -109,38 +112,84 @@ def _demangle(name: str) -> str:
     return ".".join(parts) or name
 
 
-def _compile_everything() -> list:
-    """Run every engine once at a tiny size (so every kernel is compiled) and return the numba dispatchers."""
+def engine_results() -> dict:
+    """Run every engine and compiled helper (so that every kernel is compiled) on small problems and return their
+    results as flat float arrays, by case name: population GD on the full coordinates and on the order parameters
+    (two models), SGD, fixed-sample GD, expansions under GD and SGD (and the ``+Init`` pretraining), the end-to-end
+    dynamics, the fading shortcut on both its engines, LaPerm with both inner optimizers, and the minibatch
+    gradient and training loss helpers."""
     import numpy as np
 
     import sims
+    from sims.engines import finite_sample
+    from sims.methods import distill, expansion
+
+    def flat(res) -> np.ndarray:
+        return np.concatenate([np.asarray(x, dtype=float).ravel() for x in (
+            res.final_loss, res.final_phi, res.fitted_rate, res.steps, res.w, res.a, res.trajectory)])
+
+    small = dict(k=5, p=4, runs=8, steps=300, seed=0)
+    sphere = sims.Init(w="sphere")
+    sched = sims.Schedule.two_stage(50, 1e-3, 0.3, 0.1, 0.3)
+    out = {}
+    for engine in ("vector", "reduced"):  # the full-coordinate engine and the order-parameter one (lockstep)
+        for model in ("resnet", "cnn-unnormalized"):
+            out[f"gd-{engine}/{model}"] = flat(sims.simulate(model=model, schedule=sched, engine=engine, init=sphere,
+                                                                  **small))
+    for algorithm in ("sgd", "gd-fixed"):
+        out[algorithm] = flat(sims.simulate(model="resnet", schedule=sched, algorithm=algorithm, batch_size=8,
+                                            **small))
+    for algorithm in ("gd", "sgd"):
+        out[f"expansion/{algorithm}"] = flat(sims.simulate(
+            model="resnet", schedule=sched, algorithm=algorithm, batch_size=8,
+            expansion=sims.Expansion(target="both", depth=2), **small))
+    out["expansion-plus-init"] = flat(sims.simulate(model="resnet", schedule=sched, expansion=sims.Expansion(
+        target="both", depth=2, init="plus-init", pretrain_steps=50), **small))
+    e2e = expansion.end_to_end(model="resnet", w0=np.full(4, 0.1), a0=np.ones(5), w_star=np.ones(4),
+                               a_star=np.ones(5), schedule=sched, steps=300, target="both", depth=2)
+    out["end_to_end"] = np.concatenate([np.asarray(v, dtype=float).ravel() for v in e2e.values()])
+    for fade_engine in ("vector", "auto"):
+        out[f"fading-{fade_engine}"] = flat(sims.simulate_fading(
+            schedule=sched, fade=distill.Fade("linear", 100, engine=fade_engine), **small))
+    for inner in ("gd", "adam"):
+        out[f"laperm-{inner}"] = flat(sims.simulate_laperm(schedule=sched, sync_every=20, inner=inner, **small))
+    # the lockstep engines over 2,000 steps (with contraction to FMAs allowed, their cold and warm caches differed)
+    kw = dict(k=6, p=5, runs=40, steps=2000, schedule=sims.Schedule.two_stage(50, 1e-4, 0.3, 0.02, 0.3), seed=2)
+    for model in ("resnet", "cnn-unnormalized"):
+        for engine in ("reduced", "vector"):
+            out[f"gd-{engine}/{model}/2000-steps"] = flat(sims.simulate(model=model, engine=engine, init=sphere, **kw))
+    out["fading-auto/2000-steps"] = flat(sims.simulate_fading(fade=sims.Fade("linear", steps=300), **kw))
+    rng = np.random.default_rng(0)
+    WT, A, WS, AS = rng.normal(size=(7, 4)), rng.normal(size=(7, 5)), rng.normal(size=(1, 4)), rng.normal(size=(1, 5))
+    for sampler in ("full", "projected"):
+        out[f"minibatch_gradient-{sampler}"] = np.concatenate([g.ravel() for g in finite_sample.minibatch_gradient(
+            WT, A, WS, AS, normalized=True, batch_size=40, states=_states(7), sampler=sampler)])
+    out["training_loss"] = finite_sample.training_loss(WT, A, WS, AS, normalized=True, batch_size=40,
+                                                       states=_states(7))
+    return out
+
+
+#: The cases of :func:`engine_results`.
+CASES = ("gd-vector/resnet", "gd-vector/cnn-unnormalized", "gd-reduced/resnet", "gd-reduced/cnn-unnormalized",
+         "sgd", "gd-fixed", "expansion/gd", "expansion/sgd", "expansion-plus-init", "end_to_end", "fading-vector",
+         "fading-auto", "gd-reduced/resnet/2000-steps", "gd-vector/resnet/2000-steps",
+         "gd-reduced/cnn-unnormalized/2000-steps", "gd-vector/cnn-unnormalized/2000-steps", "fading-auto/2000-steps",
+         "laperm-gd", "laperm-adam", "minibatch_gradient-full", "minibatch_gradient-projected",
+         "training_loss")
+
+
+def _states(runs: int):
+    import numpy as np
+
+    return np.arange(4 * runs, dtype=np.uint64).reshape(runs, 4) * np.uint64(977) + np.uint64(1)
+
+
+def _dispatchers() -> list:
+    """The numba dispatchers of the engines' modules that have compiled code."""
     from sims.engines import expansion as ex_engine
     from sims.engines import expansion_kernels, finite_sample, gd, laperm, reduced, sgd
     from sims.methods import distill
 
-    small = dict(k=5, p=4, runs=3, steps=30, seed=0)
-    sched = sims.Schedule.constant(0.1, 0.3)
-    for engine in ("vector", "reduced"):  # the full-coordinate engine and the order-parameter one (lockstep)
-        sims.simulate(model="resnet", schedule=sched, engine=engine, **small)
-        sims.simulate(model="cnn-unnormalized", schedule=sched, engine=engine, **small)
-    sims.simulate(model="resnet", schedule=sched, algorithm="sgd", batch_size=8, **small)
-    sims.simulate(model="resnet", schedule=sched, algorithm="gd-fixed", batch_size=8, **small)
-    for algorithm in ("gd", "sgd"):
-        sims.simulate(model="resnet", schedule=sched, algorithm=algorithm, batch_size=8,
-                      expansion=sims.Expansion(target="both", depth=2), **small)
-    from sims.methods import expansion
-
-    expansion.end_to_end(model="resnet", w0=np.full(4, 0.1), a0=np.ones(5), w_star=np.ones(4), a_star=np.ones(5),
-                         schedule=sched, steps=5, target="both", depth=2)
-    for fade_engine in ("vector", "auto"):
-        sims.simulate_fading(schedule=sched, fade=distill.Fade("linear", 10, engine=fade_engine), **small)
-    for inner in ("gd", "adam"):
-        sims.simulate_laperm(schedule=sched, sync_every=5, inner=inner, **small)
-    for sampler in ("full", "projected"):
-        finite_sample.minibatch_gradient(np.ones(4), np.ones(5), np.ones(4), np.ones(5), normalized=True,
-                                         batch_size=8, states=np.ones((2, 4), dtype=np.uint64), sampler=sampler)
-    finite_sample.training_loss(np.ones(4), np.ones(5), np.ones(4), np.ones(5), normalized=True, batch_size=8,
-                                states=np.ones((2, 4), dtype=np.uint64))
     dispatchers = []
     for module in (gd, reduced, sgd, ex_engine, laperm, finite_sample, expansion_kernels, distill):
         for obj in vars(module).values():
@@ -149,11 +198,23 @@ def _compile_everything() -> list:
     return dispatchers
 
 
-def main() -> int:
-    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="shallowres-ir-")
+def main(argv: list[str]) -> int:
+    """``ir_scan.py [--results FILE] [--no-scan]``: run :func:`engine_results` (compiling every kernel), save them
+    to ``FILE`` (an ``.npz``) if asked, then (unless ``--no-scan``) print the offending loops.  Without
+    ``NUMBA_CACHE_DIR`` in the environment it compiles into a fresh directory; the cold-and-warm-cache test sets
+    one, runs this once to compile and scan, and once more with ``--no-scan`` to load from that cache."""
+    if "NUMBA_CACHE_DIR" not in os.environ:
+        os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="shallowres-ir-")
+    results = engine_results()
+    if "--results" in argv:
+        import numpy as np
+
+        np.savez(argv[argv.index("--results") + 1], **results)
+    if "--no-scan" in argv:
+        return 0
     scanned = 0
     names = []
-    for disp in _compile_everything():
+    for disp in _dispatchers():
         names.append(disp.py_func.__qualname__)
         for ir in disp.inspect_llvm().values():
             scanned += 1
@@ -164,4 +225,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -169,36 +169,3 @@ def test_runs_are_independent_of_their_lane():
         one = sims.simulate(runs=1, run_offset=r, threads=1, **kw)
         np.testing.assert_array_equal(one.trajectory[0], whole.trajectory[r])
         np.testing.assert_array_equal(one.w[0], whole.w[r])
-
-
-_CHILD = """
-import sys, numpy as np, sims
-sched = sims.Schedule.two_stage(50, 1e-4, 0.3, 0.02, 0.3)
-kw = dict(k=6, p=5, runs=40, steps=2000, schedule=sched, seed=2)
-out = {}
-for model in ("resnet", "cnn-unnormalized"):
-    for engine in ("reduced", "vector"):
-        r = sims.simulate(model=model, engine=engine, init=sims.Init(w="sphere"), **kw)
-        out[f"{model}-{engine}"] = np.concatenate([r.final_loss, r.fitted_rate, r.trajectory.ravel(), r.w.ravel()])
-out["fading"] = sims.simulate_fading(fade=sims.Fade("linear", steps=300), **kw).trajectory.ravel()
-np.savez(sys.argv[1], **out)
-"""
-
-
-@pytest.mark.slow
-def test_a_cold_and_a_warm_numba_cache_give_the_same_bits(tmp_path):
-    """The code numba compiles in the process and the code it loads from its cache must compute alike: two child
-    processes on one fresh cache directory (the first compiles, the second loads) give bit-identical results.
-    (With fused multiply-adds allowed, the lockstep engines differed in the last bits here.)"""
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    files = []
-    for name in ("cold", "warm"):
-        files.append(tmp_path / f"{name}.npz")
-        subprocess.run([sys.executable, "-c", _CHILD, str(files[-1])], env=env, check=True, timeout=600)
-    cold, warm = np.load(files[0]), np.load(files[1])
-    for key in cold.files:
-        np.testing.assert_array_equal(cold[key], warm[key], err_msg=key)

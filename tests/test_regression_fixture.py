@@ -28,10 +28,6 @@ FIXTURE_V1 = np.load(reg.FIXTURE_V1)
 CASES = reg.cases()
 SAME_HOST = str(FIXTURE["__host__"]) == reg.host()
 UNCHANGED_BY_REFACTOR = ("gd/", "sgd/", "gd-fixed/")
-#: Cases whose floats are not reproducible bit for bit: the expansion's +Init pretraining (a numba prange kernel
-#: outside the run driver) rounded differently when compiled fresh on a clean clone than when loaded from the cache.
-#: Their outcomes and stop reasons are still pinned.  Open defect (issue 14 closing note).
-NOT_BIT_STABLE = ("expansion-init-plus-init/resnet/gd",)
 
 
 def _stored(fixture, name: str) -> dict[str, np.ndarray]:
@@ -64,8 +60,6 @@ def test_results_equal_the_pinned_outputs(name, results):
     got = results[name]
     stored = _stored(FIXTURE, name)
     assert set(got) - ADDED == set(stored), f"fields changed: {sorted((set(got) - ADDED) ^ set(stored))}"
-    if name in NOT_BIT_STABLE:
-        stored = {f: stored[f] for f in ("outcome", "stop_reason")}
     for field, want in stored.items():
         have = got[field]
         assert have.shape == want.shape and have.dtype.kind == want.dtype.kind, field

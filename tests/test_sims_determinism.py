@@ -13,6 +13,7 @@ from dataclasses import fields
 import numba
 import numpy as np
 import pytest
+from ir_scan import CASES as CACHE_CASES
 
 import sims
 import theory
@@ -177,17 +178,25 @@ def test_ir_scan_flags_a_layout_dependent_reduction_and_passes_a_split_one():
 
 
 @pytest.mark.slow
-def test_no_kernel_has_a_layout_dependent_reduction():
-    # Compiles every kernel afresh (about a minute) and scans its optimized IR; any output line names an offender.
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).with_name("ir_scan.py")
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=900, check=True)
-    assert out.stdout.strip() == "", out.stdout
-    assert '"scanned"' in out.stderr
+def test_no_kernel_has_a_layout_dependent_reduction(numba_cache_probe):
+    # The probe's first child compiled every kernel afresh and scanned its optimized IR; any line names an offender.
+    assert numba_cache_probe.scan.strip() == "", numba_cache_probe.scan
+    assert '"scanned"' in numba_cache_probe.summary
     for engine in ("run_range_sims_engines_gd_PopulationGD", "lockstep_sims_engines_reduced_ReducedGD",
                    "lockstep_sims_engines_reduced_UnnormalizedReducedGD",
                    "lockstep_sims_engines_reduced_FadingReducedGD"):
-        assert engine in out.stderr, engine
+        assert engine in numba_cache_probe.summary, engine
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CACHE_CASES)
+def test_a_cold_and_a_warm_numba_cache_give_the_same_bits(case, numba_cache_probe):
+    """The code numba compiles in the process and the code it loads from its cache must compute alike: every
+    engine's results (``tests/ir_scan.py``, :func:`engine_results`) from the child that compiled every kernel on a
+    fresh cache and from the child that loaded them all from it are bit-identical.  (They were not for the
+    lockstep engines with fused multiply-adds allowed, for the ``+Init`` pretraining and the minibatch-gradient
+    helpers as ``prange`` loops, and for the projected sampler's helper calling its gradient out of line.)"""
+    cold, warm = np.load(numba_cache_probe.cold), np.load(numba_cache_probe.warm)
+    assert set(cold.files) == set(warm.files) == set(CACHE_CASES)
+    assert cold[case].size > 0 and np.isfinite(cold[case]).any()
+    np.testing.assert_array_equal(cold[case], warm[case], err_msg=case)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from kill_resume import kill_after_chunks, resume
 
 from sims.runs import classify
 from sims.studies import sweep, tables
@@ -174,23 +172,11 @@ def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tmp_path):
     cfg.write_text(KILL_CONFIG)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "sims.cli", "sweep", str(cfg), "--out", str(out), "--quiet", "--format", "csv"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    chunks = out / "chunks"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if chunks.exists() and len(list(chunks.glob("*.parquet"))) >= 3:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the sweep finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = sorted(chunks.glob("*.parquet"))
+    done = kill_after_chunks(cmd, out)
     assert 3 <= len(done) < 30 and not (out / "summary.csv").exists()
     for f in done:  # atomic writes: every chunk file on disk is complete
         assert len(pd.read_parquet(f)) == 20
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"({len(done)} chunks resumed)" in resumed.stderr or f"({len(done) + 1} chunks resumed)" in resumed.stderr
+    resume(cmd, done)
     import tomllib
 
     clean = sweep.run_sweep(sweep.build_spec(tomllib.loads(KILL_CONFIG)), tmp_path / "clean", quiet=True)

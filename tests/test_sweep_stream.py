@@ -4,16 +4,14 @@ chunks, and the memory they need."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 import tomllib
 from dataclasses import replace
 
 import pandas as pd
 import pyarrow as pa
 import pytest
+from kill_resume import kill_after_chunks, resume
 
 from sims import cli
 from sims.runs.simulate import FRAME_COLUMNS
@@ -206,21 +204,9 @@ def test_sigkill_of_a_no_runs_sweep_then_resume_equals_uninterrupted(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "sims.cli", "sweep", str(cfg), "--out", str(out), "--quiet", "--format", "csv",
            "--no-runs"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    chunks = out / "chunks"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if chunks.exists() and len(list(chunks.glob("*.parquet"))) >= 3:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the sweep finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = sorted(chunks.glob("*.parquet"))
+    done = kill_after_chunks(cmd, out)
     assert 3 <= len(done) < 20 and not (out / "summary.csv").exists()
-    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"({len(done)} chunks resumed)" in resumed.stderr or f"({len(done) + 1} chunks resumed)" in resumed.stderr
+    resume(cmd, done)
     assert not (out / "runs.parquet").exists()
     spec = sweep.build_spec(tomllib.loads(KILL))
     good, damaged, _ = store.verify_chunks(out, {n: e[1] for n, e in sweep._expected_chunks(spec).items()},

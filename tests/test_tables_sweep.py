@@ -4,14 +4,13 @@ README reports at reduced size, and the sweep machinery: chunks, resume after SI
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
+from kill_resume import kill_after_chunks, resume
 
 from sims.methods import distill, expansion, laperm
 from sims.studies import sweep, tables
@@ -142,21 +141,9 @@ def test_a_table_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path):
             "tolerances={loss_tol = 0.0, grad_tol = 0.0, stop_trapped = false}"]
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "sims.cli", "table", *args, "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    chunks = out / "chunks"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if chunks.exists() and len(list(chunks.glob("*.parquet"))) >= 3:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the table finished before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = sorted(chunks.glob("*.parquet"))
+    done = kill_after_chunks(cmd, out, deadline=300)
     assert 3 <= len(done) < 144 and not (out / "summary.csv").exists()
-    resumed = cli(*args, "--out", str(out))
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"({len(done)} chunks resumed)" in resumed.stderr or f"({len(done) + 1} chunks resumed)" in resumed.stderr
+    resume(cmd, done, timeout=600)
     # The same table uninterrupted, in one chunk per cell (results do not depend on the chunking).
     clean = tmp_path / "clean"
     assert cli(*args, "--chunk", "240", "--out", str(clean)).returncode == 0

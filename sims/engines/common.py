@@ -1,14 +1,18 @@
 """Compiled helpers shared by the engines: the angle, the second layer's gradient norm from the invariants, the
-run workspace, and a fast arctangent.
+run workspace, and a fast arctangent; and :func:`run_chunks`, which spreads a compiled range kernel over threads.
 
-They are inlined into each engine's entry point (``inline="always"``), so they cost no call and compile with the
-engine's fastmath options.
+The compiled helpers are inlined into each engine's entry point (``inline="always"``), so they cost no call and
+compile with the engine's fastmath options.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
+from typing import Any
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -238,3 +242,80 @@ def atan2_select(y, x):
     u = _atan_poly(t)
     z = (t - t * u) if b0 else (hi - ((t * u - lo) - t))
     return (_PI - (z - _PI_LO)) if x < 0.0 else z
+
+
+def run_chunks(runs: int, start: Callable[[], Callable[[int, int], None]], threads: int | None = None) -> None:
+    """Call ``work(lo, hi)`` over chunks covering ``range(runs)`` on ``threads`` Python threads (default
+    ``numba.get_num_threads()``) that take the chunks in turn; ``work = start()`` is made once per thread (so each
+    thread can own its work arrays).
+
+    Why threads rather than a numba ``prange`` loop: ``work`` calls a compiled kernel that releases the GIL and
+    advances each run from start to stop, so results do not depend on the thread count or the chunking.  A
+    ``prange`` body is compiled as a separate function that numba links into its caller and optimizes again
+    there; with ``fastmath`` reassociation allowed, the copy the compiling process runs and the copy numba
+    stores in its cache then round differently (``tests/test_sims_determinism.py`` compares a cold and a warm
+    cache).  An exception in any thread is re-raised in the calling one.
+    """
+    threads = max(1, min(numba.get_num_threads() if threads is None else threads, runs))
+    if threads == 1:
+        start()(0, runs)
+        return
+    chunk = max(1, -(-runs // (8 * threads)))  # a few chunks per thread: runs that stop early do not idle a thread
+    starts = list(range(0, runs, chunk))
+    lock = threading.Lock()
+    taken = [0]
+    errors: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            work = start()
+            while True:
+                with lock:
+                    i = taken[0]
+                    taken[0] += 1
+                if i >= len(starts):
+                    return
+                work(starts[i], min(starts[i] + chunk, runs))
+        except BaseException as exc:  # re-raised in the calling thread
+            errors.append(exc)
+
+    pool = [threading.Thread(target=loop, daemon=True) for _ in range(threads - 1)]
+    for th in pool:
+        th.start()
+    loop()
+    for th in pool:
+        th.join()
+    if errors:
+        raise errors[0]
+
+
+def over_runs(kernel: Callable, runs: int, *args: Any, threads: int | None = None) -> None:
+    """``kernel((lo, hi), *args)`` over chunks covering ``range(runs)`` by :func:`run_chunks`; ``kernel`` is a
+    compiled function (``nogil=True``) that advances runs ``lo .. hi-1`` (int64 bounds)."""
+    run_chunks(runs, lambda: lambda lo, hi: kernel((np.int64(lo), np.int64(hi)), *args), threads)
+
+
+def inlined(dispatcher: Any, fastmath: Any, _memo: dict | None = None) -> Any:
+    """A private copy of the compiled function ``dispatcher`` that numba inlines at its IR level into its callers,
+    and whose own calls of compiled functions are such copies too (recursively).
+
+    Why: a compiled function called out of line from a cached kernel exists twice -- compiled alone, and linked
+    into the kernel's code and optimized again there.  The process that compiles the kernel calls the first copy,
+    a process that loads the kernel from numba's cache the second; with ``fastmath`` the two can round
+    differently (``tests/test_sims_determinism.py`` compares a cold and a warm cache).  Inlined, there is one copy.
+    """
+    import types
+
+    from numba.core.registry import CPUDispatcher
+
+    memo = {} if _memo is None else _memo
+    if id(dispatcher) in memo:
+        return memo[id(dispatcher)]
+    py = dispatcher.py_func
+    env = dict(py.__globals__)
+    copy = types.FunctionType(py.__code__, env, py.__name__, py.__defaults__, py.__closure__)
+    memo[id(dispatcher)] = out = njit(inline="always", fastmath=fastmath)(copy)
+    for name in py.__code__.co_names:
+        if isinstance(env.get(name), CPUDispatcher):
+            env[name] = inlined(env[name], fastmath, memo)
+    return out

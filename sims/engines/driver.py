@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import math
 import sys
-import threading
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -76,6 +75,7 @@ import numpy as np
 from numba import njit
 
 from sims.engines import closed_forms as cf
+from sims.engines.common import run_chunks
 from theory import closed_forms as _tcf
 
 #: Why a run stopped; codes index this tuple.
@@ -526,34 +526,9 @@ def run_batch(entry: Callable, workspace: Callable, eng: Any, prob: Problem, sto
     advanced by one thread from start to stop, so results do not depend on the thread count or the chunking.
     """
     p, k = prob.WS.shape[1], prob.AS.shape[1]
-    threads = max(1, min(numba.get_num_threads() if threads is None else threads, runs))
-    if threads == 1:
-        entry(0, runs, eng, workspace(eng, p, k), prob, stops, out)
-        return
-    chunk = max(1, -(-runs // (8 * threads)))  # a few chunks per thread: runs that stop early do not idle a thread
-    starts = list(range(0, runs, chunk))
-    lock = threading.Lock()
-    taken = [0]
-    errors: list[BaseException] = []
 
-    def work() -> None:
-        try:
-            ws = workspace(eng, p, k)
-            while True:
-                with lock:
-                    i = taken[0]
-                    taken[0] += 1
-                if i >= len(starts):
-                    return
-                entry(starts[i], min(starts[i] + chunk, runs), eng, ws, prob, stops, out)
-        except BaseException as exc:  # re-raised in the calling thread
-            errors.append(exc)
+    def start() -> Callable[[int, int], None]:
+        ws = workspace(eng, p, k)
+        return lambda lo, hi: entry(lo, hi, eng, ws, prob, stops, out)
 
-    pool = [threading.Thread(target=work, daemon=True) for _ in range(threads - 1)]
-    for th in pool:
-        th.start()
-    work()
-    for th in pool:
-        th.join()
-    if errors:
-        raise errors[0]
+    run_chunks(runs, start, threads)

@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from sims.engines import closed_forms as cf
-from sims.engines.common import angle_from
+from sims.engines.common import angle_from, over_runs
 from sims.engines.rng import fill_normal, fill_normal_zig, normal_pair
 from theory import closed_forms as _tcf
 
@@ -290,21 +290,30 @@ def _precondition(x, g, depth, out):
         out[i] = c_perp * (g[i] - gpar) + c_par * gpar
 
 
-@njit(parallel=True, cache=True, fastmath=_FM)
-def end_to_end_gd(W, A, V, WS, AS, normalized, exp_w, exp_a, depth, sched, max_steps, record):
+def end_to_end_gd(W, A, V, WS, AS, normalized, expand, sched, max_steps, record, *, threads=None):
     """Euler steps of the end-to-end dynamics of balanced factorizations on the contracted weights: ``W`` (R, p)
     residual filter (``w~ = V + W``), ``A`` (R, k), updated in place.  An expanded group moves by ``-eta (c_perp
     g_perp + c_par g_par)`` (:func:`theory.closed_forms.end_to_end`), a plain one by ``-eta g``; ``sched =
     (seg_end, eta_w, eta_a)`` as in a resolved schedule.  ``record = (record_steps, wrec, lrec)``: records
     ``(w, a)`` and the loss at ``record_steps`` into ``wrec`` (R, m, p + k) and ``lrec`` (R, m); stops early (NaN
-    padding) only on a non-finite state."""
+    padding) only on a non-finite state.  ``expand = (exp_w, exp_a, depth)``: which groups are expanded, and the
+    depth.  Runs are spread over threads by :func:`sims.engines.common.run_chunks` (not ``prange``; see there)."""
+    over_runs(_end_to_end_runs, W.shape[0], W, A, V, WS, AS, normalized, expand, sched, max_steps, record,
+              threads=threads)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _end_to_end_runs(span, W, A, V, WS, AS, normalized, expand, sched, max_steps, record):
+    """:func:`end_to_end_gd` on runs ``span = (lo, hi)``."""
+    exp_w, exp_a, depth = expand
+
     seg_end, eta_w, eta_a = sched
     record_steps, wrec, lrec = record
     R, p = W.shape
     k = A.shape[1]
     nseg = seg_end.shape[1]
     m = record_steps.shape[0]
-    for r in prange(R):
+    for r in range(span[0], span[1]):
         ri = np.int64(r)
         tr = ri if WS.shape[0] > 1 else np.int64(0)
         sr = ri if seg_end.shape[0] > 1 else np.int64(0)
@@ -453,15 +462,24 @@ def mlp_backward(F, off, dim, uoff, x, xo, pre, dout, delta, G, dx, want_dx):
                     dx[i] = acc
 
 
-@njit(parallel=True, cache=True, fastmath=_FM)
-def pretrain_nonlinear(F, w_group, a_group, W, A, V, WS, AS, normalized, sgd, states, done):
+def pretrain_nonlinear(F, w_group, a_group, W, A, V, WS, AS, normalized, sgd, states, done, *, threads=None):
     """SGD steps of the nonlinear counterpart on every run (factors ``F``, plain residual filter ``W`` and
     plain ``A`` in place; a plain layer is trained too); ``w_group``, ``a_group``: ``(off, dim, uoff)`` of the
     groups (:class:`sims.methods.expansion.Layout`); ``sgd = (steps, batch, eta_w, eta_a)``.  A step whose loss or
     gradient is not finite is not applied and ends the run's pretraining; ``done[r]`` is the number of steps
-    applied."""
-    w_off, w_dim, w_uoff = w_group
-    a_off, a_dim, a_uoff = a_group
+    applied.  Runs are spread over threads by :func:`sims.engines.common.run_chunks` (not a ``prange`` loop,
+    whose cached copy rounded differently from the freshly compiled one; see there)."""
+    over_runs(_pretrain_runs, F.shape[0], F, (w_group, a_group), (W, A, V), (WS, AS), normalized, sgd, states, done,
+              threads=threads)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _pretrain_runs(span, F, groups, plain, teacher, normalized, sgd, states, done):
+    """:func:`pretrain_nonlinear` on runs ``span = (lo, hi)``; ``groups = (w_group, a_group)``, ``plain = (W, A,
+    V)``, ``teacher = (WS, AS)``."""
+    (w_off, w_dim, w_uoff), (a_off, a_dim, a_uoff) = groups
+    W, A, V = plain
+    WS, AS = teacher
     steps, batch, eta_w, eta_a = sgd
     R, p = W.shape
     k = A.shape[1]
@@ -469,7 +487,7 @@ def pretrain_nonlinear(F, w_group, a_group, W, A, V, WS, AS, normalized, sgd, st
     ew_exp = w_off.shape[0] > 0
     ea_exp = a_off.shape[0] > 0
     w_end = a_off[0] if ea_exp else size  # the w factors come first
-    for r in prange(R):
+    for r in range(span[0], span[1]):
         ri = np.int64(r)
         tr = ri if WS.shape[0] > 1 else np.int64(0)
         Fr = F[r]

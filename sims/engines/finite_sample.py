@@ -31,8 +31,9 @@ import math
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from sims.engines.common import inlined, over_runs
 from sims.engines.rng import zig_normal
 
 ALGORITHMS = ("sgd", "gd-fixed")
@@ -439,11 +440,20 @@ def _rows(x, R: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-@njit(parallel=True, cache=True, fastmath=_FM)
-def _minibatch_gradients(mode, WT, A, WS, AS, normalized, batch_size, chunk, states, GW, GA, LE):
-    R, p = WT.shape
+#: IR-inlined copies of the gradient pieces for the helpers below (see :func:`sims.engines.common.inlined`: called
+#: out of line, the projected sampler's minibatch gradient rounded differently from a cold and a warm cache).
+_sgd_gradient_inl, _projected_gradient_inl, _filter_direction_inl, _filter_gradient_inl, _draw_training_set_inl, \
+    _fixed_gradient_inl = (inlined(f, _FM) for f in (_sgd_gradient, _projected_gradient, _filter_direction,
+                                                      _filter_gradient, _draw_training_set, _fixed_gradient))
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _minibatch_gradients(span, mode, WT, A, WS, AS, normalized, batch_size, chunk, states, outs):
+    """Rows ``span = (lo, hi)`` of :func:`minibatch_gradient` (``outs = (GW, GA, LE)``)."""
+    GW, GA, LE = outs
+    p = WT.shape[1]
     k = A.shape[1]
-    for r in prange(R):
+    for r in range(span[0], span[1]):
         tr = np.int64(r) if WS.shape[0] > 1 else np.int64(0)
         ws = WS[tr]
         ast = AS[tr]
@@ -459,14 +469,14 @@ def _minibatch_gradients(mode, WT, A, WS, AS, normalized, batch_size, chunk, sta
         fb = np.empty(chunk)
         fsb = np.empty(chunk)
         a = A[r]
-        nw = _filter_direction(WT[r], normalized, wu)
+        nw = _filter_direction_inl(WT[r], normalized, wu)
         st = (s0, s1, s2, s3)
         if mode == SGD_PROJECTED:
-            LE[r], st = _projected_gradient(st, batch_size, chunk, wu, ws, a, ast, e2, xi, (h, hs, cv, fb, fsb), gu,
+            LE[r], st = _projected_gradient_inl(st, batch_size, chunk, wu, ws, a, ast, e2, xi, (h, hs, cv, fb, fsb), gu,
                                             GA[r])
         else:
-            LE[r], st = _sgd_gradient(st, batch_size, chunk, wu, ws, a, ast, zb, (h, hs, cv, fb, fsb), gu, GA[r])
-        _filter_gradient(gu, wu, nw, normalized, GW[r])
+            LE[r], st = _sgd_gradient_inl(st, batch_size, chunk, wu, ws, a, ast, zb, (h, hs, cv, fb, fsb), gu, GA[r])
+        _filter_gradient_inl(gu, wu, nw, normalized, GW[r])
         states[r, 0], states[r, 1], states[r, 2], states[r, 3] = st
 
 
@@ -489,17 +499,17 @@ def minibatch_gradient(WT, A, WS, AS, *, normalized: bool, batch_size: int, stat
     GW = np.empty_like(WT)
     GA = np.empty_like(A)
     LE = np.empty(R)
-    _minibatch_gradients(np.int64(mode), WT, A, WS, AS, bool(normalized), np.int64(batch_size),
-                         np.int64(chunk_samples(batch_size, k, p, projected=mode == SGD_PROJECTED)), states, GW, GA,
-                         LE)
+    over_runs(_minibatch_gradients, R, np.int64(mode), WT, A, WS, AS, bool(normalized), np.int64(batch_size),
+              np.int64(chunk_samples(batch_size, k, p, projected=mode == SGD_PROJECTED)), states, (GW, GA, LE))
     return GW, GA, LE
 
 
-@njit(parallel=True, cache=True, fastmath=_FM)
-def _training_losses(WT, A, WS, AS, normalized, n_train, chunk, states, LE):
-    R, p = WT.shape
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _training_losses(span, WT, A, WS, AS, normalized, n_train, chunk, states, LE):
+    """Rows ``span = (lo, hi)`` of :func:`training_loss`."""
+    p = WT.shape[1]
     k = A.shape[1]
-    for r in prange(R):
+    for r in range(span[0], span[1]):
         tr = np.int64(r) if WS.shape[0] > 1 else np.int64(0)
         ws = WS[tr]
         ast = AS[tr]
@@ -512,9 +522,9 @@ def _training_losses(WT, A, WS, AS, normalized, n_train, chunk, states, LE):
         wu = np.empty(p)
         gu = np.empty(p)
         ga = np.empty(k)
-        _draw_training_set(s0, s1, s2, s3, chunk, X, FS, ws, ast, h)
-        _filter_direction(WT[r], normalized, wu)
-        LE[r] = _fixed_gradient(chunk, X, FS, wu, A[r], h, cv, fb, gu, ga)
+        _draw_training_set_inl(s0, s1, s2, s3, chunk, X, FS, ws, ast, h)
+        _filter_direction_inl(WT[r], normalized, wu)
+        LE[r] = _fixed_gradient_inl(chunk, X, FS, wu, A[r], h, cv, fb, gu, ga)
 
 
 def training_loss(WT, A, WS, AS, *, normalized: bool, batch_size: int, states: np.ndarray) -> np.ndarray:
@@ -529,6 +539,6 @@ def training_loss(WT, A, WS, AS, *, normalized: bool, batch_size: int, states: n
     batch_size = _check_batch("gd-fixed", batch_size, k, p)
     _check_state(WT, A, WS, AS)
     LE = np.empty(R)
-    _training_losses(WT, A, WS, AS, bool(normalized), np.int64(batch_size), np.int64(chunk_samples(batch_size, k, p)),
-                     states, LE)
+    over_runs(_training_losses, R, WT, A, WS, AS, bool(normalized), np.int64(batch_size),
+              np.int64(chunk_samples(batch_size, k, p)), states, LE)
     return LE

@@ -689,9 +689,9 @@ def end_to_end(*, model: str, w0: Any, a0: Any, w_star: Any, a_star: Any, schedu
     wrec = np.empty((R, rec.size, p + k))
     lrec = np.empty((R, rec.size))
     with driver.numba_threads(threads):
-        ek.end_to_end_gd(W, A, v, WS, AS, model.normalized, target in ("w", "both"),
-                         target in ("a", "both"), np.int64(depth), (sched.seg_end, sched.eta_w, sched.eta_a),
-                         np.int64(steps), (rec, wrec, lrec))
+        ek.end_to_end_gd(W, A, v, WS, AS, model.normalized, (target in ("w", "both"), target in ("a", "both"),
+                         np.int64(depth)), (sched.seg_end, sched.eta_w, sched.eta_a), np.int64(steps),
+                         (rec, wrec, lrec))
     return {"steps": rec, "w": wrec[:, :, :p], "a": wrec[:, :, p:], "loss": lrec}
 
 
