@@ -455,6 +455,13 @@ def _attempt(ws, ctx, rates, ctl, t, t_end, h_abs):
 
 
 @_jit
+def _eval_call(y, consts, k, normalized, ew, ea, K, row):
+    """:func:`_eval` as a function of its own: RODAS4's code calls it (not inlined: DP5's speed depends on inlining
+    its evaluations, RODAS4's much less, and one copy of the field instead of four keeps the compile time down)."""
+    return _eval(y, consts, k, normalized, ew, ea, K, row)
+
+
+@_jit
 def _jacobian(y, consts, k, normalized, rates, K, J, tmp):
     """The field's Jacobian at ``y`` into ``J`` by forward differences from ``K[0] = f(y)`` (``K[6]`` scratch):
     increments :data:`JAC_DELTA` ``max(|y_j|, 1)``, so its relative error is about ``1e-8``, which moves RODAS4's
@@ -465,7 +472,7 @@ def _jacobian(y, consts, k, normalized, rates, K, J, tmp):
         d = JAC_DELTA * max(abs(y[j]), 1.0)
         tmp[j] = y[j] + d
         d = tmp[j] - y[j]  # the increment actually represented
-        _eval(tmp, consts, k, normalized, rates[0], rates[1], K, 6)
+        _eval_call(tmp, consts, k, normalized, rates[0], rates[1], K, 6)
         for i in range(NY):
             J[i, j] = (K[6, i] - K[0, i]) / d
 
@@ -527,7 +534,7 @@ def _rodas_stages(ws, ctx, rates, h):
                 for j in range(st):
                     acc += RA[st, j] * U[j, i]
                 tmp[i] = y[i] + acc
-            _eval(tmp, consts, k, normalized, rates[0], rates[1], K, st)
+            _eval_call(tmp, consts, k, normalized, rates[0], rates[1], K, st)
         for i in range(NY):
             acc = 0.0
             for j in range(st):
@@ -555,16 +562,17 @@ def _attempt_rodas(ws, ctx, rates, ctl, t, t_end, h_abs):
     rejected = False
     _jacobian(y, consts, k, normalized, rates, K, JG[0], Y[2])
     nfev = NY
+    nan = math.nan
+    obs_new = (nan, nan, nan, nan, nan, nan, nan)  # unused where the step fails (the caller observes y)
     while True:
         if h_abs < min_step:
-            return False, t, 0.0, h_abs, _observe(y, consts, k, normalized)[0], nfev
+            return False, t, 0.0, h_abs, obs_new, nfev
         t_new = min(t + h_abs, t_end)
         h = t_new - t
         h_abs = abs(h)
         err_norm = math.inf
-        obs_new = _observe(y, consts, k, normalized)[0]
         if _rodas_stages(ws, ctx, rates, h):
-            obs_new = _eval(y_new, consts, k, normalized, rates[0], rates[1], K, 6)
+            obs_new = _eval_call(y_new, consts, k, normalized, rates[0], rates[1], K, 6)
             nfev += 6
             err = 0.0
             for i in range(NY):
