@@ -18,9 +18,10 @@ Refused (``ValueError`` naming the field): a schedule with noise (the flow is de
 (``batch_size``), an engine that takes finite steps (``engine="vector"``, ``"reduced"``, ...) with
 ``algorithm="flow"``, and tolerances of the solver outside ``[1e-14, 1e-2]`` (``rtol``) or ``(0, 1e-2]``
 (``atol``), and ``eta_a`` above GD's stability limit unless ``allow_unstable=True``: the flow itself has no such
-limit, but an explicit solver's steps shrink like ``1 / (eta_a lambda_1)`` (at ``k = 10^6`` with ``eta_a`` chosen
-for ``k = 16``, a run would take some 10^8 steps), and rates no GD can follow are not the limit of the GD the
-flow stands for.
+limit, but rates no GD can follow are not the limit of the GD the flow stands for (and the explicit DP5's steps
+shrink like ``1 / (eta_a lambda_1)``).  ``sims.Flow(method=...)`` picks the integrator: DP5, or RODAS4 for the
+stiff flow at large ``k`` (the default ``"auto"`` takes RODAS4 from ``k = 962`` on; :mod:`sims.engines.flow`);
+``settings["flow"]["method"]`` records the one used.
 """
 
 from __future__ import annotations
