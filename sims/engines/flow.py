@@ -293,6 +293,21 @@ def _eval(y, consts, k, normalized, ew, ea, K, row):
     return obs
 
 
+@_jit
+def _observation(y, consts, k, normalized):
+    """:func:`_observe`'s observation alone, compiled as a function of its own: the calls off the stepping path
+    (events, records, stops, failures) share one copy instead of inlining one each, which keeps the compile time
+    down (the arithmetic is the same, so are the results, bit for bit)."""
+    return _observe(y, consts, k, normalized)[0]
+
+
+@_jit
+def _eval_call(y, consts, k, normalized, ew, ea, K, row):
+    """:func:`_eval` as a function of its own, for the calls off DP5's stages (a segment's start, the initial step)
+    and for RODAS4 (DP5's speed depends on inlining its stage evaluations, RODAS4's much less)."""
+    return _eval(y, consts, k, normalized, ew, ea, K, row)
+
+
 @njit(inline="always")
 def _rms(v0, v1, v2, v3, v4):
     return math.sqrt((v0 * v0 + v1 * v1 + v2 * v2 + v3 * v3 + v4 * v4) / NY)
@@ -315,7 +330,7 @@ def _initial_step(y, f0, consts, k, normalized, ew, ea, rtol, atol, interval, K,
     h0 = min(h0, interval)
     for i in range(NY):
         ytmp[i] = y[i] + h0 * f0[i]
-    _eval(ytmp, consts, k, normalized, ew, ea, K, 6)
+    _eval_call(ytmp, consts, k, normalized, ew, ea, K, 6)
     d2 = 0.0
     for i in range(NY):
         sc = atol + abs(y[i]) * rtol
@@ -344,7 +359,7 @@ def _dense(y, Q, h, theta, out):
 @_jit
 def _event_value(code, level, y, consts, k, normalized, tf):
     """The event function ``code`` at the state ``y`` (triggered where <= 0, the trapped one where < 0)."""
-    obs, _ = _observe(y, consts, k, normalized)
+    obs = _observation(y, consts, k, normalized)
     L, phi, c, s, P, g2, ga2 = obs
     if code == EV_LOSS or code == EV_EPS or code == EV_LEVEL:
         return L - level
@@ -445,7 +460,7 @@ def _attempt(ws, ctx, rates, ctl, t, t_end, h_abs):
     nfev = 0
     while True:
         if h_abs < min_step:
-            return False, t, 0.0, h_abs, _observe(y, consts, k, normalized)[0], nfev
+            return False, t, 0.0, h_abs, _observation(y, consts, k, normalized), nfev
         t_new = min(t + h_abs, t_end)
         h = t_new - t
         h_abs = abs(h)
@@ -480,13 +495,6 @@ def _attempt(ws, ctx, rates, ctl, t, t_end, h_abs):
             err_norm = 1e300
         h_abs *= max(MIN_FACTOR, SAFETY * err_norm ** ERROR_EXPONENT)
         rejected = True
-
-
-@_jit
-def _eval_call(y, consts, k, normalized, ew, ea, K, row):
-    """:func:`_eval` as a function of its own: RODAS4's code calls it (not inlined: DP5's speed depends on inlining
-    its evaluations, RODAS4's much less, and one copy of the field instead of four keeps the compile time down)."""
-    return _eval(y, consts, k, normalized, ew, ea, K, row)
 
 
 @_jit
@@ -690,7 +698,7 @@ def _step_events(ws, ctx, t, h, theta, obs_end, levels, ev):
             th = _locate(EV_LEVEL, levels[lv], y, Q, h, theta, L1 - levels[lv], consts, k, normalized, tf, tmp)
             _dense(y, Q, h, th, tmp)
             pts[2 * lv] = t + h * th
-            pts[2 * lv + 1] = _observe(tmp, consts, k, normalized)[0][0]
+            pts[2 * lv + 1] = _observation(tmp, consts, k, normalized)[0]
     return slow_end, steps_tol
 
 
@@ -710,7 +718,7 @@ def _step_records(ws, ctx, t, h, theta, obs_end, prob, out, r, rec):
                 tmp[i] = y_new[i]
         else:
             _dense(y, Q, h, th, tmp)
-            obs_r = _observe(tmp, consts, k, normalized)[0]
+            obs_r = _observation(tmp, consts, k, normalized)
         _record(out, r, rec, obs_r, tmp, consts, k)
         rec += 1
     return rec
@@ -782,7 +790,7 @@ def _run_one(r, eng, ws, prob, stops, out):
         seg, t_end = _segment(prob, sr, seg, t, T)
         rates = (prob.eta_w[sr, seg], prob.eta_a[sr, seg])
         trap = (stops.stop_trapped and eng.normalized and seg == nseg - 1, phs)
-        obs = _eval(y, consts, eng.k, eng.normalized, rates[0], rates[1], K, 0)
+        obs = _eval_call(y, consts, eng.k, eng.normalized, rates[0], rates[1], K, 0)
         nfev += 1
         finite = _finite(obs)
         slow_end, steps_tol = _point_events(obs, t, levels, (slow_end, steps_tol, pts, tol_eps), finite)
@@ -812,7 +820,7 @@ def _run_one(r, eng, ws, prob, stops, out):
             if not finite_new:  # below the minimum step, past the step cap, or a non-finite state: stop here
                 reason = driver.STOP_DIVERGED
                 t_stop = t
-                L, phi, c, s, P, g2, ga2 = _observe(y, consts, eng.k, eng.normalized)[0]
+                L, phi, c, s, P, g2, ga2 = _observation(y, consts, eng.k, eng.normalized)
                 final = (L, phi, P, math.sqrt(g2))
                 break
             nsteps += 1
@@ -826,7 +834,7 @@ def _run_one(r, eng, ws, prob, stops, out):
             obs_end = obs_new
             if code >= 0 and theta < 1.0:  # the stop lies inside the step: its state from the dense output
                 _dense(y, Q, h, theta, y_new)
-                obs_end = _observe(y_new, consts, eng.k, eng.normalized)[0]
+                obs_end = _observation(y_new, consts, eng.k, eng.normalized)
             else:
                 theta = 1.0
             slow_end, steps_tol = _step_events(ws, ctx, t, h, theta, obs_end, levels,
