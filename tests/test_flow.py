@@ -302,7 +302,8 @@ def test_results_do_not_depend_on_threads_or_splits():
 
 def test_result_fields_and_engine_name():
     res = sims.simulate(engine="flow", k=4, p=4, runs=5, steps=500, schedule=_two_stage(4), seed=1)
-    assert res.settings["algorithm"] == "flow" and res.settings["flow"] == {"rtol": 1e-10, "atol": 1e-12}
+    assert res.settings["algorithm"] == "flow" and res.settings["flow"] == {"rtol": 1e-10, "atol": 1e-12,
+                                                                                   "method": "dp5"}
     assert res.steps.dtype == np.float64 and np.all(res.extras["flow_steps"] > 0)
     assert np.all(res.extras["flow_nfev"] >= 6 * res.extras["flow_steps"])
     frame = res.to_frame()

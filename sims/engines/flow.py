@@ -24,6 +24,34 @@ independent and each is integrated by one thread (:func:`sims.engines.driver.run
 bit-identical for every thread count and split of runs.
 The code is compiled without fastmath (nothing reassociated or contracted).
 
+**Stiffness: RODAS4 at large k.**  The head's flow is linear in ``(x, y, z)`` at a frozen filter, with rates
+``eta_a lambda`` for the eigenvalues ``lambda_1 = (k + pi - 1) / (2 pi)`` (along ``1``) and ``lambda_perp = (pi - 1) /
+(2 pi)`` of its Hessian: at Liu et al.'s ``eta_a = 0.9 (4 pi / (k + 2 pi - 2))`` about 1.8 and ``1.8 (pi - 1) / k``
+per unit of time.  The run lasts ``O(k)`` units of time (the slow mode), and an explicit method's step is bounded by
+its stability region on the fast one (``h <= 3.3 / 1.8``), so DP5 takes about ``1.3 k`` steps per run (measured:
+385 at ``k = 16``, 1,590 at ``10^3``, 12,900 at ``10^4``; ``10^5`` took 23 s for 64 runs).  RODAS4 (Hairer and
+Wanner's 6-stage Rosenbrock method of order 4 with an embedded order-3 estimate, L-stable and stiffly accurate) is
+linearly implicit: each step solves with ``I / (h gamma) - J`` (the 5 x 5 Jacobian by forward differences, an LU
+with partial pivoting), so its steps follow the slow dynamics whatever the fast rate: 1,500-1,630 per ResNet run
+from ``k = 10^3`` to ``10^6``.  Measured (``benchmarks/flow_stiff.py``, one thread, CPU time per run, ``p = 16``,
+liu2019-like constant rates, 400 ResNet and 400 CNN runs, the 2-core machine shared with other jobs): DP5 0.23-0.25
+ms at ``k = 16``, 1.9-2.6 ms at ``10^3``, 26-36 ms at ``10^4`` (and ``O(k)`` on: seconds per run at ``10^6``);
+RODAS4 1.3-1.5 ms at ``16``, 1.9-2.4 ms at ``10^3``, 2.2-2.5 ms at ``10^4``, 2.4-2.8 ms at ``10^6``.  A RODAS4
+step costs 11 field evaluations (5 stages, the end, 5 for the Jacobian) against DP5's 6, and at small ``k`` at
+``rtol = 1e-10`` its lower order takes three times DP5's steps, so DP5 stays below the crossover: ``method="auto"``
+(:func:`select_method`) takes RODAS4 where the Hessian's stiffness ratio ``lambda_1 / lambda_perp`` reaches
+:data:`STIFF_RATIO` (``k >= 962``; the measured break-even is near ``k = 1000``).  The choice depends on ``k``
+alone, so one call uses one method, recorded in the result's ``settings["flow"]["method"]``.  Same control as DP5
+(RMS norm over ``atol + rtol max(|y|, |y_new|)``, safety 0.9, factors in ``[0.2, 10]``, no growth after a
+rejection, exponent ``-1/4`` of the order-3 estimate), the same initial step, stops and events; its dense output
+is the cubic Hermite interpolant of the step's ends and fields (O(h^4), like the method).  On the liu2019 teachers
+the two methods give the same outcome on 20,000 of 20,000 runs at ``k = 16`` and 4,000 of 4,000 at ``k = 1000``,
+and the same ``loss_tol`` stop times to ``8e-9`` relative; at ``k = 10^6`` RODAS4 follows the exact frozen-filter
+head flow (a matrix exponential) to ``1e-11`` (``tests/test_flow_stiff.py``).  Why not an exponential integrator or
+a change of variables: the stiff mode's rate depends on ``rho = ||w~||`` for the unnormalized CNN and couples to the
+filter through ``Dp``; a Rosenbrock method needs no structure beyond the small dense Jacobian, and was the simplest to
+make accurate to the tolerance.
+
 **Stops and events** (the finite-step engines' rules, :func:`sims.engines.driver._stop_reason`, on the flow): at
 the start of every segment the stop rules are checked at the current state; after every accepted step the
 conditions are evaluated at its end, and a stop whose condition holds there is located on the dense output
@@ -114,6 +142,42 @@ LOCATE_ITERS = 100
 # Event codes (an event function g is "triggered" where g <= 0, the trapped one where g < 0).
 EV_LOSS, EV_GRAD, EV_TRAP, EV_EPS, EV_SLOW, EV_LEVEL = range(6)
 
+#: Integrators: scipy's explicit Dormand-Prince 5(4), and Hairer and Wanner's RODAS4, a linearly implicit
+#: (Rosenbrock) L-stable method of order 4(3) for the stiff flow at large ``k``.
+METHOD_DP5, METHOD_RODAS4 = 0, 1
+METHODS: tuple[str, ...] = ("dp5", "rodas4")
+#: ``method="auto"`` integrates with RODAS4 where the head's Hessian ``M / (2 pi)`` has a stiffness ratio
+#: ``lambda_1 / lambda_perp = (k + pi - 1) / (pi - 1)`` of at least this (``k >= 962``), with DP5 below
+#: (module docstring: the measured crossover).
+STIFF_RATIO = 450.0
+
+# RODAS4 (Hairer and Wanner, Solving ODEs II, section IV.7, the coefficients of their code rodas.f) in the form
+# (I / (h gamma) - J) U_i = f(y + sum_j RA[i, j] U_j) + sum_j RC[i, j] U_j / h,  y_new = y + sum_i RM[i] U_i,
+# with the error estimate U_6 (the method is stiffly accurate: y_new is the last stage's state plus U_6).
+R_GAMMA = 0.25
+_RA_LOW = (1.544, 0.9466785280815826, 0.2557011698983284, 3.314825187068521, 2.896124015972201,
+           0.9986419139977817, 1.221224509226641, 6.019134481288629, 12.53708332932087, -0.687886036105895,
+           1.221224509226641, 6.019134481288629, 12.53708332932087, -0.687886036105895, 1.0)
+_RC_LOW = (-5.6688, -2.430093356833875, -0.2063599157091915, -0.1073529058151375, -9.594562251023355,
+           -20.47028614809616, 7.496443313967647, -10.24680431464352, -33.99990352819905, 11.7089089320616,
+           8.083246795921522, -7.981132988064893, -31.52159432874371, 16.31930543123136, -6.058818238834054)
+
+
+def _lower(values: tuple[float, ...]) -> np.ndarray:
+    """The strictly lower triangular 6 x 6 matrix with ``values`` row by row."""
+    out = np.zeros((6, 6))
+    out[np.tril_indices(6, -1)] = values
+    return out
+
+
+RA = _lower(_RA_LOW)
+RC = _lower(_RC_LOW)
+RM = np.array([RA[5, 0], RA[5, 1], RA[5, 2], RA[5, 3], 1.0, 1.0])
+#: ``-1 / (embedded order + 1)`` of RODAS4's error estimate.
+R_ERROR_EXPONENT = -1.0 / 4.0
+#: Relative (and, below ``|y_j| = 1``, absolute) increment of the forward differences of the Jacobian.
+JAC_DELTA = 1.4901161193847656e-08
+
 
 class FlowGD(NamedTuple):
     """Gradient flow on the order parameters of ``R`` runs: ``start``/``out`` the coordinates
@@ -136,6 +200,7 @@ class FlowGD(NamedTuple):
     nfev: np.ndarray  # (R,) int64
     loss_level: np.ndarray  # (R,) or (0,)
     max_nsteps: int
+    method: int  # METHOD_DP5 or METHOD_RODAS4
 
 
 class FlowOutputs(NamedTuple):
@@ -150,16 +215,26 @@ class FlowOutputs(NamedTuple):
     rate_pts: np.ndarray  # (R, 6)
 
 
+def select_method(method: str, k: int) -> int:
+    """The integrator's code for ``method`` (``"dp5"``, ``"rodas4"`` or ``"auto"``: RODAS4 where the head's
+    stiffness ratio ``(k + pi - 1) / (pi - 1)`` reaches :data:`STIFF_RATIO`, DP5 below)."""
+    if method == "auto":
+        return METHOD_RODAS4 if (k + math.pi - 1.0) / (math.pi - 1.0) >= STIFF_RATIO else METHOD_DP5
+    if method not in METHODS:
+        raise ValueError(f"flow.method must be one of {('auto',) + METHODS}; got {method!r}")
+    return METHODS.index(method)
+
+
 def engine(start: np.ndarray, consts: np.ndarray, k: int, normalized: bool, rtol: float,
-           atol: float, loss_level: np.ndarray | None = None, max_nsteps: int = 0) -> FlowGD:
+           atol: float, loss_level: np.ndarray | None = None, max_nsteps: int = 0, method: str = "auto") -> FlowGD:
     """The record of ``R`` runs (outputs allocated); ``loss_level``: per-run ``loss_tol`` levels (relative to
     ``L_ref``; None: the stops' shared ``loss_tol``); ``max_nsteps``: a cap on each run's accepted steps (0:
-    none)."""
+    none); ``method``: the integrator (:func:`select_method`)."""
     R = start.shape[0]
     level = np.empty(0) if loss_level is None else np.ascontiguousarray(loss_level, dtype=np.float64)
     return FlowGD(np.ascontiguousarray(start), np.zeros_like(start), np.ascontiguousarray(consts), int(k),
                   bool(normalized), float(rtol), float(atol), np.zeros(R, np.int64), np.zeros(R, np.int64), level,
-                  int(max_nsteps))
+                  int(max_nsteps), select_method(method, int(k)))
 
 
 def make_outputs(R: int, m: int) -> FlowOutputs:
@@ -168,11 +243,13 @@ def make_outputs(R: int, m: int) -> FlowOutputs:
                        np.empty(R), np.empty((R, 6)))
 
 
-def workspace(eng: FlowGD, p: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One thread's work arrays: the stages ``K`` (7 x 5), the states ``y, y_new, y_tmp`` (3 x 5) and the dense
-    output's coefficients ``Q`` (5 x 4)."""
+def workspace(eng: FlowGD, p: int, k: int) -> tuple[np.ndarray, ...]:
+    """One thread's work arrays: the stages ``K`` (7 x 5), the states ``y, y_new, y_tmp`` (3 x 5), the dense
+    output's coefficients ``Q`` (5 x 4), and RODAS4's: its stages ``U`` (6 x 5), the Jacobian and the LU factors
+    of ``I / (h gamma) - J`` (2 x 5 x 5) and the pivots (5)."""
     return (unshared_empty(7 * NY).reshape(7, NY), unshared_empty(3 * NY).reshape(3, NY),
-            unshared_empty(NY * 4).reshape(NY, 4))
+            unshared_empty(NY * 4).reshape(NY, 4), unshared_empty(6 * NY).reshape(6, NY),
+            unshared_empty(2 * NY * NY).reshape(2, NY, NY), unshared_empty(NY, np.int64))
 
 
 @njit(inline="always")
@@ -216,6 +293,21 @@ def _eval(y, consts, k, normalized, ew, ea, K, row):
     return obs
 
 
+@_jit
+def _observation(y, consts, k, normalized):
+    """:func:`_observe`'s observation alone, compiled as a function of its own: the calls off the stepping path
+    (events, records, stops, failures) share one copy instead of inlining one each, which keeps the compile time
+    down (the arithmetic is the same, so are the results, bit for bit)."""
+    return _observe(y, consts, k, normalized)[0]
+
+
+@_jit
+def _eval_call(y, consts, k, normalized, ew, ea, K, row):
+    """:func:`_eval` as a function of its own, for the calls off DP5's stages (a segment's start, the initial step)
+    and for RODAS4 (DP5's speed depends on inlining its stage evaluations, RODAS4's much less)."""
+    return _eval(y, consts, k, normalized, ew, ea, K, row)
+
+
 @njit(inline="always")
 def _rms(v0, v1, v2, v3, v4):
     return math.sqrt((v0 * v0 + v1 * v1 + v2 * v2 + v3 * v3 + v4 * v4) / NY)
@@ -238,7 +330,7 @@ def _initial_step(y, f0, consts, k, normalized, ew, ea, rtol, atol, interval, K,
     h0 = min(h0, interval)
     for i in range(NY):
         ytmp[i] = y[i] + h0 * f0[i]
-    _eval(ytmp, consts, k, normalized, ew, ea, K, 6)
+    _eval_call(ytmp, consts, k, normalized, ew, ea, K, 6)
     d2 = 0.0
     for i in range(NY):
         sc = atol + abs(y[i]) * rtol
@@ -267,7 +359,7 @@ def _dense(y, Q, h, theta, out):
 @_jit
 def _event_value(code, level, y, consts, k, normalized, tf):
     """The event function ``code`` at the state ``y`` (triggered where <= 0, the trapped one where < 0)."""
-    obs, _ = _observe(y, consts, k, normalized)
+    obs = _observation(y, consts, k, normalized)
     L, phi, c, s, P, g2, ga2 = obs
     if code == EV_LOSS or code == EV_EPS or code == EV_LEVEL:
         return L - level
@@ -357,7 +449,7 @@ def _attempt(ws, ctx, rates, ctl, t, t_end, h_abs):
     """One accepted step from ``(t, y = Y[0])`` with scipy's RK45 control (module docstring): the stages into
     ``K``, the new state into ``Y[1]``; returns ``(ok, t_new, h, next h_abs, observation at t_new, evaluations)``,
     ``ok`` False when the step would fall below the minimum step."""
-    K, Y, Q = ws
+    K, Y = ws[0], ws[1]
     y, y_new, tmp = Y[0], Y[1], Y[2]
     consts, k, normalized, tf = ctx
     ew, ea = rates
@@ -368,7 +460,7 @@ def _attempt(ws, ctx, rates, ctl, t, t_end, h_abs):
     nfev = 0
     while True:
         if h_abs < min_step:
-            return False, t, 0.0, h_abs, _observe(y, consts, k, normalized)[0], nfev
+            return False, t, 0.0, h_abs, _observation(y, consts, k, normalized), nfev
         t_new = min(t + h_abs, t_end)
         h = t_new - t
         h_abs = abs(h)
@@ -406,6 +498,147 @@ def _attempt(ws, ctx, rates, ctl, t, t_end, h_abs):
 
 
 @_jit
+def _jacobian(y, consts, k, normalized, rates, K, J, tmp):
+    """The field's Jacobian at ``y`` into ``J`` by forward differences from ``K[0] = f(y)`` (``K[6]`` scratch):
+    increments :data:`JAC_DELTA` ``max(|y_j|, 1)``, so its relative error is about ``1e-8``, which moves RODAS4's
+    result by far less than its error estimate (the method's order conditions hold to that accuracy)."""
+    for j in range(NY):
+        for i in range(NY):
+            tmp[i] = y[i]
+        d = JAC_DELTA * max(abs(y[j]), 1.0)
+        tmp[j] = y[j] + d
+        d = tmp[j] - y[j]  # the increment actually represented
+        _eval_call(tmp, consts, k, normalized, rates[0], rates[1], K, 6)
+        for i in range(NY):
+            J[i, j] = (K[6, i] - K[0, i]) / d
+
+
+@_jit
+def _lu(G, piv):
+    """LU factorization with partial pivoting of the 5 x 5 ``G`` in place; False if it is singular."""
+    for c in range(NY):
+        p = c
+        for i in range(c + 1, NY):
+            if abs(G[i, c]) > abs(G[p, c]):
+                p = i
+        piv[c] = p
+        if not G[p, c] != 0.0:  # zero or NaN
+            return False
+        if p != c:
+            for j in range(NY):
+                G[c, j], G[p, j] = G[p, j], G[c, j]
+        for i in range(c + 1, NY):
+            G[i, c] /= G[c, c]
+            for j in range(c + 1, NY):
+                G[i, j] -= G[i, c] * G[c, j]
+    return True
+
+
+@_jit
+def _lu_solve(G, piv, b):
+    """Solve ``G x = b`` in place in ``b`` from :func:`_lu`'s factors."""
+    for c in range(NY):
+        p = piv[c]
+        if p != c:
+            b[c], b[p] = b[p], b[c]
+        for i in range(c + 1, NY):
+            b[i] -= G[i, c] * b[c]
+    for c in range(NY - 1, -1, -1):
+        for j in range(c + 1, NY):
+            b[c] -= G[c, j] * b[j]
+        b[c] /= G[c, c]
+
+
+@_jit
+def _rodas_stages(ws, ctx, rates, h):
+    """RODAS4's stages ``U`` of a step ``h`` from ``y = Y[0]`` (``K[0] = f(y)``, the Jacobian in ``JG[0]``; the
+    stage fields into ``K[1..5]``) and the new state into ``Y[1]``; False if ``I / (h gamma) - J`` is singular."""
+    K, Y, U, JG, piv = ws[0], ws[1], ws[3], ws[4], ws[5]
+    y, y_new, tmp = Y[0], Y[1], Y[2]
+    consts, k, normalized, tf = ctx
+    G = JG[1]
+    for i in range(NY):
+        for j in range(NY):
+            G[i, j] = -JG[0, i, j]
+        G[i, i] += 1.0 / (h * R_GAMMA)
+    if not _lu(G, piv):
+        return False
+    for st in range(6):
+        if st > 0:
+            for i in range(NY):
+                acc = 0.0
+                for j in range(st):
+                    acc += RA[st, j] * U[j, i]
+                tmp[i] = y[i] + acc
+            _eval_call(tmp, consts, k, normalized, rates[0], rates[1], K, st)
+        for i in range(NY):
+            acc = 0.0
+            for j in range(st):
+                acc += RC[st, j] * U[j, i]
+            U[st, i] = K[st, i] + acc / h
+        _lu_solve(G, piv, U[st])
+    for i in range(NY):
+        acc = 0.0
+        for j in range(6):
+            acc += RM[j] * U[j, i]
+        y_new[i] = y[i] + acc
+    return True
+
+
+@_jit
+def _attempt_rodas(ws, ctx, rates, ctl, t, t_end, h_abs):
+    """One accepted RODAS4 step from ``(t, y = Y[0])``, as :func:`_attempt` (its returns, its error control with
+    the estimate ``U_6`` of order 3: exponent ``-1/4``), the Jacobian taken once at ``y``."""
+    K, Y, U, JG = ws[0], ws[1], ws[3], ws[4]
+    y, y_new = Y[0], Y[1]
+    consts, k, normalized, tf = ctx
+    rtol, atol = ctl
+    min_step = 10.0 * (np.nextafter(t, np.inf) - t)
+    h_abs = max(h_abs, min_step)
+    rejected = False
+    _jacobian(y, consts, k, normalized, rates, K, JG[0], Y[2])
+    nfev = NY
+    nan = math.nan
+    obs_new = (nan, nan, nan, nan, nan, nan, nan)  # unused where the step fails (the caller observes y)
+    while True:
+        if h_abs < min_step:
+            return False, t, 0.0, h_abs, obs_new, nfev
+        t_new = min(t + h_abs, t_end)
+        h = t_new - t
+        h_abs = abs(h)
+        err_norm = math.inf
+        if _rodas_stages(ws, ctx, rates, h):
+            obs_new = _eval_call(y_new, consts, k, normalized, rates[0], rates[1], K, 6)
+            nfev += 6
+            err = 0.0
+            for i in range(NY):
+                sc = atol + max(abs(y[i]), abs(y_new[i])) * rtol
+                err += (U[5, i] / sc) ** 2
+            err_norm = math.sqrt(err / NY)
+        if err_norm < 1.0:
+            factor = MAX_FACTOR if err_norm == 0.0 else min(MAX_FACTOR, SAFETY * err_norm ** R_ERROR_EXPONENT)
+            if rejected:
+                factor = min(1.0, factor)
+            return True, t_new, h, h_abs * factor, obs_new, nfev
+        if not math.isfinite(err_norm):  # singular, or a non-finite stage: shrink as after a large error
+            err_norm = 1e300
+        h_abs *= max(MIN_FACTOR, SAFETY * err_norm ** R_ERROR_EXPONENT)
+        rejected = True
+
+
+@_jit
+def _hermite_coefficients(K, Y, h, Q):
+    """RODAS4's dense output: the cubic Hermite interpolant of ``(y, f(y))`` and ``(y_new, f(y_new))`` (``K[0]``,
+    ``K[6]``) in :func:`_dense`'s form (``Q[:, 3] = 0``), accurate to O(h^4) like the method."""
+    for i in range(NY):
+        d = (Y[1, i] - Y[0, i]) / h
+        Q[i, 0] = K[0, i]
+        Q[i, 1] = 3.0 * d - 2.0 * K[0, i] - K[6, i]
+        Q[i, 2] = K[0, i] + K[6, i] - 2.0 * d
+        Q[i, 3] = 0.0
+
+
+@_jit
 def _dense_coefficients(K, Q):
     """``Q = K^T P_DENSE``: the dense output's coefficients of the step just taken."""
     for i in range(NY):
@@ -420,7 +653,7 @@ def _dense_coefficients(K, Q):
 def _step_stop(ws, ctx, h, obs_new, tol, trap):
     """The stop of the step just taken, if any: ``(code, theta)``, the earliest located one (ties in the driver's
     order), ``code`` -1 if none.  ``trap = (trapped test on, phi_s)``."""
-    K, Y, Q = ws
+    Y, Q = ws[1], ws[2]
     y, y_new, tmp = Y[0], Y[1], Y[2]
     consts, k, normalized, tf = ctx
     L1, phi1, c1, s1, P1, g21, ga21 = obs_new
@@ -449,7 +682,7 @@ def _step_stop(ws, ctx, h, obs_new, tol, trap):
 def _step_events(ws, ctx, t, h, theta, obs_end, levels, ev):
     """The events of the step just taken, up to ``theta`` (the stop, or 1): ``ev = (slow_end, steps_tol, pts,
     tol_eps)``; returns the updated ``(slow_end, steps_tol)`` (``pts`` is updated in place)."""
-    K, Y, Q = ws
+    Y, Q = ws[1], ws[2]
     y, tmp = Y[0], Y[2]
     consts, k, normalized, tf = ctx
     slow_end, steps_tol, pts, tol_eps = ev
@@ -465,14 +698,14 @@ def _step_events(ws, ctx, t, h, theta, obs_end, levels, ev):
             th = _locate(EV_LEVEL, levels[lv], y, Q, h, theta, L1 - levels[lv], consts, k, normalized, tf, tmp)
             _dense(y, Q, h, th, tmp)
             pts[2 * lv] = t + h * th
-            pts[2 * lv + 1] = _observe(tmp, consts, k, normalized)[0][0]
+            pts[2 * lv + 1] = _observation(tmp, consts, k, normalized)[0]
     return slow_end, steps_tol
 
 
 @_jit
 def _step_records(ws, ctx, t, h, theta, obs_end, prob, out, r, rec):
     """Record the trajectory at the record times in ``(t, t + theta h]`` (dense output); returns the next index."""
-    K, Y, Q = ws
+    Y, Q = ws[1], ws[2]
     y, y_new, tmp = Y[0], Y[1], Y[2]
     consts, k, normalized, tf = ctx
     t_hi = t + theta * h
@@ -485,7 +718,7 @@ def _step_records(ws, ctx, t, h, theta, obs_end, prob, out, r, rec):
                 tmp[i] = y_new[i]
         else:
             _dense(y, Q, h, th, tmp)
-            obs_r = _observe(tmp, consts, k, normalized)[0]
+            obs_r = _observation(tmp, consts, k, normalized)
         _record(out, r, rec, obs_r, tmp, consts, k)
         rec += 1
     return rec
@@ -535,7 +768,7 @@ def _thresholds(consts, prob, stops, loss_tol):
 @_jit
 def _run_one(r, eng, ws, prob, stops, out):
     """Integrate run ``r`` from time 0 to its stop (module docstring)."""
-    K, Y, Q = ws
+    K, Y, Q = ws[0], ws[1], ws[2]
     y, y_new = Y[0], Y[1]
     consts = eng.consts[r]
     ctx = (consts, eng.k, eng.normalized, 1.0)
@@ -557,7 +790,7 @@ def _run_one(r, eng, ws, prob, stops, out):
         seg, t_end = _segment(prob, sr, seg, t, T)
         rates = (prob.eta_w[sr, seg], prob.eta_a[sr, seg])
         trap = (stops.stop_trapped and eng.normalized and seg == nseg - 1, phs)
-        obs = _eval(y, consts, eng.k, eng.normalized, rates[0], rates[1], K, 0)
+        obs = _eval_call(y, consts, eng.k, eng.normalized, rates[0], rates[1], K, 0)
         nfev += 1
         finite = _finite(obs)
         slow_end, steps_tol = _point_events(obs, t, levels, (slow_end, steps_tol, pts, tol_eps), finite)
@@ -576,7 +809,10 @@ def _run_one(r, eng, ws, prob, stops, out):
                                   t_end - t, K, Y[2])
         nfev += ne
         while t < t_end:
-            ok, t_new, h, h_abs, obs_new, ne = _attempt(ws, ctx, rates, ctl, t, t_end, h_abs)
+            if eng.method == METHOD_RODAS4:
+                ok, t_new, h, h_abs, obs_new, ne = _attempt_rodas(ws, ctx, rates, ctl, t, t_end, h_abs)
+            else:
+                ok, t_new, h, h_abs, obs_new, ne = _attempt(ws, ctx, rates, ctl, t, t_end, h_abs)
             nfev += ne
             finite_new = ok and _finite(obs_new) and (eng.max_nsteps <= 0 or nsteps < eng.max_nsteps)
             for i in range(NY):
@@ -584,18 +820,21 @@ def _run_one(r, eng, ws, prob, stops, out):
             if not finite_new:  # below the minimum step, past the step cap, or a non-finite state: stop here
                 reason = driver.STOP_DIVERGED
                 t_stop = t
-                L, phi, c, s, P, g2, ga2 = _observe(y, consts, eng.k, eng.normalized)[0]
+                L, phi, c, s, P, g2, ga2 = _observation(y, consts, eng.k, eng.normalized)
                 final = (L, phi, P, math.sqrt(g2))
                 break
             nsteps += 1
-            _dense_coefficients(K, Q)
+            if eng.method == METHOD_RODAS4:
+                _hermite_coefficients(K, Y, h, Q)
+            else:
+                _dense_coefficients(K, Q)
             code, theta = _step_stop(ws, ctx, h, obs_new, tol, trap)
             if code < 0 and t_new >= T:
                 code = driver.STOP_MAX_STEPS
             obs_end = obs_new
             if code >= 0 and theta < 1.0:  # the stop lies inside the step: its state from the dense output
                 _dense(y, Q, h, theta, y_new)
-                obs_end = _observe(y_new, consts, eng.k, eng.normalized)[0]
+                obs_end = _observation(y_new, consts, eng.k, eng.normalized)
             else:
                 theta = 1.0
             slow_end, steps_tol = _step_events(ws, ctx, t, h, theta, obs_end, levels,

@@ -61,7 +61,9 @@ MODES: tuple[str, ...] = ("auto", "flow", "none")
 #: flow that does not decide grows with its budget (about 1.6 us per solver step, one step per 1-2 units of time at
 #: liu2019's rates), and the flow of one run costs some 100 times a step of the lockstep GD engine: a budget tied to
 #: the run's keeps the basins a bounded fraction of the run's cost where runs are far from done (``k = 10^6`` after
-#: 1000 steps: the head's slow mode needs some 10^5 units of time).
+#: 1000 steps: the head's slow mode needs some 10^5 units of time).  Those costs are DP5's; from ``k = 962`` on the
+#: flow is integrated by RODAS4 (:mod:`sims.engines.flow`), whose steps do not grow with the time the slow mode
+#: needs (about 1,500 for a whole liu2019 run at any ``k``), so there a longer budget would cost little more.
 MIN_FLOW_TIME = 1_000
 FLOW_TIME = 100_000
 #: The solver's tolerances (:class:`sims.Flow`'s defaults).

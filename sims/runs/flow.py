@@ -18,9 +18,10 @@ Refused (``ValueError`` naming the field): a schedule with noise (the flow is de
 (``batch_size``), an engine that takes finite steps (``engine="vector"``, ``"reduced"``, ...) with
 ``algorithm="flow"``, and tolerances of the solver outside ``[1e-14, 1e-2]`` (``rtol``) or ``(0, 1e-2]``
 (``atol``), and ``eta_a`` above GD's stability limit unless ``allow_unstable=True``: the flow itself has no such
-limit, but an explicit solver's steps shrink like ``1 / (eta_a lambda_1)`` (at ``k = 10^6`` with ``eta_a`` chosen
-for ``k = 16``, a run would take some 10^8 steps), and rates no GD can follow are not the limit of the GD the
-flow stands for.
+limit, but rates no GD can follow are not the limit of the GD the flow stands for (and the explicit DP5's steps
+shrink like ``1 / (eta_a lambda_1)``).  ``sims.Flow(method=...)`` picks the integrator: DP5, or RODAS4 for the
+stiff flow at large ``k`` (the default ``"auto"`` takes RODAS4 from ``k = 962`` on; :mod:`sims.engines.flow`);
+``settings["flow"]["method"]`` records the one used.
 """
 
 from __future__ import annotations
@@ -50,11 +51,15 @@ class Flow:
         Relative tolerance, in ``[1e-14, 1e-2]``.
     atol : float, default 1e-12
         Absolute tolerance, in ``(0, 1e-2]``.
+    method : {"auto", "dp5", "rodas4"}, default "auto"
+        The integrator (:mod:`sims.engines.flow`): the explicit Dormand-Prince 5(4), the linearly implicit RODAS4
+        for the stiff flow at large ``k``, or the one the head's stiffness calls for (RODAS4 from ``k = 962`` on:
+        :func:`sims.engines.flow.select_method`).  The one used is recorded in the result's settings.
 
     Raises
     ------
     ValueError
-        For a tolerance out of its range (naming ``flow.rtol`` or ``flow.atol``).
+        For a tolerance out of its range (naming ``flow.rtol`` or ``flow.atol``) or an unknown ``flow.method``.
 
     Examples
     --------
@@ -67,8 +72,11 @@ class Flow:
 
     rtol: float = 1e-10
     atol: float = 1e-12
+    method: str = "auto"
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.method, str) and self.method in ("auto",) + flow.METHODS):
+            raise ValueError(f"flow.method must be one of {('auto',) + flow.METHODS}; got {self.method!r}")
         for name, lo, closed in (("rtol", 1e-14, True), ("atol", 0.0, False)):
             val = getattr(self, name)
             ok = isinstance(val, (int, float, np.integer, np.floating)) and not isinstance(val, bool)
@@ -136,7 +144,7 @@ class FlowSpec(EngineSpec):
     def build(self, opts: Flow, call: Call, setup: Setup) -> Built:
         start, consts, basis = reduced_coordinates(setup.WT, setup.draws.WS, setup.A, setup.draws.AS)
         eng = flow.engine(start, consts, call.k, call.model.normalized, opts.rtol, opts.atol,
-                          max_nsteps=step_cap(call.steps))
+                          max_nsteps=step_cap(call.steps), method=opts.method)
         return Built(flow.run_range, flow.workspace, eng, True, basis)
 
     def finish(self, opts: Flow, call: Call, setup: Setup, built: Built, out: Any) -> Finished:
@@ -147,7 +155,8 @@ class FlowSpec(EngineSpec):
         return Finished(WT, A, w, call.model, extras, continuous=True)
 
     def settings(self, opts: Flow, call: Call, base: dict[str, Any]) -> dict[str, Any]:
-        return dict(base, flow={"rtol": opts.rtol, "atol": opts.atol})
+        method = flow.METHODS[flow.select_method(opts.method, call.k)]
+        return dict(base, flow={"rtol": opts.rtol, "atol": opts.atol, "method": method})
 
 
 FLOW = register_engine("flow", FlowSpec())

@@ -701,7 +701,7 @@ def run_without_vectors(call: registry.Call, op: OrderParameters | None = None,
         work, out = reduced.workspace, driver.make_outputs(R, rec.size)
     else:
         eng = flow_engine.engine(start, consts, k, call.model.normalized, flow_opts.rtol, flow_opts.atol,
-                                 max_nsteps=_flow.step_cap(call.steps))
+                                 max_nsteps=_flow.step_cap(call.steps), method=flow_opts.method)
         entry, work, out = flow_engine.run_range, flow_engine.workspace, flow_engine.make_outputs(R, rec.size)
     phi_s = _classify.saddle_angles_gram(k, op.Ss, op.Qs)
     none = np.empty((R, 0))
@@ -724,7 +724,7 @@ def run_without_vectors(call: registry.Call, op: OrderParameters | None = None,
     vectors = dict.fromkeys(("w", "a", "w0", "a0", "w_star", "a_star"))
     extras = order_runs.order_columns(op, final)
     if flow_opts is not None:
-        base["flow"] = {"rtol": flow_opts.rtol, "atol": flow_opts.atol}
+        base["flow"] = {"rtol": flow_opts.rtol, "atol": flow_opts.atol, "method": flow_engine.METHODS[eng.method]}
         extras.update(flow_steps=eng.nsteps, flow_nfev=eng.nfev)
     return _result(_settings_dict(**base), call, sched, rec, out, code, rates, lref, vectors, extras)
 
