@@ -173,7 +173,7 @@ def test_a_million_trials_fit_the_memory_but_their_joined_table_is_refused(monke
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 8 * 2**30)
     spec = tables.spec("liu2019", trials=10**6)
-    assert spec.chunk == sweep.LARGE_CHUNK
+    assert spec.chunk == sweep.MAX_AUTO_CHUNK == sweep.auto_chunk(10**6)
     assert sweep.check_memory(spec) < 2**30  # one chunk and one cell's summary columns
     with pytest.raises(sweep.SweepError, match="per-run table of sweep 'liu2019' .45000000 runs. needs about"):
         sweep.check_table_memory(spec)

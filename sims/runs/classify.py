@@ -174,6 +174,23 @@ def classify_gram(
         return _decide(final_loss, final_phi, tuple(dist), np.sqrt(Qs), stop_reason, loss_ref, loss_tol, tol, phi_s)
 
 
+def labels(names: tuple[str, ...], codes: np.ndarray) -> np.ndarray:
+    """``names[codes]`` as a NumPy text array, the one ``np.array(names, dtype=object)[codes].astype(str)`` gives
+    (the same values and the same width, that of the longest name present), by one gather from a text array of
+    that width: converting every element of an object array was the slowest part of a sweep's result (0.9 s per
+    4.5 million runs).
+
+    >>> from sims.runs.classify import OUTCOMES, labels
+    >>> labels(OUTCOMES, np.array([0, 1, 0]))
+    array(['global', 'spurious', 'global'], dtype='<U8')
+    """
+    codes = np.asarray(codes)
+    if codes.size == 0:
+        return np.array(names, dtype=object)[codes].astype(str)
+    width = int(np.array([len(n) for n in names])[codes].max())
+    return np.array(names, dtype=f"<U{max(width, 1)}")[codes]
+
+
 def wilson(successes: np.ndarray | int, n: np.ndarray | int, z: float = 1.959963984540054):
     """Wilson score interval (95% by default) for a binomial proportion: ``(lo, hi)``.
 

@@ -16,7 +16,7 @@ Every public name of the others that a sweep's user needs is importable from her
 
 Results do not depend on how the runs are chunked or where the chunks run.  :func:`run_chunk` writes each chunk's
 per-run table straight from the result's arrays into Parquet.  A sweep of at least :data:`LARGE_TRIALS` runs per
-cell without an explicit chunk uses chunks of :data:`LARGE_CHUNK` runs.
+cell without an explicit chunk uses chunks of :func:`auto_chunk` runs (20,000 to 100,000).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -41,10 +41,12 @@ from sims.studies.per_run import run_columns, run_frame, run_table
 from sims.studies.spec import (
     LARGE_CHUNK,
     LARGE_TRIALS,
+    MAX_AUTO_CHUNK,
     MAX_DEPTH,
     Cell,
     SweepError,
     SweepSpec,
+    auto_chunk,
     build_spec,
     chunk_name,
     fixed_teacher,
@@ -69,15 +71,18 @@ from sims.studies.summary import (
     write_runs,
 )
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 #: The public names of the modules of a sweep, importable from here as they were before the module was split.
 __all__ = [
-    "BASE_KEYS", "DEFAULT_BASE", "ENGINE_KINDS", "LARGE_CHUNK", "LARGE_TRIALS", "MAX_DEPTH", "ROW_BYTES",
-    "SCHEDULE_KINDS", "STEP_RULES", "SUMMARY_COLUMNS", "SUMMARY_INPUTS", "SUMMARY_ROW_BYTES", "SWEEP_KEYS", "Cell",
-    "SweepError", "SweepOutcome", "SweepSpec", "adopt_chunk", "build_spec", "cell_columns", "check_memory",
-    "check_output_dir", "check_table_memory", "collect", "fixed_teacher", "load_summary", "load_toml",
-    "matched_schedule", "metadata", "numba_threads", "parse_value", "rate_with_interval", "run_chunk",
-    "run_columns", "run_frame", "run_sweep", "run_table", "simulation_kwargs", "simulation_kwargs_fast",
-    "summarize_chunks", "summarize_runs", "write_runs",
+    "BASE_KEYS", "DEFAULT_BASE", "ENGINE_KINDS", "LARGE_CHUNK", "LARGE_TRIALS", "MAX_AUTO_CHUNK", "MAX_DEPTH",
+    "ROW_BYTES", "SCHEDULE_KINDS", "STEP_RULES", "SUMMARY_COLUMNS", "SUMMARY_INPUTS", "SUMMARY_ROW_BYTES",
+    "SWEEP_KEYS", "Cell", "SweepError", "SweepOutcome", "SweepSpec", "adopt_chunk", "auto_chunk", "build_spec",
+    "cell_columns", "check_memory", "check_output_dir", "chunk_table", "check_table_memory", "collect",
+    "fixed_teacher", "load_summary", "load_toml", "matched_schedule", "metadata", "numba_threads", "parse_value",
+    "rate_with_interval", "run_chunk", "run_columns", "run_frame", "run_sweep", "run_table", "simulation_kwargs",
+    "simulation_kwargs_fast", "summarize_chunks", "summarize_runs", "write_runs",
 ]
 
 
@@ -86,9 +91,16 @@ def run_chunk(params: dict[str, Any], seed: int, first: int, runs: int, threads:
     """Simulate one chunk and return its per-run table as Parquet bytes (what a Dask worker sends back), with
     ``identity`` (fingerprint, cell, chunk, first run, runs) in the file's metadata.  ``vectors``: the sweep's
     :attr:`SweepSpec.vectors` (False: the chunk runs on the order parameters alone)."""
+    return store.table_bytes(chunk_table(params, seed, first, runs, threads, vectors), identity or {})
+
+
+def chunk_table(params: dict[str, Any], seed: int, first: int, runs: int, threads: int | None = None,
+                vectors: bool = True) -> pa.Table:
+    """The per-run table of one chunk as a ``pyarrow.Table`` (:func:`run_chunk` before the Parquet encoding, which
+    an in-process sweep does in its writer thread, beside the next chunk's computation)."""
     kw = simulation_kwargs_fast(params)
     res = simulate_cell(kw, runs=runs, seed=seed, run_offset=first, threads=threads, vectors=vectors)
-    return store.table_bytes(run_table(res, kw["engine"]), identity or {})
+    return run_table(res, kw["engine"])
 
 
 #: Bytes per row of the per-run table held in memory when it is joined as one frame (:func:`collect`; measured:
@@ -348,7 +360,7 @@ def run_sweep(
 
 def adopt_chunk(spec: SweepSpec, out: Path) -> SweepSpec:
     """``spec`` with the chunk of the sweep already in ``out`` if ``spec``'s chunk was chosen automatically
-    (:data:`LARGE_CHUNK`) and with the directory's chunk it is the directory's configuration: a sweep started
+    (:func:`auto_chunk`) and with the directory's chunk it is the directory's configuration: a sweep started
     with its file's chunk (or before the automatic choice existed) is resumed, not refused.  Else ``spec``."""
     if not spec.chunk_auto:
         return spec
@@ -399,16 +411,18 @@ def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0, writ
 
     bar = tqdm(total=total_runs, initial=total_runs - sum(u[3] for _, u, _ in todo), unit="run", desc=spec.name,
                disable=True if quiet else None, smoothing=0.1)
-    written = 0
+    written = [0]
+
+    def done(unit) -> None:
+        written[0] += 1
+        bar.update(unit[3])
+        if on_chunk:
+            on_chunk(unit[0])
+
     try:
-        for name, unit, ident, data in _compute(spec, todo, client, local_cluster):
-            store.write_chunk(out, name, data, ident, unit[3])
-            written += 1
-            bar.update(unit[3])
-            if on_chunk:
-                on_chunk(unit[0])
+        _write_all(out, _compute(spec, todo, client, local_cluster), done)
     except store.StoreError as exc:
-        raise SweepError(f"{exc}; the sweep stopped and keeps its {len(good) + written} finished chunks: rerun "
+        raise SweepError(f"{exc}; the sweep stopped and keeps its {len(good) + written[0]} finished chunks: rerun "
                          "the same command to resume") from None
     finally:
         bar.close()
@@ -425,13 +439,43 @@ def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0, writ
                         wrote_runs=write)
 
 
+def _persist(out: Path, name: str, data: bytes | pa.Table, ident: dict[str, Any], rows: int) -> None:
+    """Write one chunk (:func:`sims.studies.store.write_chunk`), Parquet-encoding it first if it is a table."""
+    if not isinstance(data, bytes):
+        data = store.table_bytes(data, ident)
+    store.write_chunk(out, name, data, ident, rows)
+
+
+def _write_all(out: Path, chunks, done: Callable[[Any], None]) -> None:
+    """Persist every ``(name, unit, identity, data)`` of ``chunks`` in a writer thread, one chunk behind the
+    computation: chunk ``i`` is encoded, hashed, written and fsynced (work that releases the GIL) while chunk ``i +
+    1`` is computed.  ``done(unit)`` is called in this thread, in order, once a chunk is on disk with its manifest
+    line.  At most two chunks are held; whatever happens, a chunk handed to the writer is finished before this
+    returns or raises (the pool is shut down waiting), so nothing computed and handed over is lost half-way, and
+    a write's error (:class:`sims.studies.store.StoreError`) is raised here."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="shallowres-writer") as pool:
+        pending = None
+        for name, unit, ident, data in chunks:
+            fut = pool.submit(_persist, out, name, data, ident, unit[3])
+            if pending is not None:
+                pending[0].result()
+                done(pending[1])
+            pending = (fut, unit)
+        if pending is not None:
+            pending[0].result()
+            done(pending[1])
+
+
 def _compute(spec: SweepSpec, todo, client, local_cluster: bool):
-    """Yield ``(name, unit, identity, parquet bytes)`` for every chunk to compute, in-process or on Dask (in the
-    order they finish).  A worker that dies is replaced and its chunk rescheduled by Dask."""
+    """Yield ``(name, unit, identity, data)`` for every chunk to compute, in-process (``data``: the chunk's Arrow
+    table, :func:`chunk_table`) or on Dask (its Parquet bytes, :func:`run_chunk`; in the order they finish).  A
+    worker that dies is replaced and its chunk rescheduled by Dask."""
     if client is None:
         for name, unit, ident in todo:
-            yield name, unit, ident, run_chunk(spec.cells[unit[0]].params, spec.seed, unit[2], unit[3],
-                                               identity=ident, vectors=spec.vectors)
+            yield name, unit, ident, chunk_table(spec.cells[unit[0]].params, spec.seed, unit[2], unit[3],
+                                                 vectors=spec.vectors)
         return
     from dask.distributed import as_completed
 
