@@ -53,6 +53,7 @@ from scipy import special
 from sims.engines import closed_forms as cf
 from sims.engines.rng import chi_square, normal_pair, uniform
 from sims.runs import samplers
+from sims.runs.memo import ArrayMemo
 from sims.runs.samplers import INIT_A, INIT_W, TEACHER_A, Init, Teacher
 from theory import Model
 
@@ -195,8 +196,17 @@ def _cosines(U: np.ndarray, p: int, teacher: Teacher) -> tuple[np.ndarray, np.nd
         return np.full(R, math.cos(teacher.angle)), np.full(R, math.sin(teacher.angle))
     half = (p - 1) / 2.0
     mass = special.betainc(half, half, math.sin(teacher.phi_max / 2.0) ** 2) if teacher.w == "cap" else 1.0
+    return _COSINES(("cosines", half, mass), (U,), lambda u: _beta_cosines(half, mass, u))
+
+
+def _beta_cosines(half: float, mass: float, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.clip(samplers.betaincinv_threads(half, (1.0 - U) * mass), 0.0, 1.0)
     return 1.0 - 2.0 * y, 2.0 * np.sqrt(y * (1.0 - y))
+
+
+#: The cosines of the last few chunks' teachers (most of a draw's time): the methods of a sweep's ``(k, p)`` share
+#: their teachers run by run (:mod:`sims.runs.memo`).
+_COSINES = ArrayMemo(4)
 
 
 def draw_order_parameters(

@@ -405,7 +405,8 @@ def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0, writ
         log(report)
         store.compact_manifest(out, good)  # keep only what proved itself, so the report is not repeated
     good_set = set(good)
-    todo = [(name, unit, ident) for name, (unit, ident) in expected.items() if name not in good_set]
+    todo = _teacher_order(spec, [(name, unit, ident) for name, (unit, ident) in expected.items()
+                                 if name not in good_set])
     total_runs = len(spec.cells) * spec.trials
     from tqdm.auto import tqdm
 
@@ -466,6 +467,19 @@ def _write_all(out: Path, chunks, done: Callable[[Any], None]) -> None:
         if pending is not None:
             pending[0].result()
             done(pending[1])
+
+
+def _teacher_order(spec: SweepSpec, todo: list) -> list:
+    """The chunks to compute, those with the same teachers one after another: by first run, then by what the
+    teachers depend on (``p``, ``k``, the teacher's law), then by cell.  The methods of a ``(k, p)`` draw the same
+    teachers run by run, so the teacher-only work of a chunk is then found in the memo of the one before
+    (:mod:`sims.runs.memo`).  The order changes no result (each run draws from its own stream)."""
+    def teachers(cell: int) -> str:
+        params = spec.cells[cell].params
+        return json.dumps([params.get("p"), params.get("k"), params.get("teacher")], sort_keys=True, default=str)
+
+    keys = {c.index: teachers(c.index) for c in spec.cells}
+    return sorted(todo, key=lambda item: (item[1][2], keys[item[1][0]], item[1][0]))
 
 
 def _compute(spec: SweepSpec, todo, client, local_cluster: bool):
