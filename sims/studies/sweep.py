@@ -21,6 +21,7 @@ cell without an explicit chunk uses chunks of :func:`auto_chunk` runs (20,000 to
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -96,8 +97,8 @@ def run_chunk(params: dict[str, Any], seed: int, first: int, runs: int, threads:
 
 def chunk_table(params: dict[str, Any], seed: int, first: int, runs: int, threads: int | None = None,
                 vectors: bool = True) -> pa.Table:
-    """The per-run table of one chunk as a ``pyarrow.Table`` (:func:`run_chunk` before the Parquet encoding, which
-    an in-process sweep does in its writer thread, beside the next chunk's computation)."""
+    """The per-run table of one chunk as a ``pyarrow.Table`` (:func:`run_chunk` before the Parquet encoding; an
+    in-process sweep builds the table and encodes it in its writer thread, beside the next chunk's computation)."""
     kw = simulation_kwargs_fast(params)
     res = simulate_cell(kw, runs=runs, seed=seed, run_offset=first, threads=threads, vectors=vectors)
     return run_table(res, kw["engine"])
@@ -440,8 +441,12 @@ def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0, writ
                         wrote_runs=write)
 
 
-def _persist(out: Path, name: str, data: bytes | pa.Table, ident: dict[str, Any], rows: int) -> None:
-    """Write one chunk (:func:`sims.studies.store.write_chunk`), Parquet-encoding it first if it is a table."""
+def _persist(out: Path, name: str, data: bytes | pa.Table | Callable[[], pa.Table], ident: dict[str, Any],
+             rows: int) -> None:
+    """Write one chunk (:func:`sims.studies.store.write_chunk`), building its table first if ``data`` is a function
+    (:func:`run_table` of a result) and Parquet-encoding it if it is a table."""
+    if callable(data):
+        data = data()
     if not isinstance(data, bytes):
         data = store.table_bytes(data, ident)
     store.write_chunk(out, name, data, ident, rows)
@@ -449,17 +454,30 @@ def _persist(out: Path, name: str, data: bytes | pa.Table, ident: dict[str, Any]
 
 def _write_all(out: Path, chunks, done: Callable[[Any], None]) -> None:
     """Persist every ``(name, unit, identity, data)`` of ``chunks`` in a writer thread, one chunk behind the
-    computation: chunk ``i`` is encoded, hashed, written and fsynced (work that releases the GIL) while chunk ``i +
-    1`` is computed.  ``done(unit)`` is called in this thread, in order, once a chunk is on disk with its manifest
-    line.  At most two chunks are held; whatever happens, a chunk handed to the writer is finished before this
-    returns or raises (the pool is shut down waiting), so nothing computed and handed over is lost half-way, and
-    a write's error (:class:`sims.studies.store.StoreError`) is raised here."""
+    computation: chunk ``i``'s table is built, encoded, hashed, written and fsynced (work that mostly releases the
+    GIL) while chunk ``i + 1`` is computed.  ``done(unit)`` is called in this thread, in order, once a chunk is on
+    disk with its manifest line.  At most two chunks are held; whatever happens, a chunk handed to the writer is
+    finished before this returns or raises (the pool is shut down waiting), and a write's error
+    (:class:`sims.studies.store.StoreError`) is raised here.  After a failed write no later chunk is written (as
+    without the thread: the sweep stops at the first failure and keeps the chunks before it)."""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
+
+    failed = threading.Event()
+
+    def persist(*args) -> None:
+        if failed.is_set():
+            return
+        try:
+            _persist(*args)
+        except BaseException:
+            failed.set()
+            raise
 
     with ThreadPoolExecutor(1, thread_name_prefix="shallowres-writer") as pool:
         pending = None
         for name, unit, ident, data in chunks:
-            fut = pool.submit(_persist, out, name, data, ident, unit[3])
+            fut = pool.submit(persist, out, name, data, ident, unit[3])
             if pending is not None:
                 pending[0].result()
                 done(pending[1])
@@ -483,13 +501,15 @@ def _teacher_order(spec: SweepSpec, todo: list) -> list:
 
 
 def _compute(spec: SweepSpec, todo, client, local_cluster: bool):
-    """Yield ``(name, unit, identity, data)`` for every chunk to compute, in-process (``data``: the chunk's Arrow
-    table, :func:`chunk_table`) or on Dask (its Parquet bytes, :func:`run_chunk`; in the order they finish).  A
-    worker that dies is replaced and its chunk rescheduled by Dask."""
+    """Yield ``(name, unit, identity, data)`` for every chunk to compute, in-process (``data``: a function giving
+    the chunk's Arrow table, :func:`run_table` of the chunk's result) or on Dask (its Parquet bytes,
+    :func:`run_chunk`; in the order they finish).  A worker that dies is replaced and its chunk rescheduled by
+    Dask."""
     if client is None:
         for name, unit, ident in todo:
-            yield name, unit, ident, chunk_table(spec.cells[unit[0]].params, spec.seed, unit[2], unit[3],
-                                                 vectors=spec.vectors)
+            kw = simulation_kwargs_fast(spec.cells[unit[0]].params)
+            res = simulate_cell(kw, runs=unit[3], seed=spec.seed, run_offset=unit[2], vectors=spec.vectors)
+            yield name, unit, ident, functools.partial(run_table, res, kw["engine"])
         return
     from dask.distributed import as_completed
 
