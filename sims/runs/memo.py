@@ -54,9 +54,10 @@ class ArrayMemo:
                     self._items.append(self._items.pop(i))
                     self.hits += 1
                     return tuple(r.copy() for r in result)
+        inputs = tuple(a.copy() for a in arrays)  # before compute, which may write into its arguments
         result = tuple(compute(*arrays))
         with self._lock:
-            self._items.append((key, tuple(a.copy() for a in arrays), tuple(r.copy() for r in result)))
+            self._items.append((key, inputs, tuple(r.copy() for r in result)))
             del self._items[:-self.size]
         return result
 

@@ -1,0 +1,65 @@
+"""The memo of teacher-only work (sims.runs.memo): a hit must give what a fresh computation gives, to the bit, and
+only inputs equal bit for bit may hit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sims.engines.rng import stream_states
+from sims.runs import classify, order_samplers
+from sims.runs.memo import ArrayMemo
+from sims.runs.samplers import Init, Teacher
+
+
+def test_only_inputs_equal_bit_for_bit_hit_and_results_are_copies():
+    memo = ArrayMemo(2)
+    calls = []
+
+    def twice(a):
+        calls.append(1)
+        return (2.0 * a,)
+
+    x = np.array([0.0, np.nan, 1.5])
+    first = memo(("k",), (x,), twice)[0]
+    first[0] = 99.0  # the caller owns its result: the memo's copy is untouched
+    assert memo(("k",), (x.copy(),), twice)[0][0] == 0.0 and memo.hits == 1 and len(calls) == 1
+    memo(("k",), (np.array([-0.0, np.nan, 1.5]),), twice)  # -0.0 is not 0.0 bit for bit: a miss
+    memo(("other",), (x,), twice)  # another key: a miss
+    assert memo.hits == 1 and len(calls) == 3
+    memo(("k",), (x,), twice)  # the oldest entries were dropped (size 2)
+    assert len(calls) == 4
+
+
+def test_draws_from_the_memo_are_the_fresh_draws_and_advance_the_streams_alike():
+    teacher = Teacher(w="cap", phi_max=math.pi / 2, a="gaussian", require_spurious=True)
+    fresh = []
+    for model, init in (("resnet", Init(a="ball")), ("cnn", Init(w="sphere", a="ball"))):
+        order_samplers._TEACHERS.clear()
+        order_samplers._COSINES.clear()
+        st = stream_states(7, 100, 3100)
+        fresh.append((order_samplers.draw_order_parameters(st, p=16, k=4, teacher=teacher, init=init, model=model),
+                      st))
+    hits = order_samplers._TEACHERS.hits
+    for (model, init), (want, want_st) in zip((("resnet", Init(a="ball")), ("cnn", Init(w="sphere", a="ball"))),
+                                              fresh, strict=True):
+        st = stream_states(7, 100, 3100)
+        got = order_samplers.draw_order_parameters(st, p=16, k=4, teacher=teacher, init=init, model=model)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a.view(np.int64), b.view(np.int64))
+        np.testing.assert_array_equal(st, want_st)
+    assert order_samplers._TEACHERS.hits >= hits + 1  # the second model's teachers came from the memo
+
+
+def test_saddle_angles_from_the_memo_are_the_computed_ones():
+    rng = np.random.default_rng(3)
+    A = rng.normal(size=(5000, 8))
+    Ss, Qs = A.sum(axis=1), np.einsum("ij,ij->i", A, A)
+    classify._SADDLES.clear()
+    fresh = classify.saddle_angles_gram(8, Ss, Qs)
+    fresh[:] = -5.0  # the caller's copy
+    again = classify.saddle_angles_gram(8, Ss.copy(), Qs.copy())
+    assert classify._SADDLES.hits >= 1
+    np.testing.assert_array_equal(again, classify._cf.bisect_saddle(
+        *classify.theory.algebra.saddle_targets_of_sums(8, Ss, Qs), -1.0, reference=True))
