@@ -79,10 +79,11 @@ def _brent_delta(g_s, xtol, rtol, maxiter):
     return math.nan
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)
 def _saddle_angles_brent(g_s, xtol, rtol, missing):
+    """:func:`_brent_delta` per row, parallel over rows (each row alone: the same bits on any thread count)."""
     out = np.empty(g_s.shape[0])
-    for i in range(g_s.shape[0]):
+    for i in prange(g_s.shape[0]):
         out[i] = missing if math.isnan(g_s[i]) else math.pi - _brent_delta(g_s[i], xtol, rtol, 100)
     return out
 
