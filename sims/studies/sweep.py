@@ -80,10 +80,10 @@ __all__ = [
     "BASE_KEYS", "DEFAULT_BASE", "ENGINE_KINDS", "LARGE_CHUNK", "LARGE_TRIALS", "MAX_AUTO_CHUNK", "MAX_DEPTH",
     "ROW_BYTES", "SCHEDULE_KINDS", "STEP_RULES", "SUMMARY_COLUMNS", "SUMMARY_INPUTS", "SUMMARY_ROW_BYTES",
     "SWEEP_KEYS", "Cell", "SweepError", "SweepOutcome", "SweepSpec", "adopt_chunk", "auto_chunk", "build_spec",
-    "cell_columns", "check_memory", "check_output_dir", "chunk_kwargs", "chunk_table", "check_table_memory",
-    "collect", "fixed_teacher", "load_summary", "load_toml", "matched_schedule", "metadata", "numba_threads",
-    "parse_value", "rate_with_interval", "run_chunk", "run_columns", "run_frame", "run_sweep", "run_table",
-    "simulation_kwargs", "simulation_kwargs_fast", "summarize_chunks", "summarize_runs", "write_runs",
+    "cell_columns", "check_memory", "check_output_dir", "chunk_kwargs", "chunk_table", "chunks_in_flight",
+    "check_table_memory", "collect", "fixed_teacher", "load_summary", "load_toml", "matched_schedule", "metadata",
+    "numba_threads", "parse_value", "rate_with_interval", "run_chunk", "run_columns", "run_frame", "run_sweep",
+    "run_table", "simulation_kwargs", "simulation_kwargs_fast", "summarize_chunks", "summarize_runs", "write_runs",
 ]
 
 
@@ -174,16 +174,18 @@ def check_memory(spec: SweepSpec, *, workers: int | None = None, remote: bool = 
     """Refuse (:class:`SweepError`) a sweep this machine has no memory for; return the estimate in bytes.
 
     A chunk needs what :func:`sims.simulate` needs for ``chunk`` runs (:func:`sims.runs.memory.simulate_bytes`); a
-    local Dask cluster runs ``workers`` chunks at once.  On a remote ``scheduler`` the workers' memory is theirs
-    (each chunk is checked where it runs).  The results are streamed from the chunks (:func:`summarize_chunks`,
-    :func:`write_runs`): what grows with the sweep is one cell's summary columns (:data:`SUMMARY_ROW_BYTES` per
-    run), not the per-run table (a table that reads it checks :func:`check_table_memory` when it does).  A sweep
-    without vectors (:attr:`SweepSpec.vectors`) needs no memory that grows with ``k`` or ``p``.
+    local Dask cluster runs ``workers`` chunks at once, this process :func:`chunks_in_flight`.  On a remote
+    ``scheduler`` the workers' memory is theirs (each chunk is checked where it runs).  The results are streamed
+    from the chunks (:func:`summarize_chunks`, :func:`write_runs`): what grows with the sweep is one cell's summary
+    columns (:data:`SUMMARY_ROW_BYTES` per run), not the per-run table (a table that reads it checks
+    :func:`check_table_memory` when it does).  A sweep without vectors (:attr:`SweepSpec.vectors`) needs no memory
+    that grows with ``k`` or ``p``.
     """
     from sims.runs.memory import available_bytes, format_size, simulate_bytes
 
     runs = min(spec.chunk, spec.trials)
-    threads = 1 if workers else numba_threads()
+    local = 1 if workers or remote else chunks_in_flight(spec)  # chunks computed at once in this process
+    threads = 1 if workers or local > 1 else numba_threads()
 
     def chunk_bytes(runs: int) -> int:
         return max(simulate_bytes(k=c.params["k"], p=c.params["p"], runs=runs, steps=c.params["steps"],
@@ -191,7 +193,7 @@ def check_memory(spec: SweepSpec, *, workers: int | None = None, remote: bool = 
                                   batch_size=c.params.get("batch_size"), threads=threads, vectors=spec.vectors)
                    for c in spec.cells)
 
-    at_once = 0 if remote else (workers or 1)
+    at_once = 0 if remote else (workers or local)
     table = SUMMARY_ROW_BYTES * spec.trials
     need = at_once * chunk_bytes(runs) + table
     free = available_bytes()
@@ -514,16 +516,68 @@ def _teacher_order(spec: SweepSpec, todo: list) -> list:
     return sorted(todo, key=lambda item: (item[1][2], keys[item[1][0]], item[1][0]))
 
 
+def _local_chunk(spec: SweepSpec, unit: tuple[int, int, int, int], threads: int | None) -> Callable[[], pa.Table]:
+    """Simulate one chunk in this process; a function giving its Arrow table (:func:`run_table`)."""
+    kw = chunk_kwargs(spec.cells[unit[0]].params, spec.vectors)
+    res = simulate_cell(kw, runs=unit[3], seed=spec.seed, run_offset=unit[2], threads=threads, vectors=spec.vectors)
+    return functools.partial(run_table, res, kw["engine"])
+
+
+def _compute_local(spec: SweepSpec, todo):
+    """:func:`_compute` in this process: :func:`chunks_in_flight` chunks at once, each on one engine thread, yielded
+    in the order of ``todo``.  Why: a chunk alternates between the engine (compiled, without the GIL) and per-run
+    NumPy work between its phases (draws, schedule, classification, rates), much of it on one core; two chunks
+    side by side keep both cores busy.  Each run draws from its own stream, so nothing depends on which chunk
+    runs beside which."""
+    ahead = chunks_in_flight(spec)
+    if ahead <= 1:
+        for name, unit, ident in todo:
+            yield name, unit, ident, _local_chunk(spec, unit, None)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = iter(todo)
+    with ThreadPoolExecutor(ahead, thread_name_prefix="shallowres-chunk") as pool:
+        running: deque = deque()
+        for item in itertools.islice(items, ahead):
+            running.append((item, pool.submit(_local_chunk, spec, item[1], 1)))
+        try:
+            while running:
+                (name, unit, ident), fut = running.popleft()
+                table = fut.result()
+                nxt = next(items, None)
+                if nxt is not None:
+                    running.append((nxt, pool.submit(_local_chunk, spec, nxt[1], 1)))
+                yield name, unit, ident, table
+        finally:
+            for _, fut in running:
+                fut.cancel()
+
+
+def chunks_in_flight(spec: SweepSpec) -> int:
+    """Chunks an in-process sweep computes at once: numba's thread count for a sweep on the order parameters
+    (``SweepSpec.vectors`` False, whose chunks are small), else 1 (a chunk's engine then uses the threads).
+    Also 1 under numba's ``workqueue`` threading layer, which must not run parallel kernels from two threads at
+    once (``omp`` and ``tbb`` may)."""
+    if spec.vectors or numba_threads() <= 1:
+        return 1
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
+        return 1
+    return numba_threads() if layer in ("omp", "tbb") else 1
+
+
 def _compute(spec: SweepSpec, todo, client, local_cluster: bool):
     """Yield ``(name, unit, identity, data)`` for every chunk to compute, in-process (``data``: a function giving
     the chunk's Arrow table, :func:`run_table` of the chunk's result) or on Dask (its Parquet bytes,
     :func:`run_chunk`; in the order they finish).  A worker that dies is replaced and its chunk rescheduled by
     Dask."""
     if client is None:
-        for name, unit, ident in todo:
-            kw = chunk_kwargs(spec.cells[unit[0]].params, spec.vectors)
-            res = simulate_cell(kw, runs=unit[3], seed=spec.seed, run_offset=unit[2], vectors=spec.vectors)
-            yield name, unit, ident, functools.partial(run_table, res, kw["engine"])
+        yield from _compute_local(spec, todo)
         return
     from dask.distributed import as_completed
 
