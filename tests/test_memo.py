@@ -63,3 +63,41 @@ def test_saddle_angles_from_the_memo_are_the_computed_ones():
     assert classify._SADDLES.hits >= 1
     np.testing.assert_array_equal(again, classify._cf.bisect_saddle(
         *classify.theory.algebra.saddle_targets_of_sums(8, Ss, Qs), -1.0, reference=True))
+
+
+def test_a_call_computing_in_another_thread_is_waited_for_not_repeated():
+    import threading
+    import time
+
+    memo = ArrayMemo(2)
+    calls = []
+
+    def slow(a):
+        calls.append(1)
+        time.sleep(0.2)
+        return (a + 1.0,)
+
+    x = np.arange(4.0)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(memo(("k",), (x.copy(),), slow)[0])) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(calls) == 1 and memo.hits == 2
+    for r in results:
+        np.testing.assert_array_equal(r, x + 1.0)
+
+
+def test_a_failed_computation_lets_the_waiting_call_compute():
+    memo = ArrayMemo(2)
+
+    def fail(a):
+        raise RuntimeError("no")
+
+    x = np.arange(3.0)
+    try:
+        memo(("k",), (x,), fail)
+    except RuntimeError:
+        pass
+    assert memo(("k",), (x,), lambda a: (a * 3.0,))[0].tolist() == [0.0, 3.0, 6.0]

@@ -41,30 +41,49 @@ class ArrayMemo:
         self.size = size
         self.hits = 0
         self._items: list[tuple[tuple, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]] = []  # oldest first
+        self._pending: list[tuple[tuple, tuple[np.ndarray, ...], threading.Event]] = []  # being computed
         self._lock = threading.Lock()
 
     def __call__(self, key: tuple, arrays: tuple[np.ndarray, ...],
                  compute: Callable[..., tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
         """``compute(*arrays)`` (a tuple of arrays), from the memo if ``key`` and the arrays' bits were seen (a
-        scan of the few entries, each compared bit for bit: cheaper than hashing the inputs)."""
+        scan of the few entries, each compared bit for bit: cheaper than hashing the inputs).  If another thread
+        is computing the same call, wait for its result (a sweep computes chunks with the same teachers side by
+        side)."""
         arrays = tuple(np.ascontiguousarray(a) for a in arrays)
-        with self._lock:
-            for i, (k, inputs, result) in enumerate(self._items):
-                if k == key and all(_same_bits(x, y) for x, y in zip(inputs, arrays, strict=True)):
-                    self._items.append(self._items.pop(i))
-                    self.hits += 1
-                    return tuple(r.copy() for r in result)
-        inputs = tuple(a.copy() for a in arrays)  # before compute, which may write into its arguments
-        result = tuple(compute(*arrays))
-        with self._lock:
-            self._items.append((key, inputs, tuple(r.copy() for r in result)))
-            del self._items[:-self.size]
+        while True:
+            with self._lock:
+                for i, (k, inputs, result) in enumerate(self._items):
+                    if k == key and _all_same(inputs, arrays):
+                        self._items.append(self._items.pop(i))
+                        self.hits += 1
+                        return tuple(r.copy() for r in result)
+                busy = next((ev for k, inputs, ev in self._pending if k == key and _all_same(inputs, arrays)), None)
+                if busy is None:
+                    inputs = tuple(a.copy() for a in arrays)  # before compute, which may write into its arguments
+                    mine = (key, inputs, threading.Event())
+                    self._pending.append(mine)
+                    break
+            busy.wait()  # then look again: its result is an entry now (or it failed, and this thread computes)
+        try:
+            result = tuple(compute(*arrays))
+            with self._lock:
+                self._items.append((key, inputs, tuple(r.copy() for r in result)))
+                del self._items[:-self.size]
+        finally:
+            with self._lock:
+                self._pending.remove(mine)
+            mine[2].set()
         return result
 
     def clear(self) -> None:
         """Forget every entry."""
         with self._lock:
             self._items.clear()
+
+
+def _all_same(xs: tuple[np.ndarray, ...], ys: tuple[np.ndarray, ...]) -> bool:
+    return len(xs) == len(ys) and all(_same_bits(x, y) for x, y in zip(xs, ys, strict=True))
 
 
 def _same_bits(x: np.ndarray, y: np.ndarray) -> bool:
