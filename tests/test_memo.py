@@ -101,3 +101,28 @@ def test_a_failed_computation_lets_the_waiting_call_compute():
     except RuntimeError:
         pass
     assert memo(("k",), (x,), lambda a: (a * 3.0,))[0].tolist() == [0.0, 3.0, 6.0]
+
+
+def test_two_different_calls_computing_at_once_both_finish():
+    """Two pending computations of the same key but different inputs (a pending entry is removed by identity: its
+    arrays cannot be compared with ==)."""
+    import threading
+    import time
+
+    memo = ArrayMemo(4)
+    out = {}
+
+    def slow(delay):
+        def f(a):
+            time.sleep(delay)
+            return (a * 2.0,)
+        return f
+
+    first = threading.Thread(target=lambda: out.setdefault("a", memo(("k",), (np.arange(3.0),), slow(0.3))))
+    second = threading.Thread(target=lambda: out.setdefault("b", memo(("k",), (np.ones(3),), slow(0.0))))
+    first.start()
+    time.sleep(0.05)
+    second.start()
+    second.join()
+    first.join()
+    assert out["a"][0].tolist() == [0.0, 2.0, 4.0] and out["b"][0].tolist() == [2.0, 2.0, 2.0]

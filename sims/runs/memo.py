@@ -72,7 +72,7 @@ class ArrayMemo:
                 del self._items[:-self.size]
         finally:
             with self._lock:
-                self._pending.remove(mine)
+                self._pending = [item for item in self._pending if item is not mine]  # by identity
             mine[2].set()
         return result
 
