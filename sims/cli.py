@@ -87,7 +87,8 @@ def _sweep_options(sp: argparse.ArgumentParser, *, default_trials: str) -> None:
     sp.add_argument("--out", default=None, help="output directory (default: runs/NAME)")
     sp.add_argument("--chunk", type=_positive_int("--chunk", 1, 10**7), default=None,
                     help="runs per unit of work and per chunk file (default: the file's; from "
-                         f"{sweep.LARGE_TRIALS:,} trials on at least {sweep.LARGE_CHUNK:,})")
+                         f"{sweep.LARGE_TRIALS:,} trials on a tenth of them, {sweep.LARGE_CHUNK:,} to "
+                         f"{sweep.MAX_AUTO_CHUNK:,})")
     sp.add_argument("--no-runs", dest="runs", action="store_false",
                     help="do not write runs.parquet, the joined per-run table (about 50 bytes per run on disk): for "
                          "large sweeps, e.g. --trials 1000000.  The summary and the table are the same (streamed "

@@ -16,6 +16,7 @@ import pytest
 import sims
 import theory
 from sims import Schedule, Teacher
+from sims.engines import closed_forms as _cf
 from sims.engines import driver
 from sims.runs import classify as clf
 
@@ -409,3 +410,20 @@ def test_compiled_saddle_bisection_is_the_theory_bisection_to_the_bit(k):
                                   theory.algebra.saddle_angles_of_sums(k, A.sum(axis=1),
                                                                        np.einsum("ij,ij->i", A, A), missing=-1.0))
     assert (expected >= 0).any() == (k > 1)
+
+
+def test_fast_saddle_bisection_lands_on_the_reference_doubles():
+    """bisect_saddle skips the midpoints its proved window puts on a known side; every angle must still be the
+    reference bisection's (every midpoint evaluated) to the bit: on a million uniform targets, targets near 1
+    (phi_s near pi/2), tiny ones down to 1e-300 (phi_s near pi, where g is flat and the window wide), the ends
+    and non-finite values, with some rows flagged as having no saddle."""
+    rng = np.random.default_rng(15)
+    g_s = np.concatenate([rng.uniform(0.0, 1.0, 1_000_000), rng.uniform(1.0 - 1e-6, 1.0, 50_000),
+                          10.0 ** rng.uniform(-300, 0, 50_000),
+                          [1.0, np.nextafter(1.0, 0.0), 0.0, 5e-324, np.nan, np.inf, -1.0, 1.5, np.pi, 3.5]])
+    exists = rng.random(len(g_s)) < 0.9
+    exists[-10:] = True
+    fast = _cf.bisect_saddle(g_s, exists, -1.0)
+    ref = _cf.bisect_saddle(g_s, exists, -1.0, reference=True)
+    np.testing.assert_array_equal(fast.view(np.int64), ref.view(np.int64))
+    assert np.all(fast[~exists] == -1.0) and np.all(fast[:1_000_000][exists[:1_000_000]] >= math.pi / 2)

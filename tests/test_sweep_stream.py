@@ -171,7 +171,7 @@ def test_a_million_trials_fit_the_memory_but_their_joined_table_is_refused(monke
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 8 * 2**30)
     spec = tables.spec("liu2019", trials=10**6)
-    assert spec.chunk == sweep.LARGE_CHUNK
+    assert spec.chunk == sweep.MAX_AUTO_CHUNK == sweep.auto_chunk(10**6)
     assert sweep.check_memory(spec) < 2**30  # one chunk and one cell's summary columns
     with pytest.raises(sweep.SweepError, match="per-run table of sweep 'liu2019' .45000000 runs. needs about"):
         sweep.check_table_memory(spec)
@@ -247,3 +247,28 @@ def test_a_sweep_runs_on_the_order_parameters_only_where_every_cell_can(tmp_path
     mixed_runs = pd.read_parquet(out.out / "runs.parquet")
     np.testing.assert_array_equal(mixed_runs[mixed_runs["cell"] == 3].sort_values("run")["final_loss"].to_numpy(),
                                   vec.final_loss)
+
+
+def test_chunks_recording_only_the_ends_hold_the_rows_of_the_cells_n_record(tmp_path):
+    """A chunk of plain GD on the order parameters runs with n_record = 2 (sweep.chunk_kwargs: it keeps no
+    trajectory); its rows must be those of sims.simulate at the cell's own n_record, bit for bit, on cells with a
+    prescribed warmup, a two-stage schedule and no warmup (record steps, segment ends and stops all interleave)."""
+    raw = tomllib.loads(STREAM)
+    raw["base"].update(steps=20000, n_record=16)
+    raw["grid"] = {"k": [4, 16]}
+    raw["methods"]["prescribed"] = {"model": "resnet", "schedule": {"kind": "prescribed-warmup", "eta_w_rel": 0.5,
+                                                                    "eta_a_rel": 0.9}}
+    raw["methods"]["two-stage"] = {"model": "cnn", "init": {"w": "sphere", "a": "ball"},
+                                   "schedule": {"kind": "two-stage", "T1": 200, "eta_w1_rel": 0.01,
+                                                "eta_a1_rel": 0.9, "eta_w2_rel": 0.5, "eta_a2_rel": 0.9}}
+    spec = sweep.build_spec(raw, overrides={"trials": 400, "chunk": 200})
+    assert not spec.vectors
+    assert all(sweep.chunk_kwargs(c.params, spec.vectors)["n_record"] == 2 for c in spec.cells)
+    sweep.run_sweep(spec, tmp_path, quiet=True, runs=False)
+    for cell in spec.cells:
+        kw = sweep.simulation_kwargs_fast(cell.params)
+        assert kw["n_record"] == 16
+        want = per_run.run_frame(simulate_cell(kw, runs=400, seed=spec.seed, vectors=False), kw["engine"])
+        got = pd.concat([pd.read_parquet(tmp_path / "chunks" / sweep.chunk_name(cell.index, j)) for j in (0, 1)],
+                        ignore_index=True)
+        pd.testing.assert_frame_equal(got, want, check_exact=True)

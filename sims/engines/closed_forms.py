@@ -79,10 +79,11 @@ def _brent_delta(g_s, xtol, rtol, maxiter):
     return math.nan
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)
 def _saddle_angles_brent(g_s, xtol, rtol, missing):
+    """:func:`_brent_delta` per row, parallel over rows (each row alone: the same bits on any thread count)."""
     out = np.empty(g_s.shape[0])
-    for i in range(g_s.shape[0]):
+    for i in prange(g_s.shape[0]):
         out[i] = missing if math.isnan(g_s[i]) else math.pi - _brent_delta(g_s[i], xtol, rtol, 100)
     return out
 
@@ -128,6 +129,8 @@ def arc_cosine_rows(phi):
 
 @njit(parallel=True, cache=True)
 def _bisect_saddle_rows(g_s, exists, missing, out):
+    """The reference bisection: 64 halvings, ``g`` evaluated at every midpoint (:func:`bisect_saddle` lands on the
+    same doubles with far fewer evaluations; a test compares the two)."""
     for i in prange(g_s.shape[0]):
         lo = 0.0
         hi = math.pi
@@ -140,10 +143,93 @@ def _bisect_saddle_rows(g_s, exists, missing, out):
         out[i] = 0.5 * (lo + hi) if exists[i] else missing
 
 
-def bisect_saddle(g_s: np.ndarray, exists: np.ndarray, missing: float) -> np.ndarray:
+#: A bound on the absolute error of ``g(phi) = (pi - phi) cos(phi) + sin(phi)`` evaluated in float64 at a double
+#: ``phi`` in ``[0, pi]`` (:func:`_arc_cosine_strict`, ``math.cos``/``math.sin`` within one ulp): every term is at
+#: most ``pi`` in size and there are five roundings, so the error is below ``2e-15``; 1e-14 leaves a factor 5.
+G_EVAL_ERR = 1e-14
+
+
+@njit(inline="always")
+def _saddle_window(gs):
+    """An interval ``[a, b]`` of ``[pi/2, pi]`` around the root of ``g(phi) = gs`` whose ends are *proved* on their
+    side: ``g(a) > gs + 2 E`` and ``g(b) < gs - 2 E`` as evaluated (``E``: :data:`G_EVAL_ERR`).  As the exact ``g``
+    decreases on ``[0, pi]`` (``g' = -(pi - phi) sin phi``), every double ``x <= a`` then has ``g(x) > gs`` as
+    evaluated and every ``x >= b`` has ``g(x) <= gs``, whatever the rounding.  ``(-1, -1)`` if no such interval
+    was found (the caller then evaluates every midpoint).  Newton's iteration from ``pi/2`` (``g`` is convex and
+    decreasing on ``[pi/2, pi]``, so it approaches the root from the left) gives the centre."""
+    x = 0.5 * math.pi
+    for _ in range(80):
+        c = math.cos(x)
+        s = math.sin(x)
+        f = _arc_cosine_strict(x, c, s) - gs
+        d = -(math.pi - x) * s
+        if not d < 0.0:
+            break
+        step = f / d
+        x -= step
+        if not (x > 0.0 and x < math.pi):
+            return -1.0, -1.0
+        if abs(step) < 1e-8:  # quadratic convergence: x is now within ~1e-16 of the root
+            break
+    d = (math.pi - x) * math.sin(x)  # |g'(x)|
+    if not d > 0.0:
+        return -1.0, -1.0
+    h = 4.0 * G_EVAL_ERR / d  # |g(x +- h) - gs| ~ 4 E: the ends prove themselves with a margin of about 2 E
+    for _ in range(12):  # widen until both ends prove themselves
+        a = x - h
+        b = x + h
+        if a > 0.0 and b < math.pi:
+            if (_arc_cosine_strict(a, math.cos(a), math.sin(a)) > gs + 2.0 * G_EVAL_ERR
+                    and _arc_cosine_strict(b, math.cos(b), math.sin(b)) < gs - 2.0 * G_EVAL_ERR):
+                return a, b
+        h *= 4.0
+    return -1.0, -1.0
+
+
+@njit(parallel=True, cache=True)
+def _fast_saddle_rows(g_s, exists, missing, out):
+    """:func:`_bisect_saddle_rows` with ``g`` evaluated only at the midpoints inside :func:`_saddle_window`: the
+    others are on a proved side, so every comparison, hence every halving, is the reference's, and so is the
+    result, to the bit.  The iteration also stops once the midpoint is one of the interval's ends, an end that
+    was itself a tested midpoint: its test repeats, so no later halving changes anything."""
+    for i in prange(g_s.shape[0]):
+        if not exists[i]:
+            out[i] = missing
+            continue
+        gs = g_s[i]
+        a, b = -1.0, -1.0
+        if math.isfinite(gs):
+            a, b = _saddle_window(gs)
+        lo = 0.0
+        hi = math.pi
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            if (mid == lo and lo != 0.0) or (mid == hi and hi != math.pi):
+                break
+            if a < 0.0:
+                above = _arc_cosine_strict(mid, math.cos(mid), math.sin(mid)) > gs
+            elif mid <= a:
+                above = True
+            elif mid >= b:
+                above = False
+            else:
+                above = _arc_cosine_strict(mid, math.cos(mid), math.sin(mid)) > gs
+            if above:
+                lo = mid
+            else:
+                hi = mid
+        out[i] = 0.5 * (lo + hi)
+
+
+def bisect_saddle(g_s: np.ndarray, exists: np.ndarray, missing: float, *, reference: bool = False) -> np.ndarray:
     """:func:`theory.algebra.saddle_angles`' bisection (64 halvings of ``[0, pi]`` on ``g(phi) > g_s``), compiled and
-    parallel over rows: the same operations in the same order with :mod:`math`'s ``cos`` and ``sin``, so the same
-    bits (a test compares them on a million teachers), about 20x faster on two threads.
+    parallel over rows, with the same bits.
+
+    Why it is fast: most of the 64 midpoints are far from the root, where the side of the comparison is certain.
+    A few Newton steps find the root to ~1e-15 and a window around it whose ends are proved on their side against
+    a bound on the rounding error of ``g`` (:func:`_saddle_window`, :data:`G_EVAL_ERR`); ``g`` is then evaluated
+    only at the midpoints inside the window, about 15 evaluations per row instead of 64 (4x faster; measured on a
+    million teachers, the same doubles as ``reference=True``, which evaluates every midpoint as before).
 
     Parameters
     ----------
@@ -153,6 +239,8 @@ def bisect_saddle(g_s: np.ndarray, exists: np.ndarray, missing: float) -> np.nda
         ``(R,)`` booleans: where the spurious point exists (elsewhere the result is ``missing``).
     missing : float
         The value of rows without a saddle.
+    reference : bool, default False
+        Evaluate ``g`` at every midpoint (the reference the fast path is tested against).
 
     Returns
     -------
@@ -161,5 +249,6 @@ def bisect_saddle(g_s: np.ndarray, exists: np.ndarray, missing: float) -> np.nda
     """
     g_s = np.ascontiguousarray(g_s, dtype=np.float64)
     out = np.empty(g_s.shape[0])
-    _bisect_saddle_rows(g_s, np.ascontiguousarray(exists, dtype=np.bool_), float(missing), out)
+    kernel = _bisect_saddle_rows if reference else _fast_saddle_rows
+    kernel(g_s, np.ascontiguousarray(exists, dtype=np.bool_), float(missing), out)
     return out

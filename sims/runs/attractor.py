@@ -298,4 +298,4 @@ def basins(result: Any, mode: str = "flow", *, time: float | None = None, thread
                                  rates=final_rates(result.settings), tolerances=_tolerances(result.settings),
                                  time=default_time(result.settings["steps"]) if time is None else time,
                                  threads=threads)
-    return np.array(BASINS, dtype=object)[out].astype(str)
+    return _classify.labels(BASINS, out)

@@ -53,6 +53,7 @@ from scipy import special
 from sims.engines import closed_forms as cf
 from sims.engines.rng import chi_square, normal_pair, uniform
 from sims.runs import samplers
+from sims.runs.memo import ArrayMemo
 from sims.runs.samplers import INIT_A, INIT_W, TEACHER_A, Init, Teacher
 from theory import Model
 
@@ -99,16 +100,15 @@ def _frame_draw(st, n):
 
 
 @njit(parallel=True, cache=True)
-def _draw(states, p, k, codes, values, out, fail):
-    """Each run's scalars from its stream.  ``codes = (teacher.a, init.w, init.a, require_spurious)``,
-    ``values = (h, m, Ss, Qs of a deterministic a*, w_scale, a_radius or -1)``; the rows of ``out`` (9, runs) are
-    ``U_cap, w_par, w_perp, w_rest2, S0, Q0, P0, Ss, Qs`` with ``w0 = w_par w* + w_perp e + rest``,
-    ``|rest|^2 = w_rest2``.
+def _draw_teacher(states, k, codes, values, out, fail):
+    """Each run's teacher scalars from its stream, the first draws of the run.  ``codes = (teacher.a,
+    require_spurious)``, ``values = (h, m, Ss, Qs of a deterministic a*)``; the rows of ``out`` (5, runs) are
+    ``U_cap, h, m, Ss, Qs`` (``a* = h u + m f``).
 
     The outputs are one 2-D array and one flag array, not a tuple of arrays: numba 0.68 loses some writes to
     arrays unpacked from a tuple argument inside a ``prange`` loop."""
-    ta_code, iw_code, ia_code, require_spurious = codes
-    h_fixed, m_fixed, ss_fixed, qs_fixed, w_scale, a_radius = values
+    ta_code, require_spurious = codes
+    h_fixed, m_fixed, ss_fixed, qs_fixed = values
     sk = math.sqrt(k)
     for r in prange(states.shape[0]):
         st = states[r]
@@ -116,36 +116,75 @@ def _draw(states, p, k, codes, values, out, fail):
         # teacher second layer: a* = h u + m f
         h, m, failed = _teacher_a(st, k, ta_code, require_spurious, h_fixed, m_fixed)
         fail[r] = failed
+        out[1, r] = h
+        out[2, r] = m
         if ta_code == 0:
-            out[7, r] = sk * h
-            out[8, r] = h * h + m * m
+            out[3, r] = sk * h
+            out[4, r] = h * h + m * m
         else:  # the deterministic a*'s own sums, as the vector sampler computes them
-            out[7, r] = ss_fixed
-            out[8, r] = qs_fixed
+            out[3, r] = ss_fixed
+            out[4, r] = qs_fixed
+
+
+@njit(parallel=True, cache=True)
+def _draw_init(states, p, k, teacher, codes, values, out):
+    """Each run's start from its stream, after its teacher's draws (:func:`_draw_teacher`, whose ``out`` is
+    ``teacher``).  ``codes = (init.w, init.a)``, ``values = (w_scale, a_radius or -1)``; the rows of ``out`` (6,
+    runs) are ``w_par, w_perp, w_rest2, S0, Q0, P0`` with ``w0 = w_par w* + w_perp e + rest``, ``|rest|^2 =
+    w_rest2``."""
+    iw_code, ia_code = codes
+    w_scale, a_radius = values
+    sk = math.sqrt(k)
+    for r in prange(states.shape[0]):
+        st = states[r]
+        h = teacher[1, r]
+        m = teacher[2, r]
         # student filter, on the frame (w*, e, rest)
         if iw_code == 0:
+            out[0, r] = 0.0
             out[1, r] = 0.0
             out[2, r] = 0.0
-            out[3, r] = 0.0
         else:
             g1, g2, x = _frame_draw(st, p)
             scale = w_scale / math.sqrt(p) if iw_code == 2 else 1.0 / math.sqrt(g1 * g1 + g2 * g2 + x)
-            out[1, r] = scale * g1
-            out[2, r] = scale * g2
-            out[3, r] = scale * scale * x
+            out[0, r] = scale * g1
+            out[1, r] = scale * g2
+            out[2, r] = scale * scale * x
         # student second layer, on the frame (u, f, rest)
-        rad = a_radius if a_radius >= 0.0 else math.sqrt(out[8, r])
+        rad = a_radius if a_radius >= 0.0 else math.sqrt(teacher[4, r])
         n1, n2, z = _frame_draw(st, k)
         nn = n1 * n1 + n2 * n2 + z
         if ia_code == 0:
             rho = rad * uniform(st) ** (1.0 / k)
             scale = rho / math.sqrt(nn)
-            out[5, r] = rho * rho
+            out[4, r] = rho * rho
         else:
             scale = rad / sk
-            out[5, r] = scale * scale * nn
-        out[4, r] = sk * scale * n1
-        out[6, r] = scale * (h * n1 + m * n2)
+            out[4, r] = scale * scale * nn
+        out[3, r] = sk * scale * n1
+        out[5, r] = scale * (h * n1 + m * n2)
+
+
+def _teacher_draws(states: np.ndarray, k: int, codes: tuple, values: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_draw_teacher` (``states`` advanced in place), from the memo when the same streams drew the same
+    teachers in one of the last chunks (:mod:`sims.runs.memo`: the methods of a sweep's ``(k, p)`` share their
+    teachers run by run; the memo also gives the streams' states after the teacher's draws)."""
+    R = states.shape[0]
+
+    def compute(st: np.ndarray) -> tuple[np.ndarray, ...]:
+        st = st.copy()
+        out = np.empty((5, R))
+        fail = np.zeros(R, dtype=np.bool_)
+        _draw_teacher(st, k, codes, values, out, fail)
+        return out, fail, st
+
+    out, fail, after = _TEACHERS(("teacher", k, codes, values), (states,), compute)
+    states[...] = after
+    return out, fail
+
+
+#: The teacher draws of the last few chunks (see :func:`_teacher_draws`).
+_TEACHERS = ArrayMemo(4)
 
 
 def _check(states: np.ndarray, p: int, k: int, teacher: Teacher, init: Init, model: Model | str) -> Model:
@@ -195,8 +234,17 @@ def _cosines(U: np.ndarray, p: int, teacher: Teacher) -> tuple[np.ndarray, np.nd
         return np.full(R, math.cos(teacher.angle)), np.full(R, math.sin(teacher.angle))
     half = (p - 1) / 2.0
     mass = special.betainc(half, half, math.sin(teacher.phi_max / 2.0) ** 2) if teacher.w == "cap" else 1.0
+    return _COSINES(("cosines", half, mass), (U,), lambda u: _beta_cosines(half, mass, u))
+
+
+def _beta_cosines(half: float, mass: float, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.clip(samplers.betaincinv_threads(half, (1.0 - U) * mass), 0.0, 1.0)
     return 1.0 - 2.0 * y, 2.0 * np.sqrt(y * (1.0 - y))
+
+
+#: The cosines of the last few chunks' teachers (most of a draw's time): the methods of a sweep's ``(k, p)`` share
+#: their teachers run by run (:mod:`sims.runs.memo`).
+_COSINES = ArrayMemo(4)
 
 
 def draw_order_parameters(
@@ -238,16 +286,17 @@ def draw_order_parameters(
     model = _check(states, p, k, teacher, init, model)
     p, k = int(p), int(k)
     R = states.shape[0]
-    out = np.empty((9, R))
-    fail = np.zeros(R, dtype=np.bool_)
-
-    codes = (TEACHER_A.index(teacher.a), INIT_W.index(init.w), INIT_A.index(init.a), bool(teacher.require_spurious))
-    values = (*_fixed_a(teacher, k), float(init.w_scale), -1.0 if init.a_radius is None else float(init.a_radius))
-    _draw(states, p, k, codes, values, out, fail)
+    h_fixed, m_fixed, ss_fixed, qs_fixed = _fixed_a(teacher, k)
+    tdraw, fail = _teacher_draws(states, k, (TEACHER_A.index(teacher.a), bool(teacher.require_spurious)),
+                                 (h_fixed, m_fixed, ss_fixed, qs_fixed))
     if fail.any():
         raise ValueError(
             f"teacher.require_spurious: no Gaussian a* with a spurious point in {samplers._MAX_REDRAWS} draws")
-    U_cap, w_par, w_perp, w_rest2, S0, Q0, P0, Ss, Qs = out  # C-contiguous rows
+    out = np.empty((6, R))
+    _draw_init(states, p, k, tdraw, (INIT_W.index(init.w), INIT_A.index(init.a)),
+               (float(init.w_scale), -1.0 if init.a_radius is None else float(init.a_radius)), out)
+    U_cap, Ss, Qs = tdraw[0], tdraw[3], tdraw[4]
+    w_par, w_perp, w_rest2, S0, Q0, P0 = out  # C-contiguous rows
     t, s = _cosines(U_cap, p, teacher)
     b = 1.0 if model.shortcut else 0.0
     c0 = w_par + b * t

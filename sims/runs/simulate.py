@@ -789,8 +789,8 @@ def _result(settings: dict[str, Any], call: registry.Call, sched: Any, rec: np.n
     return SimulationResult(
         settings=settings,
         run_index=np.arange(call.run_offset, call.run_offset + runs, dtype=np.int64),
-        outcome=np.array(_classify.OUTCOMES, dtype=object)[code].astype(str),
-        stop_reason=np.array(driver.STOP_NAMES, dtype=object)[out.stop_reason].astype(str),
+        outcome=_classify.labels(_classify.OUTCOMES, code),
+        stop_reason=_classify.labels(driver.STOP_NAMES, out.stop_reason),
         steps=out.stop_step,
         final_loss=out.final[:, 0],
         final_phi=out.final[:, 1],

@@ -105,7 +105,7 @@ class SweepTable(Table):
         "see the same teachers."))
     chunk: int = Field(1000, ge=1, le=10**7, description=(
         "Runs per unit of work and per chunk file (the resume granularity). From 100,000 trials per cell a sweep "
-        "without an explicit chunk runs chunks of at least 20,000."))
+        "without an explicit chunk runs chunks of a tenth of the trials, 20,000 to 100,000."))
     description: str = Field("", description="Free text (kept in the metadata).")
 
     @model_validator(mode="after")

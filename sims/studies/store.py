@@ -316,8 +316,11 @@ def directory_lock(out: Path, *, wait: float = 0.0, log=None) -> Iterator[None]:
 # Reading
 
 
-def read_chunk(out: Path, name: str, columns: tuple[str, ...] | None = None) -> pa.Table:
-    """A verified chunk file of ``out/chunks`` as a ``pyarrow.Table`` (only ``columns`` if given)."""
+def read_chunk(out: Path, name: str, columns: tuple[str, ...] | None = None,
+               dictionary: tuple[str, ...] = ()) -> pa.Table:
+    """A verified chunk file of ``out/chunks`` as a ``pyarrow.Table`` (only ``columns`` if given; the text columns
+    in ``dictionary`` as dictionary arrays, which is how they are stored: no string is built per row)."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(out / "chunks" / name, columns=list(columns) if columns is not None else None)
+    return pq.read_table(out / "chunks" / name, columns=list(columns) if columns is not None else None,
+                         read_dictionary=list(dictionary) or None)

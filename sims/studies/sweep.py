@@ -16,11 +16,12 @@ Every public name of the others that a sweep's user needs is importable from her
 
 Results do not depend on how the runs are chunked or where the chunks run.  :func:`run_chunk` writes each chunk's
 per-run table straight from the result's arrays into Parquet.  A sweep of at least :data:`LARGE_TRIALS` runs per
-cell without an explicit chunk uses chunks of :data:`LARGE_CHUNK` runs.
+cell without an explicit chunk uses chunks of :func:`auto_chunk` runs (20,000 to 100,000).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -41,10 +42,12 @@ from sims.studies.per_run import run_columns, run_frame, run_table
 from sims.studies.spec import (
     LARGE_CHUNK,
     LARGE_TRIALS,
+    MAX_AUTO_CHUNK,
     MAX_DEPTH,
     Cell,
     SweepError,
     SweepSpec,
+    auto_chunk,
     build_spec,
     chunk_name,
     fixed_teacher,
@@ -69,15 +72,18 @@ from sims.studies.summary import (
     write_runs,
 )
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 #: The public names of the modules of a sweep, importable from here as they were before the module was split.
 __all__ = [
-    "BASE_KEYS", "DEFAULT_BASE", "ENGINE_KINDS", "LARGE_CHUNK", "LARGE_TRIALS", "MAX_DEPTH", "ROW_BYTES",
-    "SCHEDULE_KINDS", "STEP_RULES", "SUMMARY_COLUMNS", "SUMMARY_INPUTS", "SUMMARY_ROW_BYTES", "SWEEP_KEYS", "Cell",
-    "SweepError", "SweepOutcome", "SweepSpec", "adopt_chunk", "build_spec", "cell_columns", "check_memory",
-    "check_output_dir", "check_table_memory", "collect", "fixed_teacher", "load_summary", "load_toml",
-    "matched_schedule", "metadata", "numba_threads", "parse_value", "rate_with_interval", "run_chunk",
-    "run_columns", "run_frame", "run_sweep", "run_table", "simulation_kwargs", "simulation_kwargs_fast",
-    "summarize_chunks", "summarize_runs", "write_runs",
+    "BASE_KEYS", "DEFAULT_BASE", "ENGINE_KINDS", "LARGE_CHUNK", "LARGE_TRIALS", "MAX_AUTO_CHUNK", "MAX_DEPTH",
+    "ROW_BYTES", "SCHEDULE_KINDS", "STEP_RULES", "SUMMARY_COLUMNS", "SUMMARY_INPUTS", "SUMMARY_ROW_BYTES",
+    "SWEEP_KEYS", "Cell", "SweepError", "SweepOutcome", "SweepSpec", "adopt_chunk", "auto_chunk", "build_spec",
+    "cell_columns", "check_memory", "check_output_dir", "chunk_kwargs", "chunk_table", "chunks_in_flight",
+    "check_table_memory", "collect", "fixed_teacher", "load_summary", "load_toml", "matched_schedule", "metadata",
+    "numba_threads", "parse_value", "rate_with_interval", "run_chunk", "run_columns", "run_frame", "run_sweep",
+    "run_table", "simulation_kwargs", "simulation_kwargs_fast", "summarize_chunks", "summarize_runs", "write_runs",
 ]
 
 
@@ -86,9 +92,30 @@ def run_chunk(params: dict[str, Any], seed: int, first: int, runs: int, threads:
     """Simulate one chunk and return its per-run table as Parquet bytes (what a Dask worker sends back), with
     ``identity`` (fingerprint, cell, chunk, first run, runs) in the file's metadata.  ``vectors``: the sweep's
     :attr:`SweepSpec.vectors` (False: the chunk runs on the order parameters alone)."""
-    kw = simulation_kwargs_fast(params)
+    return store.table_bytes(chunk_table(params, seed, first, runs, threads, vectors), identity or {})
+
+
+def chunk_table(params: dict[str, Any], seed: int, first: int, runs: int, threads: int | None = None,
+                vectors: bool = True) -> pa.Table:
+    """The per-run table of one chunk as a ``pyarrow.Table`` (:func:`run_chunk` before the Parquet encoding; an
+    in-process sweep builds the table and encodes it in its writer thread, beside the next chunk's computation)."""
+    kw = chunk_kwargs(params, vectors)
     res = simulate_cell(kw, runs=runs, seed=seed, run_offset=first, threads=threads, vectors=vectors)
-    return store.table_bytes(run_table(res, kw["engine"]), identity or {})
+    return run_table(res, kw["engine"])
+
+
+def chunk_kwargs(params: dict[str, Any], vectors: bool) -> dict[str, Any]:
+    """The keyword arguments of :func:`sims.simulate` a chunk of a cell runs with: the cell's, except that a cell of
+    plain population GD on the order parameters (``vectors`` False, no engine) records only its first and last
+    step (``n_record = 2``).  A chunk keeps no trajectory (:func:`run_table`), and on the lockstep driver a record
+    step only routes the run through the scalar pass, which takes the per-run driver's decisions, so no per-run
+    column changes (checked bit for bit on every cell of ``liu2019``; a test compares a sweep's rows with
+    :func:`sims.simulate` at the cell's ``n_record``), while the engine saves ~20% of its time (9 of 15 record
+    steps of ``liu2019`` fall within a typical run's ~200 steps)."""
+    kw = simulation_kwargs_fast(params)
+    if not vectors and kw["engine"] is None and kw["algorithm"] == "gd":
+        kw["n_record"] = 2
+    return kw
 
 
 #: Bytes per row of the per-run table held in memory when it is joined as one frame (:func:`collect`; measured:
@@ -147,16 +174,18 @@ def check_memory(spec: SweepSpec, *, workers: int | None = None, remote: bool = 
     """Refuse (:class:`SweepError`) a sweep this machine has no memory for; return the estimate in bytes.
 
     A chunk needs what :func:`sims.simulate` needs for ``chunk`` runs (:func:`sims.runs.memory.simulate_bytes`); a
-    local Dask cluster runs ``workers`` chunks at once.  On a remote ``scheduler`` the workers' memory is theirs
-    (each chunk is checked where it runs).  The results are streamed from the chunks (:func:`summarize_chunks`,
-    :func:`write_runs`): what grows with the sweep is one cell's summary columns (:data:`SUMMARY_ROW_BYTES` per
-    run), not the per-run table (a table that reads it checks :func:`check_table_memory` when it does).  A sweep
-    without vectors (:attr:`SweepSpec.vectors`) needs no memory that grows with ``k`` or ``p``.
+    local Dask cluster runs ``workers`` chunks at once, this process :func:`chunks_in_flight`.  On a remote
+    ``scheduler`` the workers' memory is theirs (each chunk is checked where it runs).  The results are streamed
+    from the chunks (:func:`summarize_chunks`, :func:`write_runs`): what grows with the sweep is one cell's summary
+    columns (:data:`SUMMARY_ROW_BYTES` per run), not the per-run table (a table that reads it checks
+    :func:`check_table_memory` when it does).  A sweep without vectors (:attr:`SweepSpec.vectors`) needs no memory
+    that grows with ``k`` or ``p``.
     """
     from sims.runs.memory import available_bytes, format_size, simulate_bytes
 
     runs = min(spec.chunk, spec.trials)
-    threads = 1 if workers else numba_threads()
+    local = 1 if workers or remote else chunks_in_flight(spec)  # chunks computed at once in this process
+    threads = 1 if workers or local > 1 else numba_threads()
 
     def chunk_bytes(runs: int) -> int:
         return max(simulate_bytes(k=c.params["k"], p=c.params["p"], runs=runs, steps=c.params["steps"],
@@ -164,7 +193,7 @@ def check_memory(spec: SweepSpec, *, workers: int | None = None, remote: bool = 
                                   batch_size=c.params.get("batch_size"), threads=threads, vectors=spec.vectors)
                    for c in spec.cells)
 
-    at_once = 0 if remote else (workers or 1)
+    at_once = 0 if remote else (workers or local)
     table = SUMMARY_ROW_BYTES * spec.trials
     need = at_once * chunk_bytes(runs) + table
     free = available_bytes()
@@ -348,7 +377,7 @@ def run_sweep(
 
 def adopt_chunk(spec: SweepSpec, out: Path) -> SweepSpec:
     """``spec`` with the chunk of the sweep already in ``out`` if ``spec``'s chunk was chosen automatically
-    (:data:`LARGE_CHUNK`) and with the directory's chunk it is the directory's configuration: a sweep started
+    (:func:`auto_chunk`) and with the directory's chunk it is the directory's configuration: a sweep started
     with its file's chunk (or before the automatic choice existed) is resumed, not refused.  Else ``spec``."""
     if not spec.chunk_auto:
         return spec
@@ -393,22 +422,25 @@ def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0, writ
         log(report)
         store.compact_manifest(out, good)  # keep only what proved itself, so the report is not repeated
     good_set = set(good)
-    todo = [(name, unit, ident) for name, (unit, ident) in expected.items() if name not in good_set]
+    todo = _teacher_order(spec, [(name, unit, ident) for name, (unit, ident) in expected.items()
+                                 if name not in good_set])
     total_runs = len(spec.cells) * spec.trials
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total_runs, initial=total_runs - sum(u[3] for _, u, _ in todo), unit="run", desc=spec.name,
                disable=True if quiet else None, smoothing=0.1)
-    written = 0
+    written = [0]
+
+    def done(unit) -> None:
+        written[0] += 1
+        bar.update(unit[3])
+        if on_chunk:
+            on_chunk(unit[0])
+
     try:
-        for name, unit, ident, data in _compute(spec, todo, client, local_cluster):
-            store.write_chunk(out, name, data, ident, unit[3])
-            written += 1
-            bar.update(unit[3])
-            if on_chunk:
-                on_chunk(unit[0])
+        _write_all(out, _compute(spec, todo, client, local_cluster), done)
     except store.StoreError as exc:
-        raise SweepError(f"{exc}; the sweep stopped and keeps its {len(good) + written} finished chunks: rerun "
+        raise SweepError(f"{exc}; the sweep stopped and keeps its {len(good) + written[0]} finished chunks: rerun "
                          "the same command to resume") from None
     finally:
         bar.close()
@@ -425,13 +457,127 @@ def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0, writ
                         wrote_runs=write)
 
 
-def _compute(spec: SweepSpec, todo, client, local_cluster: bool):
-    """Yield ``(name, unit, identity, parquet bytes)`` for every chunk to compute, in-process or on Dask (in the
-    order they finish).  A worker that dies is replaced and its chunk rescheduled by Dask."""
-    if client is None:
+def _persist(out: Path, name: str, data: bytes | pa.Table | Callable[[], pa.Table], ident: dict[str, Any],
+             rows: int) -> None:
+    """Write one chunk (:func:`sims.studies.store.write_chunk`), building its table first if ``data`` is a function
+    (:func:`run_table` of a result) and Parquet-encoding it if it is a table."""
+    if callable(data):
+        data = data()
+    if not isinstance(data, bytes):
+        data = store.table_bytes(data, ident)
+    store.write_chunk(out, name, data, ident, rows)
+
+
+def _write_all(out: Path, chunks, done: Callable[[Any], None]) -> None:
+    """Persist every ``(name, unit, identity, data)`` of ``chunks`` in a writer thread, one chunk behind the
+    computation: chunk ``i``'s table is built, encoded, hashed, written and fsynced (work that mostly releases the
+    GIL) while chunk ``i + 1`` is computed.  ``done(unit)`` is called in this thread, in order, once a chunk is on
+    disk with its manifest line.  At most two chunks are held; whatever happens, a chunk handed to the writer is
+    finished before this returns or raises (the pool is shut down waiting), and a write's error
+    (:class:`sims.studies.store.StoreError`) is raised here.  After a failed write no later chunk is written (as
+    without the thread: the sweep stops at the first failure and keeps the chunks before it)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    failed = threading.Event()
+
+    def persist(*args) -> None:
+        if failed.is_set():
+            return
+        try:
+            _persist(*args)
+        except BaseException:
+            failed.set()
+            raise
+
+    with ThreadPoolExecutor(1, thread_name_prefix="shallowres-writer") as pool:
+        pending = None
+        for name, unit, ident, data in chunks:
+            fut = pool.submit(persist, out, name, data, ident, unit[3])
+            if pending is not None:
+                pending[0].result()
+                done(pending[1])
+            pending = (fut, unit)
+        if pending is not None:
+            pending[0].result()
+            done(pending[1])
+
+
+def _teacher_order(spec: SweepSpec, todo: list) -> list:
+    """The chunks to compute, those with the same teachers one after another: by first run, then by what the
+    teachers depend on (``p``, ``k``, the teacher's law), then by cell.  The methods of a ``(k, p)`` draw the same
+    teachers run by run, so the teacher-only work of a chunk is then found in the memo of the one before
+    (:mod:`sims.runs.memo`).  The order changes no result (each run draws from its own stream)."""
+    def teachers(cell: int) -> str:
+        params = spec.cells[cell].params
+        return json.dumps([params.get("p"), params.get("k"), params.get("teacher")], sort_keys=True, default=str)
+
+    keys = {c.index: teachers(c.index) for c in spec.cells}
+    return sorted(todo, key=lambda item: (item[1][2], keys[item[1][0]], item[1][0]))
+
+
+def _local_chunk(spec: SweepSpec, unit: tuple[int, int, int, int], threads: int | None) -> Callable[[], pa.Table]:
+    """Simulate one chunk in this process; a function giving its Arrow table (:func:`run_table`)."""
+    kw = chunk_kwargs(spec.cells[unit[0]].params, spec.vectors)
+    res = simulate_cell(kw, runs=unit[3], seed=spec.seed, run_offset=unit[2], threads=threads, vectors=spec.vectors)
+    return functools.partial(run_table, res, kw["engine"])
+
+
+def _compute_local(spec: SweepSpec, todo):
+    """:func:`_compute` in this process: :func:`chunks_in_flight` chunks at once, each on one engine thread, yielded
+    in the order of ``todo``.  Why: a chunk alternates between the engine (compiled, without the GIL) and per-run
+    NumPy work between its phases (draws, schedule, classification, rates), much of it on one core; two chunks
+    side by side keep both cores busy.  Each run draws from its own stream, so nothing depends on which chunk
+    runs beside which."""
+    ahead = chunks_in_flight(spec)
+    if ahead <= 1:
         for name, unit, ident in todo:
-            yield name, unit, ident, run_chunk(spec.cells[unit[0]].params, spec.seed, unit[2], unit[3],
-                                               identity=ident, vectors=spec.vectors)
+            yield name, unit, ident, _local_chunk(spec, unit, None)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = iter(todo)
+    with ThreadPoolExecutor(ahead, thread_name_prefix="shallowres-chunk") as pool:
+        running: deque = deque()
+        for item in itertools.islice(items, ahead):
+            running.append((item, pool.submit(_local_chunk, spec, item[1], 1)))
+        try:
+            while running:
+                (name, unit, ident), fut = running.popleft()
+                table = fut.result()
+                nxt = next(items, None)
+                if nxt is not None:
+                    running.append((nxt, pool.submit(_local_chunk, spec, nxt[1], 1)))
+                yield name, unit, ident, table
+        finally:
+            for _, fut in running:
+                fut.cancel()
+
+
+def chunks_in_flight(spec: SweepSpec) -> int:
+    """Chunks an in-process sweep computes at once: numba's thread count for a sweep on the order parameters
+    (``SweepSpec.vectors`` False, whose chunks are small), else 1 (a chunk's engine then uses the threads).
+    Also 1 under numba's ``workqueue`` threading layer, which must not run parallel kernels from two threads at
+    once (``omp`` and ``tbb`` may)."""
+    if spec.vectors or numba_threads() <= 1:
+        return 1
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: the layer is not chosen
+        return 1
+    return numba_threads() if layer in ("omp", "tbb") else 1
+
+
+def _compute(spec: SweepSpec, todo, client, local_cluster: bool):
+    """Yield ``(name, unit, identity, data)`` for every chunk to compute, in-process (``data``: a function giving
+    the chunk's Arrow table, :func:`run_table` of the chunk's result) or on Dask (its Parquet bytes,
+    :func:`run_chunk`; in the order they finish).  A worker that dies is replaced and its chunk rescheduled by
+    Dask."""
+    if client is None:
+        yield from _compute_local(spec, todo)
         return
     from dask.distributed import as_completed
 
