@@ -57,7 +57,8 @@ GROUP = 8
 #: Compiler options of the lockstep entry points: reciprocals (``x / pi`` as a product), no reassociation and no
 #: contraction into fused multiply-adds.  With ``contract`` the code numba compiles in the process and the code it
 #: loads from its cache contracted differently (the results of a cold and a warm cache differed in the last bits;
-#: ``tests/test_reduced.py`` checks that they do not); without it the engine is about 9% slower.
+#: ``tests/test_sims_determinism.py`` checks that they do not, for every engine); without it the engine is about 9%
+#: slower.
 FASTMATH = {"arcp"}
 _BIG_T = np.iinfo(np.int64).max
 #: Relative slack of the vector pass's tests (see :func:`_vector_pass`).
