@@ -132,7 +132,8 @@ def test_require_spurious_gives_up_with_the_vector_samplers_error(monkeypatch):
 
     monkeypatch.setattr(samplers, "_MAX_REDRAWS", 0)
     monkeypatch.setattr(order_samplers, "_teacher_a", order_samplers._teacher_a.py_func)
-    monkeypatch.setattr(order_samplers, "_draw", order_samplers._draw.py_func)
+    monkeypatch.setattr(order_samplers, "_draw_teacher", order_samplers._draw_teacher.py_func)
+    order_samplers._TEACHERS.clear()  # a memoized draw would not run the patched kernel
     with pytest.raises(ValueError, match="teacher.require_spurious: no Gaussian a"):
         draw_order_parameters(stream_states(14, 0, 50), p=3, k=2, teacher=Teacher(require_spurious=True),
                               init=Init(), model="resnet")

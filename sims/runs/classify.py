@@ -188,6 +188,7 @@ def labels(names: tuple[str, ...], codes: np.ndarray) -> np.ndarray:
     that width: converting every element of an object array was the slowest part of a sweep's result (0.9 s per
     4.5 million runs).
 
+    >>> import numpy as np
     >>> from sims.runs.classify import OUTCOMES, labels
     >>> labels(OUTCOMES, np.array([0, 1, 0]))
     array(['global', 'spurious', 'global'], dtype='<U8')

@@ -29,6 +29,8 @@ class ArrayMemo:
 
     Examples
     --------
+    >>> import numpy as np
+    >>> from sims.runs.memo import ArrayMemo
     >>> memo = ArrayMemo(2)
     >>> x = np.arange(3.0)
     >>> memo(("square",), (x,), lambda a: (a * a,))[0].tolist()
