@@ -117,10 +117,11 @@ RUN_LIMIT = 900
 ATTEMPTS = 3
 
 
-def _session_cpu(sid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of session ``sid`` (Linux ``/proc``)."""
-    total = 0.0
+def _tree(root: int) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by ``root`` and each of its live descendants, by pid (Linux
+    ``/proc``; the kernel that nbclient starts is a child of the child, in a session of its own)."""
     tick = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -129,14 +130,30 @@ def _session_cpu(sid: int) -> float:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[3]) == sid:  # fields after the command: state, ppid, pgrp, session, ..., utime (12), stime (13)
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+        # the fields after the command: state, ppid, ..., utime (index 11), stime (index 12)
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    out = {}
+    for pid in cpu:
+        q = pid
+        while q > 1 and q != root:
+            q = parent.get(q, 0)
+        if q == root:
+            out[pid] = cpu[pid]
+    return out
+
+
+def _kill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _execute(copy: Path, env: dict, idle_window: float = IDLE_WINDOW) -> subprocess.CompletedProcess | None:
-    """Run the notebook ``copy`` in a child process (the child and its kernel in a session of their own); ``None``
-    if the run hung (:data:`IDLE_WINDOW`) or exceeded :data:`RUN_LIMIT` (the session's processes are killed)."""
+    """Run the notebook ``copy`` in a child process; ``None`` if the run hung (:data:`IDLE_WINDOW`) or exceeded
+    :data:`RUN_LIMIT` (the child, its kernel and their descendants are killed)."""
     proc = subprocess.Popen([sys.executable, "-c", _EXECUTE, str(copy), str(copy.parent)], env=env, cwd=copy.parent,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     start = time.monotonic()
@@ -147,10 +164,12 @@ def _execute(copy: Path, env: dict, idle_window: float = IDLE_WINDOW) -> subproc
             return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         except subprocess.TimeoutExpired:
             pass
-        now, cpu = time.monotonic(), _session_cpu(proc.pid)
+        tree = _tree(proc.pid)
+        now, cpu = time.monotonic(), sum(tree.values())
         if cpu - mark_cpu >= IDLE_CPU:
             mark, mark_cpu = now, cpu
         if now - mark > idle_window or now - start > RUN_LIMIT:
+            _kill(tree)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             return None
