@@ -55,6 +55,41 @@ nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
 
+
+def _poke_kernel_sockets() -> None:
+    """Read ``zmq.EVENTS`` of nbclient's shell and IOPub sockets once a second while a notebook executes.
+
+    On a loaded machine nbclient's asyncio client can miss the edge-triggered readiness of a kernel's
+    ``execute_reply`` (seen after ``widgets.interact`` cells): the kernel is idle and the client waits until the cell
+    times out.  Reading ``EVENTS`` wakes the waiting poll (``tests/test_notebooks.py`` has the measurements)."""
+    import asyncio
+
+    import nbclient
+    import zmq
+
+    start = nbclient.NotebookClient.async_start_new_kernel_client
+    if getattr(start, "_pokes", False):
+        return
+
+    async def poke(client) -> None:
+        while client.kc is not None:
+            for channel in (client.kc.shell_channel, client.kc.iopub_channel):
+                socket = getattr(channel, "socket", None)
+                if socket is not None and not socket.closed:
+                    socket.get(zmq.EVENTS)
+            await asyncio.sleep(1.0)
+
+    async def start_with_pokes(self, **kwargs):
+        out = await start(self, **kwargs)
+        self._poke_task = asyncio.ensure_future(poke(self))
+        return out
+
+    start_with_pokes._pokes = True
+    nbclient.NotebookClient.async_start_new_kernel_client = start_with_pokes
+
+
+_poke_kernel_sockets()
+
 # API reference: autodoc over the packages' __all__, numpydoc sections.
 autodoc_default_options = {"members": True, "undoc-members": True, "member-order": "bysource"}
 autodoc_typehints = "none"  # the signatures carry the hints; numpydoc's Parameters say the types in words

@@ -82,8 +82,8 @@ def _build(out: Path, env: dict) -> subprocess.CompletedProcess | None:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
-    """The site, built once.  Now and then a notebook kernel and its client both sit idle forever (the ipykernel
-    freeze described in tests/test_notebooks.py; nbclient's timeout does not fire then): a build that has not
+    """The site, built once.  Should nbclient still miss the end of a cell (the hang described in
+    tests/test_notebooks.py, which ``docs/conf.py`` works around as that test's runner does), a build that has not
     finished in ``2 BUILD_LIMIT`` is killed and run once more."""
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     for attempt in range(2):
