@@ -451,6 +451,21 @@ def _record(out, r, rec, obs, y, consts, k):
                                               consts[4])[2], 0.0))
 
 
+@njit(inline="always")
+def _step_factor(err_norm, rejected, exponent):
+    """scipy's step-size control, shared by DP5 and RODAS4 (``exponent``: ``-1 / (order of the estimate + 1)``):
+    ``(accepted, factor)``, the step accepted when ``err_norm < 1`` and the factor of the next step size (no growth
+    right after a rejection; a non-finite error shrinks the step as a large one does)."""
+    if err_norm < 1.0:
+        factor = MAX_FACTOR if err_norm == 0.0 else min(MAX_FACTOR, SAFETY * err_norm ** exponent)
+        if rejected:
+            factor = min(1.0, factor)
+        return True, factor
+    if not math.isfinite(err_norm):
+        err_norm = 1e300
+    return False, max(MIN_FACTOR, SAFETY * err_norm ** exponent)
+
+
 @_jit
 def _attempt(ws, ctx, rates, ctl, t, t_end, h_abs):
     """One accepted step from ``(t, y = Y[0])`` with scipy's RK45 control (module docstring): the stages into
@@ -493,14 +508,10 @@ def _attempt(ws, ctx, rates, ctl, t, t_end, h_abs):
             sc = atol + max(abs(y[i]), abs(y_new[i])) * rtol
             err += (acc * h / sc) ** 2
         err_norm = math.sqrt(err / NY)
-        if err_norm < 1.0:
-            factor = MAX_FACTOR if err_norm == 0.0 else min(MAX_FACTOR, SAFETY * err_norm ** ERROR_EXPONENT)
-            if rejected:
-                factor = min(1.0, factor)
+        accepted, factor = _step_factor(err_norm, rejected, ERROR_EXPONENT)
+        if accepted:
             return True, t_new, h, h_abs * factor, obs_new, nfev
-        if not math.isfinite(err_norm):  # a non-finite stage: shrink as after a large error
-            err_norm = 1e300
-        h_abs *= max(MIN_FACTOR, SAFETY * err_norm ** ERROR_EXPONENT)
+        h_abs *= factor
         rejected = True
 
 
@@ -622,14 +633,11 @@ def _attempt_rodas(ws, ctx, rates, ctl, t, t_end, h_abs):
                 sc = atol + max(abs(y[i]), abs(y_new[i])) * rtol
                 err += (U[5, i] / sc) ** 2
             err_norm = math.sqrt(err / NY)
-        if err_norm < 1.0:
-            factor = MAX_FACTOR if err_norm == 0.0 else min(MAX_FACTOR, SAFETY * err_norm ** R_ERROR_EXPONENT)
-            if rejected:
-                factor = min(1.0, factor)
+        # err_norm inf: a singular matrix or a non-finite stage, shrunk as after a large error
+        accepted, factor = _step_factor(err_norm, rejected, R_ERROR_EXPONENT)
+        if accepted:
             return True, t_new, h, h_abs * factor, obs_new, nfev
-        if not math.isfinite(err_norm):  # singular, or a non-finite stage: shrink as after a large error
-            err_norm = 1e300
-        h_abs *= max(MIN_FACTOR, SAFETY * err_norm ** R_ERROR_EXPONENT)
+        h_abs *= factor
         rejected = True
 
 
