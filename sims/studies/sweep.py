@@ -99,9 +99,15 @@ def chunk_table(params: dict[str, Any], seed: int, first: int, runs: int, thread
                 vectors: bool = True) -> pa.Table:
     """The per-run table of one chunk as a ``pyarrow.Table`` (:func:`run_chunk` before the Parquet encoding; an
     in-process sweep builds the table and encodes it in its writer thread, beside the next chunk's computation)."""
+    return run_table(*_simulate_chunk(params, seed, first, runs, threads, vectors))
+
+
+def _simulate_chunk(params: dict[str, Any], seed: int, first: int, runs: int, threads: int | None,
+                    vectors: bool) -> tuple[Any, Any]:
+    """One chunk's :class:`sims.SimulationResult` and the cell's engine (:func:`run_table`'s arguments)."""
     kw = chunk_kwargs(params, vectors)
     res = simulate_cell(kw, runs=runs, seed=seed, run_offset=first, threads=threads, vectors=vectors)
-    return run_table(res, kw["engine"])
+    return res, kw["engine"]
 
 
 def chunk_kwargs(params: dict[str, Any], vectors: bool) -> dict[str, Any]:
@@ -518,9 +524,8 @@ def _teacher_order(spec: SweepSpec, todo: list) -> list:
 
 def _local_chunk(spec: SweepSpec, unit: tuple[int, int, int, int], threads: int | None) -> Callable[[], pa.Table]:
     """Simulate one chunk in this process; a function giving its Arrow table (:func:`run_table`)."""
-    kw = chunk_kwargs(spec.cells[unit[0]].params, spec.vectors)
-    res = simulate_cell(kw, runs=unit[3], seed=spec.seed, run_offset=unit[2], threads=threads, vectors=spec.vectors)
-    return functools.partial(run_table, res, kw["engine"])
+    return functools.partial(run_table, *_simulate_chunk(spec.cells[unit[0]].params, spec.seed, unit[2], unit[3],
+                                                         threads, spec.vectors))
 
 
 def _compute_local(spec: SweepSpec, todo):
