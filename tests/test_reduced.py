@@ -171,30 +171,37 @@ def test_runs_are_independent_of_their_lane():
         np.testing.assert_array_equal(one.w[0], whole.w[r])
 
 
-def test_the_lockstep_kernels_ask_for_full_width_vectors_and_compute_the_same_bits():
-    """The lockstep entry points compile with :class:`sims.engines.simd.WidePipeline` (512-bit vectors where the
-    CPU has them), and the attribute changes no bit: the reduced engine's angle (square roots, a division, the
-    branch-free arctangent) over 4,096 lanes, compiled with and without it, is the same array."""
+def test_the_lockstep_kernels_carry_their_llvm_attributes_and_these_change_no_bit():
+    """The lockstep entry points compile with :data:`sims.engines.attributes.WidePipeline` (512-bit vectors where
+    the CPU has them) and the scalar step and lane start with :data:`~sims.engines.attributes.WideInlinePipeline`
+    (inlined by LLVM), and the attributes change no bit: the reduced engine's angle (square roots, a division, the
+    branch-free arctangent) over 4,096 lanes, compiled with and without them, is the same array."""
     from numba import njit
 
-    from sims.engines import reduced, simd
+    from sims.engines import attributes, reduced
 
-    assert simd.WidePipeline is not None
+    assert attributes.WidePipeline is not None and attributes.WideInlinePipeline is not None
     for entry in (reduced.run_range, reduced.run_range_unnormalized, reduced.run_range_fading):
-        assert entry._compiler.pipeline_class is simd.WidePipeline
+        assert entry._compiler.pipeline_class is attributes.WidePipeline
+        helpers = entry.py_func.__globals__
+        for name in ("_scalar_step", "_start_lane"):
+            assert helpers[name]._compiler.pipeline_class is attributes.WideInlinePipeline
+        assert helpers["_vector_pass"]._compiler.pipeline_class is attributes.WidePipeline
 
     def lanes(u, r1, out):
         for i in range(u.size):
             inv_n, phi, c, s, omc = reduced._angle(u[i], r1[i], 0.0, True)
             out[0, i], out[1, i], out[2, i], out[3, i], out[4, i] = inv_n, phi, c, s, omc
 
-    wide = njit(fastmath={"arcp"}, **simd.options())(lanes)
-    plain = njit(fastmath={"arcp"})(lanes)
     rng = np.random.default_rng(5)
     u = rng.standard_normal(4096) * np.exp(rng.uniform(-30, 30, 4096))
     r1 = np.abs(rng.standard_normal(4096)) * np.exp(rng.uniform(-30, 30, 4096))
-    a, b = np.empty((5, 4096)), np.empty((5, 4096))
-    wide(u, r1, a)
-    plain(u, r1, b)
-    assert np.array_equal(a, b)
-    assert simd.ATTRIBUTE in next(iter(wide.inspect_llvm().values()))
+    plain = np.empty((5, 4096))
+    njit(fastmath={"arcp"})(lanes)(u, r1, plain)
+    for inline, attrs in ((False, (attributes.WIDE,)), (True, (attributes.WIDE, "alwaysinline"))):
+        kernel = njit(fastmath={"arcp"}, **attributes.options(inline=inline))(lanes)
+        out = np.empty((5, 4096))
+        kernel(u, r1, out)
+        assert np.array_equal(out, plain)
+        ir = next(iter(kernel.inspect_llvm().values()))
+        assert all(a in ir for a in attrs)

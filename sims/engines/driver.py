@@ -450,7 +450,7 @@ def _template(lo, hi, eng, ws, prob, stops, out):
 
 #: Sources compiled into every engine's entry point besides the engine's own file (the driver, the shared helpers,
 #: the generated closed forms, the random streams, the gradient helpers of the engines).
-_COMPILED_SOURCES = ("sims/engines/driver.py", "sims/engines/lockstep.py", "sims/engines/simd.py",
+_COMPILED_SOURCES = ("sims/engines/driver.py", "sims/engines/lockstep.py", "sims/engines/attributes.py",
                      "sims/engines/common.py", "sims/engines/closed_forms.py",
                      "sims/engines/rng.py",
                      "sims/engines/finite_sample.py", "sims/engines/expansion_kernels.py", "theory/closed_forms.py")

@@ -5,9 +5,11 @@ GD on its order parameters (:mod:`sims.engines.reduced`) -- that is one chain of
 roots, divisions, an arctangent) whose latency sets the pace: about 1.5e7 run-steps per second per thread.  This
 driver advances a block of :data:`LANES` runs side by side instead, each lane holding one run, so the compiler
 vectorizes the observation and the step across lanes (AVX2/AVX-512), and the chains of different runs overlap.
-Its functions compile with :class:`sims.engines.simd.WidePipeline`, which lets LLVM use 512-bit vectors (8 lanes
-per instruction) where the CPU has them: about 24% more run-steps per CPU-second than at LLVM's default 256 bits
-on the 2-core Sapphire Rapids machine, with the same bits.
+Its functions compile with LLVM attributes numba has no option for (:mod:`sims.engines.attributes`): 512-bit
+vectors (8 lanes per instruction) where the CPU has them, about 24% more run-steps per CPU-second than LLVM's
+default 256 bits; and the scalar pass's per-lane step and the lane start inlined by LLVM (a call of theirs moves
+some 200 values, the fields of the records, through the stack), which halves the engine time of liu2019's short
+runs.  The same bits either way.
 
 Each iteration does, for every occupied lane,
 
@@ -48,7 +50,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit
 
-from sims.engines import driver, simd
+from sims.engines import attributes, driver
 from sims.engines.common import unshared_empty
 from sims.engines.driver import store_traj
 from theory import closed_forms as _tcf
@@ -120,18 +122,19 @@ def register(record: type, *, options: dict[str, Any] | None = None, **hooks: Ca
     if missing or unknown:
         raise ValueError(f"engine {record.__name__}: missing hooks {sorted(missing)}, unknown hooks {sorted(unknown)}")
     bound = dict(globals(), **hooks)
-    opts = dict(options or {}, fastmath=FASTMATH, **simd.options())
+    opts = dict(options or {}, fastmath=FASTMATH)
     # The driver's helpers, with the engine's hooks bound in their globals too: the small ones inlined, the passes
     # compiled as functions of their own (inlining them all into one function compiles several times slower).
     for helper in _INLINED:
         bound[helper.__name__] = njit(inline="always")(types.FunctionType(helper.__code__, bound, helper.__name__))
     for helper in _CALLED:
-        bound[helper.__name__] = njit(**opts)(types.FunctionType(helper.__code__, bound, helper.__name__))
+        bound[helper.__name__] = njit(**opts, **attributes.options(inline=helper in _LLVM_INLINED))(
+            types.FunctionType(helper.__code__, bound, helper.__name__))
     loop = types.FunctionType(_template.__code__, bound, "run_range", _template.__defaults__, _template.__closure__)
     loop.__qualname__ = f"lockstep_{record.__module__.replace('.', '_')}_{record.__qualname__}"
     loop.__doc__ = f"Advance runs ``lo .. hi-1`` of engine {record.__name__} in lockstep (the lockstep driver)."
     module_file = getattr(sys.modules.get(record.__module__), "__file__", None)
-    return driver.entry_point(engine_file=module_file, **opts)(loop)
+    return driver.entry_point(engine_file=module_file, **opts, **attributes.options())(loop)
 
 
 # Stubs of the hooks (the per-run ones, teacher ... finish, are documented in sims.engines.driver).
@@ -440,3 +443,5 @@ def _scalar_step(eng, ews, LI, LF, prob, stops, out, i, k, last_noisy):
 #: Helpers of the loop, compiled per engine with its hooks (see :func:`register`): inlined, and called.
 _INLINED = (_segment, _free_lane, _maybe_trapped, _watch)
 _CALLED = (_start_lane, _vector_pass, _pack, _scalar_step)
+#: ... of which those LLVM inlines into their callers (:mod:`sims.engines.attributes`).
+_LLVM_INLINED = (_start_lane, _scalar_step)
