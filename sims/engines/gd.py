@@ -39,7 +39,7 @@ from sims.engines.common import (
     store_run,
     unshared_empty,
 )
-from sims.engines.rng import normal_pair
+from sims.engines.rng import normal_pair_call
 
 #: Largest squared norm a step may produce: far from overflow, so every entry and the loss stay finite.
 BIG = 1e300
@@ -197,7 +197,7 @@ def _make_step(moving: bool):
         elif sw > 0.0 or sa > 0.0:
             for i in range(p):
                 if i % 2 == 0:
-                    z0, z1 = normal_pair(st)
+                    z0, z1 = normal_pair_call(st)
                 x = alpha * w[i] + beta * ws[i] + sw * (z0 if i % 2 == 0 else z1)
                 w[i] = x
                 ww += x * x
@@ -211,7 +211,7 @@ def _make_step(moving: bool):
         if sw > 0.0 or sa > 0.0:
             for j in range(k):
                 if j % 2 == 0:
-                    z0, z1 = normal_pair(st)
+                    z0, z1 = normal_pair_call(st)
                 y = ca * a[j] + cp * ast[j] + c1 + sa * (z0 if j % 2 == 0 else z1)
                 a[j] = y
                 S += y
@@ -239,7 +239,7 @@ def _filter_step_moving(w, ws, V, alpha, beta, dl, sw, noisy, st):
     if noisy:
         for i in range(w.shape[0]):
             if i % 2 == 0:
-                z0, z1 = normal_pair(st)
+                z0, z1 = normal_pair_call(st)
             x = alpha * w[i] + beta * ws[i] + dl * V[i] + sw * (z0 if i % 2 == 0 else z1)
             w[i] = x
             ww += x * x

@@ -23,7 +23,7 @@ from numba import njit
 from scipy import special
 
 from sims.engines import closed_forms as cf
-from sims.engines.rng import fill_normal, normal_pair, uniform
+from sims.engines.rng import fill_normal, normal_pair_call, uniform_call
 from theory import Model
 
 TEACHER_W = ("sphere", "cap", "angle")
@@ -198,11 +198,11 @@ def _draw(lo, hi, states, v, codes, values, out):
     for r in range(lo, hi):
         st = states[r]
         # teacher filter: a uniform number for the cap's marginal, and a direction orthogonal to v
-        U_cap[r] = uniform(st)
+        U_cap[r] = uniform_call(st)
         if p >= 2:
             _unit_orthogonal(st, v, E_perp[r])
         else:
-            x, _ = normal_pair(st)
+            x, _ = normal_pair_call(st)
             E_perp[r, 0] = 1.0 if x >= 0 else -1.0  # sign for the sphere in 1-D
         # teacher second layer
         ast = AS[r]
@@ -259,7 +259,7 @@ def _draw(lo, hi, states, v, codes, values, out):
             nn = 0.0
             for j in range(k):
                 nn += a[j] * a[j]
-            scale = rad * uniform(st) ** (1.0 / k) / math.sqrt(nn)
+            scale = rad * uniform_call(st) ** (1.0 / k) / math.sqrt(nn)
         else:
             scale = rad / math.sqrt(k)
         for j in range(k):
