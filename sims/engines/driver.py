@@ -31,7 +31,9 @@ compiled entry point: the driver's loop (:func:`_template`, written once) as a n
 bind the stub names to the engine's hooks.  numba inlines the hooks into the loop at its IR level and caches the
 result per engine (the cache key holds the engine's record type, a hash of the engine's file and
 :data:`SOURCE_STAMP`).  An engine file also provides ``workspace(eng, p, k)``, the work arrays of one thread
-(allocated in Python, so engines that allocate nothing compile without reference counting).
+(allocated in Python, so engines that allocate nothing compile without reference counting); its optional
+``views`` hook turns them into what the other hooks get, once per call of the entry point (population GD carves
+its work vectors out of one block there: carved in each hook, the 20 slices cost 0.4 s of compile time).
 
 Why this design (measured on the 2-core machine when it was chosen):
 
@@ -54,6 +56,19 @@ Why this design (measured on the 2-core machine when it was chosen):
 - speed against the hand-written loops (2 threads, benchmarks/gd_throughput.py, interleaved pairs of runs):
   population GD 0.94-0.99x, SGD 0.96-0.97x.  Threads' work arrays must not share cache lines
   (:func:`sims.engines.common.unshared_empty`): with numpy's adjacent small arrays two threads ran at 0.87x.
+
+Where the first call's compile time goes (population GD, ``simulate(engine="vector")`` at ``p = k = 8`` on a
+fresh numba cache; CPU seconds of numba's compile events, ``numba.core.event``, one run each on the 2-core machine):
+this entry point 3.6 s (its own passes: numba's lowering 0.6, LLVM 0.6, type inference 0.6, inlining the hooks
+0.7, SSA and rewrites 0.7; the loss and its gradient 0.25), the samplers' ``_draw`` with its callees 1.3, the
+saddle angles 0.4: 5.4 s of a 5.6 s call.  It was 8.3 s: the entry point 5.0, ``_draw`` 2.1, the saddle angles
+0.95.  What cut it, without changing a bit of any result: the random streams' normals are called, not inlined at
+numba's IR level, in the noise loops and the samplers (:func:`sims.engines.rng.normal_pair_call`: about -1.1 s
+for the entry point, -0.8 for ``_draw``); the ``views`` hook above (about -0.4); the saddle angles' kernel is a
+serial loop on threads, not a ``prange`` loop (-0.55, :func:`sims.engines.closed_forms.bisect_saddle`).  What is
+left is mostly the loop's own size (4545 typed IR statements: the template 1070, the GD step
+with its four update loops 930, the stop decision 460): taking the trapped test out of line would save 0.05 s;
+the four update loops (noisy or not, for ``w`` and ``a``) keep the noise-free ones free of random draws.
 
 Runs are independent: run ``r`` is advanced from start to stop by one thread, with its own random stream, so
 results do not depend on the thread count or on how runs are split.  :func:`run_batch` runs an engine's entry point

@@ -189,7 +189,9 @@ def _draw(lo, hi, states, v, codes, values, out):
     """Runs ``lo .. hi-1``'s draws from their streams: ``codes = (teacher.w, teacher.a, init.w, init.a,
     require_spurious)``, ``values = (fixed a*, init.w_scale, init.a_radius or -1)``, ``out = (U_cap, E_perp, AS, W0,
     A0, fail)``.  A serial loop run on threads by :func:`draw` (a ``prange`` loop compiles twice as slowly, and
-    numba 0.68 could lose its writes to ``fail``)."""
+    numba 0.68 could lose its writes to ``fail``).  Its uniforms and normals are calls of
+    :func:`sims.engines.rng.uniform_call` and :func:`sims.engines.rng.normal_pair_call`, not inlined copies of the
+    generator: this kernel with its callees compiles in 1.3 s instead of 2.1 (CPU s, the same bits)."""
     tw_code, ta_code, iw_code, ia_code, require_spurious = codes
     a_fixed, w_scale, a_radius = values
     U_cap, E_perp, AS, W0, A0, fail = out
