@@ -197,8 +197,8 @@ def _fast_saddle_rows(lo, hi, g_s, exists, missing, out):
     :func:`_saddle_window`: the others are on a proved side, so every comparison, hence every halving, is the
     reference's, and so is the result, to the bit.  The iteration also stops once the midpoint is one of the
     interval's ends, an end that was itself a tested midpoint: its test repeats, so no later halving changes
-    anything.  A serial loop that :func:`bisect_saddle` runs on threads: a ``prange`` loop compiled in 1.0 s, this
-    in 0.3 s, and the first call of every simulation compiles it."""
+    anything.  A serial loop that :func:`bisect_saddle` runs on threads: a ``prange`` loop compiled in 0.95-1.0 s, this
+    in 0.35-0.45 s (CPU s), and the first call of every simulation compiles it."""
     for i in range(lo, hi):
         if not exists[i]:
             out[i] = missing
