@@ -31,7 +31,9 @@ compiled entry point: the driver's loop (:func:`_template`, written once) as a n
 bind the stub names to the engine's hooks.  numba inlines the hooks into the loop at its IR level and caches the
 result per engine (the cache key holds the engine's record type, a hash of the engine's file and
 :data:`SOURCE_STAMP`).  An engine file also provides ``workspace(eng, p, k)``, the work arrays of one thread
-(allocated in Python, so engines that allocate nothing compile without reference counting).
+(allocated in Python, so engines that allocate nothing compile without reference counting); its optional
+``views`` hook turns them into what the other hooks get, once per call of the entry point (population GD carves
+its work vectors out of one block there: carved in each hook, the 20 slices cost 0.4 s of compile time).
 
 Why this design (measured on the 2-core machine when it was chosen):
 
@@ -54,6 +56,19 @@ Why this design (measured on the 2-core machine when it was chosen):
 - speed against the hand-written loops (2 threads, benchmarks/gd_throughput.py, interleaved pairs of runs):
   population GD 0.94-0.99x, SGD 0.96-0.97x.  Threads' work arrays must not share cache lines
   (:func:`sims.engines.common.unshared_empty`): with numpy's adjacent small arrays two threads ran at 0.87x.
+
+Where the first call's compile time goes (population GD, ``simulate(engine="vector")`` at ``p = k = 8`` on a
+fresh numba cache; CPU seconds of numba's compile events, ``numba.core.event``, one run each on the 2-core machine):
+this entry point 3.6 s (its own passes: numba's lowering 0.6, LLVM 0.6, type inference 0.6, inlining the hooks
+0.7, SSA and rewrites 0.7; the loss and its gradient 0.25), the samplers' ``_draw`` with its callees 1.3, the
+saddle angles 0.4: 5.4 s of a 5.6 s call.  It was 8.3 s: the entry point 5.0, ``_draw`` 2.1, the saddle angles
+0.95.  What cut it, without changing a bit of any result: the random streams' normals are called, not inlined at
+numba's IR level, in the noise loops and the samplers (:func:`sims.engines.rng.normal_pair_call`: about -1.1 s
+for the entry point, -0.8 for ``_draw``); the ``views`` hook above (about -0.4); the saddle angles' kernel is a
+serial loop on threads, not a ``prange`` loop (-0.55, :func:`sims.engines.closed_forms.bisect_saddle`).  What is
+left is mostly the loop's own size (4545 typed IR statements: the template 1070, the GD step
+with its four update loops 930, the stop decision 460): taking the trapped test out of line would save 0.05 s;
+the four update loops (noisy or not, for ``w`` and ``a``) keep the noise-free ones free of random draws.
 
 Runs are independent: run ``r`` is advanced from start to stop by one thread, with its own random stream, so
 results do not depend on the thread count or on how runs are split.  :func:`run_batch` runs an engine's entry point
@@ -152,8 +167,8 @@ def make_outputs(R: int, m: int) -> Outputs:
 # ---------------------------------------------------------------------------------------------------------------
 # Hooks and registration: an engine binds its hook functions to the driver's loop.
 
-HOOKS: tuple[str, ...] = ("teacher", "begin", "observe", "gates", "note", "traj_point", "on_record", "extra_stop",
-                          "trap_factor", "step", "finish")
+HOOKS: tuple[str, ...] = ("views", "teacher", "begin", "observe", "gates", "note", "traj_point", "on_record",
+                          "extra_stop", "trap_factor", "step", "finish")
 
 
 def register(record: type, *, options: dict[str, Any] | None = None, **hooks: Callable) -> Callable:
@@ -183,6 +198,10 @@ def register(record: type, *, options: dict[str, Any] | None = None, **hooks: Ca
 
 # The hooks.  The driver's loop calls these names; an engine's entry point binds them to the engine's functions
 # (these stubs only document each hook's arguments and results).
+def views(eng, ws):  # -> wsp, what the other hooks get as their work space (once per call; e.g. views of ws's arrays)
+    raise NotImplementedError
+
+
 def teacher(eng, prob, tr):  # -> (||w*||^2, 1.a*, ||a*||^2, k) of teacher tr
     raise NotImplementedError
 
@@ -229,6 +248,11 @@ def finish(eng, wsp, prob, r, rec, carry):  # store the final state and engine o
 
 # Defaults for the optional hooks (the plain network).
 @njit(inline="always")
+def _views_none(eng, ws):
+    return ws
+
+
+@njit(inline="always")
 def _teacher_vectors(eng, prob, tr):
     ws2, Ss, Qs = teacher_invariants(prob.WS, prob.AS, tr)
     return ws2, Ss, Qs, prob.AS.shape[1]
@@ -259,8 +283,8 @@ def _trap_factor_one(eng):
     return 1.0
 
 
-_DEFAULTS: dict[str, Callable] = {"teacher": _teacher_vectors, "gates": _gates_always, "note": _note_nothing,
-                                  "on_record": _on_record_nothing, "extra_stop": _no_extra_stop,
+_DEFAULTS: dict[str, Callable] = {"views": _views_none, "teacher": _teacher_vectors, "gates": _gates_always,
+                                  "note": _note_nothing, "on_record": _on_record_nothing, "extra_stop": _no_extra_stop,
                                   "trap_factor": _trap_factor_one}
 
 
@@ -357,6 +381,7 @@ def _stop_reason(obs, finite, where, tv, gate, tol, trap, extra, stops):
 def _template(lo, hi, eng, ws, prob, stops, out):
     """The loop of every engine: advance runs ``lo .. hi-1`` of the batch in the work space ``ws``.  Never called
     as it is: :func:`register` compiles it with an engine's hooks bound to the names ``begin``, ``observe``, ..."""
+    wsp = views(eng, ws)
     nseg = prob.seg_end.shape[1]
     last_noisy = prob.noise_w[nseg - 1] > 0.0 or prob.noise_a[nseg - 1] > 0.0
     for r0 in range(lo, hi):
@@ -366,7 +391,7 @@ def _template(lo, hi, eng, ws, prob, stops, out):
         m = prob.record_steps.shape[0]
         tv = teacher(eng, prob, tr)
         ws2, Ss, Qs, _ = tv
-        carry = begin(eng, ws, prob, r, tr, tv)
+        carry = begin(eng, wsp, prob, r, tr, tv)
         phs = prob.phi_saddle[tr]
         L_ref = cf.loss(1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, Ss, Qs)
         if not L_ref > 0.0:
@@ -387,8 +412,8 @@ def _template(lo, hi, eng, ws, prob, stops, out):
         prev_P = 0.0
         t = 0
         while True:
-            L, phi, c, s, P, g2, ga2, aux = observe(eng, ws, carry, tv)
-            gate = gates(eng, ws, carry, t)
+            L, phi, c, s, P, g2, ga2, aux = observe(eng, wsp, carry, tv)
+            gate = gates(eng, wsp, carry, t)
             net, deployed, grad_ok, rate_ok, trap_ok = gate
             finite = math.isfinite(L) and math.isfinite(phi) and math.isfinite(P) and math.isfinite(g2)
             if net and P > 0.0 and slow_end < 0:
@@ -397,14 +422,14 @@ def _template(lo, hi, eng, ws, prob, stops, out):
                 steps_tol = t
             if rate_ok and net and deployed:
                 pts = track_rate_levels(t, L, levels, pts)
-            note(eng, ws, carry, r, t, L, phi, P, finite)
+            note(eng, wsp, carry, r, t, L, phi, P, finite)
             while rec < m and prob.record_steps[rec] == t:
-                store_traj(out, r, rec, traj_point(eng, ws, carry, L, phi, P))
-                on_record(eng, ws, r, rec)
+                store_traj(out, r, rec, traj_point(eng, wsp, carry, L, phi, P))
+                on_record(eng, wsp, r, rec)
                 rec += 1
             while seg < nseg - 1 and t >= prob.seg_end[sr, seg]:
                 seg += 1
-            extra = extra_stop(eng, ws, carry, aux, t, seg, stops.max_steps, tol)
+            extra = extra_stop(eng, wsp, carry, aux, t, seg, stops.max_steps, tol)
             reason = _stop_reason((L, phi, c, s, P, g2, ga2), finite, (t, seg, nseg), tv, gate, tol,
                                   (phs, tf, last_noisy), extra, stops)
             ok = True
@@ -413,7 +438,7 @@ def _template(lo, hi, eng, ws, prob, stops, out):
                 ea = prob.eta_a[sr, seg]
                 sw = prob.noise_w[seg] * sigma_scale
                 sa = prob.noise_a[seg] * sigma_scale
-                carry, ok = step(eng, ws, carry, aux, tv, ew, ea, sw, sa, t)
+                carry, ok = step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t)
                 if sw > 0.0 or sa > 0.0:
                     sigma_scale *= prob.noise_decay
                 if not ok:  # the step would leave the state non-finite: stop at this (finite) state
@@ -439,7 +464,7 @@ def _template(lo, hi, eng, ws, prob, stops, out):
             prev_phi = phi
             prev_P = P
             t += 1
-        finish(eng, ws, prob, r, rec, carry)
+        finish(eng, wsp, prob, r, rec, carry)
         for q in range(rec, m):
             for f in range(4):
                 out.traj[r, q, f] = np.nan

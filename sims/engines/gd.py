@@ -39,7 +39,7 @@ from sims.engines.common import (
     store_run,
     unshared_empty,
 )
-from sims.engines.rng import normal_pair
+from sims.engines.rng import normal_pair_call
 
 #: Largest squared norm a step may produce: far from overflow, so every entry and the loss stay finite.
 BIG = 1e300
@@ -85,9 +85,25 @@ def workspace(eng: PopulationGD, p: int, k: int) -> tuple[np.ndarray, ...]:
 
 
 @njit(inline="always")
-def _begin(eng, wsp, prob, r, tr, tv):
+def _views(eng, wsp):
+    """The work vectors ``(w~, w*, a, a*)`` carved out of the thread's block, and its random stream: made once per
+    call of the entry point (every hook below gets them), not in every hook (carving them costs compile time)."""
     w, ws, a, ast = run_views(wsp[0], eng.WT.shape[1], eng.A.shape[1])
-    st = wsp[1]
+    return w, ws, a, ast, wsp[1]
+
+
+@njit(inline="always")
+def _views_fading(eng, wsp):
+    """:func:`_views` and the shortcut ``v``, at the end of the block (:func:`workspace`)."""
+    p = eng.WT.shape[1]
+    k = eng.A.shape[1]
+    w, ws, a, ast = run_views(wsp[0], p, k)
+    return w, ws, a, ast, wsp[1], wsp[0][2 * p + 2 * k:3 * p + 2 * k]
+
+
+@njit(inline="always")
+def _begin(eng, wsp, prob, r, tr, tv):
+    w, ws, a, ast, st = wsp[0], wsp[1], wsp[2], wsp[3], wsp[4]
     load_run(w, ws, a, ast, eng.WT, prob.WS, eng.A, prob.AS, r, tr)
     for f in range(4):
         st[f] = prob.states[r, f]
@@ -97,7 +113,7 @@ def _begin(eng, wsp, prob, r, tr, tv):
 
 @njit(inline="always")
 def _observe(eng, wsp, carry, tv):
-    w, ws, a, ast = run_views(wsp[0], eng.WT.shape[1], eng.A.shape[1])
+    a, ast = wsp[2], wsp[3]
     ww, wws, S, Q, P, inv_nws = carry
     ws2, Ss, Qs, k = tv
     # phi = atan2(||w*|| ||w~|| sin phi, w~.w*): neither ||w~|| nor a division comes before the arctangent.
@@ -144,8 +160,7 @@ def _note_fading(eng, wsp, carry, r, t, L, phi, P, finite):
 
 @njit(inline="always")
 def _traj_point(eng, wsp, carry, L, phi, P):
-    w, ws, a, ast = run_views(wsp[0], eng.WT.shape[1], eng.A.shape[1])
-    return L, phi, P, distance(a, ast)
+    return L, phi, P, distance(wsp[2], wsp[3])
 
 
 def _make_step(moving: bool):
@@ -155,8 +170,7 @@ def _make_step(moving: bool):
 
     @njit(inline="always")
     def step(eng, wsp, carry, aux, tv, ew, ea, sw, sa, t):
-        w, ws, a, ast = run_views(wsp[0], eng.WT.shape[1], eng.A.shape[1])
-        st = wsp[1]
+        w, ws, a, ast, st = wsp[0], wsp[1], wsp[2], wsp[3], wsp[4]
         ww, wws, S, Q, P, inv_nws = carry
         inv_n, L_rho, L_c, L_S, L_Q, L_P = aux
         ws2, Ss, Qs, k = tv
@@ -192,12 +206,11 @@ def _make_step(moving: bool):
         Q = 0.0
         P = 0.0
         if moving:
-            v = wsp[0][2 * p + 2 * k:3 * p + 2 * k]
-            ww, wws = _filter_step_moving(w, ws, v, alpha, beta, dl, sw, sw > 0.0 or sa > 0.0, st)
+            ww, wws = _filter_step_moving(w, ws, wsp[5], alpha, beta, dl, sw, sw > 0.0 or sa > 0.0, st)
         elif sw > 0.0 or sa > 0.0:
             for i in range(p):
                 if i % 2 == 0:
-                    z0, z1 = normal_pair(st)
+                    z0, z1 = normal_pair_call(st)
                 x = alpha * w[i] + beta * ws[i] + sw * (z0 if i % 2 == 0 else z1)
                 w[i] = x
                 ww += x * x
@@ -211,7 +224,7 @@ def _make_step(moving: bool):
         if sw > 0.0 or sa > 0.0:
             for j in range(k):
                 if j % 2 == 0:
-                    z0, z1 = normal_pair(st)
+                    z0, z1 = normal_pair_call(st)
                 y = ca * a[j] + cp * ast[j] + c1 + sa * (z0 if j % 2 == 0 else z1)
                 a[j] = y
                 S += y
@@ -239,7 +252,7 @@ def _filter_step_moving(w, ws, V, alpha, beta, dl, sw, noisy, st):
     if noisy:
         for i in range(w.shape[0]):
             if i % 2 == 0:
-                z0, z1 = normal_pair(st)
+                z0, z1 = normal_pair_call(st)
             x = alpha * w[i] + beta * ws[i] + dl * V[i] + sw * (z0 if i % 2 == 0 else z1)
             w[i] = x
             ww += x * x
@@ -255,9 +268,8 @@ def _filter_step_moving(w, ws, V, alpha, beta, dl, sw, noisy, st):
 
 @njit(inline="always")
 def _finish(eng, wsp, prob, r, rec, carry):
-    w, ws, a, ast = run_views(wsp[0], eng.WT.shape[1], eng.A.shape[1])
-    st = wsp[1]
-    store_run(w, a, eng.WT, eng.A, r)
+    st = wsp[4]
+    store_run(wsp[0], wsp[2], eng.WT, eng.A, r)
     for f in range(4):
         prob.states[r, f] = st[f]
 
@@ -266,6 +278,6 @@ _HOOKS = dict(begin=_begin, observe=_observe, traj_point=_traj_point, finish=_fi
 #: The compiled entry points (see :func:`sims.engines.driver.run_batch`): plain population GD, and population GD
 #: with the fading shortcut (a :class:`FadingGD` record).
 run_range = driver.register(PopulationGD, options=dict(error_model="numpy", _nrt=False), step=_make_step(False),
-                            gates=_gates, **_HOOKS)
+                            views=_views, gates=_gates, **_HOOKS)
 run_range_fading = driver.register(FadingGD, options=dict(error_model="numpy", _nrt=False), step=_make_step(True),
-                                   gates=_gates_fading, note=_note_fading, **_HOOKS)
+                                   views=_views_fading, gates=_gates_fading, note=_note_fading, **_HOOKS)
