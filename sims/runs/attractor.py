@@ -50,7 +50,7 @@ import theory
 from sims.engines import driver
 from sims.engines import flow as flow_engine
 from sims.runs import classify as _classify
-from sims.runs import order_runs
+from sims.runs import order_runs, warmup
 from sims.runs.schedules import ResolvedSchedule
 from theory import Model
 from theory import closed_forms as tcf
@@ -257,6 +257,7 @@ def flow_outcomes(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: 
     none = np.empty((R, 0))
     prob = driver.make_problem(none, none, phi_s, sched, np.zeros((R, 4), dtype=np.uint64),
                                np.zeros(1, dtype=np.int64), tol.rate_window)
+    warmup.ready("flow")  # a child may be compiling the flow engine: wait for it, then load it from the cache
     driver.run_batch(flow_engine.run_range, flow_engine.workspace, eng, prob, driver.make_stops(tol, budget, True),
                      out, R, threads)
     final = eng.out

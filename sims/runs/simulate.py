@@ -15,7 +15,7 @@ import theory
 from sims.engines import driver, reduced
 from sims.engines import flow as flow_engine
 from sims.engines.rng import stream_states
-from sims.runs import attractor, memory, order_runs, plain, registry, samplers  # noqa: F401 (plain registers the plain engines)
+from sims.runs import attractor, memory, order_runs, plain, registry, samplers, warmup  # noqa: F401 (plain registers the plain engines)
 from sims.runs import classify as _classify
 from sims.runs import flow as _flow  # (importing it registers the gradient-flow engine)
 from sims.runs.order_samplers import OrderParameters, draw_order_parameters
@@ -706,6 +706,8 @@ def run_without_vectors(call: registry.Call, op: OrderParameters | None = None,
     phi_s = _classify.saddle_angles_gram(k, op.Ss, op.Qs)
     none = np.empty((R, 0))
     prob = driver.make_problem(none, none, phi_s, sched, states, rec, tol.rate_window)
+    if flow_opts is not None or call.model.normalized:  # a child may be compiling the engine: wait, then load it
+        warmup.ready("flow" if flow_opts is not None else "reduced")
     driver.run_batch(entry, work, eng, prob, driver.make_stops(tol, call.steps, tol.stop_trapped), out, R,
                      call.threads)
     final = eng.out
