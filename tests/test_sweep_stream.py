@@ -90,6 +90,24 @@ def test_text_columns_with_a_rare_value_are_converted_exactly():
     assert per_run._text_array(values).type == pa.large_string()
 
 
+@pytest.mark.parametrize("distinct", [1, 2, 5, per_run.MAX_DISTINCT, per_run.MAX_DISTINCT + 1, 300])
+@pytest.mark.parametrize("runs", [0, 1, 7, 5000])
+def test_text_columns_equal_the_general_conversion(distinct, runs):
+    """Distinct values found one by one (rare ones late, the empty string, beyond MAX_DISTINCT the general path):
+    the same array as converting every string; other dtypes (object) take the general conversion."""
+    import numpy as np
+
+    rng = np.random.default_rng(distinct * 10_000 + runs)
+    pool = np.array([f"v{i}" for i in range(distinct - 1)] + [""])
+    values = pool[rng.integers(0, len(pool), runs)]
+    values[: min(runs, 100)] = pool[0]
+    want = pa.array(values.astype(str), type=pa.large_string())
+    got = per_run._text_array(values)
+    assert got.type == pa.large_string() and got.equals(want)
+    obj = np.array(["x", None, "y"], dtype=object)
+    assert per_run._text_array(obj).equals(pa.array(obj.astype(str), type=pa.large_string()))
+
+
 def test_no_runs_writes_no_per_run_table_and_the_same_results(tmp_path, capsys):
     cfg = tmp_path / "stream.toml"
     cfg.write_text(STREAM)
