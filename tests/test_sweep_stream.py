@@ -4,6 +4,7 @@ chunks, and the memory they need."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tomllib
 from dataclasses import replace
@@ -58,6 +59,8 @@ def test_streamed_summary_equals_the_in_memory_summary(tmp_path):
     in_memory = sweep.summarize_runs(by_pandas, spec)
     pd.testing.assert_frame_equal(outcome.summary, in_memory, check_exact=True)
     pd.testing.assert_frame_equal(sweep.summarize_chunks(tmp_path, spec), in_memory, check_exact=True)
+    for threads in (2, 3, 16):  # cells side by side: the same rows in the same order
+        pd.testing.assert_frame_equal(sweep.summarize_chunks(tmp_path, spec, threads), in_memory, check_exact=True)
     assert (tmp_path / "summary.csv").read_text() == in_memory.to_csv(index=False)
     assert list(outcome.summary["schedule.eta_w_rel"]) == [0.25, 0.5] * 4  # a float grid column stays a float
     assert outcome.summary["trials"].eq(30).all() and outcome.summary["linear_runs"].gt(0).any()
@@ -290,3 +293,16 @@ def test_chunks_recording_only_the_ends_hold_the_rows_of_the_cells_n_record(tmp_
         got = pd.concat([pd.read_parquet(tmp_path / "chunks" / sweep.chunk_name(cell.index, j)) for j in (0, 1)],
                         ignore_index=True)
         pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_summary_threads_respect_cores_cells_and_memory(monkeypatch):
+    """Two cells side by side where two cores and the memory for two cells' summary columns are there; one
+    otherwise (the summary is the same, tested above)."""
+    from sims.runs import memory
+
+    spec = stream_spec()
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10**12)
+    cores = len(os.sched_getaffinity(0))
+    assert sweep.summary_threads(spec) == min(sweep.SUMMARY_THREADS, cores)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2 * sweep.SUMMARY_ROW_BYTES * spec.trials - 1)
+    assert sweep.summary_threads(spec) == 1
