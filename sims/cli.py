@@ -142,7 +142,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     compiles; it changes no result)."""
     from sims.runs import warmup
 
-    warmup.start_for_table(args.name)
+    warmup.start_for_table(args.name, args.trials or tables.config(args.name)["sweep"]["trials"])
     try:
         spec = tables.spec(args.name, **_overrides(args))
         return _run(args.name, spec, args, args.name)

@@ -75,7 +75,7 @@ def test_a_dead_child_never_blocks_the_parent():
     warm.process.kill()  # the child this test started, by its handle
     try:
         assert warm.wait("reduced") is False and warm.wait("flow") is False
-        assert warm.process.poll() is not None and warm.reported == {}
+        assert warm.process.wait(timeout=60) is not None and warm.reported == {}
         warmup.ready("reduced")
         res = sims.simulate(k=4, p=4, runs=20, steps=200, vectors=False, seed=1,
                             schedule=sims.Schedule.constant(0.25, 1.0))
@@ -103,7 +103,10 @@ def test_bad_jobs_and_the_switch(monkeypatch):
     with pytest.raises(ValueError, match=r"warmup jobs must be among \['flow', 'reduced'\]; got \['gd'\]"):
         warmup.Warmup(["gd"])
     monkeypatch.setenv("SHALLOWRES_WARMUP", "0")
-    assert warmup.start(["reduced"]) is None and warmup.start_for_table("liu2019") is None
+    assert warmup.start(["reduced"]) is None and warmup.start_for_table("liu2019", 1000) is None
     monkeypatch.delenv("SHALLOWRES_WARMUP")
-    assert warmup.start([]) is None and warmup.start_for_table("du2018") is None
-    assert set(warmup.TABLE_JOBS["liu2019"]) <= set(warmup.JOBS)
+    assert warmup.start([]) is None and warmup.start_for_table("du2018", 10**6) is None
+    assert warmup.table_jobs("liu2019", 1000) == ("reduced",)
+    assert warmup.table_jobs("liu2019", warmup.FLOW_TRIALS) == ("reduced", "flow")
+    assert warmup.table_jobs("liu2019-flow", 1) == ("flow",) and warmup.table_jobs("two-phase", 10**6) == ()
+    assert {job for jobs in warmup.TABLE_JOBS.values() for job, _ in jobs} <= set(warmup.JOBS)

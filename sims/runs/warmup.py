@@ -2,12 +2,12 @@
 
 On a cold cache a table spends its first ~20 s compiling, one kernel after another on one core: the samplers, the
 schedules' and the classification's kernels, then the engine (the lockstep GD engine on the order parameters
-alone takes ~9 s; the gradient-flow engine ~17 s).  :func:`start` launches a child process (``python -m
-sims.runs.warmup JOB...``, with this process's ``NUMBA_CACHE_DIR``) that compiles the engines of the table's
-:data:`TABLE_JOBS` into the cache, while this process goes on with its own work (the sweep's dry runs compile the
-samplers first).  Where the pipeline first runs an engine a child is compiling, it calls :func:`ready`, which
-waits for the child to report that job done (one line ``ready JOB`` on its standard output), and then numba loads
-the kernel from the cache instead of compiling it a second time.
+alone takes ~9 s; the gradient-flow engine ~17 s).  :func:`start` launches a child process (:func:`main` with
+the jobs, with this process's ``NUMBA_CACHE_DIR``) that compiles the engines of the table's :data:`TABLE_JOBS`
+into the cache, while this process goes on with its own work (the sweep's dry runs compile the samplers first).
+Where the pipeline first runs an engine a child is compiling, it calls :func:`ready`, which waits for the child
+to report that job done (one line ``ready JOB`` on its standard output), and then numba loads the kernel from
+the cache instead of compiling it a second time.
 
 **Safety.**  The child only compiles: results are the same bit for bit with and without it (the code numba loads
 from its cache computes as the code it compiles, ``tests/test_sims_determinism.py``).  A child that fails a job
@@ -18,10 +18,12 @@ wait (``tests/test_warmup.py`` checks that the pipeline loads the child's kernel
 turns the child off.
 
 **Which jobs.**  :data:`JOBS` are the engines (one entry point each); :data:`TABLE_JOBS` the ones a table's sweep
-runs on.  ``liu2019`` runs the lockstep engine; it needs the flow only for a run that stops ``max_steps`` above
-the decisive level (:func:`sims.runs.attractor.decided_at_start`; none of the 30 such runs of 4.5 million at
-``--trials 100000``), so its child does not compile the flow: that would take 17 s of CPU from the sweep's two
-chunk threads for a kernel almost never used.
+runs on, each from a number of trials per cell on.  ``liu2019`` runs the lockstep engine; it needs the flow only
+for a run that stops ``max_steps`` above the decisive level (:func:`sims.runs.attractor.decided_at_start`): none
+of the 30 such runs of 4.5 million at ``--trials 100000``, one of the 77 of 45 million at ``--trials 1000000``.
+Where it is needed, a chunk thread compiles it (~17 s) while the other runs on and then waits for it (chunks are
+taken in order), so from :data:`FLOW_TRIALS` trials per cell on the child compiles it too, after the lockstep
+engine; below, those 17 s of CPU would be spent for a kernel almost never used.
 """
 
 from __future__ import annotations
@@ -89,9 +91,19 @@ def _flow_job() -> None:
 
 #: The jobs a child can run: each compiles (or loads) one engine's entry point by running it on two tiny runs.
 JOBS: dict[str, Callable[[], None]] = {"reduced": _reduced_job, "flow": _flow_job}
-#: The child's jobs for each table (module docstring); a table not named here starts no child.
-TABLE_JOBS: dict[str, tuple[str, ...]] = {"liu2019": ("reduced",), "liu2019-flow": ("flow",),
-                                          "scaling": ("reduced", "flow")}
+#: Trials per cell from which a ``liu2019`` child compiles the flow engine too (module docstring).
+FLOW_TRIALS = 200_000
+#: The child's jobs for each table, each with the trials per cell from which it is compiled (module docstring); a
+#: table not named here starts no child.
+TABLE_JOBS: dict[str, tuple[tuple[str, int], ...]] = {
+    "liu2019": (("reduced", 0), ("flow", FLOW_TRIALS)),
+    "liu2019-flow": (("flow", 0),),
+    "scaling": (("reduced", 0), ("flow", 0)),
+}
+
+
+#: The child's program (not ``-m sims.runs.warmup``: the package imports this module before runpy would run it).
+_CHILD = "import sys; from sims.runs.warmup import main; sys.exit(main(sys.argv[1:]))"
 
 
 class Warmup:
@@ -110,7 +122,7 @@ class Warmup:
         child_env = dict(os.environ if env is None else env)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (root, child_env.get("PYTHONPATH", "")) if p)
-        self.process = subprocess.Popen([sys.executable, "-m", "sims.runs.warmup", *self.jobs], env=child_env,
+        self.process = subprocess.Popen([sys.executable, "-c", _CHILD, *self.jobs], env=child_env,
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True)
         self._reader = threading.Thread(target=self._read, name="shallowres-warmup", daemon=True)
@@ -164,9 +176,14 @@ def start(jobs: Iterable[str]) -> Warmup | None:
     return warm
 
 
-def start_for_table(name: str) -> Warmup | None:
-    """:func:`start` with the jobs of table ``name`` (:data:`TABLE_JOBS`; none for the others)."""
-    return start(TABLE_JOBS.get(name, ()))
+def table_jobs(name: str, trials: int) -> tuple[str, ...]:
+    """The child's jobs for table ``name`` at ``trials`` runs per cell (:data:`TABLE_JOBS`; none for the others)."""
+    return tuple(job for job, least in TABLE_JOBS.get(name, ()) if trials >= least)
+
+
+def start_for_table(name: str, trials: int) -> Warmup | None:
+    """:func:`start` with :func:`table_jobs`."""
+    return start(table_jobs(name, trials))
 
 
 def ready(job: str) -> None:
