@@ -278,3 +278,18 @@ def test_auto_runs_no_flow_when_every_open_run_lies_below_the_level(monkeypatch)
     np.testing.assert_array_equal(attractor.basins(res, "auto"), flowed)
     with pytest.raises(AssertionError, match="flow_outcomes called"):
         attractor.basins(res, "flow")
+
+
+def test_one_flowed_run_uses_the_engine_signature_of_many():
+    """The flow of a single run passes writeable rate arrays, as for several runs: no read-only array type in the
+    flow engine's signatures (one flowed run in a sweep compiled a second copy of the engine, ~17 s)."""
+    from sims.engines import flow as flow_engine
+
+    res = sims.simulate(runs=3, basin="none", schedule=sims.Schedule.constant(ETA_W, ETA_A),
+                        **dict(LIU, **dict(OPEN_CELLS["cnn"], steps=5)))
+    start, consts = attractor.final_coordinates(res)
+    for rows in (slice(0, 1), slice(0, 3)):
+        attractor.flow_outcomes(start[rows], consts[rows], k=K, normalized=True, rates=(ETA_W, ETA_A),
+                                tolerances=sims.Tolerances(), time=10)
+    assert flow_engine.run_range.signatures
+    assert not [sig for sig in flow_engine.run_range.signatures if "readonly" in str(sig)]

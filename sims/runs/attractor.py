@@ -252,8 +252,10 @@ def flow_outcomes(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: 
                              np.ascontiguousarray(consts, dtype=np.float64), k, normalized, RTOL, ATOL, level,
                              max_solver_steps(budget))
     out = flow_engine.make_outputs(R, 1)
-    sched = ResolvedSchedule(np.full((R, 1), budget, dtype=np.int64), np.ascontiguousarray(ew[:, None]),
-                             np.ascontiguousarray(ea[:, None]), np.zeros(1), np.zeros(1), 1.0)
+    # Copies (writeable whatever R): for one run, ascontiguousarray kept the read-only broadcast view, a numba type
+    # of its own, so one flowed run compiled the flow engine a second time (~17 s) beside the usual signature.
+    sched = ResolvedSchedule(np.full((R, 1), budget, dtype=np.int64), np.array(ew[:, None], order="C"),
+                             np.array(ea[:, None], order="C"), np.zeros(1), np.zeros(1), 1.0)
     none = np.empty((R, 0))
     prob = driver.make_problem(none, none, phi_s, sched, np.zeros((R, 4), dtype=np.uint64),
                                np.zeros(1, dtype=np.int64), tol.rate_window)
