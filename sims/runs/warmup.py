@@ -135,6 +135,8 @@ class Warmup:
                 if job in self._events and status in ("ready", "failed"):
                     self.reported[job] = status
                     self._events[job].set()
+        except (OSError, ValueError):  # the pipe closed under us: the same as its end
+            pass
         finally:  # the child ended (or its output did): nothing is coming, wait for nothing
             for event in self._events.values():
                 event.set()
@@ -152,9 +154,9 @@ class Warmup:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+        self._reader.join(timeout=5)  # the dead child's pipe has ended: the reader is done with it
         if self.process.stdout is not None:
             self.process.stdout.close()
-        self._reader.join(timeout=5)
 
 
 _ACTIVE: Warmup | None = None
