@@ -137,9 +137,17 @@ def _run(name: str, spec: sweep.SweepSpec, args: argparse.Namespace, table: str 
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    """Run one of the tables (a packaged sweep), print it and write its directory and figures."""
-    spec = tables.spec(args.name, **_overrides(args))
-    return _run(args.name, spec, args, args.name)
+    """Run one of the tables (a packaged sweep), print it and write its directory and figures.  A child process
+    compiles the table's engines meanwhile (:mod:`sims.runs.warmup`: on a cold numba cache, beside this process's
+    compiles; it changes no result)."""
+    from sims.runs import warmup
+
+    warmup.start_for_table(args.name, args.trials or tables.config(args.name)["sweep"]["trials"])
+    try:
+        spec = tables.spec(args.name, **_overrides(args))
+        return _run(args.name, spec, args, args.name)
+    finally:
+        warmup.stop()
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

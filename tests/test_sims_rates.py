@@ -112,3 +112,49 @@ def test_unnormalized_cnn_rate_excludes_the_rescaling_mode(k, p):
     assert err.max() < RATE_RTOL, f"worst log-rate error {err.max():.4g}"
     glob = res.outcome == "global"
     assert np.all(res.theory_rate[glob] < 1.0)
+
+
+def _normalized_rate_stacked(glob, etas, sizes, n, qs, phi, dev, flow=False):
+    """The reference: the modes stacked as columns, the slowest by ``np.argmax`` (the implementation before the
+    modes became three arrays)."""
+    (ew, ea), (k, p), (d1, d2) = etas, sizes, dev
+    R = len(glob)
+    predicted = np.full(R, np.nan)
+    lam_ones, lam_perp = theory.a_hessian_eigenvalues(k)
+    lam = np.stack([qs / (2.0 * n**2), np.full(R, lam_ones), np.full(R, lam_perp)], axis=1)
+    eta = np.stack([ew, ea, ea], axis=1)
+    present = np.stack([np.full(R, p > 1), np.ones(R, bool), np.full(R, k > 1)], axis=1)
+    factor = np.where(present, np.exp(-eta * lam) if flow else np.abs(1.0 - eta * lam), 0.0)
+    slow = np.argmax(factor, axis=1)
+    predicted[glob] = factor[glob, slow[glob]] ** 2
+    energy = np.stack([qs * phi**2 / 4.0, lam[:, 1] * d1 / 2.0, lam[:, 2] * np.maximum(d2, 0.0) / 2.0], axis=1)
+    total = energy.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = energy[np.arange(R), slow] / total
+    return predicted, share
+
+
+@pytest.mark.parametrize("flow", [False, True])
+@pytest.mark.parametrize("sizes", [(16, 16), (1, 16), (16, 1), (4, 64)])
+def test_normalized_rate_equals_the_stacked_argmax_bit_for_bit(sizes, flow):
+    """The three-array form of the normalized models' rate prediction gives the stacked form's values bit for bit:
+    random states, exact ties between modes, NaN and inf (diverged runs), zero energy."""
+    from sims.runs.simulate import _normalized_rate
+
+    rng = np.random.default_rng(sum(sizes) + flow)
+    R = 4000
+    k = sizes[0]
+    lam_ones, lam_perp = theory.a_hessian_eigenvalues(k)
+    ew, ea = rng.uniform(0.0, 2.0, R), np.full(R, 0.9 * 4 * np.pi / (k + 2 * np.pi - 2))
+    n, qs, phi = rng.uniform(0.5, 2.0, R), rng.uniform(0.1, 5.0, R), rng.uniform(0.0, np.pi, R)
+    d1, d2 = rng.exponential(size=R), rng.normal(size=R)
+    ew[:300] = ea[:300] * lam_ones * 2.0 * n[:300] ** 2 / qs[:300]  # mode 0 ties mode 1 exactly or nearly
+    n[300:310], qs[310:320], ew[320:330] = np.nan, np.inf, np.nan
+    phi[330:340], d1[330:340], d2[330:340] = 0.0, 0.0, -1.0  # no energy: 0 / 0
+    glob = rng.random(R) < 0.7
+    args = (glob, (ew, ea), sizes, n, qs, phi, (d1, d2), flow)
+    with np.errstate(all="ignore"):
+        want, got = _normalized_rate_stacked(*args), _normalized_rate(*args)
+    for w, g in zip(want, got, strict=True):
+        assert w.dtype == g.dtype and w.shape == g.shape
+        np.testing.assert_array_equal(w.view(np.uint64), g.view(np.uint64))

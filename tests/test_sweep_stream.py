@@ -4,6 +4,7 @@ chunks, and the memory they need."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tomllib
 from dataclasses import replace
@@ -58,6 +59,8 @@ def test_streamed_summary_equals_the_in_memory_summary(tmp_path):
     in_memory = sweep.summarize_runs(by_pandas, spec)
     pd.testing.assert_frame_equal(outcome.summary, in_memory, check_exact=True)
     pd.testing.assert_frame_equal(sweep.summarize_chunks(tmp_path, spec), in_memory, check_exact=True)
+    for threads in (2, 3, 16):  # cells side by side: the same rows in the same order
+        pd.testing.assert_frame_equal(sweep.summarize_chunks(tmp_path, spec, threads), in_memory, check_exact=True)
     assert (tmp_path / "summary.csv").read_text() == in_memory.to_csv(index=False)
     assert list(outcome.summary["schedule.eta_w_rel"]) == [0.25, 0.5] * 4  # a float grid column stays a float
     assert outcome.summary["trials"].eq(30).all() and outcome.summary["linear_runs"].gt(0).any()
@@ -88,6 +91,24 @@ def test_text_columns_with_a_rare_value_are_converted_exactly():
     values = np.array(["global"] * 100 + ["saddle"], dtype=str)  # the rare value is past the sampled first ones
     assert per_run._text_array(values).to_pylist() == values.tolist()
     assert per_run._text_array(values).type == pa.large_string()
+
+
+@pytest.mark.parametrize("distinct", [1, 2, 5, per_run.MAX_DISTINCT, per_run.MAX_DISTINCT + 1, 300])
+@pytest.mark.parametrize("runs", [0, 1, 7, 5000])
+def test_text_columns_equal_the_general_conversion(distinct, runs):
+    """Distinct values found one by one (rare ones late, the empty string, beyond MAX_DISTINCT the general path):
+    the same array as converting every string; other dtypes (object) take the general conversion."""
+    import numpy as np
+
+    rng = np.random.default_rng(distinct * 10_000 + runs)
+    pool = np.array([f"v{i}" for i in range(distinct - 1)] + [""])
+    values = pool[rng.integers(0, len(pool), runs)]
+    values[: min(runs, 100)] = pool[0]
+    want = pa.array(values.astype(str), type=pa.large_string())
+    got = per_run._text_array(values)
+    assert got.type == pa.large_string() and got.equals(want)
+    obj = np.array(["x", None, "y"], dtype=object)
+    assert per_run._text_array(obj).equals(pa.array(obj.astype(str), type=pa.large_string()))
 
 
 def test_no_runs_writes_no_per_run_table_and_the_same_results(tmp_path, capsys):
@@ -272,3 +293,16 @@ def test_chunks_recording_only_the_ends_hold_the_rows_of_the_cells_n_record(tmp_
         got = pd.concat([pd.read_parquet(tmp_path / "chunks" / sweep.chunk_name(cell.index, j)) for j in (0, 1)],
                         ignore_index=True)
         pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_summary_threads_respect_cores_cells_and_memory(monkeypatch):
+    """Two cells side by side where two cores and the memory for two cells' summary columns are there; one
+    otherwise (the summary is the same, tested above)."""
+    from sims.runs import memory
+
+    spec = stream_spec()
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10**12)
+    cores = len(os.sched_getaffinity(0))
+    assert sweep.summary_threads(spec) == min(sweep.SUMMARY_THREADS, cores)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2 * sweep.SUMMARY_ROW_BYTES * spec.trials - 1)
+    assert sweep.summary_threads(spec) == 1

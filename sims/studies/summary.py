@@ -211,27 +211,37 @@ def summarize_runs(runs: pd.DataFrame, spec: SweepSpec | None = None) -> pd.Data
     return _summary_frame(rows)
 
 
-def summarize_chunks(out: Path, spec: SweepSpec) -> pd.DataFrame:
-    """:func:`summarize_runs` of the sweep's per-run table, streamed from the chunk files: one cell at a time, and
-    of each chunk only the columns :data:`SUMMARY_INPUTS` (a few tens of bytes per run of one cell are in memory,
-    never the whole table).  Every statistic is computed by the same code on the same values, so the result is
-    identical, medians and quantiles exact.  The text columns (outcome, basin) are read as the dictionaries they
-    are stored as (pandas categoricals: compared by code, no string per run; 1.6x faster on 4.5 million runs)."""
+def summarize_chunks(out: Path, spec: SweepSpec, threads: int = 1) -> pd.DataFrame:
+    """:func:`summarize_runs` of the sweep's per-run table, streamed from the chunk files: one cell at a time per
+    thread, and of each chunk only the columns :data:`SUMMARY_INPUTS` (a few tens of bytes per run of ``threads``
+    cells are in memory, never the whole table).  Every statistic is computed by the same code on the same values,
+    so the result is identical, medians and quantiles exact, whatever ``threads``.  The text columns (outcome,
+    basin) are read as the dictionaries they are stored as (pandas categoricals: compared by code, no string per
+    run; 1.6x faster on 4.5 million runs).  ``threads``: cells summarized side by side (reading Parquet and
+    NumPy's partitions release the GIL: liu2019 at ``--trials 200000``, 2.4-2.6 s wall with one thread, 1.8 s
+    with two where the second core was free, on a shared machine)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     by_cell: dict[int, list[str]] = {}
     for cell, chunk, _, _ in spec.chunks():
         by_cell.setdefault(cell, []).append(chunk_name(cell, chunk))
-    rows = []
-    for c, key in zip(spec.cells, _cell_values(spec), strict=True):
+
+    def summarize(c: Any, key: dict[str, Any]) -> dict[str, Any]:
         names = by_cell[c.index]
         schema = pq.read_schema(out / "chunks" / names[0])
         text = tuple(n for n in SUMMARY_INPUTS if pa.types.is_string(schema.field(n).type)
                      or pa.types.is_large_string(schema.field(n).type))
         table = pa.concat_tables([store.read_chunk(out, name, SUMMARY_INPUTS, text) for name in names])
-        rows.append(_summary_row(key, _to_frame(table)))
-    return _summary_frame(rows)
+        return _summary_row(key, _to_frame(table))
+
+    keys = _cell_values(spec)
+    if threads <= 1:
+        return _summary_frame([summarize(c, key) for c, key in zip(spec.cells, keys, strict=True)])
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="shallowres-summary") as pool:
+        return _summary_frame(list(pool.map(summarize, spec.cells, keys)))  # in the cells' order
 
 
 def _summary_row(row: dict[str, Any], g: pd.DataFrame) -> dict[str, Any]:

@@ -79,6 +79,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BASE_KEYS", "DEFAULT_BASE", "ENGINE_KINDS", "LARGE_CHUNK", "LARGE_TRIALS", "MAX_AUTO_CHUNK", "MAX_DEPTH",
     "ROW_BYTES", "SCHEDULE_KINDS", "STEP_RULES", "SUMMARY_COLUMNS", "SUMMARY_INPUTS", "SUMMARY_ROW_BYTES",
+    "SUMMARY_THREADS", "summary_threads",
     "SWEEP_KEYS", "Cell", "SweepError", "SweepOutcome", "SweepSpec", "adopt_chunk", "auto_chunk", "build_spec",
     "cell_columns", "check_memory", "check_output_dir", "chunk_kwargs", "chunk_table", "chunks_in_flight",
     "check_table_memory", "collect", "fixed_teacher", "load_summary", "load_toml", "matched_schedule", "metadata",
@@ -130,6 +131,24 @@ ROW_BYTES = 800
 #: Bytes per run of one cell held while the summary of that cell is computed from its chunks
 #: (:func:`summarize_chunks`: the columns :data:`SUMMARY_INPUTS` in Arrow, as a frame, and the selections of them).
 SUMMARY_ROW_BYTES = 256
+
+
+#: Cells the end of a sweep summarizes side by side at most (:func:`summary_threads`).
+SUMMARY_THREADS = 2
+
+
+def summary_threads(spec: SweepSpec) -> int:
+    """Cells :func:`summarize_chunks` summarizes side by side at the end of a sweep: :data:`SUMMARY_THREADS`, at most
+    the cores this process may use and the cells, and fewer if the memory for that many cells' summary columns
+    (:data:`SUMMARY_ROW_BYTES` per run) is not available (:func:`check_memory` counts one).  The summary is the
+    same whatever the number."""
+    from sims.runs.memory import available_bytes
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = max(1, min(SUMMARY_THREADS, cores, len(spec.cells)))
+    while n > 1 and n * SUMMARY_ROW_BYTES * spec.trials > available_bytes():
+        n -= 1
+    return n
 
 
 def check_output_dir(out: Path, spec: SweepSpec) -> bool:
@@ -450,7 +469,7 @@ def _run_locked(spec, out, client, local_cluster, quiet, on_chunk, log, t0, writ
                          "the same command to resume") from None
     finally:
         bar.close()
-    summary = summarize_chunks(out, spec)
+    summary = summarize_chunks(out, spec, summary_threads(spec))
     try:
         if write:  # without: a runs.parquet an earlier run of this sweep wrote stays (the same runs, bit for bit)
             write_runs(out, spec)
