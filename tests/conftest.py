@@ -1,5 +1,6 @@
-"""Shared hooks: print the measured Monte Carlo agreement and finite-difference errors after the run; and the
-numba cache probe (every kernel compiled once in a child process, in the background while the suite runs)."""
+"""Shared hooks: print the measured Monte Carlo agreement and finite-difference errors after the run; the numba
+cache probe (every kernel compiled once in a child process); and the docs build: both in the background while the
+suite runs."""
 
 from __future__ import annotations
 
@@ -63,13 +64,23 @@ class _CacheProbe:
 _PROBE = _CacheProbe()
 
 
+#: Background jobs of test modules started at collection (``SITE_BUILD`` of tests/test_docs.py).
+_STARTED: list = []
+
+
 def pytest_collection_finish(session):
     if any("numba_cache_probe" in getattr(item, "fixturenames", ()) for item in session.items):
         _PROBE.start()
+    site = next((item for item in session.items if "site" in getattr(item, "fixturenames", ())), None)
+    if site is not None:  # the docs build (tests/test_docs.py), in the background from now on
+        site.module.SITE_BUILD.start()
+        _STARTED.append(site.module.SITE_BUILD)
 
 
 def pytest_unconfigure(config):
     _PROBE.cleanup()
+    for job in _STARTED:
+        job.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -3,16 +3,20 @@ promises: every public name of ``theory`` and ``sims`` in the API reference, eve
 the notebooks executed (at their small size) with their figures, the formulas of the science page as math.
 
 The site is built once per test session, in one ``sphinx-build`` process (the notebooks' kernels are its
-children), into a temporary directory; the source tree is left untouched."""
+children), into a temporary directory, in the background while the rest of the suite runs (:class:`SiteBuild`);
+the source tree is left untouched."""
 
 from __future__ import annotations
 
 import html as html_lib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from html.parser import HTMLParser
@@ -80,20 +84,59 @@ def _build(out: Path, env: dict) -> subprocess.CompletedProcess | None:
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
-    """The site, built once.  Should nbclient still miss the end of a cell (the hang described in
+class SiteBuild:
+    """The site, built once, in a background thread: ``tests/conftest.py`` starts it when tests that need it are
+    collected, so its ~45 s (the notebooks' kernels, mostly) overlap the rest of the suite on the second core;
+    the :func:`site` fixture waits for it.  Should nbclient still miss the end of a cell (the hang described in
     tests/test_notebooks.py, which ``docs/conf.py`` works around as that test's runner does), a build that has not
     finished in ``2 BUILD_LIMIT`` is killed and run once more."""
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    for attempt in range(2):
-        out = tmp_path_factory.mktemp("site")
-        t0 = time.perf_counter()
-        proc = _build(out, env)
-        if proc is not None:
-            return out / "html", proc, time.perf_counter() - t0
-        warnings.warn(f"the docs build hung (attempt {attempt + 1}); killed", stacklevel=1)
-    pytest.fail("the docs build hung twice")
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._dir = ""
+        self._out: tuple[Path, subprocess.CompletedProcess, float] | None = None
+        self._hangs = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._dir = tempfile.mkdtemp(prefix="shallowres-site-")
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        env = dict(os.environ, MPLBACKEND="Agg",
+                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        for attempt in range(2):
+            out = Path(self._dir) / f"attempt{attempt}"
+            t0 = time.perf_counter()
+            proc = _build(out, env)
+            if proc is not None:
+                self._out = out / "html", proc, time.perf_counter() - t0
+                return
+            self._hangs += 1
+
+    def result(self) -> tuple[Path, subprocess.CompletedProcess, float]:
+        self.start()
+        self._thread.join()
+        for attempt in range(self._hangs):
+            warnings.warn(f"the docs build hung (attempt {attempt + 1}); killed", stacklevel=1)
+        if self._out is None:
+            pytest.fail("the docs build hung twice")
+        return self._out
+
+    def cleanup(self) -> None:
+        if self._dir and (self._thread is None or not self._thread.is_alive()):
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+#: The session's build (started by ``tests/conftest.py``).
+SITE_BUILD = SiteBuild()
+
+
+@pytest.fixture(scope="module")
+def site() -> tuple[Path, subprocess.CompletedProcess, float]:
+    """The built site: its HTML directory, the build's process result and its seconds."""
+    return SITE_BUILD.result()
 
 
 def test_the_site_builds_without_warnings_in_time(site):
