@@ -1,6 +1,6 @@
 """Shared hooks: print the measured Monte Carlo agreement and finite-difference errors after the run; the numba
-cache probe (every kernel compiled once in a child process); and the docs build: both in the background while the
-suite runs."""
+cache probe (every kernel compiled once in a child process), the docs build and the notebook runs: all three in the
+background while the suite runs."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ class _CacheProbe:
 _PROBE = _CacheProbe()
 
 
-#: Background jobs of test modules started at collection (``SITE_BUILD`` of tests/test_docs.py).
+#: Background jobs of test modules started at collection (``SITE_BUILD`` of tests/test_docs.py, ``NOTEBOOK_RUNS``
+#: of tests/test_notebooks.py).
 _STARTED: list = []
 
 
@@ -75,6 +76,13 @@ def pytest_collection_finish(session):
     if site is not None:  # the docs build (tests/test_docs.py), in the background from now on
         site.module.SITE_BUILD.start()
         _STARTED.append(site.module.SITE_BUILD)
+    runs = [item for item in session.items if "notebook_runs" in getattr(item, "fixturenames", ())]
+    if runs:  # the notebook runs (tests/test_notebooks.py), one after another in the background, after the build
+        # (one background lane besides the cache probe: the build's time limit holds on 2 cores)
+        after = None if site is None else site.module.SITE_BUILD.join
+        runs[0].module.NOTEBOOK_RUNS.start([(item.callspec.params["path"], item.callspec.params["size"])
+                                            for item in runs], after=after)
+        _STARTED.append(runs[0].module.NOTEBOOK_RUNS)
 
 
 def pytest_unconfigure(config):

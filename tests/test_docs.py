@@ -115,6 +115,11 @@ class SiteBuild:
                 return
             self._hangs += 1
 
+    def join(self) -> None:
+        """Wait for the build to end (if it was started)."""
+        if self._thread is not None:
+            self._thread.join()
+
     def result(self) -> tuple[Path, subprocess.CompletedProcess, float]:
         self.start()
         self._thread.join()

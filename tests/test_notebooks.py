@@ -8,11 +8,15 @@ a figure."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
@@ -201,16 +205,10 @@ def _execute(copy: Path, env: dict, idle_window: float = IDLE_WINDOW) -> subproc
             return None
 
 
-@pytest.mark.parametrize("size", ["full"])
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_headless_with_widgets(path, size, tmp_path):
-    """Each run is a fresh process: the kernel client shares no event loop with what the test process ran before.
-
-    On a loaded machine nbclient used to miss the end of a cell the kernel had finished (after a
-    ``widgets.interact`` cell, as in jupyter/nbclient#312): the kernel slept and the client waited forever, and
-    nbclient's own timeout did not fire.  :data:`_EXECUTE` prevents it (its ``poke``).  Should a run still hang, its
-    kernel sleeps: a run whose kernel sleeps for :data:`IDLE_WINDOW` seconds is killed and run again, up to
-    :data:`ATTEMPTS` runs; a notebook that hangs every time fails the test, and so does any error, at once."""
+def run_notebook(path: Path, size: str, workdir: Path) -> tuple[subprocess.CompletedProcess | None, Path, int, int]:
+    """Run notebook ``path`` at ``size`` with its check cells appended, in a copy in ``workdir``: ``(the child's
+    result or None if it hung every time, the executed copy, the notebook's own cell count, hung attempts)``.  A run
+    whose kernel sleeps for :data:`IDLE_WINDOW` seconds is killed and run again, up to :data:`ATTEMPTS` runs."""
     env = dict(os.environ, MPLBACKEND="Agg")
     env.pop("SHALLOWRES_NOTEBOOK_SMALL", None)
     if size == "small":
@@ -218,14 +216,90 @@ def test_notebook_runs_headless_with_widgets(path, size, tmp_path):
     nb = nbformat.read(path, as_version=4)
     own = len(nb.cells)
     nb.cells += check_cells(path.stem, small=size == "small")
-    copy = tmp_path / path.name
+    copy = workdir / path.name
     for attempt in range(ATTEMPTS):
         nbformat.write(nb, copy)
         proc = _execute(copy, env)
         if proc is not None:
-            break
+            return proc, copy, own, attempt
+    return None, copy, own, ATTEMPTS
+
+
+class NotebookRuns:
+    """The selected notebook runs, one after another in a background thread that ``tests/conftest.py`` starts when
+    they are collected, so their minute or two (kernel launches and the notebooks' own work) overlap the rest of
+    the suite on the second core; each test waits for its run (:meth:`result`).  Each run is the same child process
+    and check as a run in the test itself."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._dir = ""
+        self._todo: list[tuple[Path, str]] = []
+        self._done: dict[tuple[Path, str], tuple] = {}
+        self._cond = threading.Condition()
+
+    def start(self, runs: list[tuple[Path, str]], after: Callable[[], None] | None = None) -> None:
+        """Run ``runs`` in the background, once ``after()`` (another background job's join) has returned."""
+        if self._thread is None:
+            self._dir = tempfile.mkdtemp(prefix="shallowres-notebooks-")
+            self._todo = list(dict.fromkeys(runs))
+            self._thread = threading.Thread(target=self._run, args=(after,), daemon=True)
+            self._thread.start()
+
+    def _run(self, after: Callable[[], None] | None) -> None:
+        if after is not None:
+            after()
+        for i, (path, size) in enumerate(self._todo):
+            workdir = Path(self._dir) / str(i)
+            workdir.mkdir()
+            try:
+                out: tuple = run_notebook(path, size, workdir)
+            except BaseException as exc:  # reported by the test that asks for this run
+                out = (exc,)
+            with self._cond:
+                self._done[path, size] = out
+                self._cond.notify_all()
+
+    def result(self, path: Path, size: str, workdir: Path) -> tuple:
+        """The run of ``(path, size)``: the background one, or run now in ``workdir`` if it was not started."""
+        if self._thread is None or (path, size) not in self._todo:
+            return run_notebook(path, size, workdir)
+        with self._cond:
+            self._cond.wait_for(lambda: (path, size) in self._done)
+            out = self._done[path, size]
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        return out
+
+    def cleanup(self) -> None:
+        if self._dir and (self._thread is None or not self._thread.is_alive()):
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+#: The session's notebook runs (started by ``tests/conftest.py``).
+NOTEBOOK_RUNS = NotebookRuns()
+
+
+@pytest.fixture(scope="session")
+def notebook_runs() -> NotebookRuns:
+    """The background notebook runs (:class:`NotebookRuns`)."""
+    return NOTEBOOK_RUNS
+
+
+@pytest.mark.parametrize("size", ["full"])
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_headless_with_widgets(path, size, tmp_path, notebook_runs):
+    """Each run is a fresh process: the kernel client shares no event loop with what the test process ran before.
+
+    On a loaded machine nbclient used to miss the end of a cell the kernel had finished (after a
+    ``widgets.interact`` cell, as in jupyter/nbclient#312): the kernel slept and the client waited forever, and
+    nbclient's own timeout did not fire.  :data:`_EXECUTE` prevents it (its ``poke``).  Should a run still hang, its
+    kernel sleeps: a run whose kernel sleeps for :data:`IDLE_WINDOW` seconds is killed and run again, up to
+    :data:`ATTEMPTS` runs; a notebook that hangs every time fails the test, and so does any error, at once."""
+    proc, copy, own, hangs = notebook_runs.result(path, size, tmp_path)
+    for attempt in range(hangs):
         warnings.warn(f"{path.name} ({size}): hung (attempt {attempt + 1}); killed", stacklevel=1)
-    else:
+    if proc is None:
         pytest.fail(f"{path.name} ({size}) hung {ATTEMPTS} times")
     # A failed cell (including a failed check in an appended cell) is a CellExecutionError in the child.
     assert proc.returncode == 0, proc.stderr[-3000:]
