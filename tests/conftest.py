@@ -5,41 +5,34 @@ background while the suite runs."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from background import BackgroundJob
 
 
-class _CacheProbe:
+class _CacheProbe(BackgroundJob):
     """``tests/ir_scan.py`` run twice on one fresh numba cache directory: the first child compiles every kernel,
     saves every engine's results and scans the optimized IR; the second loads every kernel from that cache and
     saves the results again.  The two children run one after the other in a background thread, started once the
     tests that need them are collected, so their minutes of compiling overlap the rest of the suite."""
 
+    prefix = "shallowres-cache-probe-"
+
     def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._dir = ""
+        super().__init__()
         self._out: SimpleNamespace | None = None
         self._error = ""
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._dir = tempfile.mkdtemp(prefix="shallowres-cache-probe-")
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
+    def run(self) -> None:
         script = str(Path(__file__).with_name("ir_scan.py"))
-        env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(self._dir, "cache"))
+        env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(self.dir, "cache"))
         runs = {}
         for name, extra in (("cold", []), ("warm", ["--no-scan"])):
-            path = os.path.join(self._dir, f"{name}.npz")
+            path = os.path.join(self.dir, f"{name}.npz")
             proc = subprocess.run([sys.executable, script, "--results", path, *extra], env=env, capture_output=True,
                                   text=True, timeout=1200)
             if proc.returncode != 0:
@@ -51,14 +44,10 @@ class _CacheProbe:
 
     def result(self) -> SimpleNamespace:
         self.start()
-        self._thread.join()
+        self.join()
         if self._out is None:
             pytest.fail(self._error or "the cache probe did not finish")
         return self._out
-
-    def cleanup(self) -> None:
-        if self._dir and (self._thread is None or not self._thread.is_alive()):
-            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 _PROBE = _CacheProbe()

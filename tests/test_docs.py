@@ -11,18 +11,16 @@ from __future__ import annotations
 import html as html_lib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from background import BackgroundJob
 
 import sims
 import theory
@@ -84,30 +82,25 @@ def _build(out: Path, env: dict) -> subprocess.CompletedProcess | None:
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-class SiteBuild:
+class SiteBuild(BackgroundJob):
     """The site, built once, in a background thread: ``tests/conftest.py`` starts it when tests that need it are
     collected, so its ~45 s (the notebooks' kernels, mostly) overlap the rest of the suite on the second core;
     the :func:`site` fixture waits for it.  Should nbclient still miss the end of a cell (the hang described in
     tests/test_notebooks.py, which ``docs/conf.py`` works around as that test's runner does), a build that has not
     finished in ``2 BUILD_LIMIT`` is killed and run once more."""
 
+    prefix = "shallowres-site-"
+
     def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._dir = ""
+        super().__init__()
         self._out: tuple[Path, subprocess.CompletedProcess, float] | None = None
         self._hangs = 0
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._dir = tempfile.mkdtemp(prefix="shallowres-site-")
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
+    def run(self) -> None:
         env = dict(os.environ, MPLBACKEND="Agg",
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         for attempt in range(2):
-            out = Path(self._dir) / f"attempt{attempt}"
+            out = Path(self.dir) / f"attempt{attempt}"
             t0 = time.perf_counter()
             proc = _build(out, env)
             if proc is not None:
@@ -115,23 +108,14 @@ class SiteBuild:
                 return
             self._hangs += 1
 
-    def join(self) -> None:
-        """Wait for the build to end (if it was started)."""
-        if self._thread is not None:
-            self._thread.join()
-
     def result(self) -> tuple[Path, subprocess.CompletedProcess, float]:
         self.start()
-        self._thread.join()
+        self.join()
         for attempt in range(self._hangs):
             warnings.warn(f"the docs build hung (attempt {attempt + 1}); killed", stacklevel=1)
         if self._out is None:
             pytest.fail("the docs build hung twice")
         return self._out
-
-    def cleanup(self) -> None:
-        if self._dir and (self._thread is None or not self._thread.is_alive()):
-            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 #: The session's build (started by ``tests/conftest.py``).

@@ -8,11 +8,9 @@ a figure."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from background import BackgroundJob
 
 HERE = Path(__file__).resolve().parent
 NOTEBOOKS = sorted((HERE.parent / "notebooks").glob("*.ipynb"))
@@ -225,32 +224,31 @@ def run_notebook(path: Path, size: str, workdir: Path) -> tuple[subprocess.Compl
     return None, copy, own, ATTEMPTS
 
 
-class NotebookRuns:
+class NotebookRuns(BackgroundJob):
     """The selected notebook runs, one after another in a background thread that ``tests/conftest.py`` starts when
     they are collected, so their minute or two (kernel launches and the notebooks' own work) overlap the rest of
     the suite on the second core; each test waits for its run (:meth:`result`).  Each run is the same child process
     and check as a run in the test itself."""
 
+    prefix = "shallowres-notebooks-"
+
     def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._dir = ""
+        super().__init__()
         self._todo: list[tuple[Path, str]] = []
         self._done: dict[tuple[Path, str], tuple] = {}
         self._cond = threading.Condition()
 
     def start(self, runs: list[tuple[Path, str]], after: Callable[[], None] | None = None) -> None:
         """Run ``runs`` in the background, once ``after()`` (another background job's join) has returned."""
-        if self._thread is None:
-            self._dir = tempfile.mkdtemp(prefix="shallowres-notebooks-")
+        if not self.started:
             self._todo = list(dict.fromkeys(runs))
-            self._thread = threading.Thread(target=self._run, args=(after,), daemon=True)
-            self._thread.start()
+            super().start(after)
 
-    def _run(self, after: Callable[[], None] | None) -> None:
+    def run(self, after: Callable[[], None] | None) -> None:
         if after is not None:
             after()
         for i, (path, size) in enumerate(self._todo):
-            workdir = Path(self._dir) / str(i)
+            workdir = Path(self.dir) / str(i)
             workdir.mkdir()
             try:
                 out: tuple = run_notebook(path, size, workdir)
@@ -262,7 +260,7 @@ class NotebookRuns:
 
     def result(self, path: Path, size: str, workdir: Path) -> tuple:
         """The run of ``(path, size)``: the background one, or run now in ``workdir`` if it was not started."""
-        if self._thread is None or (path, size) not in self._todo:
+        if not self.started or (path, size) not in self._todo:
             return run_notebook(path, size, workdir)
         with self._cond:
             self._cond.wait_for(lambda: (path, size) in self._done)
@@ -270,10 +268,6 @@ class NotebookRuns:
         if isinstance(out[0], BaseException):
             raise out[0]
         return out
-
-    def cleanup(self) -> None:
-        if self._dir and (self._thread is None or not self._thread.is_alive()):
-            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 #: The session's notebook runs (started by ``tests/conftest.py``).
