@@ -97,8 +97,7 @@ def _views_fading(eng, wsp):
     """:func:`_views` and the shortcut ``v``, at the end of the block (:func:`workspace`)."""
     p = eng.WT.shape[1]
     k = eng.A.shape[1]
-    w, ws, a, ast = run_views(wsp[0], p, k)
-    return w, ws, a, ast, wsp[1], wsp[0][2 * p + 2 * k:3 * p + 2 * k]
+    return _views(eng, wsp) + (wsp[0][2 * p + 2 * k:3 * p + 2 * k],)
 
 
 @njit(inline="always")
