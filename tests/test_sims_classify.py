@@ -162,6 +162,56 @@ def test_diverged_overrides_every_location():
     assert _classify(w, a, w_star, a_star, stop=driver.STOP_DIVERGED, loss=math.nan) == "diverged"
 
 
+def _classify_gram_numpy(final_loss, final_phi, head, gram, k, scale, stop_reason, loss_ref, loss_tol, phi_s):
+    """:func:`clf.classify_gram` as NumPy expressions over whole arrays (the reference of its compiled pass)."""
+    tol = clf.Neighborhoods()
+    (x, y, z), (Q0, S0, P0, Ss, Qs) = head, gram
+
+    def dist(c):
+        dq = theory.closed_forms.gram_deviations(*c, Q0, S0, P0, k, Ss, Qs)[2]
+        return np.sqrt(np.maximum(dq, 0.0))
+
+    bx, by, bz = scale * x, scale * y, scale * (1.0 + z)
+    d = [dist((bx, by, bz - 1.0))]
+    for phi in (np.full(len(x), math.pi), np.where(phi_s >= 0, phi_s, 0.0)):
+        alpha, beta = theory.algebra.optimal_a_coefficients(clf._g(phi), k, Ss)
+        d.append(dist((bx, by - alpha, bz - beta)))
+    return clf._decide(final_loss, final_phi, tuple(d), np.sqrt(Qs), stop_reason, loss_ref, loss_tol, tol, phi_s)
+
+
+@pytest.mark.parametrize("k", [1, 2, 16])
+def test_compiled_gram_classification_equals_the_numpy_expressions(k):
+    # Heads near a*, a(pi) and a(phi_s) at distances around the neighbourhoods' radii, angles around their
+    # tolerances, losses around loss_tol, with NaN, inf and every stop reason mixed in: the same code for every run.
+    rng = np.random.default_rng(k)
+    R = 40_000
+    Ss = rng.normal(size=R) * math.sqrt(k)
+    Qs = Ss**2 / k + rng.gamma(2.0, size=R)
+    Q0, S0, P0 = rng.gamma(2.0, size=R), rng.normal(size=R), rng.normal(size=R)
+    phi_s = np.where(rng.random(R) < 0.5, -1.0, rng.uniform(1.6, 3.1, R))
+    target = rng.integers(0, 3, R)  # near a*, a(pi) or a(phi_s)
+    g = clf._g(np.where(target == 1, math.pi, np.where(phi_s >= 0, phi_s, 0.0)))
+    alpha, beta = theory.algebra.optimal_a_coefficients(g, k, Ss)
+    off = rng.normal(size=(3, R)) * 10.0 ** rng.uniform(-6, -1, R) * np.sqrt(Qs)
+    x = off[0]
+    y = np.where(target == 0, 0.0, alpha) + off[1]
+    z = np.where(target == 0, 0.0, beta - 1.0) + off[2]
+    phi = np.select([target == 0, target == 1], [0.0, math.pi], phi_s) + rng.normal(size=R) * 10.0 ** rng.uniform(
+        -5, -1, R)
+    loss = rng.gamma(1.0, size=R) * 10.0 ** rng.uniform(-14, 0, R)
+    for arr in (x, y, z, phi, loss):
+        arr[rng.random(R) < 0.005] = rng.choice([np.inf, -np.inf, np.nan])
+    scale = np.where(rng.random(R) < 0.5, 1.0, rng.uniform(0.5, 2.0, R))
+    kw = dict(final_loss=loss, final_phi=phi, head=(x, y, z), gram=(Q0, S0, P0, Ss, Qs), k=k, scale=scale,
+              stop_reason=rng.integers(0, len(driver.STOP_NAMES), R).astype(np.int8),
+              loss_ref=rng.gamma(1.0, size=R), loss_tol=1e-10, phi_s=phi_s)
+    with np.errstate(all="ignore"):
+        want = _classify_gram_numpy(**kw)
+    got = clf.classify_gram(**kw)
+    np.testing.assert_array_equal(got, want)
+    assert min(np.bincount(got, minlength=5)) > 100  # every outcome is exercised
+
+
 def test_batch_helpers_match_the_theory():
     rng = np.random.default_rng(8)
     for k in (1, 2, 3, 7, 40):
