@@ -211,6 +211,22 @@ def test_stream_states_are_the_spawned_children_of_the_seed(seed):
     assert len({tuple(row) for row in st}) == 12
 
 
+def test_stream_states_kept_for_the_next_cell_are_handed_out_as_copies():
+    # The last few small ranges are memoized (a sweep's cells compute the same chunks one after another): a caller
+    # may advance its states in place without changing what the next caller gets, and large ranges are not kept.
+    from sims.engines import rng as rng_mod
+
+    first = stream_states(11, 100, 1100)
+    expected = first.copy()
+    first[:] = 0
+    again = stream_states(11, 100, 1100)
+    np.testing.assert_array_equal(again, expected)
+    assert again.flags.writeable and not np.shares_memory(again, stream_states(11, 100, 1100))
+    big = stream_states(11, 0, rng_mod.MEMO_RUNS + 1)
+    np.testing.assert_array_equal(big[100:1100], expected)
+    assert rng_mod._memo_states.cache_info().currsize <= 4
+
+
 def _seed_sequence_states(seed, runs):
     return np.array([np.random.SeedSequence(seed, spawn_key=(int(r),)).generate_state(4, np.uint64) for r in runs],
                     dtype=np.uint64).reshape(-1, 4)

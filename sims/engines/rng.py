@@ -9,6 +9,7 @@ same numbers.  Normals come from the Box-Muller transform (both values are used)
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -125,6 +126,27 @@ def stream_states(seed: int, start: int, stop: int) -> np.ndarray:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0; got {seed!r}")
     seed, start, stop = int(seed), int(start), int(stop)
+    if stop - start <= MEMO_RUNS:
+        return _memo_states(seed, start, stop).copy()
+    return _states(seed, start, stop)
+
+
+#: Ranges of at most this many runs are kept by :func:`_memo_states` (a sweep's chunks are 100,000 runs).
+MEMO_RUNS = 1 << 18
+
+
+@functools.lru_cache(maxsize=4)
+def _memo_states(seed: int, start: int, stop: int) -> np.ndarray:
+    """:func:`_states`, of which the last few results are kept (read-only; :func:`stream_states` hands out copies):
+    the cells of a sweep compute the same run ranges one after another (:func:`sims.studies.sweep.run_sweep` orders
+    the chunks so), and the states of 100,000 runs cost 10 ms to compute, 0.5 ms to copy; at most 4 x 8 MB kept."""
+    out = _states(seed, start, stop)
+    out.flags.writeable = False
+    return out
+
+
+def _states(seed: int, start: int, stop: int) -> np.ndarray:
+    """:func:`stream_states` computed."""
     out = np.empty((stop - start, 4), dtype=np.uint64)
     fast = max(min(stop, 2**64) - start, 0)
     if fast:
