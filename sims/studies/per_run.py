@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from sims.runs.simulate import FRAME_COLUMNS
 
@@ -67,28 +68,51 @@ def run_table(res: Any, engine: Any) -> pa.Table:
 
 
 def _text_array(values: np.ndarray) -> pa.Array:
-    """A ``large_string`` Arrow array of a text column with few distinct values (outcomes, stop reasons): each
-    distinct value found where it first occurs and its runs by one comparison, then one gather (``take``) from the
-    distinct values.  Exact, and several times faster than converting each string (measured per 20,000 runs:
-    ~0.3 ms against 1.7 ms; casting a dictionary array instead of ``take`` cost 1.2 ms).  A column with more than
-    :data:`MAX_DISTINCT` values, or not of NumPy's ``str`` type, takes the general conversion."""
+    """A ``large_string`` Arrow array of a text column with few distinct values (outcomes, stop reasons): the
+    distinct values in the order they first occur and each run's index among them (:func:`_distinct_rows`, on the
+    strings' code points), then one gather (``take``) from the distinct values.  Exact, and several times faster
+    than converting each string (per 100,000 runs of 5 outcomes: 1.6 ms, against 5.8 ms comparing the strings with
+    each distinct value in NumPy and 8 ms converting each; casting a dictionary array instead of ``take`` is
+    slower).  A column with more than :data:`MAX_DISTINCT` values, or not of NumPy's ``str`` type, takes the general
+    conversion."""
     import pyarrow as pa
 
-    n = len(values)
-    if values.dtype.kind != "U":
+    if values.dtype.kind != "U" or values.ndim != 1 or values.dtype.itemsize == 0:
         return pa.array(values.astype(str), type=pa.large_string())
-    codes = np.full(n, -1, dtype=np.int32)
-    distinct: list[str] = []
-    pos = 0
-    while pos < n:
-        if len(distinct) == MAX_DISTINCT:  # many distinct values: the general conversion
-            return pa.array(values.astype(str), type=pa.large_string())
-        text = values[pos]
-        codes[values == text] = len(distinct)
-        distinct.append(str(text))
-        left = codes[pos:] < 0
-        nxt = int(np.argmax(left))
-        if not left[nxt]:
-            break
-        pos += nxt
+    points = np.ascontiguousarray(values).view(np.uint32).reshape(len(values), values.dtype.itemsize // 4)
+    codes = np.empty(len(values), dtype=np.int32)
+    first = np.empty(MAX_DISTINCT, dtype=np.int64)
+    found = _distinct_rows(points, first, codes)
+    if found < 0:  # many distinct values: the general conversion
+        return pa.array(values.astype(str), type=pa.large_string())
+    distinct = [str(values[i]) for i in first[:found]]
     return pa.array(distinct, type=pa.large_string()).take(pa.array(codes))
+
+
+@njit(cache=True, nogil=True)
+def _distinct_rows(points, first, codes):
+    """Each row of ``points`` (the code points of fixed-width strings, one string per row) is given the index of
+    the first earlier row equal to it among the distinct ones (``codes``); ``first`` receives the rows where the
+    distinct values first occur.  Returns their count, or -1 when there are more than ``len(first)``."""
+    found = 0
+    width = points.shape[1]
+    for i in range(points.shape[0]):
+        code = -1
+        for d in range(found):
+            j = first[d]
+            same = True
+            for c in range(width):
+                if points[i, c] != points[j, c]:
+                    same = False
+                    break
+            if same:
+                code = d
+                break
+        if code < 0:
+            if found == first.shape[0]:
+                return -1
+            first[found] = i
+            code = found
+            found += 1
+        codes[i] = code
+    return found
