@@ -138,15 +138,6 @@ def saddle_angles_gram(k: int, Ss: np.ndarray, Qs: np.ndarray) -> np.ndarray:
 _SADDLES = ArrayMemo(4)
 
 
-def head_distance_gram(coords: tuple[np.ndarray, np.ndarray, np.ndarray], gram: tuple[np.ndarray, ...],
-                       k: int) -> np.ndarray:
-    """``||x a0 + y 1 + z a*||`` per run from the coordinates ``coords = (x, y, z)`` and the Gram entries
-    ``gram = (Q0, S0, P0, Ss, Qs)`` of ``(a0, 1, a*)`` (the quadratic form, clipped at 0 against rounding)."""
-    x, y, z = coords
-    Q0, S0, P0, Ss, Qs = gram
-    return np.sqrt(np.maximum(closed_forms.gram_deviations(x, y, z, Q0, S0, P0, k, Ss, Qs)[2], 0.0))
-
-
 def classify_gram(
     *,
     final_loss: np.ndarray,
@@ -177,14 +168,15 @@ def classify_gram(
     g_pi = float(_g(np.array([math.pi]))[0])
     g_s = _g(np.where(phi_s >= 0, phi_s, 0.0))
     kk, pm1 = theory.algebra.m_eigenvalues(k)
-    def f64(arrays: tuple) -> tuple[np.ndarray, ...]:
-        return tuple(np.ascontiguousarray(np.broadcast_to(a, np.shape(final_loss)), dtype=np.float64) for a in arrays)
+    rows = np.shape(final_loss)[0]
 
-    out = np.empty(np.shape(final_loss), dtype=np.int8)
-    _classify_gram_rows(f64((final_loss, final_phi, loss_ref, scale, phi_s, g_s)), f64(head), f64(gram),
-                        np.ascontiguousarray(stop_reason), (float(k), g_pi, kk * pm1, pm1),
-                        (float(loss_tol), tol.angle_tol, tol.a_rtol, tol.spurious_angle_tol, tol.spurious_a_rtol), out)
-    return out
+    def f64(arrays: tuple) -> tuple[np.ndarray, ...]:
+        return tuple(np.ascontiguousarray(np.broadcast_to(a, (rows,)), dtype=np.float64) for a in arrays)
+
+    dist = np.empty((3, rows))
+    _gram_distance_rows(f64((scale, g_s)), f64(head), f64(gram), (float(k), g_pi, kk * pm1, pm1), dist)
+    with np.errstate(over="ignore", invalid="ignore"):  # diverged runs may hold inf; they are labelled after
+        return _decide(final_loss, final_phi, tuple(dist), np.sqrt(Qs), stop_reason, loss_ref, loss_tol, tol, phi_s)
 
 
 _gram_deviations = njit(inline="always")(closed_forms.gram_deviations)
@@ -192,55 +184,36 @@ _gram_deviations = njit(inline="always")(closed_forms.gram_deviations)
 
 @njit(inline="always")
 def _head_distance(x, y, z, Q0, S0, P0, k, Ss, Qs):
-    """:func:`head_distance_gram` of one run (``np.maximum(v, 0.0)`` keeps a NaN, as ``v < 0`` false does)."""
+    """``||x a0 + y 1 + z a*||`` of one run from the Gram entries of ``(a0, 1, a*)``: the quadratic form
+    (:func:`theory.closed_forms.gram_deviations`), clipped at 0 against rounding as ``np.maximum(v, 0.0)`` would
+    (a NaN stays NaN)."""
     v = _gram_deviations(x, y, z, Q0, S0, P0, k, Ss, Qs)[2]
     return math.sqrt(v if not v < 0.0 else 0.0)
 
 
 @njit(cache=True, nogil=True)
-def _classify_gram_rows(runs, head, gram, stop_reason, consts, tols, out):
-    """:func:`classify_gram`'s distances and :func:`_decide`'s rules, run by run in one pass: the same operations in
-    the same order as the NumPy expressions (``a(phi)``'s coefficients as :func:`theory.algebra.
-    optimal_a_coefficients` computes them, ``alpha_den = (k + pi - 1)(pi - 1)``), so the same codes, in about a
-    fifth of the time of the NumPy passes over whole arrays (18 temporary arrays per distance).  ``runs``: final
-    loss, final angle, ``L_ref``, scale, saddle angle, ``g(phi_s)``; ``head = (x, y, z)``; ``gram = (Q0, S0, P0,
-    Ss, Qs)``; ``consts = (k, g(pi), alpha_den, pi - 1)``."""
-    final_loss, final_phi, loss_ref, scale, phi_s, g_s = runs
+def _gram_distance_rows(runs, head, gram, consts, out):
+    """:func:`classify_gram`'s three distances run by run, in one pass (rows of ``out``: ``||rho a - a*||``,
+    ``||rho a - a(pi)||``, ``||rho a - a(phi_s)||``): the same operations in the same order as the NumPy expressions
+    over whole arrays they replace (``a(phi)``'s coefficients as :func:`theory.algebra.optimal_a_coefficients`
+    computes them, ``alpha_den = (k + pi - 1)(pi - 1)``), so the same doubles, in about a fifth of the time (the
+    NumPy passes made 18 temporary arrays per distance).  ``runs``: the scale ``rho`` and ``g(phi_s)``; ``head =
+    (x, y, z)``; ``gram = (Q0, S0, P0, Ss, Qs)``; ``consts = (k, g(pi), alpha_den, pi - 1)``."""
+    scale, g_s = runs
     x, y, z = head
     Q0, S0, P0, Ss, Qs = gram
     k, g_pi, alpha_den, pm1 = consts
-    loss_tol, angle_tol, a_rtol, sp_angle_tol, sp_a_rtol = tols
-    for r in range(out.shape[0]):
+    for r in range(out.shape[1]):
         sc = scale[r]
         bx = sc * x[r]
         by = sc * y[r]
         bz = sc * (1.0 + z[r])
         q0, s0, p0, ss, qs = Q0[r], S0[r], P0[r], Ss[r], Qs[r]
-        d_glob = _head_distance(bx, by, bz - 1.0, q0, s0, p0, k, ss, qs)
-        d_pi = _head_distance(bx, by - ss * (math.pi - g_pi) / alpha_den, bz - (g_pi - 1.0) / pm1,
-                              q0, s0, p0, k, ss, qs)
-        d_s = _head_distance(bx, by - ss * (math.pi - g_s[r]) / alpha_den, bz - (g_s[r] - 1.0) / pm1,
-                             q0, s0, p0, k, ss, qs)
-        nst = math.sqrt(qs)
-        ref = nst if not nst < 1e-300 else 1e-300
-        phi = final_phi[r]
-        near_global = (phi <= angle_tol) & (d_glob <= a_rtol * ref)
-        glob = (final_loss[r] <= loss_tol * loss_ref[r]) | near_global
-        exists = phi_s[r] >= 0.0
-        near_sp = ((math.pi - phi) <= sp_angle_tol) & (d_pi <= sp_a_rtol * ref)
-        spur = exists & ((stop_reason[r] == driver.STOP_TRAPPED) | near_sp)
-        near_saddle = exists & (abs(phi - phi_s[r]) <= angle_tol) & (d_s <= a_rtol * ref)
-        pi_saddle = (not exists) & ((math.pi - phi) <= angle_tol) & (d_pi <= a_rtol * ref)
-        code = NOT_CONVERGED
-        if near_saddle | pi_saddle:
-            code = SADDLE
-        if spur:
-            code = SPURIOUS
-        if glob:
-            code = GLOBAL
-        if stop_reason[r] == driver.STOP_DIVERGED:
-            code = DIVERGED
-        out[r] = code
+        out[0, r] = _head_distance(bx, by, bz - 1.0, q0, s0, p0, k, ss, qs)
+        out[1, r] = _head_distance(bx, by - ss * (math.pi - g_pi) / alpha_den, bz - (g_pi - 1.0) / pm1,
+                                   q0, s0, p0, k, ss, qs)
+        out[2, r] = _head_distance(bx, by - ss * (math.pi - g_s[r]) / alpha_den, bz - (g_s[r] - 1.0) / pm1,
+                                   q0, s0, p0, k, ss, qs)
 
 
 def labels(names: tuple[str, ...], codes: np.ndarray) -> np.ndarray:
