@@ -891,47 +891,28 @@ def _normalized_rate(glob, etas, sizes, n, qs, phi, dev, flow=False):
     factors = []
     for eta, lm, present in zip((ew, ea, ea), lam, (p > 1, True, k > 1), strict=True):
         f = np.exp(-eta * lm) if flow else np.abs(1.0 - eta * lm)
-        factors.append(np.ascontiguousarray(np.broadcast_to(f if present else 0.0, np.shape(glob)), dtype=np.float64))
-    R = np.shape(glob)[0]
-    predicted, share = np.empty(R), np.empty(R)
-
-    def rows(a: Any) -> np.ndarray:
-        return np.ascontiguousarray(np.broadcast_to(a, (R,)), dtype=np.float64)
-
-    _slowest_mode_rows(np.ascontiguousarray(glob, dtype=np.bool_), tuple(factors), rows(qs), rows(phi),
-                       (rows(d1), rows(d2)), (float(lam_ones), float(lam_perp)), (predicted, share))
+        factors.append(np.broadcast_to(f if present else 0.0, np.shape(glob)).astype(np.float64))
+    slow, best = _first_argmax(factors)
+    predicted = np.where(glob, best**2, np.nan)
+    # Share of the final loss in each mode (quadratic model): the asymptotic rate is only observable where the
+    # slowest mode carries the loss; elsewhere a faster mode with a larger amplitude still dominates.
+    energy = (qs * phi**2 / 4.0, lam_ones * d1 / 2.0, lam_perp * np.maximum(d2, 0.0) / 2.0)
+    total = (energy[0] + energy[1]) + energy[2]  # the order of a sum over a row of three
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(slow == 0, energy[0], np.where(slow == 1, energy[1], energy[2])) / total
     return predicted, share
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _slowest_mode_rows(glob, factors, qs, phi, dev, lams, out):
-    """The rest of :func:`_normalized_rate` run by run: the slowest mode as ``np.argmax`` over the three factors
-    stacked picks it (the first maximum, or the first NaN), ``rate^2`` where ``glob``, and that mode's share of the
-    loss in the quadratic model (the mode energies ``Qs phi^2 / 4``, ``lam_1 d1 / 2``, ``lam_perp max(d2, 0) / 2``,
-    summed as a row of three is).  The asymptotic rate is only observable where the slowest mode carries the loss;
-    elsewhere a faster mode with a larger amplitude still dominates.  The same operations as the NumPy
-    expressions, in a third of their time."""
-    f0, f1, f2 = factors
-    d1, d2 = dev
-    lam_ones, lam_perp = lams
-    predicted, share = out
-    for r in range(glob.shape[0]):
-        best = f0[r]
-        slow = 0
-        v = f1[r]
-        if (v > best) | ((v != v) & (best == best)):
-            best = v
-            slow = 1
-        v = f2[r]
-        if (v > best) | ((v != v) & (best == best)):
-            best = v
-            slow = 2
-        predicted[r] = best * best if glob[r] else np.nan
-        e0 = qs[r] * (phi[r] * phi[r]) / 4.0
-        e1 = lam_ones * d1[r] / 2.0
-        e2 = lam_perp * (d2[r] if not d2[r] < 0.0 else 0.0) / 2.0
-        total = (e0 + e1) + e2
-        share[r] = (e0 if slow == 0 else (e1 if slow == 1 else e2)) / total
+def _first_argmax(values: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, value)`` per element of the largest of ``values`` as ``np.argmax`` over them stacked picks it: the
+    first maximum, or the first NaN if there is one."""
+    slow = np.zeros(np.shape(values[0]), dtype=np.int64)
+    best = values[0].copy()
+    for i, v in enumerate(values[1:], start=1):
+        take = (v > best) | (np.isnan(v) & ~np.isnan(best))
+        slow[take] = i
+        best = np.where(take, v, best)
+    return slow, best
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
