@@ -81,7 +81,8 @@ __all__ = [
     "ROW_BYTES", "SCHEDULE_KINDS", "STEP_RULES", "SUMMARY_COLUMNS", "SUMMARY_INPUTS", "SUMMARY_ROW_BYTES",
     "SUMMARY_THREADS", "summary_threads",
     "SWEEP_KEYS", "Cell", "SweepError", "SweepOutcome", "SweepSpec", "adopt_chunk", "auto_chunk", "build_spec",
-    "cell_columns", "check_memory", "check_output_dir", "chunk_kwargs", "chunk_table", "chunks_in_flight",
+    "cell_columns", "check_memory", "check_output_dir", "chunk_kwargs", "chunk_table", "chunk_threads",
+    "chunks_in_flight",
     "check_table_memory", "collect", "fixed_teacher", "load_summary", "load_toml", "matched_schedule", "metadata",
     "numba_threads", "parse_value", "rate_with_interval", "run_chunk", "run_columns", "run_frame", "run_sweep",
     "run_table", "simulation_kwargs", "simulation_kwargs_fast", "summarize_chunks", "summarize_runs", "write_runs",
@@ -548,11 +549,12 @@ def _local_chunk(spec: SweepSpec, unit: tuple[int, int, int, int], threads: int 
 
 
 def _compute_local(spec: SweepSpec, todo):
-    """:func:`_compute` in this process: :func:`chunks_in_flight` chunks at once, each on one engine thread, yielded
-    in the order of ``todo``.  Why: a chunk alternates between the engine (compiled, without the GIL) and per-run
-    NumPy work between its phases (draws, schedule, classification, rates), much of it on one core; two chunks
-    side by side keep both cores busy.  Each run draws from its own stream, so nothing depends on which chunk
-    runs beside which."""
+    """:func:`_compute` in this process: :func:`chunk_threads` chunks computed at once, each on one engine thread,
+    and up to :func:`chunks_in_flight` held, yielded in the order of ``todo``.  Why: a chunk alternates between the
+    engine (compiled, without the GIL) and per-run NumPy work between its phases (draws, schedule, classification,
+    rates), much of it on one core; chunks side by side keep both cores busy, and chunks computed ahead of the one
+    the writer waits for keep them busy while that one waits (for the warmup child's flow engine, say).  Each run
+    draws from its own stream, so nothing depends on which chunk runs beside which."""
     ahead = chunks_in_flight(spec)
     if ahead <= 1:
         for name, unit, ident in todo:
@@ -562,7 +564,7 @@ def _compute_local(spec: SweepSpec, todo):
     from concurrent.futures import ThreadPoolExecutor
 
     items = iter(todo)
-    with ThreadPoolExecutor(ahead, thread_name_prefix="shallowres-chunk") as pool:
+    with ThreadPoolExecutor(chunk_threads(spec), thread_name_prefix="shallowres-chunk") as pool:
         running: deque = deque()
         for item in itertools.islice(items, ahead):
             running.append((item, pool.submit(_local_chunk, spec, item[1], 1)))
@@ -579,11 +581,20 @@ def _compute_local(spec: SweepSpec, todo):
                 fut.cancel()
 
 
-def chunks_in_flight(spec: SweepSpec) -> int:
-    """Chunks an in-process sweep computes at once: numba's thread count for a sweep on the order parameters
-    (``SweepSpec.vectors`` False, whose chunks are small), else 1 (a chunk's engine then uses the threads).
-    Also 1 under numba's ``workqueue`` threading layer, which must not run parallel kernels from two threads at
-    once (``omp`` and ``tbb`` may)."""
+#: Chunk threads of an in-process sweep on the order parameters beyond numba's thread count: a chunk's Python work
+#: between its kernels holds the GIL, and one more chunk fills those gaps (``liu2019 --trials 1000000``, warm cache,
+#: 2 cores: the sweep used 1.95 cores instead of 1.85).
+EXTRA_CHUNK_THREADS = 1
+#: Computed chunks such a sweep may hold beyond its chunk threads while the writer waits for an earlier chunk, so a
+#: chunk that waits (for the warmup child's flow engine: :mod:`sims.runs.warmup`) holds up no other.
+CHUNKS_AHEAD = 2
+
+
+def chunk_threads(spec: SweepSpec) -> int:
+    """Chunks an in-process sweep computes at once: for a sweep on the order parameters (``SweepSpec.vectors``
+    False, whose chunks are small) numba's thread count plus :data:`EXTRA_CHUNK_THREADS`, each chunk on one engine
+    thread; else 1 (a chunk's engine then uses the threads).  Also 1 under numba's ``workqueue`` threading layer,
+    which must not run parallel kernels from two threads at once (``omp`` and ``tbb`` may)."""
     if spec.vectors or numba_threads() <= 1:
         return 1
     import numba
@@ -592,7 +603,14 @@ def chunks_in_flight(spec: SweepSpec) -> int:
         layer = numba.threading_layer()
     except ValueError:  # no parallel kernel has run yet: the layer is not chosen
         return 1
-    return numba_threads() if layer in ("omp", "tbb") else 1
+    return numba_threads() + EXTRA_CHUNK_THREADS if layer in ("omp", "tbb") else 1
+
+
+def chunks_in_flight(spec: SweepSpec) -> int:
+    """Chunks an in-process sweep holds at once (what :func:`check_memory` counts): its :func:`chunk_threads` and,
+    where that is more than one, up to :data:`CHUNKS_AHEAD` computed chunks waiting for the writer."""
+    threads = chunk_threads(spec)
+    return threads + CHUNKS_AHEAD if threads > 1 else 1
 
 
 def _compute(spec: SweepSpec, todo, client, local_cluster: bool):
