@@ -27,14 +27,13 @@ from sims import plots
 from sims.runs import classify
 from sims.runs.simulate import simulate
 from sims.studies import store, sweep
+from sims.studies.names import FORMATS, TABLES
 from sims.studies.spec import dotted_value
 from sims.studies.summary import to_parquet
 
-TABLES: tuple[str, ...] = ("liu2019", "liu2019-flow", "du2018", "two-phase", "distill", "laperm", "expand", "scaling")
 #: Tables that are another table's sweep file with some base fields changed: ``liu2019-flow`` is ``liu2019`` by
 #: gradient flow (the same teachers and starts, the continuous-time limit of each method's steps).
 DERIVED: dict[str, tuple[str, dict[str, Any]]] = {"liu2019-flow": ("liu2019", {"algorithm": "flow"})}
-FORMATS: tuple[str, ...] = ("markdown", "latex", "csv")
 RESTARTS: tuple[int, ...] = (1, 2, 4, 8)
 
 
