@@ -143,8 +143,21 @@ def test_flow_paths_start_at_their_grid_points():
         assert abs(align[0] - data.t[i // n]) < 1e-12
 
 
-def test_the_cli_writes_the_flow_figure(tmp_path, capsys):
+def test_the_cli_writes_the_flow_figure(tmp_path, capsys, monkeypatch):
+    """``shallowres plot basins --algorithm flow`` asks :func:`plots.basins` for the 400 x 400 flow map with its
+    boundary and writes it as PNG and PDF.  The map is drawn at 40 x 40 here (the CLI's call with ``n`` replaced):
+    the grid's size changes nothing this test checks, and the 400 x 400 flows (5 s warm, up to 12 s beside the
+    suite) are run by the order-parameters guide's block in tests/test_readme.py."""
+    calls = []
+    real = plots.basins
+
+    def smaller(**kw):
+        calls.append(kw)
+        return real(**dict(kw, n=40))
+
+    monkeypatch.setattr(plots, "basins", smaller)
     assert main(["plot", "basins", "--algorithm", "flow", "--out", str(tmp_path)]) == 0
+    assert calls == [dict(n=400, algorithm="flow", boundary=True, n_paths=0)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["basins_flow.pdf", "basins_flow.png"]
     assert capsys.readouterr().out.split() == [str(tmp_path / "basins_flow.png"), str(tmp_path / "basins_flow.pdf")]
 

@@ -4,14 +4,17 @@ unicode, empty grids and duplicate keys.
 
 Every example either runs (exit 0; the generators keep valid sweeps tiny: a few runs of a few steps at small
 ``k, p``) or fails as a user error: exit code 2, exactly one line on stderr, no output left behind -- never a
-traceback.  Three generators, 1300 examples in all (about 30 s on two cores):
+traceback.  Three generators, 820 examples in all (about 45 ms each: a fifth to a third of them run a tiny sweep,
+about 0.1 s of bookkeeping each).  They ran 1300 before; fewer keep the suite within its time limit: what they
+found is pinned below, and CI's clean checkout has no example database, so every run draws new examples and the
+search goes on from run to run:
 
-* ``test_one_field_mutated`` (600): a valid tiny sweep with one field set (in the file, by ``--set``, in the grid,
+* ``test_one_field_mutated`` (400): a valid tiny sweep with one field set (in the file, by ``--set``, in the grid,
   in a method or by a flag) to a value known to be valid or known to be invalid; an invalid one must fail naming
   the field, a valid one must run and show up in the resolved configuration.
-* ``test_arbitrary_specs`` (500): a valid tiny sweep with one or two random edits anywhere (any key, any value,
+* ``test_arbitrary_specs`` (300): a valid tiny sweep with one or two random edits anywhere (any key, any value,
   tables replaced by anything), random ``--set`` items and flags.
-* ``test_raw_text_mutations`` (200): text-level damage to a valid file (duplicate keys and tables, bad bytes,
+* ``test_raw_text_mutations`` (120): text-level damage to a valid file (duplicate keys and tables, bad bytes,
   odd number literals, splices); duplicates must be reported as invalid TOML with their line.
 
 What the fuzzer found is pinned by ``@example`` s, ``test_found_by_fuzzing``, ``test_valid_found_by_fuzzing`` and
@@ -208,7 +211,9 @@ PI = math.pi
 ETA_A_ABS_MAX = 1.9  # below the stability limit 4 pi / (k + pi - 1) for every k <= 4
 ETA_A_REL_MAX = 0.95  # relative to 4 pi / (k + 2 pi - 2): always below the limit
 
-TEXT = st.text(st.characters(codec="utf-8"), max_size=10)
+# Every character UTF-8 can encode (all but the surrogates): the same intervals as ``codec="utf-8"``, which costs
+# hypothesis 1.3 s per process to compute from the codec (measured), once a fresh checkout has no cache of it.
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=10)
 ODD_CHARS = list("\n\r\t\x00\x1b\x7f\x85\u2028\u2029\ufeff\"'\\.=[]{}#/ ") + ["é", "ß", "日", "🙂", "\u0301"]
 ODD_TEXT = st.text(st.sampled_from(ODD_CHARS), min_size=1, max_size=6)
 ANY_TEXT = TEXT | ODD_TEXT
@@ -363,7 +368,7 @@ def rate_windows() -> st.SearchStrategy:
     return st.tuples(st.floats(1e-6, 0.5), factor, factor).map(lambda t: [t[0], t[0] * t[1], t[0] * t[1] * t[2]])
 
 
-NAME_CHARS = st.characters(codec="utf-8", categories=("L", "N", "Pd", "Zs"), exclude_characters="/\\")
+NAME_CHARS = st.characters(categories=("L", "N", "Pd", "Zs"), exclude_characters="/\\")  # all UTF-8 (no Cs)
 GOOD_NAMES = st.text(NAME_CHARS, min_size=1, max_size=12).filter(lambda s: s.isprintable() and s not in (".", ".."))
 
 
@@ -710,7 +715,9 @@ def check_one_field(spec, fld, value, where, valid) -> Result:
     return res
 
 
-@settings(FUZZ, max_examples=600)
+# 400: a tiny spec offers 31 to 41 fields, 139 (field, place) pairs on average (measured over 50 specs), so each
+# pair is still drawn about 3 times per run, a valid value about once.
+@settings(FUZZ, max_examples=400)
 @given(one_field_cases())
 @example(({"sweep": {"trials": 1}, "base": {"k": 2, "p": 2, "steps": 3, "teacher": {}, "init": {}, "schedule": {
     "kind": "constant", "eta_w": 0.1, "eta_a": 0.1}}}, BASE_FIELDS[0], HUGE_INT, "set", False))
@@ -844,7 +851,7 @@ def chaos(draw) -> tuple[dict, list[str], list[str]]:
     return doc, sets, flags
 
 
-@settings(FUZZ, max_examples=500)
+@settings(FUZZ, max_examples=300)
 @given(chaos())
 @example(({"sweep": [], "base": {"steps": 3}}, [], []))
 @example(({"sweep": {"trials": 1}, "base": {"steps": 3, "k": 2, "p": 2}, "grid": 5}, [], []))
@@ -925,7 +932,7 @@ def damaged(draw) -> tuple[str | bytes, str]:
     return text.replace("\n", "\r\n"), "valid"
 
 
-@settings(FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=120)
 @given(damaged())
 @example(("[sweep]\ntrials = 1\n[base]\nk = 2\nk = 2\n", "duplicate"))
 @example((b"[sweep]\ntrials = 1\xff\n", "bytes"))

@@ -110,10 +110,11 @@ def test_modules_import_only_their_own_or_lower_layers(path):
     assert not bad, f"{path} (layer {own}) imports a higher layer: {bad}"
 
 
-#: The modules of sims/studies in the order they build on each other: the sweep file's schema, the chunks on disk,
-#: the per-run table of one result, the cells of a sweep file, the results of a sweep, running a sweep, the papers'
-#: tables.  Each imports only modules before it (type-checking imports included).
-STUDIES = ("config", "store", "per_run", "spec", "summary", "sweep", "tables")
+#: The modules of sims/studies in the order they build on each other: the names the command line needs before it
+#: runs anything, the sweep file's schema, the chunks on disk, the per-run table of one result, the cells of a sweep
+#: file, the results of a sweep, running a sweep, the papers' tables.  Each imports only modules before it
+#: (type-checking imports included).
+STUDIES = ("names", "config", "store", "per_run", "spec", "summary", "sweep", "tables")
 
 
 def test_the_studies_modules_import_only_the_ones_before_them():

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy.optimize import brentq
 
 from theory import closed_forms
 from theory.algebra import _margin_and_denominator, apply_m_inverse, m_eigenvalues, spurious_exists
@@ -316,6 +315,8 @@ def saddle_angle(a_star: Any) -> float | None:
     g_s = float(saddle_targets(a_star)[0])
     if math.isnan(g_s):
         return None
+    from scipy.optimize import brentq  # here, not at the top: scipy.optimize takes 0.5 s to import (sims.cli)
+
     delta = brentq(lambda d: arc_cosine_from_pi(d) - g_s, 0.0, math.pi, xtol=SADDLE_XTOL, rtol=SADDLE_RTOL)
     return float(math.pi - delta)
 

@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import special
 
 import theory
 from sims.engines import laperm as lp
@@ -70,6 +69,8 @@ def _initial_values(dist: str, W0: np.ndarray, A0: np.ndarray, AS: np.ndarray) -
     """``(w0, a0)`` of the given distribution from the Gaussian draws (see the module docstring)."""
     if dist == "gaussian":
         return W0, A0
+    from scipy import special  # here, not at the top: scipy.special takes 0.2 s to import (sims.cli)
+
     p, k = W0.shape[1], A0.shape[1]
     sw = 1.0 / math.sqrt(p)
     sa = np.linalg.norm(AS, axis=1, keepdims=True) / math.sqrt(k)

@@ -48,7 +48,6 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
-from scipy import special
 
 from sims.engines import closed_forms as cf
 from sims.engines.rng import chi_square, normal_pair, uniform
@@ -232,6 +231,8 @@ def _cosines(U: np.ndarray, p: int, teacher: Teacher) -> tuple[np.ndarray, np.nd
         return t, np.zeros(R)
     if teacher.w == "angle":
         return np.full(R, math.cos(teacher.angle)), np.full(R, math.sin(teacher.angle))
+    from scipy import special  # here, not at the top: scipy.special takes 0.2 s to import (sims.cli)
+
     half = (p - 1) / 2.0
     mass = special.betainc(half, half, math.sin(teacher.phi_max / 2.0) ** 2) if teacher.w == "cap" else 1.0
     return _COSINES(("cosines", half, mass), (U,), lambda u: _beta_cosines(half, mass, u))

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 from numba import njit
-from scipy import special
 
 from sims.engines import closed_forms as cf
 from sims.engines.rng import fill_normal, normal_pair_call, uniform_call
@@ -284,6 +283,8 @@ def _on_threads(work, R: int, chunk: int = 4096) -> None:
 def betaincinv_threads(half: float, x: np.ndarray) -> np.ndarray:
     """``special.betaincinv(half, half, x)`` elementwise, on numba's thread count: the ufunc releases the GIL and
     each element is computed alone, so the slices give the same bits as one call (it is most of the draw's time)."""
+    from scipy import special  # here, not at the top: scipy.special takes 0.2 s to import (sims.cli)
+
     parts = min(numba.get_num_threads(), max(1, x.shape[0] // 4096))
     if parts == 1:
         return special.betaincinv(half, half, x)
@@ -336,6 +337,8 @@ def draw(
         # sin(phi_max / 2)^2: the cap's mass I(y_max) is then computed without cancellation even when it is below
         # 1e-16 (a small cap in high dimension; 1 - I(x) would round to 0 there and every draw would be t = 1).
         # The quantile (1 - U) I(y_max) makes this the same map U -> t as the lower-tail form in exact arithmetic.
+        from scipy import special  # here, not at the top: scipy.special takes 0.2 s to import (sims.cli)
+
         half = (p - 1) / 2.0
         mass = special.betainc(half, half, math.sin(teacher.phi_max / 2.0) ** 2) if teacher.w == "cap" else 1.0
         y = np.clip(betaincinv_threads(half, (1.0 - U_cap) * mass), 0.0, 1.0)

@@ -50,22 +50,12 @@ from sims.runs.schedules import Schedule, Segment
 from sims.runs.simulate import FRAME_COLUMNS, SimulationResult, Tolerances, simulate
 from sims.studies import config
 from sims.studies.config import BASE_KEYS, DEFAULT_BASE, SWEEP_KEYS, show
+from sims.studies.names import LARGE_CHUNK, LARGE_TRIALS, MAX_AUTO_CHUNK, SweepError
 from sims.studies.per_run import run_frame
 
 #: How deep arrays and tables may nest in a sweep file (a schedule's segments sit 6 levels down).
 MAX_DEPTH = 16
-#: A sweep of at least ``LARGE_TRIALS`` runs per cell whose chunk is not given explicitly (``--chunk``, the
-#: ``chunk`` override) runs chunks of :func:`auto_chunk` runs (``LARGE_CHUNK`` to ``MAX_AUTO_CHUNK``) if its
-#: file's are smaller: a chunk's fixed costs (the draws' and the engine's parallel start and its tail of runs
-#: finishing one by one, the classification, one Parquet file, two fsyncs) are then a small part of its work, and
-#: a 45-cell sweep of a million runs per cell has 450 chunk files, not 45,000.  The chunk is part of the
-#: fingerprint; a directory written with the file's chunk is resumed with it
-#: (:func:`sims.studies.sweep.adopt_chunk`).
-LARGE_TRIALS = 100_000
-LARGE_CHUNK = 20_000
-#: The largest automatic chunk: a tenth of the trials, up to this (a chunk of the order-parameter engine holds a
-#: few hundred bytes per run, so 100,000 runs are tens of MB).
-MAX_AUTO_CHUNK = 100_000
+# LARGE_TRIALS, LARGE_CHUNK, MAX_AUTO_CHUNK: see sims.studies.names (the command line's parser reads them)
 
 
 def auto_chunk(trials: int) -> int:
@@ -76,8 +66,6 @@ def auto_chunk(trials: int) -> int:
     return min(MAX_AUTO_CHUNK, max(LARGE_CHUNK, trials // 10))
 
 
-class SweepError(ValueError):
-    """A problem with a sweep's configuration or output directory (one readable line)."""
 
 
 @dataclass(frozen=True)
@@ -291,7 +279,7 @@ def build_spec(raw: dict[str, Any], *, overrides: dict[str, Any] | None = None) 
     >>> build_spec(raw, overrides={"steps": -1})
     Traceback (most recent call last):
     ...
-    sims.studies.spec.SweepError: cell 0 (method 'resnet'): steps must be an integer in [0, 1000000000]; got -1
+    sims.studies.names.SweepError: cell 0 (method 'resnet'): steps must be an integer in [0, 1000000000]; got -1
     """
     if not isinstance(raw, dict):
         raise SweepError(f"a sweep file must be a table of tables; got {type(raw).__name__}")

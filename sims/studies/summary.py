@@ -14,6 +14,7 @@ hold every run's row and are verified on resume, are then the per-run record, an
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -277,17 +278,26 @@ def _summary_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 # Files
 
 
-def metadata(spec: SweepSpec) -> dict[str, Any]:
-    """The full resolved configuration, seed, versions and git commit."""
+@functools.cache
+def _package_versions() -> tuple[tuple[str, str | None], ...]:
+    """The installed versions of the packages a sweep's results depend on, read once per process: reading a
+    package's metadata parses its files (12 packages: about 10 ms per sweep, most of a tiny sweep's bookkeeping,
+    measured in tests/test_fuzz_config.py, which runs a few hundred sweeps in one process)."""
     import importlib.metadata as im
 
-    versions = {}
+    versions = []
     for pkg in ("shallowres", "numpy", "scipy", "sympy", "numba", "llvmlite", "pandas", "pyarrow", "dask",
                 "distributed", "tqdm", "matplotlib"):
         try:
-            versions[pkg] = im.version(pkg)
+            versions.append((pkg, im.version(pkg)))
         except im.PackageNotFoundError:
-            versions[pkg] = None
+            versions.append((pkg, None))
+    return tuple(versions)
+
+
+def metadata(spec: SweepSpec) -> dict[str, Any]:
+    """The full resolved configuration, seed, versions and git commit."""
+    versions = dict(_package_versions())
     return {
         "name": spec.name,
         "fingerprint": spec.fingerprint(),

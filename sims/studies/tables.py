@@ -23,18 +23,16 @@ import numpy as np
 import pandas as pd
 
 import theory
-from sims import plots
 from sims.runs import classify
 from sims.runs.simulate import simulate
 from sims.studies import store, sweep
+from sims.studies.names import FORMATS, TABLES
 from sims.studies.spec import dotted_value
 from sims.studies.summary import to_parquet
 
-TABLES: tuple[str, ...] = ("liu2019", "liu2019-flow", "du2018", "two-phase", "distill", "laperm", "expand", "scaling")
 #: Tables that are another table's sweep file with some base fields changed: ``liu2019-flow`` is ``liu2019`` by
 #: gradient flow (the same teachers and starts, the continuous-time limit of each method's steps).
 DERIVED: dict[str, tuple[str, dict[str, Any]]] = {"liu2019-flow": ("liu2019", {"algorithm": "flow"})}
-FORMATS: tuple[str, ...] = ("markdown", "latex", "csv")
 RESTARTS: tuple[int, ...] = (1, 2, 4, 8)
 
 
@@ -235,6 +233,8 @@ def make(name: str, spec_: sweep.SweepSpec, outcome: sweep.SweepOutcome, fmt: st
     >>> sorted(f.name for f in figures)
     ['success_rates.pdf', 'success_rates.png']
     """
+    from sims import plots  # here, not at the top: matplotlib.pyplot takes 0.5 s (`shallowres sweep` draws nothing)
+
     summary, out = outcome.summary, outcome.out  # outcome.runs is read only by the tables that use it
     if name in METHOD_TABLES:
         rows = METHOD_TABLES[name](summary, outcome.runs, spec_)
@@ -295,6 +295,8 @@ def two_phase_figure(spec_: sweep.SweepSpec, out: Path, *, k: int = 16, p: int =
         for r in range(runs):
             tr = res.trajectory_of(r)
             curves.append((cell.method, tr["step"], np.maximum(tr["loss"] / res.loss_ref[r], 1e-16)))
+    from sims import plots
+
     ax = plots.loss_curves(curves, title=f"two phases of GD, k = {k}, p = {p}")
     return plots.save_figure(ax.figure, out / "loss_curves", close=True)
 
