@@ -164,17 +164,17 @@ def classify_gram(
     Ss, Qs = gram[3], gram[4]
     if phi_s is None:
         phi_s = saddle_angles_gram(k, Ss, Qs)
-    # g(phi) at pi and at the saddle angle, in NumPy (its cos and sin; the kernel does plain arithmetic only)
-    g_pi = float(_g(np.array([math.pi]))[0])
-    g_s = _g(np.where(phi_s >= 0, phi_s, 0.0))
-    kk, pm1 = theory.algebra.m_eigenvalues(k)
+    # a(pi) and a(phi_s) as alpha 1 + beta a*, in NumPy (g's cos and sin; the kernel does plain arithmetic only)
+    coefs = (*theory.algebra.optimal_a_coefficients(_g(np.array([math.pi]))[0], k, Ss),
+             *theory.algebra.optimal_a_coefficients(_g(np.where(phi_s >= 0, phi_s, 0.0)), k, Ss))
     rows = np.shape(final_loss)[0]
 
     def f64(arrays: tuple) -> tuple[np.ndarray, ...]:
         return tuple(np.ascontiguousarray(np.broadcast_to(a, (rows,)), dtype=np.float64) for a in arrays)
 
     dist = np.empty((3, rows))
-    _gram_distance_rows(f64((scale, g_s)), f64(head), f64(gram), (float(k), g_pi, kk * pm1, pm1), dist)
+    _gram_distance_rows(np.ascontiguousarray(scale, dtype=np.float64), f64(coefs), f64(head), f64(gram), float(k),
+                        dist)
     with np.errstate(over="ignore", invalid="ignore"):  # diverged runs may hold inf; they are labelled after
         return _decide(final_loss, final_phi, tuple(dist), np.sqrt(Qs), stop_reason, loss_ref, loss_tol, tol, phi_s)
 
@@ -192,17 +192,16 @@ def _head_distance(x, y, z, Q0, S0, P0, k, Ss, Qs):
 
 
 @njit(cache=True, nogil=True)
-def _gram_distance_rows(runs, head, gram, consts, out):
+def _gram_distance_rows(scale, coefs, head, gram, k, out):
     """:func:`classify_gram`'s three distances run by run, in one pass (rows of ``out``: ``||rho a - a*||``,
-    ``||rho a - a(pi)||``, ``||rho a - a(phi_s)||``): the same operations in the same order as the NumPy expressions
-    over whole arrays they replace (``a(phi)``'s coefficients as :func:`theory.algebra.optimal_a_coefficients`
-    computes them, ``alpha_den = (k + pi - 1)(pi - 1)``), so the same doubles, in about a fifth of the time (the
-    NumPy passes made 18 temporary arrays per distance).  ``runs``: the scale ``rho`` and ``g(phi_s)``; ``head =
-    (x, y, z)``; ``gram = (Q0, S0, P0, Ss, Qs)``; ``consts = (k, g(pi), alpha_den, pi - 1)``."""
-    scale, g_s = runs
+    ``||rho a - a(pi)||``, ``||rho a - a(phi_s)||``), from the scale ``rho``, the coefficients ``coefs = (alpha,
+    beta)`` of ``a(pi)`` then of ``a(phi_s)`` (:func:`theory.algebra.optimal_a_coefficients`), ``head = (x, y, z)``
+    and ``gram = (Q0, S0, P0, Ss, Qs)``: the same operations in the same order as the NumPy expressions over whole
+    arrays they replace, so the same doubles, in about a fifth of the time (those made 18 temporary arrays per
+    distance)."""
+    alpha_pi, beta_pi, alpha_s, beta_s = coefs
     x, y, z = head
     Q0, S0, P0, Ss, Qs = gram
-    k, g_pi, alpha_den, pm1 = consts
     for r in range(out.shape[1]):
         sc = scale[r]
         bx = sc * x[r]
@@ -210,10 +209,8 @@ def _gram_distance_rows(runs, head, gram, consts, out):
         bz = sc * (1.0 + z[r])
         q0, s0, p0, ss, qs = Q0[r], S0[r], P0[r], Ss[r], Qs[r]
         out[0, r] = _head_distance(bx, by, bz - 1.0, q0, s0, p0, k, ss, qs)
-        out[1, r] = _head_distance(bx, by - ss * (math.pi - g_pi) / alpha_den, bz - (g_pi - 1.0) / pm1,
-                                   q0, s0, p0, k, ss, qs)
-        out[2, r] = _head_distance(bx, by - ss * (math.pi - g_s[r]) / alpha_den, bz - (g_s[r] - 1.0) / pm1,
-                                   q0, s0, p0, k, ss, qs)
+        out[1, r] = _head_distance(bx, by - alpha_pi[r], bz - beta_pi[r], q0, s0, p0, k, ss, qs)
+        out[2, r] = _head_distance(bx, by - alpha_s[r], bz - beta_s[r], q0, s0, p0, k, ss, qs)
 
 
 def labels(names: tuple[str, ...], codes: np.ndarray) -> np.ndarray:
