@@ -179,15 +179,12 @@ def classify_gram(
         return _decide(final_loss, final_phi, tuple(dist), np.sqrt(Qs), stop_reason, loss_ref, loss_tol, tol, phi_s)
 
 
-_gram_deviations = njit(inline="always")(closed_forms.gram_deviations)
-
-
 @njit(inline="always")
 def _head_distance(x, y, z, Q0, S0, P0, k, Ss, Qs):
     """``||x a0 + y 1 + z a*||`` of one run from the Gram entries of ``(a0, 1, a*)``: the quadratic form
-    (:func:`theory.closed_forms.gram_deviations`), clipped at 0 against rounding as ``np.maximum(v, 0.0)`` would
-    (a NaN stays NaN)."""
-    v = _gram_deviations(x, y, z, Q0, S0, P0, k, Ss, Qs)[2]
+    (:func:`theory.closed_forms.gram_deviations`, compiled in :mod:`sims.engines.closed_forms`), clipped at 0
+    against rounding as ``np.maximum(v, 0.0)`` would (a NaN stays NaN)."""
+    v = _cf.gram_deviations(x, y, z, Q0, S0, P0, k, Ss, Qs)[2]
     return math.sqrt(v if not v < 0.0 else 0.0)
 
 
