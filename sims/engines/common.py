@@ -18,6 +18,11 @@ from numba import njit
 
 from sims.engines import closed_forms as cf
 
+#: numba's fastmath flags of every engine's entry point (:func:`sims.engines.driver.entry_point`; so of the driver
+#: and the hooks inlined into it) and of the random normals compiled as calls
+#: (:func:`sims.engines.rng.normal_pair_call`).
+FASTMATH = {"reassoc", "contract", "arcp"}
+
 _PI = math.pi
 
 

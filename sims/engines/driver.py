@@ -90,7 +90,7 @@ import numpy as np
 from numba import njit
 
 from sims.engines import closed_forms as cf
-from sims.engines.common import run_chunks
+from sims.engines.common import FASTMATH, run_chunks
 from theory import closed_forms as _tcf
 
 #: Why a run stopped; codes index this tuple.
@@ -98,8 +98,6 @@ STOP_NAMES: tuple[str, ...] = ("loss_tol", "grad_tol", "diverged", "max_steps", 
 STOP_LOSS, STOP_GRAD, STOP_DIVERGED, STOP_MAX_STEPS, STOP_TRAPPED, STOP_STUCK, STOP_SYNC_FIXED = range(7)
 #: Trajectory columns.
 TRAJ_FIELDS: tuple[str, ...] = ("loss", "phi", "alignment", "dist_a")
-#: Compiler options of every engine's entry point (and so of the driver and the hooks inlined into it).
-FASTMATH = {"reassoc", "contract", "arcp"}
 _PI = math.pi
 
 

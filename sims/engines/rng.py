@@ -15,6 +15,8 @@ import math
 import numpy as np
 from numba import njit
 
+from sims.engines.common import FASTMATH
+
 _MASK = 0xFFFFFFFFFFFFFFFF
 
 # numpy.random.SeedSequence's constants (numpy/random/bit_generator.pyx; O'Neill's seed_seq_fe), pool size 4.
@@ -199,7 +201,7 @@ def uniform_call(s):
     return uniform(s)
 
 
-@njit(cache=True, fastmath={"reassoc", "contract", "arcp"})
+@njit(cache=True, fastmath=FASTMATH)
 def normal_pair_call(s):
     """:func:`normal_pair` compiled once as a function of its own, for the kernels that draw a few normals per
     step or per run (population GD's noise, the samplers, :func:`fill_normal`).
@@ -210,7 +212,7 @@ def normal_pair_call(s):
     the first population GD call (CPU seconds of numba's compile events): the engine's entry point 5.25 -> 4.15 s,
     the samplers' ``_draw`` with its callees 2.27 -> 1.29 s.
 
-    Compiled with the engines' fastmath flags (:data:`sims.engines.driver.FASTMATH`), which it had when inlined
+    Compiled with the engines' fastmath flags (:data:`sims.engines.common.FASTMATH`), which it had when inlined
     into population GD: without them the noisy GD steps ran 2-3% slower (one thread, interleaved calls), with them
     within 0.5%.  No operation here can be rewritten by those flags (the products by powers of two are exact;
     nothing else combines), so every caller, the samplers included, gets the same bits as before (checked on
